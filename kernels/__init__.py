@@ -1,0 +1,8 @@
+"""Numba kernels: pure functions of input views, weight views, an output view
+and slice bounds.  No kernel knows about processes, workers or the plan."""
+from .activations import GELU, GELU_TANH, IDENTITY, RELU, SIGMOID, TANH, act1, apply_act, bias_act
+from .linear import linear, partial, reduce_partials
+from .rowwise import argmax, softmax, topk
+
+__all__ = ["IDENTITY", "RELU", "SIGMOID", "TANH", "GELU", "GELU_TANH", "act1", "apply_act",
+           "bias_act", "linear", "partial", "reduce_partials", "argmax", "softmax", "topk"]

@@ -1,0 +1,67 @@
+"""Row-wise postprocessing over the feature axis: Softmax, LogSoftmax, ArgMax, TopK.
+
+Each takes the rows it is given (a 2-D view) and writes the matching rows
+of its output; sums are float64.
+"""
+import math
+
+import numpy as np
+from numba import njit
+
+
+@njit(cache=True)
+def softmax(x, out, log):
+    """out = softmax(x) (or log_softmax when log) along axis 1."""
+    n, m = x.shape
+    for i in range(n):
+        mx = -np.inf
+        for j in range(m):
+            if x[i, j] > mx:
+                mx = x[i, j]
+        s = 0.0
+        for j in range(m):
+            s += math.exp(float(x[i, j]) - mx)
+        if log:
+            ls = math.log(s)
+            for j in range(m):
+                out[i, j] = float(x[i, j]) - mx - ls
+        else:
+            for j in range(m):
+                out[i, j] = math.exp(float(x[i, j]) - mx) / s
+
+
+@njit(cache=True)
+def argmax(x, out):
+    """out[i] = index of the largest x[i, :] (the first on ties; NaN wins, like numpy)."""
+    n, m = x.shape
+    for i in range(n):
+        best = 0
+        for j in range(1, m):
+            if x[i, best] != x[i, best]:
+                break
+            if x[i, j] > x[i, best] or x[i, j] != x[i, j]:
+                best = j
+        out[i] = best
+
+
+@njit(cache=True)
+def topk(x, values, indices):
+    """The k = values.shape[1] largest per row, descending; ties keep the lower index."""
+    n, m = x.shape
+    k = values.shape[1]
+    for i in range(n):
+        cnt = 0
+        for j in range(m):
+            v = x[i, j]
+            if cnt == k and not v > values[i, k - 1]:
+                continue
+            p = cnt if cnt < k else k - 1
+            while p > 0 and v > values[i, p - 1]:
+                if p < k:
+                    values[i, p] = values[i, p - 1]
+                    indices[i, p] = indices[i, p - 1]
+                p -= 1
+            values[i, p] = v
+            indices[i, p] = j
+            if cnt < k:
+                cnt += 1

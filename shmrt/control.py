@@ -1,0 +1,115 @@
+"""The control block: the only thing processes exchange on the hot path.
+
+One shared segment of int32 words, one 64-byte line per field, followed by
+a message area (length + UTF-8 JSON) used only off the hot path, to tell
+workers which models' segments to attach.
+
+    line  field
+    0     GEN        command generation; workers wait for it to change
+    1     GEN_SLEEP  workers blocked on GEN (futex waiters)
+    2     CMD        op, model id, batch n, program index (written before GEN)
+    3     DONE       workers finished with the current command
+    4     DONE_SLEEP parent blocked on DONE
+    5     ABORT      non-zero: abandon the current command (a worker died)
+    6     ZERO       always 0: the abort word of waits that must not abort
+    7-9   BARRIER    arrival count, generation, sleepers (sync.barrier)
+    10+w  WORKER w   state, last generation done, pid, step being run
+
+Protocol for one command (parent side in ``post``/``wait_done``):
+parent writes CMD, sets DONE = 0, increments GEN (release; wakes
+sleepers) -> each worker sees GEN (acquire), runs, records its status and
+increments DONE -> parent sees DONE == workers.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from numba import njit
+
+from .sync import LINE, TIMEOUT, bump, load_acquire, store_release, wait_change
+
+GEN, GEN_SLEEP, CMD, DONE, DONE_SLEEP, ABORT, ZERO, BARRIER = (i * LINE for i in range(8))
+WORKER0 = 10 * LINE
+# CMD words
+C_OP, C_MODEL, C_N, C_PROG = CMD, CMD + 1, CMD + 2, CMD + 3
+# worker line words
+W_STATE, W_GEN, W_PID, W_STEP = range(4)
+# ops
+OP_NOP, OP_RUN, OP_SYNC, OP_EXIT = 0, 1, 2, 3
+# worker states
+ST_STARTING, ST_READY, ST_EXITED = 0, 1, 2
+
+MSG_BYTES = 1 << 20
+
+
+def layout(max_workers: int):
+    """(number of int32 words, byte offset of the message area, total bytes)."""
+    words = (WORKER0 // LINE + max_workers) * LINE
+    return words, words * 4, words * 4 + MSG_BYTES
+
+
+def wline(wid: int) -> int:
+    return WORKER0 + wid * LINE
+
+
+def write_msg(buf, offset: int, obj) -> None:
+    data = json.dumps(obj).encode()
+    if len(data) + 8 > MSG_BYTES:
+        raise RuntimeError(f"control message of {len(data)} bytes exceeds {MSG_BYTES - 8}")
+    buf[offset:offset + 8] = len(data).to_bytes(8, "little")
+    buf[offset + 8:offset + 8 + len(data)] = data
+
+
+def read_msg(buf, offset: int):
+    n = int.from_bytes(bytes(buf[offset:offset + 8]), "little")
+    return json.loads(bytes(buf[offset + 8:offset + 8 + n]).decode()) if n else {}
+
+
+@njit(cache=True)
+def post(ctrl, op, model, n, prog):
+    """Publish one command to every worker."""
+    ctrl[C_OP] = op
+    ctrl[C_MODEL] = model
+    ctrl[C_N] = n
+    ctrl[C_PROG] = prog
+    store_release(ctrl, DONE, 0)
+    return bump(ctrl, GEN, GEN_SLEEP)
+
+
+@njit(cache=True)
+def wait_done(ctrl, parties, spin_ns, block_ns):
+    """Wait for DONE == parties; returns parties, or TIMEOUT after one block slice."""
+    while True:
+        v = load_acquire(ctrl, DONE)
+        if v >= parties:
+            return np.int64(v)
+        r = wait_change(ctrl, DONE, v, DONE_SLEEP, ZERO, spin_ns, block_ns, 0)
+        if r == TIMEOUT:
+            return r
+
+
+@njit(cache=True)
+def call(ctrl, op, model, n, prog, parties, spin_ns, block_ns):
+    """post + wait_done in one dispatch: the parent's hot path."""
+    post(ctrl, op, model, n, prog)
+    return wait_done(ctrl, parties, spin_ns, block_ns)
+
+
+@njit(cache=True)
+def finish(ctrl, wid, gen):
+    """A worker's end of a command: status, then DONE += 1 (waking the parent)."""
+    store_release(ctrl, WORKER0 + wid * LINE + W_GEN, gen)
+    bump(ctrl, DONE, DONE_SLEEP)
+
+
+@njit(cache=True)
+def get_word(ctrl, idx):
+    """Acquire-load of one word, for Python code."""
+    return load_acquire(ctrl, idx)
+
+
+@njit(cache=True)
+def set_word(ctrl, idx, value):
+    """Release-store of one word, for Python code."""
+    store_release(ctrl, idx, value)

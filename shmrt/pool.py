@@ -1,0 +1,205 @@
+"""The worker pool: N pinned processes around one control block.
+
+    parent (your Python)                     workers (python -m shmrt.worker)
+    +----------------------+   int32 words   +-------------------+
+    | cm(x): copy x in,    |---- GEN++ ----->| w0  pinned cpu 0  |--+
+    | post RUN, wait DONE, |<--- DONE++ -----| w1  pinned cpu 1  |  | barriers
+    | copy y out           |                 | ...               |<-+ (control
+    +----------+-----------+                 +---------+---------+    block)
+               |  creates, owns, unlinks               |  attach by name
+               v                                       v
+    [control block]  [weights (read-only)]  [activation arena]   /dev/shm
+
+Only integers cross processes on the hot path (control.py documents the
+words).  Workers are plain subprocesses (``python -m shmrt.worker``), not
+multiprocessing children: the start is fork-free and so safe with threads,
+works the same on every OS, needs no ``if __name__ == "__main__"`` guard in
+the user's script, and gives each worker an environment of its own
+(one-thread BLAS and Numba, set before numpy is imported).
+
+Failure: the parent watches its children while it waits.  A worker that
+dies mid-call aborts the call (ABORT word; workers leave their barriers),
+the call raises ``WorkerError`` and the worker is started again for the
+next call.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+
+from . import config
+from . import control as C
+from .store import Segment
+from .sync import LINE, TIMEOUT, wake_all
+
+
+class WorkerError(RuntimeError):
+    """A worker process died during a call; the call's result is lost."""
+
+
+def cpu_order() -> list:
+    """CPUs this process may use, one per physical core first, SMT siblings last."""
+    try:
+        allowed = sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return list(range(os.cpu_count() or 1))
+    first, rest, seen = [], [], set()
+    for cpu in allowed:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list") as f:
+                core = f.read().strip()
+        except OSError:
+            core = str(cpu)
+        (rest if core in seen else first).append(cpu)
+        seen.add(core)
+    return first + rest
+
+
+def default_workers() -> int:
+    if config.WORKERS:
+        return config.WORKERS
+    try:
+        import psutil
+        physical = psutil.cpu_count(logical=False) or 1
+    except ImportError:
+        physical = os.cpu_count() or 1
+    try:
+        physical = min(physical, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        pass
+    return max(1, physical)
+
+
+class Pool:
+    def __init__(self, workers: int):
+        self.n = int(workers)
+        ncpu = len(cpu_order())
+        spin_us = config.SPIN_US if config.SPIN_US is not None else (50.0 if self.n < ncpu + 1 else 2.0)
+        self.spin_ns, self.spin_us = int(spin_us * 1000), spin_us
+        self.block_ns = 20_000_000  # the parent looks at its children every 20 ms while it waits
+        words, self.msg_off, nbytes = C.layout(self.n)
+        self.seg = Segment.create(nbytes)
+        self.ctrl = self.seg.array(np.int32, words)
+        self.procs = [None] * self.n
+        self.cpus = cpu_order() if config.PIN else []
+        self.models = {}  # model id -> spec (segment names, programs)
+        self.lock = threading.RLock()
+        self.closed = False
+        C.write_msg(self.seg.buf, self.msg_off, {"models": {}})
+        try:
+            for w in range(self.n):
+                self._spawn(w)
+            self._await_ready(range(self.n))
+        except BaseException:
+            self.close()
+            raise
+
+    # -- processes ---------------------------------------------------------
+    def _spawn(self, w: int) -> None:
+        C.set_word(self.ctrl, C.wline(w) + C.W_STATE, C.ST_STARTING)
+        cpu = self.cpus[w % len(self.cpus)] if self.cpus and self.n <= len(self.cpus) else -1
+        env = dict(os.environ, **config.SINGLE_THREAD_ENV)
+        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+        args = [sys.executable, "-m", "shmrt.worker", self.seg.name, str(self.seg.nbytes), str(w), str(cpu),
+                str(os.getpid()), str(self.msg_off), str(self.spin_us)]
+        self.procs[w] = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, close_fds=True)
+
+    def _await_ready(self, wids) -> None:
+        deadline = time.monotonic() + config.START_TIMEOUT_S
+        for w in wids:
+            while C.get_word(self.ctrl, C.wline(w) + C.W_STATE) != C.ST_READY:
+                code = self.procs[w].poll()
+                if code is not None:
+                    raise WorkerError(f"worker {w} exited with code {code} while starting "
+                                      f"(its error, if any, is printed above)")
+                if time.monotonic() > deadline:
+                    raise WorkerError(f"worker {w} did not start within {config.START_TIMEOUT_S:.0f} s "
+                                      f"(SHMRT_START_TIMEOUT_S)")
+                time.sleep(0.002)
+
+    def pids(self) -> list:
+        return [p.pid for p in self.procs if p is not None]
+
+    # -- commands ----------------------------------------------------------
+    def command(self, op: int, model: int = -1, n: int = 0, prog: int = 0) -> None:
+        """Run one command on every worker; raise WorkerError if one dies."""
+        if self.closed:
+            raise RuntimeError("this shmrt.Runtime is closed; create a new one")
+        restarting = [w for w in range(self.n)
+                      if C.get_word(self.ctrl, C.wline(w) + C.W_STATE) != C.ST_READY]
+        if restarting:
+            self._await_ready(restarting)
+        r = C.call(self.ctrl, op, model, n, prog, self.n, self.spin_ns, self.block_ns)
+        try:
+            while r == TIMEOUT:
+                dead = [w for w, p in enumerate(self.procs) if p.poll() is not None]
+                if dead:
+                    self._recover(dead)  # raises WorkerError
+                r = C.wait_done(self.ctrl, self.n, self.spin_ns, self.block_ns)
+        except WorkerError:
+            raise
+        except BaseException:  # KeyboardInterrupt while waiting: stop the workers, then re-raise
+            if not self.closed:
+                self._recover([])
+            raise
+
+    def _recover(self, dead: list) -> None:
+        """Abort the current command, wait for the survivors, restart the dead."""
+        gen = int(C.get_word(self.ctrl, C.GEN))
+        C.set_word(self.ctrl, C.ABORT, 1)
+        wake_all(self.ctrl, C.BARRIER + LINE)
+        deadline = time.monotonic() + 0.5
+        live = [w for w in range(self.n) if w not in dead]
+        while live and time.monotonic() < deadline:
+            live = [w for w in live if C.get_word(self.ctrl, C.wline(w) + C.W_GEN) != gen
+                    and self.procs[w].poll() is None]
+            time.sleep(0.0005)
+        stuck = live  # neither finished nor died in time: replace them too
+        for w in stuck:
+            self.procs[w].kill()
+        for w in set(dead) | set(stuck):
+            self.procs[w].wait()
+        self.ctrl[C.BARRIER] = 0
+        C.set_word(self.ctrl, C.ABORT, 0)
+        info = []
+        for w in sorted(set(dead) | set(stuck)):
+            code = self.procs[w].returncode
+            how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
+            info.append(f"worker {w} (pid {self.procs[w].pid}, {how})")
+            self._spawn(w)
+        if dead:
+            raise WorkerError(f"{', '.join(info)} died during the call; the call was abandoned and "
+                              f"the worker restarted, so the next call runs normally")
+
+    def sync_models(self) -> None:
+        with self.lock:
+            C.write_msg(self.seg.buf, self.msg_off, {"models": self.models})
+            self.command(C.OP_SYNC)
+
+    # -- shutdown ----------------------------------------------------------
+    def close(self, timeout: float = 2.0) -> None:
+        with self.lock:
+            if self.closed:
+                return
+            live = [p for p in self.procs if p is not None and p.poll() is None]
+            if live and all(p is not None for p in self.procs):
+                try:
+                    C.post(self.ctrl, C.OP_EXIT, -1, 0, 0)
+                except Exception:
+                    pass
+            self.closed = True
+            deadline = time.monotonic() + timeout
+            for p in live:
+                try:
+                    p.wait(max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            self.ctrl = None
+            self.seg.close()

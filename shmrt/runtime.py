@@ -1,0 +1,296 @@
+"""Public API: Runtime, CompiledModel, run.
+
+One request, end to end:
+  cm(x) -> validate and cast x -> copy into the arena's input rows (shared
+  memory) -> pool.command(RUN) (or the in-process executor when workers=0)
+  -> every worker runs its program -> copy the output rows out.
+Two tiers, like mpi4py's: ``cm(x)`` copies in and out; ``cm.input_buffer(n)``
+and ``cm.run_in_place(n)`` hand out views of the shared arena itself.
+"""
+from __future__ import annotations
+
+import atexit
+import itertools
+import threading
+import weakref
+
+import numpy as np
+
+from . import control as C
+from . import plan as planner
+from .executor import run_in_process
+from .pool import Pool, default_workers
+from .store import Segment, WeightStore
+
+_model_ids = itertools.count()
+_live_runtimes: "weakref.WeakSet[Runtime]" = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all():
+    for rt in list(_live_runtimes):
+        rt.close()
+
+
+def _check_workers(workers):
+    if workers is None:
+        return default_workers()
+    if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 0:
+        raise ValueError(f"workers must be None (one per physical core), 0 (run in this process) "
+                         f"or a positive int, got {workers!r}")
+    return int(workers)
+
+
+class Runtime:
+    """A pool of pinned worker processes that compiled models run on.
+
+    ``workers=None``: one per physical core; ``workers=0``: no processes, the
+    plan runs sequentially in this process (the reference and debugging path).
+    """
+
+    def __init__(self, workers=None):
+        self.workers = _check_workers(workers)
+        self._lock = threading.RLock()
+        self._models = {}  # id -> CompiledModel, alive until closed with the runtime
+        self._closed = False
+        self.pool = None
+        from . import warmup
+        warmup.compile_all()  # workers then load the kernels from Numba's disk cache
+        if self.workers > 0:
+            self.pool = Pool(self.workers)
+        _live_runtimes.add(self)
+
+    def compile(self, model, strategy="auto", max_batch=256, input_shape=None) -> "CompiledModel":
+        """Plan ``model`` for this runtime's workers and place it in shared memory."""
+        self._check_open()
+        plan = planner.build(model, max(self.workers, 1), strategy, max_batch, input_shape)
+        return CompiledModel(self, plan, strategy)
+
+    def roundtrip(self) -> None:
+        """One empty command parent -> every worker -> parent (for benchmarks)."""
+        self._check_open()
+        if self.pool is not None:
+            with self._lock:
+                self.pool.command(C.OP_NOP)
+
+    def pids(self) -> list:
+        return self.pool.pids() if self.pool is not None else []
+
+    def _check_open(self):
+        if self._closed:
+            raise RuntimeError("this shmrt.Runtime is closed; create a new one")
+
+    def close(self) -> None:
+        """Stop the workers and remove every shared segment; idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            for cm in list(self._models.values()):
+                cm._release()
+            if self.pool is not None:
+                self.pool.close()
+        _live_runtimes.discard(self)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:
+            pass
+
+    def __repr__(self):
+        state = "closed" if self._closed else "open"
+        return f"shmrt.Runtime(workers={self.workers}, {state})"
+
+
+_REFUSED_KINDS = {"c": "complex", "O": "object", "U": "string", "S": "bytes", "M": "datetime",
+                  "m": "timedelta", "V": "structured"}
+
+
+class CompiledModel:
+    """A model placed in shared memory with its plan; call it like a function."""
+
+    def __init__(self, rt: Runtime, plan: planner.Plan, strategy: str):
+        self.runtime, self.plan, self.strategy = rt, plan, strategy
+        self.id = next(_model_ids)
+        self.max_batch = plan.max_batch
+        self.in_features = plan.in_features
+        self.weights = WeightStore.pack(plan.tensors)
+        try:
+            self._arena_seg = Segment.create(plan.arena_floats * 4)
+            self.arena = self._arena_seg.array(np.float32)
+            self._programs = _stack(list(plan.programs.values()))
+            rt._models[self.id] = self
+            if rt.pool is not None:
+                rt.pool.models[self.id] = {
+                    "weights": self.weights.segment.name, "weights_bytes": self.weights.nbytes,
+                    "arena": self._arena_seg.name, "arena_bytes": self._arena_seg.nbytes,
+                    "programs": self._programs.ravel().tolist(), "programs_shape": list(self._programs.shape)}
+                rt.pool.sync_models()
+        except BaseException:
+            self._release()
+            raise
+        self._released = False
+
+    # -- convenience tier ----------------------------------------------------
+    def __call__(self, x):
+        x, squeeze = self._validate(x)
+        n = x.shape[0]
+        o = self.plan.output
+        if o.kind == "topk":
+            vals, idx = np.empty((n, o.width), np.float32), np.empty((n, o.width), np.int64)
+        else:
+            res = np.empty((n,) if o.kind == "argmax" else (n, o.width), np.int64 if o.kind == "argmax" else np.float32)
+        for s in range(0, n, self.max_batch):
+            e = min(n, s + self.max_batch)
+            self.input_buffer(e - s)[...] = x[s:e]
+            out = self.run_in_place(e - s)
+            if o.kind == "topk":
+                vals[s:e], idx[s:e] = out
+            else:
+                res[s:e] = out
+        if o.kind == "topk":
+            return (vals[0], idx[0]) if squeeze else (vals, idx)
+        return res[0] if squeeze else res
+
+    def _validate(self, x):
+        if not isinstance(x, np.ndarray):
+            try:
+                x = np.asarray(x)
+            except Exception as e:
+                raise TypeError(f"expected a numpy array of shape (N, {self.in_features}), "
+                                f"got {type(x).__name__}: {e}") from None
+        if x.dtype.kind in _REFUSED_KINDS:
+            raise TypeError(f"expected a real numeric array (float, int or bool, computed as float32) of shape "
+                            f"(N, {self.in_features}), got dtype {x.dtype} ({_REFUSED_KINDS[x.dtype.kind]})")
+        squeeze = x.ndim == 1
+        if squeeze:
+            x = x[None, :]
+        if x.ndim != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"expected input of shape (N, {self.in_features}) or ({self.in_features},), "
+                             f"got {x.shape}")
+        return x, squeeze
+
+    # -- zero-copy tier ----------------------------------------------------
+    def input_buffer(self, n=None) -> np.ndarray:
+        """The arena's input rows [n, in_features], in shared memory: write here,
+        then call ``run_in_place(n)``.  Valid until the model is closed."""
+        n = self._check_n(n)
+        off = self.plan.input_off
+        return self.arena[off:off + n * self.in_features].reshape(n, self.in_features)
+
+    def run_in_place(self, n=None):
+        """Run on the first n rows of ``input_buffer`` and return views of the
+        output in the arena (valid until the next call): an array, or
+        (values, indices) for TopK."""
+        n = self._check_n(n)
+        self._check_open()
+        rt, plan = self.runtime, self.plan
+        name = plan.strategy_for(self.strategy, n)
+        if n > 0:
+            with rt._lock:
+                rt._check_open()
+                if rt.pool is None:
+                    run_in_process(plan.programs[name], self.weights.flat, self.arena, n)
+                else:
+                    rt.pool.command(C.OP_RUN, self.id, n, plan.program_index(name))
+        o = plan.output
+        if o.kind == "argmax":
+            return self.arena[o.off:o.off + 2 * n].view(np.int64)
+        vals = self.arena[o.off:o.off + n * o.width].reshape(n, o.width)
+        if o.kind == "topk":
+            return vals, self.arena[o.idx_off:o.idx_off + 2 * n * o.width].view(np.int64).reshape(n, o.width)
+        return vals
+
+    def _check_n(self, n):
+        if n is None:
+            return self.max_batch
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 0 <= n <= self.max_batch:
+            raise ValueError(f"n must be an int in 0..max_batch={self.max_batch}, got {n!r}")
+        return int(n)
+
+    def _check_open(self):
+        if getattr(self, "_released", True):
+            raise RuntimeError("this compiled model is closed (its runtime was closed)")
+
+    # -- explain -----------------------------------------------------------
+    def explain(self, batch=None) -> str:
+        """Per layer: partition, slice per worker, bytes moved, flops, barriers."""
+        n = self.max_batch if batch is None else self._check_n(batch)
+        plan = self.plan
+        names = list(plan.programs) if self.strategy == "auto" else [self.strategy]
+        lines = [f"shmrt plan: {plan.workers} worker(s), strategy={self.strategy!r}, max_batch={plan.max_batch}, "
+                 f"weights {self.weights.nbytes / 2**20:.2f} MiB (one shared copy), "
+                 f"arena {plan.arena_floats * 4 / 2**20:.2f} MiB"]
+        if self.strategy == "auto":
+            lines.append(f"auto: 'model' for batches <= {plan.model_max_batch} "
+                         f"({planner.AUTO_MODEL_ROWS_PER_WORKER} rows per worker), 'data' above; "
+                         f"batch {n} -> {plan.strategy_for('auto', n)!r}")
+        for s in names:
+            lines.append(f"[{s}] at batch {n}:")
+            for r in plan.explain_rows[s]:
+                flops = r.get("flops", 0) * n
+                moved = r.get("read_per_worker", 0) + r.get("moved_per_row", 0) * n
+                lines.append(f"  layer {','.join(map(str, r['layers']))}: {r['layer']}")
+                lines.append(f"    partition: {r['partition']}; barriers: {r['barriers']}; "
+                             f"flops: {flops:,}; bytes read per worker: {moved:,}")
+                lines.append("    slices: " + " | ".join(f"w{w}: {sl}" for w, sl in enumerate(r["slices"])))
+        return "\n".join(lines)
+
+    # -- lifetime ----------------------------------------------------------
+    def close(self) -> None:
+        """Detach the workers from this model and free its shared memory."""
+        rt = self.runtime
+        with rt._lock:
+            if rt.pool is not None and self.id in rt.pool.models and not rt._closed:
+                del rt.pool.models[self.id]
+                rt.pool.sync_models()
+            self._release()
+
+    def _release(self):
+        self._released = True
+        self.arena = None
+        if hasattr(self, "_arena_seg"):
+            self._arena_seg.close()
+        self.weights.segment.close()
+        self.runtime._models.pop(self.id, None)
+        if self.runtime.pool is not None:
+            self.runtime.pool.models.pop(self.id, None)
+
+    def __repr__(self):
+        return f"<shmrt.CompiledModel id={self.id} strategy={self.strategy!r} workers={self.plan.workers}>"
+
+
+def _stack(programs):
+    """Programs of different lengths as one [strategies, P, steps, ROW] array (END-padded)."""
+    steps = max(p.shape[1] for p in programs)
+    out = np.zeros((len(programs), programs[0].shape[0], steps, programs[0].shape[2]), np.int64)
+    for i, p in enumerate(programs):
+        out[i, :, :p.shape[1]] = p
+    return out
+
+
+_default = {}
+
+
+def run(model, x, **compile_options):
+    """One-shot: run ``model`` on ``x`` on a default runtime (created on first use,
+    closed at exit).  Compiled models are cached per model object."""
+    rt = _default.get("rt")
+    if rt is None or rt._closed:
+        rt = _default["rt"] = Runtime()
+        _default["cache"] = weakref.WeakKeyDictionary()
+    cache = _default["cache"]
+    key = tuple(sorted(compile_options.items()))
+    entry = cache.get(model)
+    if entry is None or entry[0] != key:
+        if entry is not None:
+            entry[1].close()
+        entry = cache[model] = (key, rt.compile(model, **compile_options))
+    return entry[1](x)

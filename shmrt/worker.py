@@ -1,0 +1,123 @@
+"""A worker process: ``python -m shmrt.worker CTRL BYTES WID CPU PPID MSG_OFF SPIN_US``.
+
+Started by pool.py with one-thread BLAS/Numba settings in its environment.
+It pins itself, attaches the control block and every model the parent
+lists in the message area, says READY, then loops: wait for a command,
+run it (the hot loop stays inside Numba: executor.serve), count itself done.
+It never pickles or queues anything.  When its parent is gone it unlinks
+every segment it knows and exits.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import numpy as np
+
+from . import config
+from . import control as C
+from .executor import serve
+from .store import Segment, WeightStore, unlink
+from .sync import ABORTED, wait_change
+
+
+def pin(cpu: int) -> None:
+    if cpu < 0:
+        return
+    try:
+        if hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, {cpu})
+        elif sys.platform != "darwin":  # macOS has no affinity API
+            import psutil
+            psutil.Process().cpu_affinity([cpu])
+    except (OSError, ValueError, AttributeError):
+        pass  # pinning is an optimisation; containers may forbid it
+
+
+class _Model:
+    def __init__(self, spec):
+        self.spec = spec
+        self.weights = WeightStore.attach(spec["weights"], spec["weights_bytes"], {})
+        self.arena_seg = Segment(spec["arena"], spec["arena_bytes"], create=False)
+        self.arena = self.arena_seg.array(np.float32)
+        self.progs = np.asarray(spec["programs"], dtype=np.int64).reshape(spec["programs_shape"])
+
+    def close(self):
+        self.arena = None
+        self.weights.segment.close()
+        self.arena_seg.close()
+
+
+def _sync(models: dict, spec: dict) -> None:
+    wanted = {int(k): v for k, v in spec.get("models", {}).items()}
+    for mid in list(models):
+        if mid not in wanted:
+            models.pop(mid).close()
+    for mid, s in wanted.items():
+        if mid not in models:
+            models[mid] = _Model(s)
+
+
+def main(argv) -> int:
+    ctrl_name, ctrl_bytes, wid, cpu, ppid, msg_off = (argv[0], *map(int, argv[1:6]))
+    spin = int(float(argv[6]) * 1000)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    pin(cpu)
+    seg = Segment(ctrl_name, ctrl_bytes, create=False)
+    ctrl = seg.array(np.int32, msg_off // 4)
+    block = int(config.BLOCK_MS * 1e6)
+    models: dict = {}
+    dummy_w = np.zeros(16, np.float32)
+    dummy_w.flags.writeable = False
+    dummy = (np.zeros((1, 1, 1, 16), np.int64), dummy_w, np.zeros(16, np.float32))
+    line = C.wline(wid)
+    try:
+        _sync(models, C.read_msg(seg.buf, msg_off))
+        gen = int(ctrl[C.GEN])
+        ctrl[line + C.W_PID] = os.getpid()
+        ctrl[line + C.W_GEN] = gen
+        C.set_word(ctrl, line + C.W_STATE, C.ST_READY)  # release: after gen was read
+        pending = None
+        while True:
+            if pending is None:
+                g = wait_change(ctrl, C.GEN, gen, C.GEN_SLEEP, C.ZERO, spin, block, ppid)
+                if g == ABORTED:
+                    return _orphaned(models, ctrl_name)
+                pending = g
+            gen, pending = int(pending), None
+            op, mid = int(ctrl[C.C_OP]), int(ctrl[C.C_MODEL])
+            if op == C.OP_NOP or (op == C.OP_RUN and mid in models):
+                m = models[mid] if op == C.OP_RUN else None
+                progs, w, a = (m.progs, m.weights.flat, m.arena) if m else dummy
+                r = serve(ctrl, wid, mid if m else -1, progs, w, a, gen, spin, block, ppid)
+                if r == ABORTED:
+                    return _orphaned(models, ctrl_name)
+                pending = r
+                continue
+            if op == C.OP_SYNC:
+                _sync(models, C.read_msg(seg.buf, msg_off))
+            elif op == C.OP_RUN:
+                print(f"shmrt worker {wid}: command for unknown model {mid}", file=sys.stderr)
+            C.finish(ctrl, wid, gen)
+            if op == C.OP_EXIT:
+                break
+    finally:
+        for m in models.values():
+            m.close()
+        ctrl[line + C.W_STATE] = C.ST_EXITED
+        del ctrl
+    return 0
+
+
+def _orphaned(models, ctrl_name) -> int:
+    """The parent died: remove every segment it made that we know of."""
+    for m in models.values():
+        unlink(m.spec["weights"])
+        unlink(m.spec["arena"])
+    unlink(ctrl_name)
+    return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
