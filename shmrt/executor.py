@@ -100,9 +100,10 @@ def run_steps(prog, start, weights, arena, n, ctrl, spin_ns, block_ns, ppid, sto
 
 
 @njit(cache=True)
-def serve(ctrl, wid, model, progs, weights, arena, gen, spin_ns, block_ns, ppid):
+def serve(ctrl, wid, model, progs, weights, arena, gen, spin_ns, idle_spin_ns, block_ns, ppid):
     """A worker's hot loop: run RUN (for ``model``) and NOP commands without
-    leaving Numba.  Returns the generation of the first command it cannot
+    leaving Numba.  Barriers spin spin_ns, the wait between commands
+    idle_spin_ns.  Returns the generation of the first command it cannot
     handle (the caller handles it), or ABORTED when the parent is gone."""
     while True:
         op = ctrl[C.C_OP]
@@ -112,7 +113,7 @@ def serve(ctrl, wid, model, progs, weights, arena, gen, spin_ns, block_ns, ppid)
         elif op != C.OP_NOP:
             return gen
         C.finish(ctrl, wid, gen)
-        g = wait_change(ctrl, C.GEN, gen, C.GEN_SLEEP, C.ZERO, spin_ns, block_ns, ppid)
+        g = wait_change(ctrl, C.GEN, gen, C.GEN_SLEEP, C.ZERO, idle_spin_ns, block_ns, ppid)
         if g == ABORTED:
             return g
         gen = g

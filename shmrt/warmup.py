@@ -40,7 +40,7 @@ def compile_all() -> None:
         ctrl = seg.array(np.int32, 1024)
         i64 = types.int64
         serve.compile((numba.typeof(ctrl), i64, i64, numba.typeof(progs), w_type, numba.typeof(arena),
-                       i64, i64, i64, i64))
+                       i64, i64, i64, i64, i64))
         ctrl[C.GEN] = 1
         wait_change(ctrl, C.GEN, 0, C.GEN_SLEEP, C.ZERO, 0, 0, 0)
         barrier(ctrl, C.BARRIER, 1, C.ABORT, 0, 0, 0)

@@ -1,4 +1,4 @@
-"""A worker process: ``python -m shmrt.worker CTRL BYTES WID CPU PPID MSG_OFF SPIN_US``.
+"""A worker process: ``python -m shmrt.worker CTRL BYTES WID CPU PPID MSG_OFF SPIN_US IDLE_SPIN_US``.
 
 Started by pool.py with one-thread BLAS/Numba settings in its environment.
 It pins itself, attaches the control block and every model the parent
@@ -62,6 +62,7 @@ def _sync(models: dict, spec: dict) -> None:
 def main(argv) -> int:
     ctrl_name, ctrl_bytes, wid, cpu, ppid, msg_off = (argv[0], *map(int, argv[1:6]))
     spin = int(float(argv[6]) * 1000)
+    idle_spin = int(float(argv[7]) * 1000)  # 0 for the worker that lends its core to the parent
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     pin(cpu)
     seg = Segment(ctrl_name, ctrl_bytes, create=False)
@@ -81,7 +82,7 @@ def main(argv) -> int:
         pending = None
         while True:
             if pending is None:
-                g = wait_change(ctrl, C.GEN, gen, C.GEN_SLEEP, C.ZERO, spin, block, ppid)
+                g = wait_change(ctrl, C.GEN, gen, C.GEN_SLEEP, C.ZERO, idle_spin, block, ppid)
                 if g == ABORTED:
                     return _orphaned(models, ctrl_name)
                 pending = g
@@ -90,7 +91,7 @@ def main(argv) -> int:
             if op == C.OP_NOP or (op == C.OP_RUN and mid in models):
                 m = models[mid] if op == C.OP_RUN else None
                 progs, w, a = (m.progs, m.weights.flat, m.arena) if m else dummy
-                r = serve(ctrl, wid, mid if m else -1, progs, w, a, gen, spin, block, ppid)
+                r = serve(ctrl, wid, mid if m else -1, progs, w, a, gen, spin, idle_spin, block, ppid)
                 if r == ABORTED:
                     return _orphaned(models, ctrl_name)
                 pending = r
