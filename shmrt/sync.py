@@ -243,10 +243,12 @@ def barrier(ctrl, base, parties, abort, spin_ns, block_ns, ppid):
         store_release(ctrl, base, 0)  # visible before the new generation
         bump(ctrl, gen_i, base + 2 * LINE)
         return 0
-    r = wait_change(ctrl, gen_i, g, base + 2 * LINE, abort, spin_ns, block_ns, ppid)
-    if r == ABORTED:
-        return ABORTED
-    return 0
+    while True:
+        r = wait_change(ctrl, gen_i, g, base + 2 * LINE, abort, spin_ns, block_ns, ppid)
+        if r == ABORTED:
+            return ABORTED
+        if r != TIMEOUT:
+            return 0
 
 
 def new_words(n_lines: int) -> np.ndarray:

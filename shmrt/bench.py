@@ -1,0 +1,205 @@
+"""``python -m shmrt.bench``: shmrt on built-in models, next to numpy in one process.
+
+For each worker count and strategy: latency p50 / p90 and throughput of
+``cm(x)`` (the convenience tier, copies included), the speedup over the
+same model in numpy (float32, numpy's own BLAS threads) measured in the
+same run, and the empty-command round trip parent -> workers -> parent.
+Every configuration is checked against a float64 reference before it is
+timed; a configuration that fails the check is reported, never timed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import time
+
+import numpy as np
+
+import shmrt
+
+MLP_DIMS = (1024, 4096, 4096, 1024)
+
+
+def mlp(dims=MLP_DIMS):
+    """The built-in MLP: Linear + ReLU between every pair of dims (seeded)."""
+    shmrt.manual_seed(1234)
+    layers = []
+    for a, b in zip(dims, dims[1:]):
+        layers += [shmrt.Linear(a, b), shmrt.ReLU()]
+    return shmrt.Sequential(layers[:-1])
+
+
+def numpy_forward(model, x, dtype=np.float32):
+    h = x.astype(dtype, copy=False)
+    for l in model.layers:
+        if isinstance(l, shmrt.Linear):
+            h = h @ l.params["weight"].astype(dtype, copy=False).T
+            if "bias" in l.params:
+                h += l.params["bias"].astype(dtype, copy=False)
+        elif isinstance(l, shmrt.ReLU):
+            np.maximum(h, 0, out=h)
+        else:
+            raise NotImplementedError(repr(l))
+    return h
+
+
+def rel_err(y, ref) -> float:
+    return float(np.max(np.abs(y - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
+def timeit(fn, reps: int, min_time: float, warmup: int = 2):
+    """Per-call seconds: ``warmup`` calls excluded, then ``reps`` calls or
+    until ``min_time`` has passed, whichever is later (at most 20 x reps)."""
+    for _ in range(warmup):
+        fn()
+    ts, t_end = [], time.perf_counter() + min_time
+    while len(ts) < reps or (time.perf_counter() < t_end and len(ts) < 20 * reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return np.array(ts)
+
+
+def roundtrip_us(rt, n=3000):
+    ts = timeit(rt.roundtrip, n, 0.0, warmup=200)
+    return float(np.median(ts) * 1e6), float(np.percentile(ts, 90) * 1e6)
+
+
+def machine() -> dict:
+    info = {"python": platform.python_version(), "platform": platform.platform(),
+            "machine": platform.machine(), "numpy": np.__version__}
+    try:
+        import numba
+        info["numba"] = numba.__version__
+    except ImportError:
+        pass
+    try:
+        import psutil
+        info["cores_physical"] = psutil.cpu_count(logical=False)
+        info["cores_logical"] = psutil.cpu_count()
+    except ImportError:
+        info["cores_logical"] = os.cpu_count()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    info["cpu"] = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        info["cpu"] = platform.processor()
+    try:
+        from threadpoolctl import threadpool_info
+        info["blas"] = [f"{d.get('internal_api')} {d.get('version')} ({d.get('architecture')}, "
+                        f"{d.get('num_threads')} threads)" for d in threadpool_info() if d.get("user_api") == "blas"]
+    except ImportError:
+        pass
+    return info
+
+
+def _progress(msg):
+    print(f"  .. {msg}", file=sys.stderr, flush=True)
+
+
+def run(workers, strategies, batches, quick=False):
+    model = mlp()
+    nbytes = sum(a.nbytes for l in model.layers for a in l.params.values())
+    rng = np.random.default_rng(0)
+    xs = {b: rng.standard_normal((b, MLP_DIMS[0])).astype(np.float32) for b in batches}
+    refs = {b: numpy_forward(model, xs[b], np.float64) for b in batches}
+    reps, min_time = (5, 0.3) if quick else (20, 1.5)
+    rows, base = [], {}
+    for b in batches:
+        _progress(f"numpy batch {b}")
+        err = rel_err(numpy_forward(model, xs[b]), refs[b])
+        ts = timeit(lambda: numpy_forward(model, xs[b]), reps, min_time)
+        base[b] = float(np.median(ts))
+        rows.append(dict(impl="numpy (1 process)", workers=1, strategy="-", batch=b, p50_ms=base[b] * 1e3,
+                         p90_ms=float(np.percentile(ts, 90)) * 1e3, items_per_s=b / base[b], speedup=1.0,
+                         rel_err=err, ok=err <= 1e-5))
+    roundtrips = {}
+    for n in workers:
+        _progress(f"starting {n} worker(s)")
+        with shmrt.Runtime(workers=n) as rt:
+            if n > 0:
+                roundtrips[n] = roundtrip_us(rt, 1000 if quick else 5000)
+            for s in strategies:
+                cm = rt.compile(model, strategy=s, max_batch=max(batches))
+                for b in batches:
+                    _progress(f"workers={n} strategy={s} batch={b}")
+                    err = rel_err(cm(xs[b]), refs[b])
+                    row = dict(impl="shmrt", workers=n, strategy=s, batch=b, rel_err=err, ok=err <= 1e-5,
+                               plan=cm.plan.strategy_for(s, b))
+                    if row["ok"]:
+                        ts = timeit(lambda: cm(xs[b]), reps, min_time)
+                        p50 = float(np.median(ts))
+                        row.update(p50_ms=p50 * 1e3, p90_ms=float(np.percentile(ts, 90)) * 1e3,
+                                   items_per_s=b / p50, speedup=base[b] / p50)
+                    rows.append(row)
+                cm.close()
+    return dict(workload=f"mlp {'-'.join(map(str, MLP_DIMS))} relu, {nbytes / 2**20:.0f} MiB float32 weights",
+                machine=machine(), rows=rows,
+                roundtrip_us={str(k): {"p50": v[0], "p90": v[1]} for k, v in roundtrips.items()})
+
+
+def table(result) -> str:
+    out = [f"workload: {result['workload']}",
+           f"machine: {result['machine'].get('cpu', '?')}, {result['machine'].get('cores_logical')} logical cores, "
+           f"BLAS {result['machine'].get('blas', '?')}",
+           "",
+           f"{'impl':<18} {'workers':>7} {'strategy':>8} {'plan':>5} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} "
+           f"{'items/s':>10} {'vs numpy':>8} {'rel err':>8}"]
+    for r in result["rows"]:
+        if "p50_ms" in r:
+            timing = f"{r['p50_ms']:9.3f} {r['p90_ms']:9.3f} {r['items_per_s']:10.1f} {r['speedup']:7.2f}x"
+        else:
+            timing = f"{'FAILED numeric check, not timed':>39}"
+        out.append(f"{r['impl']:<18} {r['workers']:>7} {r['strategy']:>8} {r.get('plan', '-'):>5} {r['batch']:>5} "
+                   f"{timing} {r['rel_err']:8.1e}")
+    out.append("")
+    for n, v in result["roundtrip_us"].items():
+        out.append(f"empty-command round trip parent -> {n} worker(s) -> parent: "
+                   f"p50 {v['p50']:.2f} us, p90 {v['p90']:.2f} us")
+    return "\n".join(out)
+
+
+def _ints(text):
+    try:
+        vals = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a comma-separated list of ints, got {text!r}") from None
+    if not vals or any(v < 0 for v in vals):
+        raise argparse.ArgumentTypeError(f"expected non-negative ints, got {text!r}")
+    return vals
+
+
+def main(argv=None) -> int:
+    default_n = shmrt.pool.default_workers()
+    ap = argparse.ArgumentParser(prog="python -m shmrt.bench", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--workers", type=_ints, default=sorted({1, default_n}),
+                    help=f"comma-separated worker counts (default: 1,{default_n})")
+    ap.add_argument("--strategies", default="data,model,auto",
+                    help="comma-separated strategies among auto,data,model (default: all)")
+    ap.add_argument("--batches", type=_ints, default=[1, 256], help="comma-separated batch sizes (default 1,256)")
+    ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = ap.parse_args(argv)
+    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    bad = [s for s in strategies if s not in shmrt.plan.STRATEGIES]
+    if bad:
+        ap.error(f"unknown strategy {bad[0]!r}; expected some of {', '.join(shmrt.plan.STRATEGIES)}")
+    if 0 in args.batches:
+        ap.error("batch sizes must be >= 1")
+    result = run(args.workers, strategies, args.batches, args.quick)
+    print(table(result))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0 if all(r["ok"] for r in result["rows"]) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
