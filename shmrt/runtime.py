@@ -140,6 +140,7 @@ class CompiledModel:
 
     # -- convenience tier ----------------------------------------------------
     def __call__(self, x):
+        self._check_open()
         x, squeeze = self._validate(x)
         n = x.shape[0]
         o = self.plan.output
@@ -182,6 +183,7 @@ class CompiledModel:
         """The arena's input rows [n, in_features], in shared memory: write here,
         then call ``run_in_place(n)``.  Valid until the model is closed."""
         n = self._check_n(n)
+        self._check_open()
         off = self.plan.input_off
         return self.arena[off:off + n * self.in_features].reshape(n, self.in_features)
 

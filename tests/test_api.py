@@ -1,0 +1,96 @@
+"""Public API contract: names, errors that say what was expected, explain()."""
+import numpy as np
+import pytest
+
+import shmrt
+from reference import forward, rel_err
+
+
+def small():
+    shmrt.manual_seed(7)
+    return shmrt.Sequential([shmrt.Linear(10, 33), shmrt.GELU(), shmrt.Linear(33, 4), shmrt.Softmax()])
+
+
+def test_public_names():
+    for name in ["Runtime", "run", "Sequential", "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "Softmax",
+                 "LogSoftmax", "ArgMax", "TopK", "WorkerError", "manual_seed"]:
+        assert hasattr(shmrt, name), name
+
+
+def test_explicit_parameters_and_seeded_init():
+    W = np.arange(12, dtype=np.float64).reshape(3, 4)
+    lin = shmrt.Linear(4, 3, weight=W, bias=np.ones(3))
+    assert lin.params["weight"].dtype == np.float32 and np.array_equal(lin.params["weight"], W)
+    shmrt.manual_seed(1)
+    a = shmrt.Linear(5, 6).params["weight"]
+    shmrt.manual_seed(1)
+    b = shmrt.Linear(5, 6).params["weight"]
+    assert np.array_equal(a, b)
+    assert "bias" not in shmrt.Linear(5, 6, bias=False).params
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: shmrt.Linear(4, 3, weight=np.zeros((4, 3))), r"weight must have shape \(3, 4\)"),
+    (lambda: shmrt.Linear(0, 3), "in_features must be a positive int"),
+    (lambda: shmrt.Linear(4, 3, bias=np.zeros(4)), r"bias must have shape \(3,\)"),
+    (lambda: shmrt.TopK(0), "k must be a positive int"),
+    (lambda: shmrt.GELU("fast"), "approximate must be 'none' or 'tanh'"),
+    (lambda: shmrt.Sequential([]), "at least one layer"),
+    (lambda: shmrt.Sequential([shmrt.Linear(2, 2), "relu"]), "item 1 must be a shmrt layer"),
+    (lambda: shmrt.Sequential([shmrt.ArgMax(), shmrt.Linear(2, 2)]), "must be the last layer"),
+])
+def test_constructor_errors(make, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        make()
+
+
+def test_compile_and_call_errors():
+    with shmrt.Runtime(workers=0) as rt:
+        with pytest.raises(ValueError, match="strategy must be one of"):
+            rt.compile(small(), strategy="fast")
+        with pytest.raises(ValueError, match="max_batch must be a positive int"):
+            rt.compile(small(), max_batch=0)
+        with pytest.raises(ValueError, match="Linear.*expects inputs of shape"):
+            rt.compile(shmrt.Sequential([shmrt.Linear(3, 4), shmrt.Linear(5, 2)]))
+        with pytest.raises(ValueError, match="input_shape"):
+            rt.compile(shmrt.Sequential([shmrt.ReLU()]))
+        with pytest.raises(TypeError, match="expected a shmrt.Sequential"):
+            rt.compile("model.onnx")
+        with pytest.raises(ValueError, match="TopK"):
+            rt.compile(shmrt.Sequential([shmrt.Linear(3, 2), shmrt.TopK(3)]))
+        cm = rt.compile(small(), max_batch=4)
+        with pytest.raises(ValueError, match=r"expected input of shape \(N, 10\)"):
+            cm(np.zeros((2, 9)))
+        with pytest.raises(ValueError, match=r"expected input of shape \(N, 10\)"):
+            cm(np.zeros((2, 2, 10)))
+        for bad in (np.zeros((2, 10), complex), np.array([["a"] * 10]), np.zeros((1, 10), "datetime64[s]"),
+                    np.array([[object()] * 10])):
+            with pytest.raises(TypeError, match=r"float32.*\(N, 10\)"):
+                cm(bad)
+        with pytest.raises(ValueError, match="n must be an int in 0..max_batch=4"):
+            cm.input_buffer(5)
+        assert cm(np.ones((2, 10), dtype=bool)).shape == (2, 4)
+        assert cm([[0.5] * 10]).shape == (1, 4)  # lists are accepted
+    with pytest.raises(RuntimeError, match="closed"):
+        cm(np.zeros((1, 10)))
+    with pytest.raises(RuntimeError, match="closed"):
+        rt.compile(small())
+    with pytest.raises(ValueError, match="workers must be None"):
+        shmrt.Runtime(workers=-2)
+
+
+def test_explain_names_partitions():
+    with shmrt.Runtime(workers=2) as rt:
+        cm = rt.compile(small(), strategy="auto", max_batch=64)
+        text = cm.explain(batch=1)
+        for part in ["columns (output features)", "rows (input features) + reduce-scatter", "batch rows",
+                     "w0:", "w1:", "flops", "bytes read per worker", "barriers", "batch 1 -> 'model'"]:
+            assert part in text, part
+        assert "batch 64 -> 'data'" in cm.explain(batch=64)
+
+
+def test_run_one_shot():
+    m = small()
+    x = np.random.default_rng(0).standard_normal((3, 10))
+    assert rel_err(shmrt.run(m, x), forward(m, x)) <= 1e-5
+    assert rel_err(shmrt.run(m, x), forward(m, x)) <= 1e-5  # cached compile
