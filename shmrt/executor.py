@@ -45,8 +45,9 @@ def _view(flat, off, ld, r0, r1, col, ncols):
 
 
 @njit(cache=True)
-def run_steps(prog, start, weights, arena, n, ctrl, spin_ns, block_ns, ppid, stop_at_barrier):
-    """Run prog[start:] for a batch of n rows.
+def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, ppid, stop_at_barrier):
+    """Run prog[start:] for a batch of n rows, recording each step index in
+    ctrl[status] (status < 0: don't), so a stuck worker can be located.
 
     Returns -1 when the program ended, the index after a barrier when
     stop_at_barrier (the in-process executor interleaves workers that way),
@@ -57,6 +58,8 @@ def run_steps(prog, start, weights, arena, n, ctrl, spin_ns, block_ns, ppid, sto
     while True:
         s = prog[i]
         op = s[0]
+        if status >= 0:
+            ctrl[status] = i
         if op == END:
             return -1
         if op == BARRIER:
@@ -109,7 +112,7 @@ def serve(ctrl, wid, model, progs, weights, arena, gen, spin_ns, idle_spin_ns, b
         op = ctrl[C.C_OP]
         if op == C.OP_RUN and ctrl[C.C_MODEL] == model:
             run_steps(progs[ctrl[C.C_PROG], wid], 0, weights, arena, np.int64(ctrl[C.C_N]), ctrl,
-                      spin_ns, block_ns, ppid, False)
+                      C.WORKER0 + wid * C.LINE + C.W_STEP, spin_ns, block_ns, ppid, False)
         elif op != C.OP_NOP:
             return gen
         C.finish(ctrl, wid, gen)
@@ -130,4 +133,4 @@ def run_in_process(programs, weights, arena, n):
     while any(p >= 0 for p in pos):
         for w, p in enumerate(pos):
             if p >= 0:
-                pos[w] = run_steps(programs[w], p, weights, arena, n, ctrl, 0, 0, 0, True)
+                pos[w] = run_steps(programs[w], p, weights, arena, n, ctrl, -1, 0, 0, 0, True)

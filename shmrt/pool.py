@@ -159,6 +159,7 @@ class Pool:
     def _recover(self, dead: list) -> None:
         """Abort the current command, wait for the survivors, restart the dead."""
         gen = int(C.get_word(self.ctrl, C.GEN))
+        steps = {w: int(C.get_word(self.ctrl, C.wline(w) + C.W_STEP)) for w in dead}
         C.set_word(self.ctrl, C.ABORT, 1)
         wake_all(self.ctrl, C.BARRIER + LINE)
         deadline = time.monotonic() + 0.5
@@ -178,7 +179,8 @@ class Pool:
         for w in sorted(set(dead) | set(stuck)):
             code = self.procs[w].returncode
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            info.append(f"worker {w} (pid {self.procs[w].pid}, {how})")
+            where = f", at step {steps[w]} of the program" if w in steps else ""
+            info.append(f"worker {w} (pid {self.procs[w].pid}, {how}{where})")
             self._spawn(w)
         if dead:
             raise WorkerError(f"{', '.join(info)} died during the call; the call was abandoned and "

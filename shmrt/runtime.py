@@ -148,14 +148,15 @@ class CompiledModel:
             vals, idx = np.empty((n, o.width), np.float32), np.empty((n, o.width), np.int64)
         else:
             res = np.empty((n,) if o.kind == "argmax" else (n, o.width), np.int64 if o.kind == "argmax" else np.float32)
-        for s in range(0, n, self.max_batch):
-            e = min(n, s + self.max_batch)
-            self.input_buffer(e - s)[...] = x[s:e]
-            out = self.run_in_place(e - s)
-            if o.kind == "topk":
-                vals[s:e], idx[s:e] = out
-            else:
-                res[s:e] = out
+        with self.runtime._lock:  # one call at a time owns the arena
+            for s in range(0, n, self.max_batch):
+                e = min(n, s + self.max_batch)
+                self.input_buffer(e - s)[...] = x[s:e]
+                out = self.run_in_place(e - s)
+                if o.kind == "topk":
+                    vals[s:e], idx[s:e] = out
+                else:
+                    res[s:e] = out
         if o.kind == "topk":
             return (vals[0], idx[0]) if squeeze else (vals, idx)
         return res[0] if squeeze else res
