@@ -68,6 +68,27 @@ def roundtrip_us(rt, n=3000):
     return float(np.median(ts) * 1e6), float(np.percentile(ts, 90) * 1e6)
 
 
+def footprint(rt, weights_bytes) -> dict:
+    """Workers' memory (PSS: shared pages split among the processes mapping
+    them) after a call, and their CPU use while idle (200 ms after the last
+    call, over 1 s)."""
+    import psutil
+    procs = [psutil.Process(p) for p in rt.pids()]
+    out = {"weights_mib": weights_bytes / 2**20}
+    try:
+        out["workers_pss_mib"] = sum(p.memory_full_info().pss for p in procs) / 2**20
+        template = getattr(rt.pool.launcher, "proc", None)
+        if template is not None:
+            out["template_pss_mib"] = psutil.Process(template.pid).memory_full_info().pss / 2**20
+    except (AttributeError, psutil.Error):
+        pass  # no PSS on this OS
+    time.sleep(0.2)
+    t0 = [sum(p.cpu_times()[:2]) for p in procs]
+    time.sleep(1.0)
+    out["idle_cpu_pct"] = 100 * sum(sum(p.cpu_times()[:2]) - a for p, a in zip(procs, t0))
+    return out
+
+
 def machine() -> dict:
     info = {"python": platform.python_version(), "platform": platform.platform(),
             "machine": platform.machine(), "numpy": np.__version__}
@@ -119,7 +140,7 @@ def run(workers, strategies, batches, quick=False):
         rows.append(dict(impl="numpy (1 process)", workers=1, strategy="-", batch=b, p50_ms=base[b] * 1e3,
                          p90_ms=float(np.percentile(ts, 90)) * 1e3, items_per_s=b / base[b], speedup=1.0,
                          rel_err=err, ok=err <= 1e-5))
-    roundtrips = {}
+    roundtrips, resources = {}, {}
     for n in workers:
         _progress(f"starting {n} worker(s)")
         with shmrt.Runtime(workers=n) as rt:
@@ -127,6 +148,9 @@ def run(workers, strategies, batches, quick=False):
                 roundtrips[n] = roundtrip_us(rt, 1000 if quick else 5000)
             for s in strategies:
                 cm = rt.compile(model, strategy=s, max_batch=max(batches))
+                if n > 0 and s == strategies[0]:
+                    cm(xs[max(batches)])
+                    resources[n] = footprint(rt, nbytes)
                 for b in batches:
                     _progress(f"workers={n} strategy={s} batch={b}")
                     err = rel_err(cm(xs[b]), refs[b])
@@ -141,7 +165,8 @@ def run(workers, strategies, batches, quick=False):
                 cm.close()
     return dict(workload=f"mlp {'-'.join(map(str, MLP_DIMS))} relu, {nbytes / 2**20:.0f} MiB float32 weights",
                 machine=machine(), rows=rows,
-                roundtrip_us={str(k): {"p50": v[0], "p90": v[1]} for k, v in roundtrips.items()})
+                roundtrip_us={str(k): {"p50": v[0], "p90": v[1]} for k, v in roundtrips.items()},
+                resources={str(k): v for k, v in resources.items()})
 
 
 def table(result) -> str:
@@ -162,6 +187,10 @@ def table(result) -> str:
     for n, v in result["roundtrip_us"].items():
         out.append(f"empty-command round trip parent -> {n} worker(s) -> parent: "
                    f"p50 {v['p50']:.2f} us, p90 {v['p90']:.2f} us")
+    for n, v in result.get("resources", {}).items():
+        mem = (f"workers' PSS {v['workers_pss_mib']:.0f} MiB (+ {v.get('template_pss_mib', 0):.0f} MiB template) "
+               f"for {v['weights_mib']:.0f} MiB of weights" if "workers_pss_mib" in v else "PSS not available")
+        out.append(f"{n} worker(s): {mem}; idle CPU 200 ms after the last call: {v['idle_cpu_pct']:.2f} % of a core")
     return "\n".join(out)
 
 

@@ -11,11 +11,10 @@
     [control block]  [weights (read-only)]  [activation arena]   /dev/shm
 
 Only integers cross processes on the hot path (control.py documents the
-words).  Workers are plain subprocesses (``python -m shmrt.worker``), not
-multiprocessing children: the start is fork-free and so safe with threads,
-works the same on every OS, needs no ``if __name__ == "__main__"`` guard in
-the user's script, and gives each worker an environment of its own
-(one-thread BLAS and Numba, set before numpy is imported).
+words).  Workers are forked from a clean template process (launch.py), not
+from your process: safe with threads, no ``if __name__ == "__main__"`` guard
+needed, one-thread BLAS and Numba set before numpy is imported, and the
+interpreter, libraries and kernels shared copy-on-write between workers.
 
 Failure: the parent watches its children while it waits.  A worker that
 dies mid-call aborts the call (ABORT word; workers leave their barriers),
@@ -26,7 +25,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import threading
 import time
 
@@ -34,6 +32,7 @@ import numpy as np
 
 from . import config
 from . import control as C
+from . import launch
 from .store import Segment
 from .sync import LINE, TIMEOUT, wake_all
 
@@ -97,7 +96,9 @@ class Pool:
         self.lock = threading.RLock()
         self.closed = False
         C.write_msg(self.seg.buf, self.msg_off, {"models": {}})
+        self.launcher = None
         try:
+            self.launcher = launch.launcher([self.seg.name, str(self.seg.nbytes), str(self.msg_off), str(spin_us)])
             for w in range(self.n):
                 self._spawn(w)
             self._await_ready(range(self.n))
@@ -109,13 +110,8 @@ class Pool:
     def _spawn(self, w: int) -> None:
         C.set_word(self.ctrl, C.wline(w) + C.W_STATE, C.ST_STARTING)
         cpu = self.cpus[w % len(self.cpus)] if self.cpus and self.n <= len(self.cpus) else -1
-        env = dict(os.environ, **config.SINGLE_THREAD_ENV)
-        root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-        env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
         idle_spin_us = 0.0 if w == self.host_worker else self.spin_us
-        args = [sys.executable, "-m", "shmrt.worker", self.seg.name, str(self.seg.nbytes), str(w), str(cpu),
-                str(os.getpid()), str(self.msg_off), str(self.spin_us), str(idle_spin_us)]
-        self.procs[w] = subprocess.Popen(args, env=env, stdin=subprocess.DEVNULL, close_fds=True)
+        self.procs[w] = self.launcher.start(w, cpu, idle_spin_us)
 
     def _await_ready(self, wids) -> None:
         deadline = time.monotonic() + config.START_TIMEOUT_S
@@ -196,6 +192,12 @@ class Pool:
         with self.lock:
             if self.closed:
                 return
+            starting = [w for w in range(self.n) if self.procs[w] is not None and self.procs[w].poll() is None
+                        and C.get_word(self.ctrl, C.wline(w) + C.W_STATE) != C.ST_READY]
+            try:  # a worker still starting would miss the EXIT command
+                self._await_ready(starting)
+            except WorkerError:
+                pass
             live = [p for p in self.procs if p is not None and p.poll() is None]
             if live and all(p is not None for p in self.procs):
                 try:
@@ -210,5 +212,7 @@ class Pool:
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
+            if self.launcher is not None:
+                self.launcher.close()
             self.ctrl = None
             self.seg.close()

@@ -86,10 +86,10 @@ class Runtime:
             if self._closed:
                 return
             self._closed = True
+            if self.pool is not None:  # workers first: they must not see segments vanish
+                self.pool.close()
             for cm in list(self._models.values()):
                 cm._release()
-            if self.pool is not None:
-                self.pool.close()
         _live_runtimes.discard(self)
 
     def __enter__(self):

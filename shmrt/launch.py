@@ -1,0 +1,149 @@
+"""Starting worker processes: forked from a template, or one exec each.
+
+Why a template: a worker needs numpy, SciPy's BLAS, Numba and the compiled
+kernels -- about 70 MB private to each process when each one imports and
+loads them itself (measured: 66 MB USS per idle worker).  The template is a
+clean, single-threaded ``python -m shmrt.worker template`` process started
+with one-thread BLAS/Numba settings; it imports everything and loads the
+kernels once, freezes its heap (gc.freeze) and then forks each worker on
+request.  The forked workers share those pages copy-on-write, so N workers
+cost one interpreter's worth of memory plus what each one touches.
+
+Forking the template is safe: the template has one thread and runs no user
+code.  The user's process never forks (it may have threads), and needs no
+``if __name__ == "__main__"`` guard, since nothing re-imports its script.
+
+    parent --stdin:  "spawn WID CPU IDLE_SPIN_US" --> template --fork--> worker WID
+    parent <--stdout: "pid WID PID" / "dead WID PID CODE" -- template (reaps)
+
+If the parent dies, the template sees EOF on its stdin and exits; the
+workers see their parent (the template) change and clean up.  Where fork
+does not exist (Windows), each worker is its own ``python -m shmrt.worker``.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+from . import config
+
+
+def worker_env() -> dict:
+    env = dict(os.environ, **config.SINGLE_THREAD_ENV)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env["PYTHONPATH"] = os.pathsep.join([root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    return env
+
+
+class ExecLauncher:
+    """One ``python -m shmrt.worker`` per worker (no fork available)."""
+
+    def __init__(self, common_args: list):
+        self.common = common_args
+
+    def start(self, wid: int, cpu: int, idle_spin_us: float):
+        args = [sys.executable, "-m", "shmrt.worker", "run", *self.common, str(wid), str(cpu), str(idle_spin_us),
+                str(os.getpid())]
+        return subprocess.Popen(args, env=worker_env(), stdin=subprocess.DEVNULL, close_fds=True)
+
+    def close(self):
+        pass
+
+
+class ForkedWorker:
+    """A worker forked by the template: Popen's poll/kill/wait, by pid."""
+
+    def __init__(self, launcher: "ForkLauncher", wid: int, pid: int):
+        self.launcher, self.wid, self.pid = launcher, wid, pid
+        self.returncode = None
+
+    def poll(self):
+        if self.returncode is None:
+            self.returncode = self.launcher.exit_code(self.pid)
+        return self.returncode
+
+    def kill(self):
+        try:
+            os.kill(self.pid, 9)
+        except ProcessLookupError:
+            pass
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self.launcher.cond:
+            while self.poll() is None:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise subprocess.TimeoutExpired(f"shmrt worker {self.wid}", timeout)
+                self.launcher.cond.wait(left if left is None else min(left, 0.1))
+        return self.returncode
+
+
+class ForkLauncher:
+    def __init__(self, common_args: list):
+        args = [sys.executable, "-m", "shmrt.worker", "template", *common_args]
+        self.proc = subprocess.Popen(args, env=worker_env(), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     close_fds=True, text=True, bufsize=1)
+        self.cond = threading.Condition()
+        self.pids = {}  # wid -> pid of the newest worker with that id
+        self.exits = {}  # pid -> exit code (negative: signal)
+        self.reader = threading.Thread(target=self._read, name="shmrt-template-reader", daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.proc.stdout:
+            parts = line.split()
+            with self.cond:
+                if parts[:1] == ["pid"]:
+                    self.pids[int(parts[1])] = int(parts[2])
+                elif parts[:1] == ["dead"]:
+                    self.exits[int(parts[2])] = int(parts[3])
+                self.cond.notify_all()
+        with self.cond:  # the template is gone: so are its workers, or they soon will be
+            self.pids[-1] = -1
+            self.cond.notify_all()
+
+    def exit_code(self, pid):
+        with self.cond:
+            if pid in self.exits:
+                return self.exits[pid]
+            if -1 in self.pids:  # template gone: a worker still alive is orphaned and leaving
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    return -9
+            return None
+
+    def start(self, wid: int, cpu: int, idle_spin_us: float):
+        if self.proc.poll() is not None or -1 in self.pids:
+            raise RuntimeError(f"the shmrt worker template (pid {self.proc.pid}) exited with code "
+                               f"{self.proc.poll()}; its error, if any, is printed above")
+        with self.cond:
+            old = self.pids.pop(wid, None)
+            self.proc.stdin.write(f"spawn {wid} {cpu} {idle_spin_us}\n")
+            self.proc.stdin.flush()
+            deadline = time.monotonic() + config.START_TIMEOUT_S
+            while wid not in self.pids or self.pids[wid] == old:
+                if -1 in self.pids or time.monotonic() > deadline:
+                    raise RuntimeError(f"the shmrt worker template did not start worker {wid} "
+                                       f"(template exit code {self.proc.poll()})")
+                self.cond.wait(0.1)
+            return ForkedWorker(self, wid, self.pids[wid])
+
+    def close(self):
+        try:
+            self.proc.stdin.close()  # EOF: the template exits
+        except OSError:
+            pass
+        try:
+            self.proc.wait(2.0)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def launcher(common_args: list):
+    return ForkLauncher(common_args) if hasattr(os, "fork") else ExecLauncher(common_args)
