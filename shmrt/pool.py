@@ -93,6 +93,7 @@ class Pool:
         self.procs = [None] * self.n
         self.cpus = cpu_order() if config.PIN else []
         self.models = {}  # model id -> spec (segment names, programs)
+        self.restarting = set()  # workers started again, not yet seen READY
         self.lock = threading.RLock()
         self.closed = False
         C.write_msg(self.seg.buf, self.msg_off, {"models": {}})
@@ -134,10 +135,9 @@ class Pool:
         """Run one command on every worker; raise WorkerError if one dies."""
         if self.closed:
             raise RuntimeError("this shmrt.Runtime is closed; create a new one")
-        restarting = [w for w in range(self.n)
-                      if C.get_word(self.ctrl, C.wline(w) + C.W_STATE) != C.ST_READY]
-        if restarting:
-            self._await_ready(restarting)
+        if self.restarting:
+            self._await_ready(sorted(self.restarting))
+            self.restarting.clear()
         r = C.call(self.ctrl, op, model, n, prog, self.n, self.spin_ns, self.block_ns)
         try:
             while r == TIMEOUT:
@@ -178,6 +178,7 @@ class Pool:
             where = f", at step {steps[w]} of the program" if w in steps else ""
             info.append(f"worker {w} (pid {self.procs[w].pid}, {how}{where})")
             self._spawn(w)
+            self.restarting.add(w)  # the next command waits for it
         if dead:
             raise WorkerError(f"{', '.join(info)} died during the call; the call was abandoned and "
                               f"the worker restarted, so the next call runs normally")
