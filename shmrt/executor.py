@@ -11,26 +11,32 @@ to max_batch.  Step layouts (column 0 is the op):
   BARRIER  base line, parties
   LINEAR   x(off, ld, col, k), w(off, ld, col), b_off|-1, out(off, ld, col, m), act, rows(lo, hi)
   REDUCE   parts off (a [n, P*m] matrix), P, -, m, col lo, col hi, b_off|-1, act, out(off, ld)
-  ACT      x(off, ld, col, width), act, rows(lo, hi)
+  ACT      x(off, ld, col, width), act, rows(lo, hi), out(off, ld)  (out may be x)
   SOFTMAX  x(off, ld, width), out(off, ld), log, rows(lo, hi)
   ARGMAX   x(off, ld, width), out off (int64), rows(lo, hi)
   TOPK     x(off, ld, width), k, values off, indices off (int64), rows(lo, hi)
+  AFFINE   x(off, ld, col, width), scale off, shift off, out(off, ld), rows(lo, hi)
+  GATHER   x(off, ld), index off, out(off, width), rows(lo, hi)
+  LAYERNORM x(off, ld, width), weight off, bias off, eps off, out off, rows(lo, hi)
+  RECUR    see _recurrent: one RNN/LSTM/GRU layer, its whole time loop, a
+           barrier per step when the hidden units are split
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-from kernels import apply_act, argmax, linear, reduce_partials, softmax, topk
+from kernels import (affine, apply_act, argmax, gather, gemm_nt, gru_cell, layernorm, linear, lstm_cell,
+                     reduce_partials, rnn_cell, softmax, topk)
 
 from . import control as C
 from .sync import ABORTED, barrier, wait_change
 
-ROW = 16
+ROW = 24
 FRAC = 1 << 20
-END, BARRIER, LINEAR, REDUCE, ACT, SOFTMAX, ARGMAX, TOPK = range(8)
-OP_NAMES = {END: "end", BARRIER: "barrier", LINEAR: "linear", REDUCE: "reduce", ACT: "act",
-            SOFTMAX: "softmax", ARGMAX: "argmax", TOPK: "topk"}
+END, BARRIER, LINEAR, REDUCE, ACT, SOFTMAX, ARGMAX, TOPK, AFFINE, GATHER, LAYERNORM, RECUR = range(12)
+# RECUR modes (layers._Recurrent.mode) and gates per mode
+RNN_TANH, RNN_RELU, LSTM, GRU = range(4)
 
 
 @njit(cache=True, inline="always")
@@ -42,6 +48,90 @@ def _rows(n, lo, hi):
 def _view(flat, off, ld, r0, r1, col, ncols):
     """Rows r0:r1, columns col:col+ncols of the row-major [*, ld] matrix at off."""
     return flat[off + r0 * ld:off + r1 * ld].reshape((r1 - r0, ld))[:, col:col + ncols]
+
+
+@njit(cache=True)
+def _bias_rows(out, b):
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[i, j] += b[j]
+
+
+@njit(cache=True)
+def _recurrent(s, weights, arena, n, ctrl, spin_ns, block_ns, ppid):
+    """One recurrent layer for this worker's rows r0:r1 and hidden units u0:u1.
+
+    Step layout: 1 x off, 2 -, 3 T, 4 F, 5 out off ([N, T, H], ld T*H),
+    6 H, 7-10 W_ih, W_hh, b_ih, b_hh offsets (-1: no bias), 11 h0 off, 12 c0
+    off (-1: zeros), 13-14 units u0:u1, 15-16 rows (fractions), 17 gates off
+    ([G, maxb*T, H] regions), 18 gate region stride, 19 aux off ([maxb, H]:
+    LSTM cell state / GRU W_hn h), 20 h-init off ([maxb, H]), 21 mode,
+    22 parties (a barrier per step when > 1).  Returns 0, or -2 if aborted.
+
+    The input projection of every step is one GEMM per gate up front; each
+    step then multiplies the full h(t-1) by this worker's rows of W_hh,
+    applies the cell to its own units, writes them into h(t), and meets the
+    others at the barrier -- the whole loop stays in this function.
+    """
+    T, F, H = s[3], s[4], s[6]
+    u0, u1 = s[13], s[14]
+    r0, r1 = _rows(n, s[15], s[16])
+    mode, parties = s[21], s[22]
+    G = 4 if mode == LSTM else (3 if mode == GRU else 1)
+    hs, R = u1 - u0, r1 - r0
+    go, gstride, aux, hinit = s[17], s[18], s[19], s[20]
+    TH = T * H
+    if R > 0 and hs > 0:
+        x2 = arena[s[1] + r0 * T * F:s[1] + r1 * T * F].reshape((R * T, F))  # [N, T, F] rows are contiguous
+        for g in range(G):
+            gv = _view(arena, go + g * gstride, H, r0 * T, r1 * T, u0, hs)
+            gemm_nt(x2, _view(weights, s[7], F, g * H + u0, g * H + u1, 0, F), gv, False)
+            if s[9] >= 0:
+                _bias_rows(gv, weights[s[9] + g * H + u0:s[9] + g * H + u1])
+            if s[10] >= 0 and not (mode == GRU and g == 2):
+                _bias_rows(gv, weights[s[10] + g * H + u0:s[10] + g * H + u1])
+        # initial state: this worker's rectangle of h-init (and of c)
+        hin = _view(arena, hinit, H, r0, r1, u0, hs)
+        cst = _view(arena, aux, H, r0, r1, u0, hs)
+        for i in range(R):
+            for u in range(hs):
+                hin[i, u] = weights[s[11] + u0 + u] if s[11] >= 0 else 0.0
+                if mode == LSTM:
+                    cst[i, u] = weights[s[12] + u0 + u] if s[12] >= 0 else 0.0
+    if parties > 1 and barrier(ctrl, C.BARRIER, parties, C.ABORT, spin_ns, block_ns, ppid) == ABORTED:
+        return -2
+    empty = weights[0:0]
+    for t in range(T):
+        if R > 0 and hs > 0:
+            if t == 0:
+                hp = _view(arena, hinit, H, r0, r1, 0, H)
+            else:
+                hp = _view(arena, s[5] + (t - 1) * H, TH, r0, r1, 0, H)
+            ht = _view(arena, s[5] + t * H, TH, r0, r1, u0, hs)
+            for g in range(G):
+                gt = _view(arena, go + g * gstride + t * H, TH, r0, r1, u0, hs)
+                whh = _view(weights, s[8], H, g * H + u0, g * H + u1, 0, H)
+                if mode == GRU and g == 2:
+                    hn = _view(arena, aux, H, r0, r1, u0, hs)
+                    gemm_nt(hp, whh, hn, False)
+                else:
+                    gemm_nt(hp, whh, gt, True)
+            g0 = _view(arena, go + t * H, TH, r0, r1, u0, hs)
+            if mode == LSTM:
+                lstm_cell(g0, _view(arena, go + gstride + t * H, TH, r0, r1, u0, hs),
+                          _view(arena, go + 2 * gstride + t * H, TH, r0, r1, u0, hs),
+                          _view(arena, go + 3 * gstride + t * H, TH, r0, r1, u0, hs),
+                          _view(arena, aux, H, r0, r1, u0, hs), ht)
+            elif mode == GRU:
+                bhn = weights[s[10] + 2 * H + u0:s[10] + 2 * H + u1] if s[10] >= 0 else empty
+                gru_cell(g0, _view(arena, go + gstride + t * H, TH, r0, r1, u0, hs),
+                         _view(arena, go + 2 * gstride + t * H, TH, r0, r1, u0, hs),
+                         _view(arena, aux, H, r0, r1, u0, hs), bhn, hp[:, u0:u1], ht)
+            else:
+                rnn_cell(g0, ht, mode == RNN_RELU)
+        if parties > 1 and barrier(ctrl, C.BARRIER, parties, C.ABORT, spin_ns, block_ns, ppid) == ABORTED:
+            return -2
+    return 0
 
 
 @njit(cache=True)
@@ -84,8 +174,24 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
                 reduce_partials(parts, m, c0, b, _view(arena, s[9], s[10], 0, n, c0, c1 - c0), s[8])
         elif op == ACT:
             r0, r1 = _rows(n, s[6], s[7])
-            x = _view(arena, s[1], s[2], r0, r1, s[3], s[4])
-            apply_act(x, x, s[5])
+            apply_act(_view(arena, s[1], s[2], r0, r1, s[3], s[4]), _view(arena, s[8], s[9], r0, r1, s[3], s[4]), s[5])
+        elif op == AFFINE:
+            r0, r1 = _rows(n, s[9], s[10])
+            c, w = s[3], s[4]
+            affine(_view(arena, s[1], s[2], r0, r1, c, w), weights[s[5] + c:s[5] + c + w],
+                   weights[s[6] + c:s[6] + c + w], _view(arena, s[7], s[8], r0, r1, c, w))
+        elif op == GATHER:
+            r0, r1 = _rows(n, s[6], s[7])
+            m = s[5]
+            gather(_view(arena, s[1], s[2], r0, r1, 0, s[2]), weights[s[3]:s[3] + m], _view(arena, s[4], m, r0, r1, 0, m))
+        elif op == LAYERNORM:
+            r0, r1 = _rows(n, s[8], s[9])
+            m = s[3]
+            layernorm(_view(arena, s[1], s[2], r0, r1, 0, m), weights[s[4]:s[4] + m], weights[s[5]:s[5] + m],
+                      float(weights[s[6]]), _view(arena, s[7], m, r0, r1, 0, m))
+        elif op == RECUR:
+            if _recurrent(s, weights, arena, n, ctrl, spin_ns, block_ns, ppid) != 0:
+                return -2
         elif op == SOFTMAX:
             r0, r1 = _rows(n, s[7], s[8])
             softmax(_view(arena, s[1], s[2], r0, r1, 0, s[3]), _view(arena, s[4], s[5], r0, r1, 0, s[3]), s[6] != 0)
@@ -128,6 +234,9 @@ def run_in_process(programs, weights, arena, n):
     programs: int64 [P, steps, ROW].  Workers only meet at barriers, so
     running each one up to its next barrier in turn is a valid schedule.
     """
+    if programs.shape[0] > 1 and np.any((programs[:, :, 0] == RECUR) & (programs[:, :, 22] > 1)):
+        raise ValueError("a recurrent layer split across workers meets them at every time step; "
+                         "run it on a pool (workers >= 1), not in process")
     ctrl = np.zeros(C.WORKER0 + C.LINE, np.int32)
     pos = [0] * programs.shape[0]
     while any(p >= 0 for p in pos):

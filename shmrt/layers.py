@@ -211,3 +211,252 @@ class Sequential(Layer):
 
     def __repr__(self):
         return "Sequential([\n" + "".join(f"  {l!r},\n" for l in self.layers) + "])"
+
+
+# -- preprocessing and normalisation ------------------------------------------
+
+def _vector(value, n, name, layer, default):
+    if value is None:
+        return np.full(n, default, np.float32)
+    return _param(value, (n,), name, layer, 1)
+
+
+class _Affine(Layer):
+    """y = x * scale + shift per feature; ``affine()`` gives (scale, shift) in float64."""
+
+    features: int
+
+    def input_shape(self):
+        return (self.features,)
+
+    def output_shape(self, shape):
+        if tuple(shape) != (self.features,):
+            raise ValueError(f"{self!r} expects inputs of shape (N, {self.features}), "
+                             f"got (N, {', '.join(map(str, shape))})")
+        return shape
+
+
+class Standardize(_Affine):
+    """Preprocessing: y = (x - mean) / std, per feature (scikit-learn's StandardScaler)."""
+
+    def __init__(self, mean, std):
+        super().__init__()
+        mean = np.asarray(mean)
+        if mean.ndim != 1 or mean.size == 0:
+            raise ValueError(f"Standardize: mean must be a non-empty 1-D array, got shape {mean.shape}")
+        self.features = mean.size
+        self.params["mean"] = _param(mean, (self.features,), "mean", "Standardize", 1)
+        self.params["std"] = _param(std, (self.features,), "std", "Standardize", 1)
+        if np.any(self.params["std"] == 0) or not np.all(np.isfinite(self.params["std"])):
+            raise ValueError("Standardize: std must be finite and non-zero for every feature")
+
+    def affine(self):
+        s = 1.0 / self.params["std"].astype(np.float64)
+        return s, -self.params["mean"].astype(np.float64) * s
+
+    def __repr__(self):
+        return f"Standardize({self.features} features)"
+
+
+class MinMaxScale(_Affine):
+    """Preprocessing: y = (x - min) / (max - min), per feature (to [0, 1])."""
+
+    def __init__(self, min, max):
+        super().__init__()
+        lo = np.asarray(min)
+        if lo.ndim != 1 or lo.size == 0:
+            raise ValueError(f"MinMaxScale: min must be a non-empty 1-D array, got shape {lo.shape}")
+        self.features = lo.size
+        self.params["min"] = _param(lo, (self.features,), "min", "MinMaxScale", 1)
+        self.params["max"] = _param(max, (self.features,), "max", "MinMaxScale", 1)
+        if np.any(self.params["max"] <= self.params["min"]):
+            raise ValueError("MinMaxScale: max must be greater than min for every feature")
+
+    def affine(self):
+        lo, hi = self.params["min"].astype(np.float64), self.params["max"].astype(np.float64)
+        s = 1.0 / (hi - lo)
+        return s, -lo * s
+
+    def __repr__(self):
+        return f"MinMaxScale({self.features} features)"
+
+
+class BatchNorm1d(_Affine):
+    """Inference BatchNorm over features: folded into a Linear right before it
+    at compile time, otherwise a per-feature affine step."""
+
+    def __init__(self, num_features, eps=1e-5, weight=None, bias=None, running_mean=None, running_var=None):
+        super().__init__()
+        self.features = _positive_int(num_features, "num_features", "BatchNorm1d")
+        self.eps = float(eps)
+        n, name = self.features, f"BatchNorm1d({num_features})"
+        self.params["weight"] = _vector(weight, n, "weight", name, 1.0)
+        self.params["bias"] = _vector(bias, n, "bias", name, 0.0)
+        self.params["running_mean"] = _vector(running_mean, n, "running_mean", name, 0.0)
+        self.params["running_var"] = _vector(running_var, n, "running_var", name, 1.0)
+        if np.any(self.params["running_var"] < 0):
+            raise ValueError(f"{name}: running_var must be >= 0")
+
+    def affine(self):
+        p = {k: v.astype(np.float64) for k, v in self.params.items()}
+        s = p["weight"] / np.sqrt(p["running_var"] + self.eps)
+        return s, p["bias"] - p["running_mean"] * s
+
+    def __repr__(self):
+        return f"BatchNorm1d({self.features})"
+
+
+class Select(Layer):
+    """Preprocessing: keep the features ``indices`` (a list of ints, or a slice)."""
+
+    def __init__(self, indices):
+        super().__init__()
+        self.indices = indices
+        if not isinstance(indices, slice):
+            idx = np.asarray(indices)
+            if idx.ndim != 1 or idx.size == 0 or idx.dtype.kind not in "iu":
+                raise ValueError(f"Select: indices must be a slice or a non-empty 1-D list of ints, got {indices!r}")
+
+    def resolve(self, features):
+        if isinstance(self.indices, slice):
+            idx = np.arange(features)[self.indices]
+        else:
+            idx = np.asarray(self.indices, dtype=np.int64)
+            bad = idx[(idx < -features) | (idx >= features)]
+            if bad.size:
+                raise ValueError(f"Select: index {int(bad[0])} is out of range for {features} features")
+            idx = idx % features
+        if idx.size == 0:
+            raise ValueError(f"Select({self.indices!r}) selects no feature out of {features}")
+        return idx
+
+    def output_shape(self, shape):
+        if len(shape) != 1:
+            raise ValueError(f"Select works on dense [N, F] inputs, got (N, {', '.join(map(str, shape))})")
+        return (self.resolve(shape[0]).size,)
+
+    def __repr__(self):
+        return f"Select({self.indices!r})"
+
+
+class Dropout(Layer):
+    """Identity at inference (kept so that models move in unchanged)."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        if not 0 <= p <= 1:
+            raise ValueError(f"Dropout: p must be in [0, 1], got {p!r}")
+        self.p = p
+
+
+class LayerNorm(_RowWise):
+    """y = (x - mean) / sqrt(var + eps) * weight + bias over the feature axis."""
+
+    def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, weight=None, bias=None):
+        super().__init__()
+        if isinstance(normalized_shape, (tuple, list)):
+            if len(normalized_shape) != 1:
+                raise ValueError(f"LayerNorm: only the last axis can be normalised, got {normalized_shape!r}")
+            normalized_shape = normalized_shape[0]
+        self.features = _positive_int(normalized_shape, "normalized_shape", "LayerNorm")
+        self.eps = float(eps)
+        name = f"LayerNorm({self.features})"
+        self.params["weight"] = _vector(weight if elementwise_affine else None, self.features, "weight", name, 1.0)
+        self.params["bias"] = _vector(bias if elementwise_affine else None, self.features, "bias", name, 0.0)
+
+    def output_shape(self, shape):
+        if tuple(shape) != (self.features,):
+            raise ValueError(f"{self!r} expects inputs of shape (N, {self.features}), "
+                             f"got (N, {', '.join(map(str, shape))})")
+        return shape
+
+    def __repr__(self):
+        return f"LayerNorm({self.features}, eps={self.eps})"
+
+
+# -- recurrent layers ------------------------------------------------------------
+
+class _Recurrent(Layer):
+    """RNN / LSTM / GRU, batch-first [N, T, F] -> [N, T, H] (return_sequences)
+    or [N, H] (the last step).  PyTorch's names: weight_ih_l{k} [G*H, F_k],
+    weight_hh_l{k} [G*H, H], bias_ih_l{k}, bias_hh_l{k}; gates i, f, g, o
+    (LSTM) and r, z, n (GRU).  h0 / c0: optional initial state
+    [num_layers, H], the same for every sequence (zeros if left out)."""
+
+    gates = 1
+    mode = 0  # 0 RNN tanh, 1 RNN relu, 2 LSTM, 3 GRU
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=True,
+                 return_sequences=True, h0=None, c0=None, **params):
+        super().__init__()
+        name = f"{type(self).__name__}({input_size}, {hidden_size})"
+        self.input_size = _positive_int(input_size, "input_size", name)
+        self.hidden_size = H = _positive_int(hidden_size, "hidden_size", name)
+        self.num_layers = _positive_int(num_layers, "num_layers", name)
+        if batch_first is not True:
+            raise ValueError(f"{name}: only batch_first=True ([N, T, F]) is supported, got {batch_first!r}")
+        self.return_sequences = bool(return_sequences)
+        self.bias = bool(bias)
+        G = self.gates
+        known = set()
+        for k in range(self.num_layers):
+            fin = self.input_size if k == 0 else H
+            for pname, shape in ((f"weight_ih_l{k}", (G * H, fin)), (f"weight_hh_l{k}", (G * H, H))) + (
+                    ((f"bias_ih_l{k}", (G * H,)), (f"bias_hh_l{k}", (G * H,))) if self.bias else ()):
+                self.params[pname] = _param(params.get(pname), shape, pname, name, H)
+                known.add(pname)
+        extra = set(params) - known
+        if extra:
+            raise TypeError(f"{name}: unexpected parameter(s) {sorted(extra)}; expected some of {sorted(known)}")
+        if h0 is not None:
+            self.params["h0"] = _param(h0, (self.num_layers, H), "h0", name, 1)
+        if c0 is not None:
+            if self.mode != 2:
+                raise ValueError(f"{name}: c0 is for LSTM only")
+            self.params["c0"] = _param(c0, (self.num_layers, H), "c0", name, 1)
+
+    def output_shape(self, shape):
+        if len(shape) != 2 or shape[1] != self.input_size:
+            raise ValueError(f"{self!r} expects inputs of shape (N, T, {self.input_size}), "
+                             f"got (N, {', '.join(map(str, shape))})")
+        return (shape[0], self.hidden_size) if self.return_sequences else (self.hidden_size,)
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+                f"return_sequences={self.return_sequences})")
+
+
+class RNN(_Recurrent):
+    """Elman RNN: h = act(x W_ih^T + b_ih + h W_hh^T + b_hh); nonlinearity 'tanh' or 'relu'."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", **kw):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"RNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.mode = 0 if nonlinearity == "tanh" else 1
+        super().__init__(input_size, hidden_size, num_layers, **kw)
+
+
+class LSTM(_Recurrent):
+    gates, mode = 4, 2
+
+
+class GRU(_Recurrent):
+    gates, mode = 3, 3
+
+
+def linear_regression(coef, intercept=0.0):
+    """A fitted linear regression (coef [F] or [targets, F]) as a model."""
+    coef = np.asarray(coef, dtype=np.float64)
+    coef2 = coef[None, :] if coef.ndim == 1 else coef
+    if coef2.ndim != 2:
+        raise ValueError(f"linear_regression: coef must be [F] or [targets, F], got shape {coef.shape}")
+    b = np.broadcast_to(np.asarray(intercept, dtype=np.float64), (coef2.shape[0],))
+    return Sequential([Linear(coef2.shape[1], coef2.shape[0], weight=coef2, bias=b)])
+
+
+def logistic_regression(coef, intercept=0.0):
+    """A fitted logistic regression: binary (coef [F] or [1, F]) -> Sigmoid
+    probability of the positive class; multiclass ([C, F]) -> Softmax."""
+    model = linear_regression(coef, intercept)
+    head = Sigmoid() if model.layers[0].out_features == 1 else Softmax()
+    return Sequential([model.layers[0], head])

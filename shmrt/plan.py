@@ -11,14 +11,19 @@ Partitions, named after what they split:
   computes output features c0:c1 of every row -- it reads only rows c0:c1
   of the weight, and writes its own columns of the shared activation.
 - rows         (RowParallelLinear): worker w multiplies its input features
-  c0:c1 -- exactly the columns it wrote in the column layer before, so no
-  barrier between the two -- into its own partial-sum block; one barrier;
-  then a reduce-scatter: worker w sums every block for output columns d0:d1
-  and adds bias and activation.
-Activations follow their producer's partition (fused into the Linear or
-the reduce where they directly follow one).  Row-wise layers (Softmax,
-ArgMax, TopK) need whole rows: a barrier, then a batch-row split.
-A barrier stands only where data crosses workers.
+  c0:c1 -- exactly the columns it wrote in the layer before, so no barrier
+  between the two -- into its own partial-sum block; one barrier; then a
+  reduce-scatter: worker w sums every block for output columns d0:d1 and
+  adds bias and activation.  Its output is split by columns again, so the
+  next Linear is row-parallel too (one barrier per Linear).
+- hidden units (recurrent layers): worker w owns the gate rows of hidden
+  units u0:u1, computes them from the full h(t-1), writes its units of h(t);
+  one barrier per time step.
+Activations and per-feature affine layers follow their producer's
+partition (fused into the Linear or the reduce where they directly follow
+one).  Row-wise layers (Softmax, ArgMax, TopK, LayerNorm, Select) need
+whole rows: a barrier, then a batch-row split.  A barrier stands only where
+data crosses workers.  BatchNorm right after a Linear is folded into it.
 """
 from __future__ import annotations
 
@@ -27,11 +32,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import layers as L
-from .executor import (ACT, ARGMAX, BARRIER, END, FRAC, LINEAR, REDUCE, ROW, SOFTMAX, TOPK)
-from .store import align
 from .control import BARRIER as BARRIER_LINE
+from .executor import (ACT, AFFINE, ARGMAX, BARRIER, END, FRAC, GATHER, LAYERNORM, LINEAR, RECUR, REDUCE, ROW,
+                       SOFTMAX, TOPK)
+from .store import align
 
 STRATEGIES = ("auto", "data", "model")
+# Auto: at most this many rows per worker go through the model-parallel
+# program; above it, batch-row splitting is used.
+AUTO_MODEL_ROWS_PER_WORKER = 2
 
 
 def split(total: int, parts: int, grain: int = 16) -> list:
@@ -39,37 +48,25 @@ def split(total: int, parts: int, grain: int = 16) -> list:
     ``grain`` (a cache line of float32) where every part can have one."""
     if total >= grain * parts:
         units = total // grain
-        b = [units * p // parts * grain for p in range(parts)] + [total]
-    else:
-        b = [total * p // parts for p in range(parts + 1)]
-    return b
-
-
-def _fuse(model):
-    """(layer index, layer, fused activation code) with activations merged
-    into the Linear right before them."""
-    ops = []
-    for i, l in enumerate(model.layers):
-        if isinstance(l, L._Elementwise) and ops and isinstance(ops[-1][1], L.Linear) and ops[-1][2] == 0:
-            ops[-1] = (ops[-1][0], ops[-1][1], l.act, ops[-1][3] + [i])
-        else:
-            ops.append((i, l, 0, [i]))
-    return ops
+        return [units * p // parts * grain for p in range(parts)] + [total]
+    return [total * p // parts for p in range(parts + 1)]
 
 
 @dataclass
 class Output:
     kind: str  # "dense" | "argmax" | "topk"
     off: int
-    width: int
+    width: int  # features per row
     idx_off: int = -1
+    shape: tuple = ()  # per-sample shape
+    ld: int = 0  # row stride (0: width)
 
 
 @dataclass
 class Plan:
     workers: int
     max_batch: int
-    in_features: int
+    in_shape: tuple
     tensors: dict
     woff: dict  # tensor name -> float32 offset in the weight store
     arena_floats: int
@@ -79,6 +76,10 @@ class Plan:
     model_max_batch: int  # largest n the "model" program serves
     explain_rows: dict = field(default_factory=dict)  # strategy -> list of dicts
 
+    @property
+    def in_features(self) -> int:
+        return int(np.prod(self.in_shape))
+
     def strategy_for(self, strategy: str, n: int) -> str:
         if strategy != "auto":
             return strategy
@@ -86,6 +87,61 @@ class Plan:
 
     def program_index(self, name: str) -> int:
         return list(self.programs).index(name)
+
+
+@dataclass
+class _Op:
+    index: int  # the layer's position in the model
+    layer: L.Layer
+    members: list  # every layer index this op covers (fused activations, folded BN)
+    act: int = 0
+    fold: tuple = None  # (scale, shift) of a BatchNorm folded into this Linear
+
+
+def _fuse(model) -> list:
+    ops = []
+    for i, l in enumerate(model.layers):
+        prev = ops[-1] if ops else None
+        if isinstance(l, L.Dropout):
+            continue
+        if prev is not None and isinstance(prev.layer, L.Linear) and prev.act == 0:
+            if isinstance(l, L._Elementwise):
+                prev.act = l.act
+                prev.members.append(i)
+                continue
+            if isinstance(l, L.BatchNorm1d) and prev.fold is None and l.features == prev.layer.out_features:
+                prev.fold = l.affine()
+                prev.members.append(i)
+                continue
+        ops.append(_Op(i, l, [i]))
+    return ops
+
+
+def _tensors(ops) -> dict:
+    """Every float32 tensor the programs read, by name (folds applied)."""
+    t = {}
+    for op in ops:
+        i, l = op.index, op.layer
+        if isinstance(l, L.Linear):
+            w = l.params["weight"].astype(np.float64)
+            b = l.params["bias"].astype(np.float64) if "bias" in l.params else None
+            if op.fold is not None:
+                s, sh = op.fold
+                w = w * s[:, None]
+                b = (b if b is not None else 0.0) * s + sh
+            t[f"{i}.weight"] = w.astype(np.float32)
+            if b is not None:
+                t[f"{i}.bias"] = np.asarray(b, np.float32)
+        elif isinstance(l, L._Affine):
+            s, sh = l.affine()
+            t[f"{i}.scale"], t[f"{i}.shift"] = s.astype(np.float32), sh.astype(np.float32)
+        elif isinstance(l, L.LayerNorm):
+            t[f"{i}.weight"], t[f"{i}.bias"] = l.params["weight"], l.params["bias"]
+            t[f"{i}.eps"] = np.array([l.eps], np.float32)
+        else:
+            for k, v in l.params.items():
+                t[f"{i}.{k}"] = v
+    return t
 
 
 class _Arena:
@@ -101,11 +157,6 @@ def _rows_of(w, P):
     return w * FRAC // P, (w + 1) * FRAC // P
 
 
-# Auto: at most this many rows per worker go through the model-parallel
-# program; above it, batch-row splitting wins (measured in the bench).
-AUTO_MODEL_ROWS_PER_WORKER = 2
-
-
 def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, input_shape=None) -> Plan:
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}")
@@ -117,170 +168,288 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
         else:
             raise TypeError(f"expected a shmrt.Sequential (or a layer), got {type(model).__name__}")
     P, maxb = int(workers), int(max_batch)
-    in_shape = tuple(input_shape) if input_shape is not None else model.input_shape()
+    in_shape = tuple(int(v) for v in input_shape) if input_shape is not None else model.input_shape()
     if in_shape is None:
-        raise ValueError("cannot infer the input shape of this model (it starts with no Linear): "
-                         "pass input_shape=(features,) to compile")
-    if len(in_shape) != 1:
-        raise ValueError(f"only dense [N, F] inputs are supported so far, got input_shape={in_shape}")
+        first = model.layers[0]
+        hint = (f"(T, {first.input_size}) for a sequence of T steps" if isinstance(first, L._Recurrent)
+                else "(features,)")
+        raise ValueError(f"cannot infer the input shape of this model: pass input_shape={hint} to compile")
+    if len(in_shape) not in (1, 2) or min(in_shape) < 1:
+        raise ValueError(f"input_shape must be (F,) or (T, F) with positive sizes, got {in_shape}")
     shapes = model.shapes(in_shape)
-
-    tensors, woff, off = {}, {}, 0
-    for i, l in enumerate(model.layers):
-        for pname, arr in l.params.items():
-            name = f"{i}.{pname}"
-            tensors[name], woff[name] = arr, off
-            off += align(arr.size)
-
-    # One arena layout for every strategy: the input, each layer's output,
-    # and the partial sums of row-parallel layers.
-    arena = _Arena()
-    input_off = arena.alloc(maxb * in_shape[0])
     ops = _fuse(model)
+    tensors = _tensors(ops)
+    for op in ops:
+        if isinstance(op.layer, L.Select):
+            before = shapes[op.index - 1] if op.index > 0 else in_shape
+            tensors[f"{op.index}.index"] = op.layer.resolve(before[0]).astype(np.float32)
+    woff, off = {}, 0
+    for name, arr in tensors.items():
+        woff[name] = off
+        off += align(arr.size)
+
+    # One arena layout for every strategy: the input, each op's output,
+    # recurrent scratch, and the partial sums of row-parallel layers.
+    arena = _Arena()
+    in_w = int(np.prod(in_shape))
+    input_off = arena.alloc(maxb * in_w)
     outs = {}
-    for i, l, act, _ in ops:
-        if isinstance(l, L._Elementwise):
-            continue  # in place
-        width = shapes[i][0] if shapes[i] else 1
+    for op in ops:
+        shape = shapes[op.members[-1]]
+        width = int(np.prod(shape)) if shape else 1
+        l = op.layer
         if isinstance(l, L.ArgMax):
-            outs[i] = Output("argmax", arena.alloc(2 * maxb), 1)
+            outs[op.index] = Output("argmax", arena.alloc(2 * maxb), 1, shape=())
         elif isinstance(l, L.TopK):
-            outs[i] = Output("topk", arena.alloc(maxb * l.k), l.k, arena.alloc(2 * maxb * l.k))
+            outs[op.index] = Output("topk", arena.alloc(maxb * l.k), l.k, arena.alloc(2 * maxb * l.k), (l.k,))
+        elif isinstance(l, L._Recurrent):
+            T, H = in_shape[0], l.hidden_size
+            seqs = [arena.alloc(maxb * T * H) for _ in range(l.num_layers)]
+            o = Output("dense", seqs[-1], T * H, shape=(T, H))
+            if not l.return_sequences:
+                o = Output("dense", seqs[-1] + (T - 1) * H, H, shape=(H,), ld=T * H)
+            o.seqs = seqs
+            outs[op.index] = o
         else:
-            outs[i] = Output("dense", arena.alloc(maxb * width), width)
+            outs[op.index] = Output("dense", arena.alloc(maxb * width), width, shape=tuple(shape))
+    recs = [op.layer for op in ops if isinstance(op.layer, L._Recurrent)]
+    scratch = {}
+    if recs:
+        T = in_shape[0]
+        H = max(r.hidden_size for r in recs)
+        G = max(r.gates for r in recs)
+        gstride = align(maxb * T * H)  # gate g of step t, row r, unit u: gates + g*gstride + (r*T + t)*H + u
+        scratch = {"gates": arena.alloc(G * gstride), "gstride": gstride,
+                   "aux": arena.alloc(maxb * H), "hinit": arena.alloc(maxb * H)}
     if strategy == "data" or P == 1:
         model_maxb = 0
     elif strategy == "model":
         model_maxb = maxb
     else:
         model_maxb = min(maxb, AUTO_MODEL_ROWS_PER_WORKER * P)
-    widest = max([l.out_features for _, l, _, _ in ops if isinstance(l, L.Linear)] + [1])
+    widest = max([op.layer.out_features for op in ops if isinstance(op.layer, L.Linear)] + [1])
     # two partial-sum regions, alternated by consecutive row-parallel layers
     parts = [arena.alloc(model_maxb * P * widest) for _ in range(2)] if model_maxb else [-1, -1]
 
     names = {"auto": ["data", "model"] if P > 1 else ["data"], "data": ["data"], "model": ["model"]}[strategy]
     programs, explain = {}, {}
     for s in names:
-        prog, rows = _program(s, ops, shapes, in_shape, P, woff, input_off, outs, parts)
-        programs[s], explain[s] = prog, rows
-    last = ops[-1][0]
-    while last not in outs:  # trailing activations write in place
-        last -= 1
-    output = outs[last] if last >= 0 else Output("dense", input_off, in_shape[0])
-    return Plan(P, maxb, in_shape[0], tensors, woff, arena.size, input_off, output, programs,
-                model_maxb, explain)
+        b = _Builder(s, P, woff, outs, parts, scratch, Output("dense", input_off, in_w, shape=in_shape))
+        for op in ops:
+            b.add(op)
+        programs[s], explain[s] = b.finish()
+    output = outs[ops[-1].index] if ops else Output("dense", input_off, in_w, shape=in_shape)
+    return Plan(P, maxb, in_shape, tensors, woff, arena.size, input_off, output, programs, model_maxb, explain)
 
 
-def _program(strategy, ops, shapes, in_shape, P, woff, input_off, outs, parts):
-    steps = [[] for _ in range(P)]
-    rows_info = []
+class _Builder:
+    """Emits one strategy's per-worker programs, layer by layer, tracking
+    where the current activation is and which worker wrote which part:
+    "all" (complete for everyone), "rows" (each worker its own batch rows),
+    "cols" (each worker its own feature columns, ``bounds``)."""
 
-    def emit(w, *vals):
+    def __init__(self, strategy, P, woff, outs, parts, scratch, inp):
+        self.strategy, self.P, self.woff, self.outs = strategy, P, woff, outs
+        self.parts, self.scratch = parts, scratch
+        self.steps = [[] for _ in range(P)]
+        self.rows = []
+        self.cur_off, self.cur_ld, self.cur_w = inp.off, inp.width, inp.width
+        self.state, self.bounds = "all", None
+        self.barriers = 0
+        self.row_layers = 0
+        self.split_model = strategy == "model" and P > 1
+
+    # -- emitting ----------------------------------------------------------
+    def emit(self, w, *vals):
         r = np.zeros(ROW, np.int64)
         r[:len(vals)] = vals
-        steps[w].append(r)
+        self.steps[w].append(r)
 
-    def barrier():
-        for w in range(P):
-            emit(w, BARRIER, BARRIER_LINE, P)
-        nonlocal_state["barriers"] += 1
+    def barrier(self):
+        for w in range(self.P):
+            self.emit(w, BARRIER, BARRIER_LINE, self.P)
+        self.barriers += 1
 
-    nonlocal_state = {"barriers": 0, "row_layers": 0}
-    # where the current activation is: its buffer and who wrote which part
-    cur_off, cur_w = input_off, in_shape[0]
-    state, bounds = "all", None  # "all" | "rows" (batch split) | "cols" (column split, bounds)
-    all_rows = (0, FRAC)
-    for idx, (i, l, act, members) in enumerate(ops):
-        b0 = nonlocal_state["barriers"]
-        info = {"layers": members, "layer": repr(l) + (f" + act {act}" if act else ""), "partition": "", "slices": []}
-        nxt = ops[idx + 1][1] if idx + 1 < len(ops) else None
+    def need_all(self):
+        """Whole rows for everyone: a barrier unless the data is already there."""
+        if self.split_model and self.state == "cols":
+            self.barrier()
+            self.state = "all"
+
+    def need_rows(self):
+        """Each worker its own batch rows complete."""
+        if self.split_model and self.state == "cols":
+            self.barrier()
+            self.state = "all"
+
+    def w(self, name):
+        return self.woff.get(name, -1)
+
+    def set_cur(self, out: Output, state, bounds=None):
+        self.cur_off, self.cur_ld, self.cur_w = out.off, out.ld or out.width, out.width
+        self.state, self.bounds = state, bounds
+
+    # -- layers ------------------------------------------------------------
+    def add(self, op: _Op):
+        b0 = self.barriers
+        l = op.layer
+        info = {"layers": op.members, "layer": repr(l), "partition": "", "slices": [], "flops": 0}
+        if op.act:
+            info["layer"] += f" + activation {op.act}"
+        if op.fold is not None:
+            info["layer"] += " + BatchNorm folded in"
         if isinstance(l, L.Linear):
-            k, m = l.in_features, l.out_features
-            w_off, b_off = woff[f"{i}.weight"], woff.get(f"{i}.bias", -1)
-            out = outs[i]
-            info["flops"] = 2 * k * m
-            info["weight_bytes"] = 4 * (k * m + (m if b_off >= 0 else 0))
-            if strategy == "data" or P == 1:
-                for w in range(P):
-                    emit(w, LINEAR, cur_off, cur_w, 0, k, w_off, k, 0, b_off, out.off, m, 0, m, act, *_rows_of(w, P))
-                info["partition"] = "batch rows"
-                info["slices"] = [f"rows {_frac(w, P)}" for w in range(P)]
-                info["read_per_worker"] = info["weight_bytes"]
-                state = "rows"
-            elif state == "cols" and bounds is not None and bounds[-1] == k:
-                # row parallel: this worker's input features = the columns it wrote.
-                # Alternate the two partial regions: the barrier of this layer
-                # orders the previous layer's reduce (reads) before the next
-                # layer's partial writes into the same region.
-                parts_off = parts[nonlocal_state["row_layers"] % 2]
-                nonlocal_state["row_layers"] += 1
-                for w in range(P):
-                    c0, c1 = bounds[w], bounds[w + 1]
-                    emit(w, LINEAR, cur_off, cur_w, c0, c1 - c0, w_off, k, c0, -1, parts_off, P * m, w * m, m, 0, *all_rows)
-                barrier()
-                d = split(m, P)
-                for w in range(P):
-                    emit(w, REDUCE, parts_off, P, 0, m, d[w], d[w + 1], b_off, act, out.off, m)
-                info["partition"] = "rows (input features) + reduce-scatter"
-                info["slices"] = [f"in {bounds[w]}:{bounds[w + 1]} -> reduce out {d[w]}:{d[w + 1]}" for w in range(P)]
-                info["read_per_worker"] = 4 * m * max(bounds[w + 1] - bounds[w] for w in range(P))
-                info["moved_per_row"] = 4 * P * m * 2  # partials written, then read
-                state, bounds = "cols", d
-            else:
-                if state != "all":
-                    barrier()
-                c = split(m, P)
-                for w in range(P):
-                    c0, c1 = c[w], c[w + 1]
-                    emit(w, LINEAR, cur_off, cur_w, 0, k, w_off + c0 * k, k, 0, b_off + c0 if b_off >= 0 else -1,
-                         out.off, m, c0, c1 - c0, act, *all_rows)
-                info["partition"] = "columns (output features)"
-                info["slices"] = [f"out {c[w]}:{c[w + 1]}" for w in range(P)]
-                info["read_per_worker"] = 4 * k * max(c[w + 1] - c[w] for w in range(P))
-                state, bounds = "cols", c
-            cur_off, cur_w = out.off, m
-        elif isinstance(l, L._Elementwise):
-            if state == "cols":
-                for w in range(P):
-                    emit(w, ACT, cur_off, cur_w, bounds[w], bounds[w + 1] - bounds[w], l.act, *all_rows)
-                info["partition"] = "columns (follows producer)"
-                info["slices"] = [f"cols {bounds[w]}:{bounds[w + 1]}" for w in range(P)]
-            else:
-                for w in range(P):
-                    emit(w, ACT, cur_off, cur_w, 0, cur_w, l.act, *_rows_of(w, P))
-                info["partition"] = "batch rows"
-                info["slices"] = [f"rows {_frac(w, P)}" for w in range(P)]
-                state = "rows" if P > 1 else state
-            info["flops"] = cur_w
-        else:  # row-wise: needs whole rows
-            if strategy != "data" and state != "all" and P > 1 and state != "rows":
-                barrier()
-            elif strategy != "data" and state == "rows" and P > 1:
-                pass  # each worker owns whole rows already
-            out = outs[i]
+            self.linear(op, info)
+        elif isinstance(l, (L._Elementwise, L._Affine)):
+            self.featurewise(op, info)
+        elif isinstance(l, L._Recurrent):
+            self.recurrent(op, info)
+        else:
+            self.rowwise(op, info)
+        info["barriers"] = self.barriers - b0
+        self.rows.append(info)
+
+    def linear(self, op, info):
+        P, l, i = self.P, op.layer, op.index
+        k, m = l.in_features, l.out_features
+        w_off, b_off = self.w(f"{i}.weight"), self.w(f"{i}.bias")
+        out = self.outs[i]
+        info["flops"] = 2 * k * m
+        info["weight_bytes"] = 4 * (k * m + (m if b_off >= 0 else 0))
+        x_off, x_ld = self.cur_off, self.cur_ld
+        if not self.split_model:
+            self.need_rows()
             for w in range(P):
-                r = _rows_of(w, P)
-                if isinstance(l, (L.Softmax, L.LogSoftmax)):
-                    emit(w, SOFTMAX, cur_off, cur_w, cur_w, out.off, cur_w, int(isinstance(l, L.LogSoftmax)), *r)
-                elif isinstance(l, L.ArgMax):
-                    emit(w, ARGMAX, cur_off, cur_w, cur_w, out.off, *r)
-                else:
-                    emit(w, TOPK, cur_off, cur_w, cur_w, l.k, out.off, out.idx_off, *r)
-            info["partition"] = "batch rows (whole feature rows)"
-            info["slices"] = [f"rows {_frac(w, P)}" for w in range(P)]
-            info["flops"] = 4 * cur_w
-            cur_off, cur_w = out.off, out.width
-            state = "rows"
-        info["barriers"] = nonlocal_state["barriers"] - b0
-        rows_info.append(info)
-    for w in range(P):
-        emit(w, END)
-    n = max(len(s) for s in steps)
-    prog = np.zeros((P, n, ROW), np.int64)
-    for w in range(P):
-        prog[w, :len(steps[w])] = steps[w]
-    return prog, rows_info
+                self.emit(w, LINEAR, x_off, x_ld, 0, k, w_off, k, 0, b_off, out.off, m, 0, m, op.act,
+                          *_rows_of(w, P))
+            info["partition"] = "batch rows"
+            info["slices"] = [f"rows {w}/{P}..{w + 1}/{P}" for w in range(P)]
+            info["read_per_worker"] = info["weight_bytes"]
+            self.set_cur(out, "rows")
+        elif self.state == "cols" and self.bounds[-1] == k:
+            # row parallel: this worker's input features are the columns it
+            # wrote.  The two partial regions alternate: this layer's barrier
+            # orders the previous layer's reduce (reads) before the next
+            # layer's partial writes into the same region.
+            parts = self.parts[self.row_layers % 2]
+            self.row_layers += 1
+            c = self.bounds
+            for w in range(P):
+                self.emit(w, LINEAR, x_off, x_ld, c[w], c[w + 1] - c[w], w_off, k, c[w], -1, parts, P * m, w * m, m,
+                          0, 0, FRAC)
+            self.barrier()
+            d = split(m, P)
+            for w in range(P):
+                self.emit(w, REDUCE, parts, P, 0, m, d[w], d[w + 1], b_off, op.act, out.off, m)
+            info["partition"] = "rows (input features) + reduce-scatter"
+            info["slices"] = [f"in {c[w]}:{c[w + 1]} -> reduce out {d[w]}:{d[w + 1]}" for w in range(P)]
+            info["read_per_worker"] = 4 * m * max(c[w + 1] - c[w] for w in range(P))
+            info["moved_per_row"] = 4 * P * m * 2  # partials written, then read
+            self.set_cur(out, "cols", d)
+        else:
+            self.need_all()
+            c = split(m, P)
+            for w in range(P):
+                self.emit(w, LINEAR, x_off, x_ld, 0, k, w_off + c[w] * k, k, 0, b_off + c[w] if b_off >= 0 else -1,
+                          out.off, m, c[w], c[w + 1] - c[w], op.act, 0, FRAC)
+            info["partition"] = "columns (output features)"
+            info["slices"] = [f"out {c[w]}:{c[w + 1]}" for w in range(P)]
+            info["read_per_worker"] = 4 * k * max(c[w + 1] - c[w] for w in range(P))
+            self.set_cur(out, "cols", c)
 
+    def featurewise(self, op, info):
+        """Activations and per-feature affines follow the producer's partition."""
+        P, l, i = self.P, op.layer, op.index
+        out = self.outs[i]
+        W = self.cur_w
+        for w in range(P):
+            if self.state == "cols":
+                c0, cw, rows = self.bounds[w], self.bounds[w + 1] - self.bounds[w], (0, FRAC)
+            else:
+                c0, cw, rows = 0, W, _rows_of(w, P)
+            if isinstance(l, L._Affine):
+                self.emit(w, AFFINE, self.cur_off, self.cur_ld, c0, cw, self.w(f"{i}.scale"), self.w(f"{i}.shift"),
+                          out.off, W, *rows)
+            else:
+                self.emit(w, ACT, self.cur_off, self.cur_ld, c0, cw, l.act, *rows, out.off, W)
+        if self.state == "cols":
+            info["partition"] = "columns (follows producer)"
+            info["slices"] = [f"cols {self.bounds[w]}:{self.bounds[w + 1]}" for w in range(P)]
+            self.set_cur(out, "cols", self.bounds)
+        else:
+            info["partition"] = "batch rows"
+            info["slices"] = [f"rows {w}/{P}..{w + 1}/{P}" for w in range(P)]
+            self.set_cur(out, "rows" if P > 1 else "all")
+        info["flops"] = 2 * W
 
-def _frac(w, P):
-    return f"{w}/{P}..{w + 1}/{P}"
+    def rowwise(self, op, info):
+        P, l, i = self.P, op.layer, op.index
+        self.need_all()
+        out = self.outs[i]
+        x, ld, W = self.cur_off, self.cur_ld, self.cur_w
+        for w in range(P):
+            r = _rows_of(w, P)
+            if isinstance(l, (L.Softmax, L.LogSoftmax)):
+                self.emit(w, SOFTMAX, x, ld, W, out.off, W, int(isinstance(l, L.LogSoftmax)), *r)
+            elif isinstance(l, L.ArgMax):
+                self.emit(w, ARGMAX, x, ld, W, out.off, *r)
+            elif isinstance(l, L.TopK):
+                self.emit(w, TOPK, x, ld, W, l.k, out.off, out.idx_off, *r)
+            elif isinstance(l, L.LayerNorm):
+                self.emit(w, LAYERNORM, x, ld, W, self.w(f"{i}.weight"), self.w(f"{i}.bias"), self.w(f"{i}.eps"),
+                          out.off, *r)
+            elif isinstance(l, L.Select):
+                self.emit(w, GATHER, x, ld, self.w(f"{i}.index"), out.off, out.width, *r)
+            else:
+                raise NotImplementedError(f"no plan for {l!r}")
+        info["partition"] = "batch rows (whole feature rows)"
+        info["slices"] = [f"rows {w}/{P}..{w + 1}/{P}" for w in range(P)]
+        info["flops"] = 5 * W
+        self.set_cur(out, "rows" if P > 1 else "all")
+
+    def recurrent(self, op, info):
+        P, l, i, sc = self.P, op.layer, op.index, self.scratch
+        out = self.outs[i]
+        T = self.cur_w // l.input_size
+        H = l.hidden_size
+        x_off = self.cur_off
+        split_units = self.split_model
+        if split_units:
+            self.need_all()
+        u = split(H, P) if split_units else None
+        for k in range(l.num_layers):
+            F = l.input_size if k == 0 else H
+            h0 = self.w(f"{i}.h0") + k * H if f"{i}.h0" in self.woff else -1
+            c0 = self.w(f"{i}.c0") + k * H if f"{i}.c0" in self.woff else -1
+            for w in range(P):
+                u0, u1 = (u[w], u[w + 1]) if split_units else (0, H)
+                rows = (0, FRAC) if split_units else _rows_of(w, P)
+                self.emit(w, RECUR, x_off, T * F, T, F, out.seqs[k], H, self.w(f"{i}.weight_ih_l{k}"),
+                          self.w(f"{i}.weight_hh_l{k}"), self.w(f"{i}.bias_ih_l{k}"), self.w(f"{i}.bias_hh_l{k}"),
+                          h0, c0, u0, u1, *rows, sc["gates"], sc["gstride"], sc["aux"], sc["hinit"], l.mode,
+                          P if split_units else 1)
+            if split_units:
+                self.barriers += T + 1
+            x_off = out.seqs[k]
+        G = l.gates
+        info["flops"] = 2 * G * H * (l.input_size + H + (l.num_layers - 1) * 2 * H) * T
+        info["weight_bytes"] = 4 * sum(v.size for v in l.params.values())
+        if split_units:
+            info["partition"] = f"hidden units, one barrier per time step ({T} steps x {l.num_layers} layer(s))"
+            info["slices"] = [f"units {u[w]}:{u[w + 1]}" for w in range(P)]
+            info["read_per_worker"] = info["weight_bytes"] // P
+            self.set_cur(out, "all")
+        else:
+            info["partition"] = "batch rows (whole sequences)"
+            info["slices"] = [f"rows {w}/{P}..{w + 1}/{P}" for w in range(P)]
+            info["read_per_worker"] = info["weight_bytes"]
+            self.set_cur(out, "rows" if P > 1 else "all")
+
+    def finish(self):
+        for w in range(self.P):
+            self.emit(w, END)
+        n = max(len(s) for s in self.steps)
+        prog = np.zeros((self.P, n, ROW), np.int64)
+        for w in range(self.P):
+            prog[w, :len(self.steps[w])] = self.steps[w]
+        return prog, self.rows

@@ -61,7 +61,10 @@ class Runtime:
         _live_runtimes.add(self)
 
     def compile(self, model, strategy="auto", max_batch=256, input_shape=None) -> "CompiledModel":
-        """Plan ``model`` for this runtime's workers and place it in shared memory."""
+        """Plan ``model`` for this runtime's workers and place it in shared memory.
+
+        input_shape: the per-sample shape, when the model does not fix it
+        ((T, F) for recurrent models: T steps of F features)."""
         self._check_open()
         plan = planner.build(model, max(self.workers, 1), strategy, max_batch, input_shape)
         return CompiledModel(self, plan, strategy)
@@ -147,11 +150,11 @@ class CompiledModel:
         if o.kind == "topk":
             vals, idx = np.empty((n, o.width), np.float32), np.empty((n, o.width), np.int64)
         else:
-            res = np.empty((n,) if o.kind == "argmax" else (n, o.width), np.int64 if o.kind == "argmax" else np.float32)
+            res = np.empty((n, *o.shape), np.int64 if o.kind == "argmax" else np.float32)
         with self.runtime._lock:  # one call at a time owns the arena
             for s in range(0, n, self.max_batch):
                 e = min(n, s + self.max_batch)
-                self.input_buffer(e - s)[...] = x[s:e]
+                self.input_buffer(e - s).reshape(e - s, -1)[...] = x[s:e]
                 out = self.run_in_place(e - s)
                 if o.kind == "topk":
                     vals[s:e], idx[s:e] = out
@@ -162,31 +165,31 @@ class CompiledModel:
         return res[0] if squeeze else res
 
     def _validate(self, x):
+        shape = self.plan.in_shape
+        want = "(N, " + ", ".join(map(str, shape)) + ")"
         if not isinstance(x, np.ndarray):
             try:
                 x = np.asarray(x)
             except Exception as e:
-                raise TypeError(f"expected a numpy array of shape (N, {self.in_features}), "
-                                f"got {type(x).__name__}: {e}") from None
+                raise TypeError(f"expected a numpy array of shape {want}, got {type(x).__name__}: {e}") from None
         if x.dtype.kind in _REFUSED_KINDS:
             raise TypeError(f"expected a real numeric array (float, int or bool, computed as float32) of shape "
-                            f"(N, {self.in_features}), got dtype {x.dtype} ({_REFUSED_KINDS[x.dtype.kind]})")
-        squeeze = x.ndim == 1
+                            f"{want}, got dtype {x.dtype} ({_REFUSED_KINDS[x.dtype.kind]})")
+        squeeze = x.ndim == len(shape)
         if squeeze:
-            x = x[None, :]
-        if x.ndim != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"expected input of shape (N, {self.in_features}) or ({self.in_features},), "
-                             f"got {x.shape}")
-        return x, squeeze
+            x = x[None]
+        if x.ndim != len(shape) + 1 or tuple(x.shape[1:]) != tuple(shape):
+            raise ValueError(f"expected input of shape {want} or {tuple(shape)}, got {x.shape}")
+        return x.reshape(x.shape[0], self.in_features), squeeze
 
     # -- zero-copy tier ----------------------------------------------------
     def input_buffer(self, n=None) -> np.ndarray:
-        """The arena's input rows [n, in_features], in shared memory: write here,
+        """The arena's input rows [n, *input shape], in shared memory: write here,
         then call ``run_in_place(n)``.  Valid until the model is closed."""
         n = self._check_n(n)
         self._check_open()
         off = self.plan.input_off
-        return self.arena[off:off + n * self.in_features].reshape(n, self.in_features)
+        return self.arena[off:off + n * self.in_features].reshape(n, *self.plan.in_shape)
 
     def run_in_place(self, n=None):
         """Run on the first n rows of ``input_buffer`` and return views of the
@@ -206,7 +209,9 @@ class CompiledModel:
         o = plan.output
         if o.kind == "argmax":
             return self.arena[o.off:o.off + 2 * n].view(np.int64)
-        vals = self.arena[o.off:o.off + n * o.width].reshape(n, o.width)
+        if o.ld:  # the last step of a sequence buffer: rows are o.ld apart
+            return self.arena[o.off:o.off + n * o.ld].reshape(n, o.ld)[:, :o.width]
+        vals = self.arena[o.off:o.off + n * o.width].reshape(n, *o.shape)
         if o.kind == "topk":
             return vals, self.arena[o.idx_off:o.idx_off + 2 * n * o.width].view(np.int64).reshape(n, o.width)
         return vals

@@ -21,15 +21,19 @@ def compile_all() -> None:
     from .store import Segment, WeightStore
     from .sync import barrier, wait_change
 
-    model = L.Sequential([L.Linear(3, 5), L.ReLU(), L.Linear(5, 4), L.Tanh(), L.Linear(4, 4), L.Sigmoid(),
-                          L.GELU(), L.Softmax(), L.LogSoftmax(), L.TopK(2)])
-    tail = L.Sequential([L.Linear(3, 4), L.ArgMax()])
-    for m in (model, tail):
-        for strategy in ("data", "model"):
-            p = planner.build(m, 2, strategy, 4)
+    dense = L.Sequential([L.Standardize(np.zeros(3), np.ones(3)), L.Linear(3, 5), L.BatchNorm1d(5), L.ReLU(),
+                          L.Linear(5, 4), L.Tanh(), L.Linear(4, 4), L.Sigmoid(), L.GELU(), L.LayerNorm(4),
+                          L.Softmax(), L.LogSoftmax(), L.TopK(2)])
+    tail = L.Sequential([L.Select([0, 2]), L.Dropout(), L.Linear(2, 4), L.MinMaxScale(np.zeros(4), np.ones(4)),
+                         L.ArgMax()])
+    seq = L.Sequential([L.LSTM(3, 4), L.GRU(4, 4), L.RNN(4, 4, return_sequences=False), L.Linear(4, 2)])
+    for m, shape, strategies in ((dense, None, ("data", "model")), (tail, (3,), ("data", "model")),
+                                 (seq, (5, 3), ("data",))):
+        for strategy in strategies:
+            p = planner.build(m, 2, strategy, 4, shape)
             w = WeightStore.pack(p.tensors)
             arena = np.zeros(p.arena_floats, np.float32)
-            arena[p.input_off:p.input_off + 12] = 0.5
+            arena[p.input_off:p.input_off + 3 * p.in_features] = 0.5
             run_in_process(p.programs[strategy], w.flat, arena, 3)
             progs = np.ascontiguousarray(p.programs[strategy][None])
             w_type, flat = numba.typeof(w.flat), w.flat

@@ -1,0 +1,41 @@
+"""Per-feature and per-row normalisation: affine (Standardize, MinMaxScale,
+BatchNorm), feature gathering (Select), LayerNorm."""
+import math
+
+from numba import njit
+
+
+@njit(cache=True)
+def affine(x, scale, shift, out):
+    """out[i, j] = x[i, j] * scale[j] + shift[j] (out may be x)."""
+    n, m = x.shape
+    for i in range(n):
+        for j in range(m):
+            out[i, j] = float(x[i, j]) * scale[j] + shift[j]
+
+
+@njit(cache=True)
+def gather(x, idx, out):
+    """out[i, j] = x[i, idx[j]] (idx holds feature numbers as float32, exact below 2**24)."""
+    n, m = out.shape
+    for i in range(n):
+        for j in range(m):
+            out[i, j] = x[i, int(idx[j])]
+
+
+@njit(cache=True)
+def layernorm(x, weight, bias, eps, out):
+    """out = (x - mean) / sqrt(var + eps) * weight + bias along axis 1 (float64 statistics)."""
+    n, m = x.shape
+    for i in range(n):
+        s = 0.0
+        for j in range(m):
+            s += x[i, j]
+        mean = s / m
+        v = 0.0
+        for j in range(m):
+            d = x[i, j] - mean
+            v += d * d
+        inv = 1.0 / math.sqrt(v / m + eps)
+        for j in range(m):
+            out[i, j] = (x[i, j] - mean) * inv * weight[j] + bias[j]
