@@ -2,11 +2,14 @@
 
 Re-exports only; see README.md and runtime.py.
 """
-from .layers import (GELU, ArgMax, Layer, Linear, LogSoftmax, ReLU, Sequential, Sigmoid, Softmax, Tanh,
-                     TopK, manual_seed)
+from .layers import (GELU, GRU, LSTM, RNN, ArgMax, BatchNorm1d, Dropout, Layer, LayerNorm, Linear, LogSoftmax,
+                     MinMaxScale, ReLU, Select, Sequential, Sigmoid, Softmax, Standardize, Tanh, TopK,
+                     linear_regression, logistic_regression, manual_seed)
 from .pool import WorkerError
 from .runtime import CompiledModel, Runtime, run
 
 __version__ = "0.1.0"
 __all__ = ["Runtime", "CompiledModel", "run", "WorkerError", "Layer", "Sequential", "Linear", "ReLU",
-           "Sigmoid", "Tanh", "GELU", "Softmax", "LogSoftmax", "ArgMax", "TopK", "manual_seed"]
+           "Sigmoid", "Tanh", "GELU", "Softmax", "LogSoftmax", "ArgMax", "TopK", "manual_seed", "Standardize",
+           "MinMaxScale", "Select", "Dropout", "BatchNorm1d", "LayerNorm", "RNN", "LSTM", "GRU",
+           "linear_regression", "logistic_regression"]

@@ -271,8 +271,8 @@ class _Builder:
         self.barriers += 1
 
     def need_all(self):
-        """Whole rows for everyone: a barrier unless the data is already there."""
-        if self.split_model and self.state == "cols":
+        """Every row complete for every worker: a barrier unless already so."""
+        if self.split_model and self.state != "all":
             self.barrier()
             self.state = "all"
 
@@ -384,7 +384,7 @@ class _Builder:
 
     def rowwise(self, op, info):
         P, l, i = self.P, op.layer, op.index
-        self.need_all()
+        self.need_rows()
         out = self.outs[i]
         x, ld, W = self.cur_off, self.cur_ld, self.cur_w
         for w in range(P):

@@ -37,9 +37,66 @@ def forward(model, x):
         elif isinstance(layer, shmrt.TopK):
             idx = np.argsort(-h, axis=1, kind="stable")[:, :layer.k]
             h = (np.take_along_axis(h, idx, 1), idx)
+        elif isinstance(layer, (shmrt.Standardize, shmrt.MinMaxScale, shmrt.BatchNorm1d)):
+            h = _affine_ref(layer, p, h)
+        elif isinstance(layer, shmrt.Select):
+            h = h[:, layer.resolve(h.shape[1])]
+        elif isinstance(layer, shmrt.Dropout):
+            pass
+        elif isinstance(layer, shmrt.LayerNorm):
+            mu = h.mean(axis=1, keepdims=True)
+            var = ((h - mu) ** 2).mean(axis=1, keepdims=True)
+            h = (h - mu) / np.sqrt(var + layer.eps) * p["weight"] + p["bias"]
+        elif isinstance(layer, (shmrt.RNN, shmrt.LSTM, shmrt.GRU)):
+            h = recurrent(layer, p, h)
         else:
             h = act(h, layer)
     return h
+
+
+def _affine_ref(layer, p, h):
+    if isinstance(layer, shmrt.Standardize):
+        return (h - p["mean"]) / p["std"]
+    if isinstance(layer, shmrt.MinMaxScale):
+        return (h - p["min"]) / (p["max"] - p["min"])
+    return (h - p["running_mean"]) / np.sqrt(p["running_var"] + layer.eps) * p["weight"] + p["bias"]
+
+
+def _sig(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+def recurrent(layer, p, x):
+    """PyTorch's equations, step by step, in float64."""
+    N, T, _ = x.shape
+    H = layer.hidden_size
+    seq = x
+    for k in range(layer.num_layers):
+        Wi, Wh = p[f"weight_ih_l{k}"], p[f"weight_hh_l{k}"]
+        bi = p.get(f"bias_ih_l{k}", np.zeros(Wi.shape[0]))
+        bh = p.get(f"bias_hh_l{k}", np.zeros(Wi.shape[0]))
+        h = np.broadcast_to(p["h0"][k], (N, H)).copy() if "h0" in p else np.zeros((N, H))
+        c = np.broadcast_to(p["c0"][k], (N, H)).copy() if "c0" in p else np.zeros((N, H))
+        out = np.zeros((N, T, H))
+        for t in range(T):
+            xi = seq[:, t] @ Wi.T + bi
+            hh = h @ Wh.T + bh
+            if isinstance(layer, shmrt.LSTM):
+                i, f, g, o = np.split(xi + hh, 4, axis=1)
+                c = _sig(f) * c + _sig(i) * np.tanh(g)
+                h = _sig(o) * np.tanh(c)
+            elif isinstance(layer, shmrt.GRU):
+                xr, xz, xn = np.split(xi, 3, axis=1)
+                hr, hz, hn = np.split(hh, 3, axis=1)
+                r, z = _sig(xr + hr), _sig(xz + hz)
+                n = np.tanh(xn + r * hn)
+                h = (1 - z) * n + z * h
+            else:
+                v = xi + hh
+                h = np.maximum(v, 0) if layer.mode == 1 else np.tanh(v)
+            out[:, t] = h
+        seq = out
+    return seq if layer.return_sequences else seq[:, -1]
 
 
 def rel_err(y, ref):

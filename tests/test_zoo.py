@@ -1,0 +1,114 @@
+"""The model zoo against the float64 reference: every strategy, workers 1..4, odd sizes."""
+import numpy as np
+import pytest
+
+import shmrt
+from reference import forward, rel_err
+
+
+@pytest.fixture(scope="module", params=[1, 2, 3, 4])
+def rt(request):
+    with shmrt.Runtime(workers=request.param) as rt:
+        yield rt
+
+
+def check(rt, model, x, strategies=("auto", "data", "model"), max_batch=4, input_shape=None, tol=1e-5):
+    ref = forward(model, x)
+    for s in strategies:
+        cm = rt.compile(model, strategy=s, max_batch=max_batch, input_shape=input_shape)
+        try:
+            for _ in range(2):  # a second call reuses the arena and the state buffers
+                assert rel_err(cm(x), ref) <= tol, (s, rt.workers)
+        finally:
+            cm.close()
+
+
+def rnd(*shape, seed=0, scale=1.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(np.float32)
+
+
+@pytest.mark.parametrize("cls, kw", [(shmrt.LSTM, {}), (shmrt.GRU, {}), (shmrt.RNN, {}),
+                                     (shmrt.RNN, {"nonlinearity": "relu"}), (shmrt.LSTM, {"bias": False}),
+                                     (shmrt.GRU, {"num_layers": 2})], ids=lambda v: getattr(v, "__name__", str(v)))
+@pytest.mark.parametrize("T, N", [(1, 1), (6, 5)])
+def test_recurrent_classifier(rt, cls, kw, T, N):
+    shmrt.manual_seed(T + N)
+    model = shmrt.Sequential([cls(7, 37, return_sequences=False, **kw), shmrt.Linear(37, 5), shmrt.Softmax()])
+    check(rt, model, rnd(N, T, 7, seed=T), input_shape=(T, 7))
+
+
+def test_stacked_lstm_sequences_and_initial_state(rt):
+    shmrt.manual_seed(5)
+    H = 33
+    lstm = shmrt.LSTM(4, H, num_layers=2, h0=rnd(2, H, seed=1, scale=0.5), c0=rnd(2, H, seed=2, scale=0.5))
+    model = shmrt.Sequential([lstm])
+    x = rnd(3, 5, 4, seed=3)
+    check(rt, model, x, input_shape=(5, 4))
+    with shmrt.Runtime(workers=0) as rt0:
+        assert rt0.compile(model, input_shape=(5, 4))(x).shape == (3, 5, H)
+
+
+def test_hidden_1000_on_odd_split(rt):
+    """Hidden 1000 does not divide by 3 workers; long enough to exercise many barriers."""
+    shmrt.manual_seed(9)
+    model = shmrt.Sequential([shmrt.GRU(16, 1000, return_sequences=False), shmrt.Linear(1000, 3)])
+    check(rt, model, rnd(2, 9, 16, seed=4), strategies=("model", "data"), input_shape=(9, 16))
+
+
+def test_preprocessing_and_normalisation(rt):
+    shmrt.manual_seed(11)
+    F = 23
+    mean, std = rnd(F, seed=1), np.abs(rnd(F, seed=2)) + 0.5
+    bn = shmrt.BatchNorm1d(40, running_mean=rnd(40, seed=3), running_var=np.abs(rnd(40, seed=4)) + 0.1,
+                           weight=rnd(40, seed=5), bias=rnd(40, seed=6))
+    model = shmrt.Sequential([
+        shmrt.Standardize(mean, std), shmrt.Select([0, 5, 7, 22, 3, 3, 11, 19, 2]), shmrt.Linear(9, 40), bn,
+        shmrt.ReLU(), shmrt.Dropout(0.3), shmrt.Linear(40, 17), shmrt.LayerNorm(17), shmrt.GELU(),
+        shmrt.MinMaxScale(-np.ones(17), np.full(17, 2.0)), shmrt.Linear(17, 6), shmrt.LogSoftmax()])
+    check(rt, model, rnd(5, F, seed=7) * 3 + 1)
+    check(rt, model, rnd(1, F, seed=8))
+
+
+def test_standalone_batchnorm_and_slice(rt):
+    shmrt.manual_seed(12)
+    model = shmrt.Sequential([shmrt.Select(slice(2, 30, 3)), shmrt.BatchNorm1d(10, running_var=np.full(10, 4.0)),
+                              shmrt.Tanh(), shmrt.Linear(10, 4)])
+    check(rt, model, rnd(5, 31, seed=9), input_shape=(31,))
+
+
+def test_regressions(rt):
+    coef, b = rnd(64, seed=1), 0.25
+    lin = shmrt.linear_regression(coef, b)
+    x = rnd(5, 64, seed=2)
+    check(rt, lin, x)
+    binary = shmrt.logistic_regression(coef, b)
+    assert isinstance(binary.layers[-1], shmrt.Sigmoid)
+    check(rt, binary, x)
+    multi = shmrt.logistic_regression(rnd(3, 64, seed=3), rnd(3, seed=4))
+    assert isinstance(multi.layers[-1], shmrt.Softmax)
+    check(rt, multi, x)
+
+
+def test_explain_shows_hidden_split(rt):
+    model = shmrt.Sequential([shmrt.LSTM(8, 64, return_sequences=False), shmrt.Linear(64, 2)])
+    cm = rt.compile(model, strategy="model", input_shape=(4, 8))
+    text = cm.explain()
+    cm.close()
+    if rt.workers > 1:
+        assert "hidden units, one barrier per time step (4 steps" in text
+    assert "units 0:" in text or "rows 0/1" in text
+
+
+def test_recurrent_layers_match_torch():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    for tcls, scls in ((torch.nn.LSTM, shmrt.LSTM), (torch.nn.GRU, shmrt.GRU), (torch.nn.RNN, shmrt.RNN)):
+        t = tcls(6, 20, num_layers=2, batch_first=True).eval()
+        params = {k: v.detach().numpy() for k, v in t.state_dict().items()}
+        model = shmrt.Sequential([scls(6, 20, num_layers=2, **params)])
+        x = rnd(3, 7, 6, seed=5)
+        with torch.inference_mode():
+            ref = t(torch.from_numpy(x))[0].double().numpy()
+        with shmrt.Runtime(workers=2) as rt:
+            for s in ("data", "model"):
+                assert rel_err(rt.compile(model, strategy=s, input_shape=(7, 6))(x), ref) <= 1e-5
