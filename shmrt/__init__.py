@@ -2,7 +2,7 @@
 
 Re-exports only; see README.md and runtime.py.
 """
-from .layers import (GELU, GRU, LSTM, RNN, ArgMax, BatchNorm1d, Dropout, Layer, LayerNorm, Linear, LogSoftmax,
+from .layers import (GELU, GRU, AvgPool2d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool, MaxPool2d, LSTM, RNN, ArgMax, BatchNorm1d, Dropout, Layer, LayerNorm, Linear, LogSoftmax,
                      MinMaxScale, ReLU, Select, Sequential, Sigmoid, Softmax, Standardize, Tanh, TopK,
                      linear_regression, logistic_regression, manual_seed)
 from .pool import WorkerError
@@ -12,4 +12,5 @@ __version__ = "0.1.0"
 __all__ = ["Runtime", "CompiledModel", "run", "WorkerError", "Layer", "Sequential", "Linear", "ReLU",
            "Sigmoid", "Tanh", "GELU", "Softmax", "LogSoftmax", "ArgMax", "TopK", "manual_seed", "Standardize",
            "MinMaxScale", "Select", "Dropout", "BatchNorm1d", "LayerNorm", "RNN", "LSTM", "GRU",
-           "linear_regression", "logistic_regression"]
+           "linear_regression", "logistic_regression", "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool",
+           "Flatten", "BatchNorm2d"]

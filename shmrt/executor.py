@@ -20,21 +20,26 @@ to max_batch.  Step layouts (column 0 is the op):
   LAYERNORM x(off, ld, width), weight off, bias off, eps off, out off, rows(lo, hi)
   RECUR    see _recurrent: one RNN/LSTM/GRU layer, its whole time loop, a
            barrier per step when the hidden units are split
+  CONV     x(off, ld), out(off, ld), w off, b off|-1, act, channels co0:co1,
+           output rows oh0:oh1, images rows(lo, hi), scratch off, geometry[14], Cout
+  POOL     x(off, ld), out(off, ld), channels c0:c1, is_max, count_include_pad,
+           rows(lo, hi), geometry[13]
+  GAP      x(off, ld), out(off, ld), H*W, channels c0:c1, rows(lo, hi)
 """
 from __future__ import annotations
 
 import numpy as np
 from numba import njit
 
-from kernels import (affine, apply_act, argmax, gather, gemm_nt, gru_cell, layernorm, linear, lstm_cell,
-                     reduce_partials, rnn_cell, softmax, topk)
+from kernels import (affine, apply_act, argmax, conv2d, gather, gemm_nt, global_avg_pool, gru_cell, layernorm, linear,
+                     lstm_cell, pool2d, reduce_partials, rnn_cell, softmax, topk)
 
 from . import control as C
 from .sync import ABORTED, barrier, wait_change
 
-ROW = 24
+ROW = 32
 FRAC = 1 << 20
-END, BARRIER, LINEAR, REDUCE, ACT, SOFTMAX, ARGMAX, TOPK, AFFINE, GATHER, LAYERNORM, RECUR = range(12)
+END, BARRIER, LINEAR, REDUCE, ACT, SOFTMAX, ARGMAX, TOPK, AFFINE, GATHER, LAYERNORM, RECUR, CONV, POOL, GAP = range(15)
 # RECUR modes (layers._Recurrent.mode) and gates per mode
 RNN_TANH, RNN_RELU, LSTM, GRU = range(4)
 
@@ -144,7 +149,7 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
     or -2 when a barrier was aborted.
     """
     empty = weights[0:0]
-    i = start
+    i = start  # the program counter: no loop below may reuse the name
     while True:
         s = prog[i]
         op = s[0]
@@ -189,6 +194,30 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
             m = s[3]
             layernorm(_view(arena, s[1], s[2], r0, r1, 0, m), weights[s[4]:s[4] + m], weights[s[5]:s[5] + m],
                       float(weights[s[6]]), _view(arena, s[7], m, r0, r1, 0, m))
+        elif op == CONV:
+            r0, r1 = _rows(n, s[12], s[13])
+            g = s[15:29]
+            cout = s[29]
+            K = g[0] // g[11] * g[3] * g[4]
+            wmat = weights[s[5]:s[5] + cout * K].reshape((cout, K))
+            b = weights[s[6]:s[6] + cout] if s[6] >= 0 else empty
+            insz, outsz = g[0] * g[1] * g[2], cout * g[12] * g[13]
+            scratch = arena[s[14]:s[14] + (s[11] - s[10]) * g[13] * K]
+            for img in range(r0, r1):
+                conv2d(arena[s[1] + img * s[2]:s[1] + img * s[2] + insz], wmat, b,
+                       arena[s[3] + img * s[4]:s[3] + img * s[4] + outsz], g, s[8], s[9], s[10], s[11], scratch, s[7])
+        elif op == POOL:
+            r0, r1 = _rows(n, s[9], s[10])
+            g = s[11:24]
+            insz, outsz = g[0] * g[1] * g[2], g[0] * g[11] * g[12]
+            for img in range(r0, r1):
+                pool2d(arena[s[1] + img * s[2]:s[1] + img * s[2] + insz], arena[s[3] + img * s[4]:s[3] + img * s[4] + outsz],
+                       g, s[5], s[6], s[7] != 0, s[8] != 0)
+        elif op == GAP:
+            r0, r1 = _rows(n, s[8], s[9])
+            for img in range(r0, r1):
+                global_avg_pool(arena[s[1] + img * s[2]:s[1] + (img + 1) * s[2]], arena[s[3] + img * s[4]:s[3] + (img + 1) * s[4]],
+                                s[5], s[6], s[7])
         elif op == RECUR:
             if _recurrent(s, weights, arena, n, ctrl, spin_ns, block_ns, ppid) != 0:
                 return -2

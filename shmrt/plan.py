@@ -33,8 +33,8 @@ import numpy as np
 
 from . import layers as L
 from .control import BARRIER as BARRIER_LINE
-from .executor import (ACT, AFFINE, ARGMAX, BARRIER, END, FRAC, GATHER, LAYERNORM, LINEAR, RECUR, REDUCE, ROW,
-                       SOFTMAX, TOPK)
+from .executor import (ACT, AFFINE, ARGMAX, BARRIER, CONV, END, FRAC, GAP, GATHER, LAYERNORM, LINEAR, POOL, RECUR,
+                       REDUCE, ROW, SOFTMAX, TOPK)
 from .store import align
 
 STRATEGIES = ("auto", "data", "model")
@@ -102,14 +102,16 @@ def _fuse(model) -> list:
     ops = []
     for i, l in enumerate(model.layers):
         prev = ops[-1] if ops else None
-        if isinstance(l, L.Dropout):
-            continue
-        if prev is not None and isinstance(prev.layer, L.Linear) and prev.act == 0:
+        if isinstance(l, (L.Dropout, L.Flatten)):
+            continue  # identity at inference / a free reshape
+        if prev is not None and isinstance(prev.layer, (L.Linear, L.Conv2d)) and prev.act == 0:
             if isinstance(l, L._Elementwise):
                 prev.act = l.act
                 prev.members.append(i)
                 continue
-            if isinstance(l, L.BatchNorm1d) and prev.fold is None and l.features == prev.layer.out_features:
+            bn = L.BatchNorm1d if isinstance(prev.layer, L.Linear) else L.BatchNorm2d
+            width = prev.layer.out_features if isinstance(prev.layer, L.Linear) else prev.layer.out_channels
+            if type(l) is bn and prev.fold is None and l.features == width:
                 prev.fold = l.affine()
                 prev.members.append(i)
                 continue
@@ -122,12 +124,12 @@ def _tensors(ops) -> dict:
     t = {}
     for op in ops:
         i, l = op.index, op.layer
-        if isinstance(l, L.Linear):
+        if isinstance(l, (L.Linear, L.Conv2d)):
             w = l.params["weight"].astype(np.float64)
             b = l.params["bias"].astype(np.float64) if "bias" in l.params else None
             if op.fold is not None:
                 s, sh = op.fold
-                w = w * s[:, None]
+                w = w * s.reshape((-1,) + (1,) * (w.ndim - 1))
                 b = (b if b is not None else 0.0) * s + sh
             t[f"{i}.weight"] = w.astype(np.float32)
             if b is not None:
@@ -174,15 +176,19 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
         hint = (f"(T, {first.input_size}) for a sequence of T steps" if isinstance(first, L._Recurrent)
                 else "(features,)")
         raise ValueError(f"cannot infer the input shape of this model: pass input_shape={hint} to compile")
-    if len(in_shape) not in (1, 2) or min(in_shape) < 1:
-        raise ValueError(f"input_shape must be (F,) or (T, F) with positive sizes, got {in_shape}")
+    if len(in_shape) not in (1, 2, 3) or min(in_shape) < 1:
+        raise ValueError(f"input_shape must be (F,), (T, F) or (C, H, W) with positive sizes, got {in_shape}")
     shapes = model.shapes(in_shape)
     ops = _fuse(model)
     tensors = _tensors(ops)
     for op in ops:
+        before = shapes[op.index - 1] if op.index > 0 else in_shape
         if isinstance(op.layer, L.Select):
-            before = shapes[op.index - 1] if op.index > 0 else in_shape
             tensors[f"{op.index}.index"] = op.layer.resolve(before[0]).astype(np.float32)
+        elif isinstance(op.layer, L.BatchNorm2d):  # per channel -> per feature of [C, H, W]
+            hw = before[1] * before[2]
+            for k in ("scale", "shift"):
+                tensors[f"{op.index}.{k}"] = np.repeat(tensors[f"{op.index}.{k}"], hw)
     woff, off = {}, 0
     for name, arr in tensors.items():
         woff[name] = off
@@ -221,6 +227,12 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
         gstride = align(maxb * T * H)  # gate g of step t, row r, unit u: gates + g*gstride + (r*T + t)*H + u
         scratch = {"gates": arena.alloc(G * gstride), "gstride": gstride,
                    "aux": arena.alloc(maxb * H), "hinit": arena.alloc(maxb * H)}
+    convs = [(op, shapes[op.index - 1] if op.index > 0 else in_shape, shapes[op.index])
+             for op in ops if isinstance(op.layer, L.Conv2d)]
+    if convs:  # per worker: the im2row patches of one image
+        per = max(o[1] * o[2] * (i[0] // op.layer.groups) * op.layer.kernel_size[0] * op.layer.kernel_size[1]
+                  for op, i, o in convs)
+        scratch["conv"], scratch["conv_per"] = arena.alloc(P * align(per)), align(per)
     if strategy == "data" or P == 1:
         model_maxb = 0
     elif strategy == "model":
@@ -234,11 +246,13 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
     names = {"auto": ["data", "model"] if P > 1 else ["data"], "data": ["data"], "model": ["model"]}[strategy]
     programs, explain = {}, {}
     for s in names:
-        b = _Builder(s, P, woff, outs, parts, scratch, Output("dense", input_off, in_w, shape=in_shape))
+        b = _Builder(s, P, woff, outs, parts, scratch, Output("dense", input_off, in_w, shape=tuple(in_shape)))
         for op in ops:
             b.add(op)
         programs[s], explain[s] = b.finish()
     output = outs[ops[-1].index] if ops else Output("dense", input_off, in_w, shape=in_shape)
+    if output.kind == "dense" and not output.ld and int(np.prod(shapes[-1])) == output.width:
+        output.shape = tuple(shapes[-1])  # e.g. a trailing Flatten
     return Plan(P, maxb, in_shape, tensors, woff, arena.size, input_off, output, programs, model_maxb, explain)
 
 
@@ -253,7 +267,7 @@ class _Builder:
         self.parts, self.scratch = parts, scratch
         self.steps = [[] for _ in range(P)]
         self.rows = []
-        self.cur_off, self.cur_ld, self.cur_w = inp.off, inp.width, inp.width
+        self.cur_off, self.cur_ld, self.cur_w, self.cur_shape = inp.off, inp.width, inp.width, inp.shape
         self.state, self.bounds = "all", None
         self.barriers = 0
         self.row_layers = 0
@@ -278,7 +292,7 @@ class _Builder:
 
     def need_rows(self):
         """Each worker its own batch rows complete."""
-        if self.split_model and self.state == "cols":
+        if self.split_model and self.state not in ("all", "rows"):
             self.barrier()
             self.state = "all"
 
@@ -286,7 +300,7 @@ class _Builder:
         return self.woff.get(name, -1)
 
     def set_cur(self, out: Output, state, bounds=None):
-        self.cur_off, self.cur_ld, self.cur_w = out.off, out.ld or out.width, out.width
+        self.cur_off, self.cur_ld, self.cur_w, self.cur_shape = out.off, out.ld or out.width, out.width, out.shape
         self.state, self.bounds = state, bounds
 
     # -- layers ------------------------------------------------------------
@@ -304,6 +318,10 @@ class _Builder:
             self.featurewise(op, info)
         elif isinstance(l, L._Recurrent):
             self.recurrent(op, info)
+        elif isinstance(l, L.Conv2d):
+            self.conv(op, info)
+        elif isinstance(l, (L._Pool2d, L.GlobalAvgPool)):
+            self.pool(op, info)
         else:
             self.rowwise(op, info)
         info["barriers"] = self.barriers - b0
@@ -360,6 +378,8 @@ class _Builder:
     def featurewise(self, op, info):
         """Activations and per-feature affines follow the producer's partition."""
         P, l, i = self.P, op.layer, op.index
+        if self.state == "spatial":
+            self.need_rows()
         out = self.outs[i]
         W = self.cur_w
         for w in range(P):
@@ -443,6 +463,75 @@ class _Builder:
             info["partition"] = "batch rows (whole sequences)"
             info["slices"] = [f"rows {w}/{P}..{w + 1}/{P}" for w in range(P)]
             info["read_per_worker"] = info["weight_bytes"]
+            self.set_cur(out, "rows" if P > 1 else "all")
+
+    def conv(self, op, info):
+        """Batch rows (data); output channels, or output rows of each image when
+        there are fewer than 2 channels per worker (model)."""
+        P, l, i, sc = self.P, op.layer, op.index, self.scratch
+        out = self.outs[i]
+        C, H, W = self.cur_shape
+        Cout, OH, OW = out.shape
+        geom = (C, H, W, *l.kernel_size, *l.stride, *l.padding, *l.dilation, l.groups, OH, OW)
+        w_off, b_off = self.w(f"{i}.weight"), self.w(f"{i}.bias")
+        K = C // l.groups * l.kernel_size[0] * l.kernel_size[1]
+        info["flops"] = 2 * Cout * OH * OW * K
+        info["weight_bytes"] = 4 * (Cout * K + (Cout if b_off >= 0 else 0))
+        if not self.split_model:
+            self.need_rows()
+            slices = [((0, Cout), (0, OH), _rows_of(w, P)) for w in range(P)]
+            info["partition"] = "batch rows (whole images)"
+            info["slices"] = [f"images {w}/{P}..{w + 1}/{P}" for w in range(P)]
+            state, bounds = ("rows" if P > 1 else "all"), None
+        elif Cout >= 2 * P:
+            self.need_all()
+            c = split(Cout, P, grain=1)
+            slices = [((c[w], c[w + 1]), (0, OH), (0, FRAC)) for w in range(P)]
+            info["partition"] = "output channels"
+            info["slices"] = [f"channels {c[w]}:{c[w + 1]}" for w in range(P)]
+            state, bounds = "cols", [v * OH * OW for v in c]
+        else:
+            self.need_all()
+            r = split(OH, P, grain=1)
+            slices = [((0, Cout), (r[w], r[w + 1]), (0, FRAC)) for w in range(P)]
+            halo = (l.kernel_size[0] - 1) * l.dilation[0]
+            info["partition"] = f"output rows of each image (spatial; input halo {halo} rows)"
+            info["slices"] = [f"rows {r[w]}:{r[w + 1]}" for w in range(P)]
+            state, bounds = "spatial", None
+        for w, ((c0, c1), (h0, h1), rows) in enumerate(slices):
+            self.emit(w, CONV, self.cur_off, self.cur_ld, out.off, out.width, w_off, b_off, op.act, c0, c1, h0, h1,
+                      *rows, sc["conv"] + w * sc["conv_per"], *geom, Cout)
+        info["read_per_worker"] = info["weight_bytes"]
+        self.set_cur(out, state, bounds)
+
+    def pool(self, op, info):
+        """Pooling is per channel: it follows a channel split, else batch rows."""
+        P, l, i = self.P, op.layer, op.index
+        out = self.outs[i]
+        C, H, W = self.cur_shape
+        hw = H * W
+        follow = self.split_model and self.state == "cols" and all(b % hw == 0 for b in self.bounds)
+        if not follow:
+            self.need_rows()
+        cb = [b // hw for b in self.bounds] if follow else None
+        ohw = 1 if isinstance(l, L.GlobalAvgPool) else out.shape[1] * out.shape[2]
+        for w in range(P):
+            c0, c1 = (cb[w], cb[w + 1]) if follow else (0, C)
+            rows = (0, FRAC) if follow else _rows_of(w, P)
+            if isinstance(l, L.GlobalAvgPool):
+                self.emit(w, GAP, self.cur_off, self.cur_ld, out.off, out.width, hw, c0, c1, *rows)
+            else:
+                geom = (C, H, W, *l.kernel_size, *l.stride, *l.padding, *l.dilation, out.shape[1], out.shape[2])
+                self.emit(w, POOL, self.cur_off, self.cur_ld, out.off, out.width, c0, c1, int(l.is_max),
+                          int(l.count_include_pad), *rows, *geom)
+        info["flops"] = C * hw
+        if follow:
+            info["partition"] = "channels (follows producer)"
+            info["slices"] = [f"channels {cb[w]}:{cb[w + 1]}" for w in range(P)]
+            self.set_cur(out, "cols", [c * ohw for c in cb])
+        else:
+            info["partition"] = "batch rows (whole images)"
+            info["slices"] = [f"images {w}/{P}..{w + 1}/{P}" for w in range(P)]
             self.set_cur(out, "rows" if P > 1 else "all")
 
     def finish(self):

@@ -27,8 +27,11 @@ def compile_all() -> None:
     tail = L.Sequential([L.Select([0, 2]), L.Dropout(), L.Linear(2, 4), L.MinMaxScale(np.zeros(4), np.ones(4)),
                          L.ArgMax()])
     seq = L.Sequential([L.LSTM(3, 4), L.GRU(4, 4), L.RNN(4, 4, return_sequences=False), L.Linear(4, 2)])
+    cnn = L.Sequential([L.Conv2d(2, 4, 3, padding=1), L.BatchNorm2d(4), L.ReLU(), L.MaxPool2d(2),
+                        L.Conv2d(4, 2, 3, groups=2), L.BatchNorm2d(2), L.AvgPool2d(2, 1), L.GlobalAvgPool(),
+                        L.Flatten(), L.Linear(2, 3)])
     for m, shape, strategies in ((dense, None, ("data", "model")), (tail, (3,), ("data", "model")),
-                                 (seq, (5, 3), ("data",))):
+                                 (seq, (5, 3), ("data",)), (cnn, (2, 8, 8), ("data", "model"))):
         for strategy in strategies:
             p = planner.build(m, 2, strategy, 4, shape)
             w = WeightStore.pack(p.tensors)

@@ -37,6 +37,10 @@ def forward(model, x):
         elif isinstance(layer, shmrt.TopK):
             idx = np.argsort(-h, axis=1, kind="stable")[:, :layer.k]
             h = (np.take_along_axis(h, idx, 1), idx)
+        elif isinstance(layer, shmrt.BatchNorm2d):
+            sh = (1, -1, 1, 1)
+            h = (h - p["running_mean"].reshape(sh)) / np.sqrt(p["running_var"].reshape(sh) + layer.eps) \
+                * p["weight"].reshape(sh) + p["bias"].reshape(sh)
         elif isinstance(layer, (shmrt.Standardize, shmrt.MinMaxScale, shmrt.BatchNorm1d)):
             h = _affine_ref(layer, p, h)
         elif isinstance(layer, shmrt.Select):
@@ -49,6 +53,14 @@ def forward(model, x):
             h = (h - mu) / np.sqrt(var + layer.eps) * p["weight"] + p["bias"]
         elif isinstance(layer, (shmrt.RNN, shmrt.LSTM, shmrt.GRU)):
             h = recurrent(layer, p, h)
+        elif isinstance(layer, shmrt.Conv2d):
+            h = conv2d(layer, p, h)
+        elif isinstance(layer, (shmrt.MaxPool2d, shmrt.AvgPool2d)):
+            h = pool2d(layer, h)
+        elif isinstance(layer, shmrt.GlobalAvgPool):
+            h = h.mean(axis=(2, 3))
+        elif isinstance(layer, shmrt.Flatten):
+            h = h.reshape(h.shape[0], -1)
         else:
             h = act(h, layer)
     return h
@@ -103,3 +115,41 @@ def rel_err(y, ref):
     y, ref = np.asarray(y, np.float64), np.asarray(ref, np.float64)
     assert y.shape == ref.shape, (y.shape, ref.shape)
     return float(np.max(np.abs(y - ref)) / max(np.max(np.abs(ref)), 1e-30))
+
+
+def _windows(x, kh, kw, sh, sw, ph, pw, dh, dw, fill):
+    """[N, C, OH, OW, kh, kw] windows of a padded [N, C, H, W] input."""
+    N, C, H, W = x.shape
+    xp = np.full((N, C, H + 2 * ph, W + 2 * pw), fill)
+    xp[:, :, ph:ph + H, pw:pw + W] = x
+    OH = (H + 2 * ph - dh * (kh - 1) - 1) // sh + 1
+    OW = (W + 2 * pw - dw * (kw - 1) - 1) // sw + 1
+    out = np.empty((N, C, OH, OW, kh, kw))
+    for i in range(kh):
+        for j in range(kw):
+            out[..., i, j] = xp[:, :, i * dh:i * dh + sh * (OH - 1) + 1:sh, j * dw:j * dw + sw * (OW - 1) + 1:sw]
+    return out
+
+
+def conv2d(layer, p, x):
+    kh, kw = layer.kernel_size
+    win = _windows(x, kh, kw, *layer.stride, *layer.padding, *layer.dilation, 0.0)
+    G = layer.groups
+    Cg, Og = x.shape[1] // G, layer.out_channels // G
+    outs = []
+    for g in range(G):
+        w = p["weight"][g * Og:(g + 1) * Og]  # [Og, Cg, kh, kw]
+        outs.append(np.einsum("nchwij,ocij->nohw", win[:, g * Cg:(g + 1) * Cg], w))
+    y = np.concatenate(outs, axis=1)
+    return y + p["bias"].reshape(1, -1, 1, 1) if "bias" in p else y
+
+
+def pool2d(layer, x):
+    kh, kw = layer.kernel_size
+    if isinstance(layer, shmrt.MaxPool2d):
+        return _windows(x, kh, kw, *layer.stride, *layer.padding, *layer.dilation, -np.inf).max(axis=(4, 5))
+    win = _windows(x, kh, kw, *layer.stride, *layer.padding, *layer.dilation, 0.0)
+    if layer.count_include_pad:
+        return win.mean(axis=(4, 5))
+    ones = _windows(np.ones_like(x), kh, kw, *layer.stride, *layer.padding, *layer.dilation, 0.0)
+    return win.sum(axis=(4, 5)) / ones.sum(axis=(4, 5))

@@ -112,3 +112,75 @@ def test_recurrent_layers_match_torch():
         with shmrt.Runtime(workers=2) as rt:
             for s in ("data", "model"):
                 assert rel_err(rt.compile(model, strategy=s, input_shape=(7, 6))(x), ref) <= 1e-5
+
+
+# -- convolutional networks ---------------------------------------------------------
+
+def bn2d(c, seed):
+    return shmrt.BatchNorm2d(c, running_mean=rnd(c, seed=seed), running_var=np.abs(rnd(c, seed=seed + 1)) + 0.2,
+                             weight=rnd(c, seed=seed + 2), bias=rnd(c, seed=seed + 3))
+
+
+@pytest.mark.parametrize("N", [1, 5])
+def test_cnn_odd_shapes(rt, N):
+    """7 channels, stride, dilation, grouped and depthwise convs, a kernel larger
+    than its input (with padding), pooling following a channel split."""
+    shmrt.manual_seed(21)
+    model = shmrt.Sequential([
+        shmrt.Conv2d(3, 7, 3, padding=1), bn2d(7, 1), shmrt.ReLU(),
+        shmrt.MaxPool2d(2),
+        shmrt.Conv2d(7, 14, 3, stride=2, padding=2, dilation=2, groups=7),  # grouped, 9x9 -> 5x5
+        shmrt.AvgPool2d(3, stride=1, padding=1),
+        shmrt.Conv2d(14, 14, 3, padding=1, groups=14, bias=False),  # depthwise
+        bn2d(14, 5),  # folded
+        shmrt.Tanh(),
+        shmrt.Conv2d(14, 5, 7, padding=3),  # kernel larger than the 5x5 input
+        shmrt.Flatten(), shmrt.Linear(5 * 5 * 5, 6), shmrt.Softmax()])
+    x = rnd(N, 3, 19, 19, seed=N)
+    check(rt, model, x, input_shape=(3, 19, 19))
+
+
+def test_cnn_spatial_split_and_standalone_bn(rt):
+    """Few channels (spatial rows split), a BatchNorm not after a conv, global pooling."""
+    shmrt.manual_seed(22)
+    model = shmrt.Sequential([
+        shmrt.Conv2d(1, 2, 5, padding=2), shmrt.MaxPool2d(3, stride=2, padding=1), bn2d(2, 9), shmrt.ReLU(),
+        shmrt.Conv2d(2, 3, (3, 5), padding=(1, 2)), shmrt.AvgPool2d(2, count_include_pad=False),
+        shmrt.GlobalAvgPool(), shmrt.Linear(3, 2)])
+    check(rt, model, rnd(1, 1, 13, 11, seed=3), input_shape=(1, 13, 11))
+    check(rt, model, rnd(5, 1, 13, 11, seed=4), input_shape=(1, 13, 11))
+
+
+def test_cnn_explain_partitions():
+    model = shmrt.Sequential([shmrt.Conv2d(3, 8, 3), shmrt.ReLU(), shmrt.MaxPool2d(2), shmrt.Flatten(),
+                              shmrt.Linear(8 * 3 * 3, 4), shmrt.Softmax()])
+    with shmrt.Runtime(workers=2) as rt:
+        text = rt.compile(model, strategy="model", input_shape=(3, 8, 8)).explain()
+    assert "output channels" in text and "channels (follows producer)" in text
+    assert "rows (input features) + reduce-scatter" in text  # the FC after a channel split needs no gather
+
+
+def test_cnn_matches_torch():
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.BatchNorm2d(6), torch.nn.ReLU(), torch.nn.MaxPool2d(2),
+        torch.nn.Conv2d(6, 6, 3, groups=3, dilation=2, padding=2), torch.nn.AvgPool2d(2),
+        torch.nn.Flatten(), torch.nn.Linear(6 * 4 * 4, 5)).eval()
+    with torch.no_grad():
+        net[1].running_mean.uniform_(-1, 1)
+        net[1].running_var.uniform_(0.5, 2)
+    sd = {k: v.numpy() for k, v in net.state_dict().items()}
+    model = shmrt.Sequential([
+        shmrt.Conv2d(3, 6, 3, padding=1, weight=sd["0.weight"], bias=sd["0.bias"]),
+        shmrt.BatchNorm2d(6, weight=sd["1.weight"], bias=sd["1.bias"], running_mean=sd["1.running_mean"],
+                          running_var=sd["1.running_var"]),
+        shmrt.ReLU(), shmrt.MaxPool2d(2),
+        shmrt.Conv2d(6, 6, 3, groups=3, dilation=2, padding=2, weight=sd["4.weight"], bias=sd["4.bias"]),
+        shmrt.AvgPool2d(2), shmrt.Flatten(), shmrt.Linear(96, 5, weight=sd["7.weight"], bias=sd["7.bias"])])
+    x = rnd(4, 3, 16, 16, seed=1)
+    with torch.inference_mode():
+        ref = net(torch.from_numpy(x)).double().numpy()
+    with shmrt.Runtime(workers=2) as rt:
+        for s in ("data", "model"):
+            assert rel_err(rt.compile(model, strategy=s, input_shape=(3, 16, 16))(x), ref) <= 1e-5
