@@ -19,7 +19,8 @@ import numpy as np
 import psutil
 
 import shmrt
-from shmrt.bench import mlp, numpy_forward, rel_err
+from shmrt.bench import rel_err
+from shmrt.workloads import mlp as mlp_workload, numpy_forward
 
 
 def segments(pid):
@@ -37,7 +38,7 @@ def gone_after(pids, creator, limit=10.0):
 
 
 def kill_worker_during_call(strategy):
-    model = mlp()
+    model = mlp_workload().model
     x = np.random.default_rng(0).standard_normal((256, 1024)).astype(np.float32)
     ref = numpy_forward(model, x, np.float64)
     with shmrt.Runtime(workers=2) as rt:

@@ -44,6 +44,9 @@ def gemm_nt(x, w, out, accumulate):
     if n == 1 and out.strides[1] == 4:
         # y = W x: W row-major is W^T column-major, so trans='T' with lda = ldw
         _gemv(ord("s"), ord("T"), k, m, _ONE.ctypes, w.ctypes, ld(w), x.ctypes, beta.ctypes, out.ctypes)
+    elif m == 1 and out.strides[0] == 4 and w.strides[1] == 4:
+        # one output feature (regressions): y = X w, the same call with X as the matrix
+        _gemv(ord("s"), ord("T"), k, n, _ONE.ctypes, x.ctypes, ld(x), w.ctypes, beta.ctypes, out.ctypes)
     else:
         _gemm(ord("s"), ord("T"), ord("N"), m, n, k, _ONE.ctypes, w.ctypes, ld(w),
               x.ctypes, ld(x), beta.ctypes, out.ctypes, ld(out))

@@ -1,4 +1,4 @@
-"""``python -m shmrt.bench``: shmrt on built-in models, next to numpy in one process.
+"""``python -m shmrt.bench``: shmrt on the built-in workloads, next to numpy in one process.
 
 For each worker count and strategy: latency p50 / p90 and throughput of
 ``cm(x)`` (the convenience tier, copies included), the speedup over the
@@ -20,31 +20,7 @@ import numpy as np
 
 import shmrt
 
-MLP_DIMS = (1024, 4096, 4096, 1024)
-
-
-def mlp(dims=MLP_DIMS):
-    """The built-in MLP: Linear + ReLU between every pair of dims (seeded)."""
-    shmrt.manual_seed(1234)
-    layers = []
-    for a, b in zip(dims, dims[1:]):
-        layers += [shmrt.Linear(a, b), shmrt.ReLU()]
-    return shmrt.Sequential(layers[:-1])
-
-
-def numpy_forward(model, x, dtype=np.float32):
-    h = x.astype(dtype, copy=False)
-    for l in model.layers:
-        if isinstance(l, shmrt.Linear):
-            h = h @ l.params["weight"].astype(dtype, copy=False).T
-            if "bias" in l.params:
-                h += l.params["bias"].astype(dtype, copy=False)
-        elif isinstance(l, shmrt.ReLU):
-            np.maximum(h, 0, out=h)
-        else:
-            raise NotImplementedError(repr(l))
-    return h
-
+from .workloads import WORKLOADS, numpy_forward
 
 def rel_err(y, ref) -> float:
     return float(np.max(np.abs(y - ref)) / max(np.max(np.abs(ref)), 1e-30))
@@ -133,65 +109,87 @@ def _progress(msg):
     print(f"  .. {msg}", file=sys.stderr, flush=True)
 
 
-def run(workers, strategies, batches, quick=False):
-    model = mlp()
+def run_workload(wl, workers, strategies, batches, quick=False):
+    model = wl.model
     nbytes = sum(a.nbytes for l in model.layers for a in l.params.values())
     rng = np.random.default_rng(0)
-    xs = {b: rng.standard_normal((b, MLP_DIMS[0])).astype(np.float32) for b in batches}
+    batches = batches or wl.batches
+    xs = {b: rng.standard_normal((b, *wl.input_shape)).astype(np.float32) for b in batches}
     refs = {b: numpy_forward(model, xs[b], np.float64) for b in batches}
-    reps, min_time = (5, 0.3) if quick else (20, 1.5)
+    reps, min_time = (3, 0.2) if quick else (10, 1.0)
     rows, base = [], {}
+    common = dict(workload=wl.name, unit=wl.unit)
     for b in batches:
-        _progress(f"numpy batch {b}")
+        _progress(f"{wl.name}: numpy batch {b}")
         err = rel_err(numpy_forward(model, xs[b]), refs[b])
-        ts = timeit(lambda: numpy_forward(model, xs[b]), reps, min_time)
+        ts = timeit(lambda: numpy_forward(model, xs[b]), reps, min_time, warmup=1)
         base[b] = float(np.median(ts))
-        rows.append(dict(impl="numpy (1 process)", workers=1, strategy="-", batch=b, p50_ms=base[b] * 1e3,
+        rows.append(dict(common, impl="numpy (1 process)", workers=1, strategy="-", batch=b, p50_ms=base[b] * 1e3,
                          p90_ms=float(np.percentile(ts, 90)) * 1e3, items_per_s=b / base[b], speedup=1.0,
                          rel_err=err, ok=err <= 1e-5))
     roundtrips, resources = {}, {}
     for n in workers:
-        _progress(f"starting {n} worker(s)")
+        _progress(f"{wl.name}: starting {n} worker(s)")
         with shmrt.Runtime(workers=n) as rt:
-            if n > 0:
+            if n > 0 and wl.name == "mlp":
                 roundtrips[n] = roundtrip_us(rt, 1000 if quick else 5000)
             for s in strategies:
-                cm = rt.compile(model, strategy=s, max_batch=max(batches))
-                if n > 0 and s == strategies[0]:
-                    cm(xs[max(batches)])
-                    resources[n] = footprint(rt, nbytes)
+                cm = rt.compile(model, strategy=s, max_batch=min(wl.max_batch, max(batches)),
+                                input_shape=wl.input_shape)
                 for b in batches:
-                    _progress(f"workers={n} strategy={s} batch={b}")
-                    err = rel_err(cm(xs[b]), refs[b])
-                    row = dict(impl="shmrt", workers=n, strategy=s, batch=b, rel_err=err, ok=err <= 1e-5,
-                               plan=cm.plan.strategy_for(s, b))
+                    _progress(f"{wl.name}: workers={n} strategy={s} batch={b}")
+                    if wl.stream_rows:
+                        # zero-copy tier: the rows live in shared memory already (a
+                        # producer wrote them there); each call reads them in place
+                        # and returns a view of the output, no copy either way
+                        cm.input_buffer(b)[...] = xs[b]
+                        call = (lambda: cm.run_in_place(b))
+                        out = np.array(call())
+                    else:
+                        call = (lambda: cm(xs[b]))
+                        out = call()
+                    err = rel_err(out, refs[b])
+                    row = dict(common, impl="shmrt", workers=n, strategy=s, batch=b, rel_err=err, ok=err <= 1e-5,
+                               plan=cm.plan.strategy_for(s, min(b, cm.max_batch)))
                     if row["ok"]:
-                        ts = timeit(lambda: cm(xs[b]), reps, min_time)
+                        ts = timeit(call, reps, min_time, warmup=1)
                         p50 = float(np.median(ts))
                         row.update(p50_ms=p50 * 1e3, p90_ms=float(np.percentile(ts, 90)) * 1e3,
                                    items_per_s=b / p50, speedup=base[b] / p50)
                     rows.append(row)
+                if n > 0 and s == strategies[0] and wl.name == "mlp":
+                    resources[n] = footprint(rt, nbytes)
                 cm.close()
-    return dict(workload=f"mlp {'-'.join(map(str, MLP_DIMS))} relu, {nbytes / 2**20:.0f} MiB float32 weights",
-                machine=machine(), rows=rows,
-                roundtrip_us={str(k): {"p50": v[0], "p90": v[1]} for k, v in roundtrips.items()},
-                resources={str(k): v for k, v in resources.items()})
+    return dict(rows=rows, roundtrip_us={str(k): {"p50": v[0], "p90": v[1]} for k, v in roundtrips.items()},
+                resources={str(k): v for k, v in resources.items()},
+                description=f"{wl.description}, {nbytes / 2**20:.1f} MiB float32 weights")
+
+
+def run(workloads, workers, strategies, batches=None, quick=False):
+    result = dict(machine=machine(), rows=[], roundtrip_us={}, resources={}, workloads={})
+    for name in workloads:
+        wl = WORKLOADS[name]()
+        r = run_workload(wl, workers, strategies, batches if name != "logreg" else None, quick)
+        result["rows"] += r["rows"]
+        result["roundtrip_us"].update(r["roundtrip_us"])
+        result["resources"].update(r["resources"])
+        result["workloads"][name] = r["description"]
+    return result
 
 
 def table(result) -> str:
-    out = [f"workload: {result['workload']}",
-           f"machine: {result['machine'].get('cpu', '?')}, {result['machine'].get('cores_logical')} logical cores, "
-           f"BLAS {result['machine'].get('blas', '?')}",
-           "",
-           f"{'impl':<18} {'workers':>7} {'strategy':>8} {'plan':>5} {'batch':>5} {'p50 ms':>9} {'p90 ms':>9} "
-           f"{'items/s':>10} {'vs numpy':>8} {'rel err':>8}"]
+    m = result["machine"]
+    out = [f"machine: {m.get('cpu', '?')}, {m.get('cores_logical')} logical cores, BLAS {m.get('blas', '?')}"]
+    out += [f"  {k}: {v}" for k, v in result["workloads"].items()]
+    out += ["", f"{'workload':<8} {'impl':<18} {'workers':>7} {'strategy':>8} {'plan':>5} {'batch':>7} {'p50 ms':>9} "
+                f"{'p90 ms':>9} {'items/s':>11} {'vs numpy':>8} {'rel err':>8}"]
     for r in result["rows"]:
         if "p50_ms" in r:
-            timing = f"{r['p50_ms']:9.3f} {r['p90_ms']:9.3f} {r['items_per_s']:10.1f} {r['speedup']:7.2f}x"
+            timing = f"{r['p50_ms']:9.3f} {r['p90_ms']:9.3f} {r['items_per_s']:11.1f} {r['speedup']:7.2f}x"
         else:
-            timing = f"{'FAILED numeric check, not timed':>39}"
-        out.append(f"{r['impl']:<18} {r['workers']:>7} {r['strategy']:>8} {r.get('plan', '-'):>5} {r['batch']:>5} "
-                   f"{timing} {r['rel_err']:8.1e}")
+            timing = f"{'FAILED numeric check, not timed':>40}"
+        out.append(f"{r['workload']:<8} {r['impl']:<18} {r['workers']:>7} {r['strategy']:>8} {r.get('plan', '-'):>5} "
+                   f"{r['batch']:>7} {timing} {r['rel_err']:8.1e}")
     out.append("")
     for n, v in result["roundtrip_us"].items():
         out.append(f"empty-command round trip parent -> {n} worker(s) -> parent: "
@@ -220,7 +218,10 @@ def main(argv=None) -> int:
                     help=f"comma-separated worker counts (default: 1,{default_n})")
     ap.add_argument("--strategies", default="data,model,auto",
                     help="comma-separated strategies among auto,data,model (default: all)")
-    ap.add_argument("--batches", type=_ints, default=[1, 256], help="comma-separated batch sizes (default 1,256)")
+    ap.add_argument("--workloads", default="mlp,cnn,lstm,logreg",
+                    help=f"comma-separated, among {','.join(WORKLOADS)} (default: all)")
+    ap.add_argument("--batches", type=_ints, default=None,
+                    help="comma-separated batch sizes (default: each workload's own; logreg always streams 1M rows)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
@@ -228,9 +229,13 @@ def main(argv=None) -> int:
     bad = [s for s in strategies if s not in shmrt.plan.STRATEGIES]
     if bad:
         ap.error(f"unknown strategy {bad[0]!r}; expected some of {', '.join(shmrt.plan.STRATEGIES)}")
-    if 0 in args.batches:
+    if args.batches and 0 in args.batches:
         ap.error("batch sizes must be >= 1")
-    result = run(args.workers, strategies, args.batches, args.quick)
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    bad = [w for w in workloads if w not in WORKLOADS]
+    if bad:
+        ap.error(f"unknown workload {bad[0]!r}; expected some of {', '.join(WORKLOADS)}")
+    result = run(workloads, args.workers, strategies, args.batches, args.quick)
     print(table(result))
     if args.json:
         with open(args.json, "w") as f:
