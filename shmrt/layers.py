@@ -226,6 +226,17 @@ class _Affine(Layer):
 
     features: int
 
+    def _vectors(self, **arrays):
+        """Per-feature parameters: the first fixes the feature count."""
+        name = type(self).__name__
+        first_name, first = next(iter(arrays.items()))
+        first = np.asarray(first)
+        if first.ndim != 1 or first.size == 0:
+            raise ValueError(f"{name}: {first_name} must be a non-empty 1-D array, got shape {first.shape}")
+        self.features = first.size
+        for k, v in arrays.items():
+            self.params[k] = _param(v, (self.features,), k, name, 1)
+
     def input_shape(self):
         return (self.features,)
 
@@ -241,12 +252,7 @@ class Standardize(_Affine):
 
     def __init__(self, mean, std):
         super().__init__()
-        mean = np.asarray(mean)
-        if mean.ndim != 1 or mean.size == 0:
-            raise ValueError(f"Standardize: mean must be a non-empty 1-D array, got shape {mean.shape}")
-        self.features = mean.size
-        self.params["mean"] = _param(mean, (self.features,), "mean", "Standardize", 1)
-        self.params["std"] = _param(std, (self.features,), "std", "Standardize", 1)
+        self._vectors(mean=mean, std=std)
         if np.any(self.params["std"] == 0) or not np.all(np.isfinite(self.params["std"])):
             raise ValueError("Standardize: std must be finite and non-zero for every feature")
 
@@ -263,12 +269,7 @@ class MinMaxScale(_Affine):
 
     def __init__(self, min, max):
         super().__init__()
-        lo = np.asarray(min)
-        if lo.ndim != 1 or lo.size == 0:
-            raise ValueError(f"MinMaxScale: min must be a non-empty 1-D array, got shape {lo.shape}")
-        self.features = lo.size
-        self.params["min"] = _param(lo, (self.features,), "min", "MinMaxScale", 1)
-        self.params["max"] = _param(max, (self.features,), "max", "MinMaxScale", 1)
+        self._vectors(min=min, max=max)
         if np.any(self.params["max"] <= self.params["min"]):
             raise ValueError("MinMaxScale: max must be greater than min for every feature")
 

@@ -243,6 +243,12 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
     # two partial-sum regions, alternated by consecutive row-parallel layers
     parts = [arena.alloc(model_maxb * P * widest) for _ in range(2)] if model_maxb else [-1, -1]
 
+    # Slack at the end: a view of rows r0:r1 spans (r1 - r0) whole rows of its
+    # leading dimension, even where only some columns of the last row are
+    # used (the last step of a sequence, a gate, one worker's partials).
+    arena.alloc(max([in_w, P * widest] + [o.ld or o.width for o in outs.values()] +
+                    [in_shape[0] * r.hidden_size for r in recs]))
+
     names = {"auto": ["data", "model"] if P > 1 else ["data"], "data": ["data"], "model": ["model"]}[strategy]
     programs, explain = {}, {}
     for s in names:

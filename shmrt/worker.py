@@ -154,7 +154,11 @@ def template(argv) -> int:
                     try:
                         os.dup2(2, 1)  # stdout is the template's channel to the parent
                         code = main(argv + cmd[1:4] + [str(os.getppid())])
+                    except BaseException:
+                        import traceback
+                        traceback.print_exc()
                     finally:
+                        sys.stderr.flush()
                         os._exit(code)
                 children[pid] = cmd[1]
                 print(f"pid {cmd[1]} {pid}", flush=True)

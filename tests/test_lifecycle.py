@@ -29,6 +29,8 @@ import psutil
 import pytest
 
 import shmrt
+from models import big_mlp, small_mlp  # tests/ is on sys.path (conftest.py)
+from reference import forward as reference, rel_err
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHM_DIR = "/dev/shm"
@@ -40,42 +42,6 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux") or not os.p
 
 
 # -- models and the float64 reference ---------------------------------------
-
-def small_mlp():
-    shmrt.manual_seed(0)
-    return shmrt.Sequential([shmrt.Linear(64, 128), shmrt.ReLU(), shmrt.Linear(128, 10), shmrt.Softmax()])
-
-
-def big_mlp():
-    """~100 MB of float32 weights; a call at batch 256 takes tens of ms."""
-    shmrt.manual_seed(0)
-    return shmrt.Sequential([shmrt.Linear(1024, 4096), shmrt.ReLU(), shmrt.Linear(4096, 4096), shmrt.ReLU(),
-                             shmrt.Linear(4096, 1024)])
-
-
-def reference(model, x):
-    """Float64 forward pass from layer.params (Linear, ReLU, Softmax only)."""
-    h = np.asarray(x, np.float32).astype(np.float64)
-    for layer in model.layers:
-        if isinstance(layer, shmrt.Linear):
-            h = h @ layer.params["weight"].astype(np.float64).T
-            if "bias" in layer.params:
-                h = h + layer.params["bias"].astype(np.float64)
-        elif isinstance(layer, shmrt.ReLU):
-            h = np.maximum(h, 0.0)
-        elif isinstance(layer, shmrt.Softmax):
-            z = np.exp(h - h.max(axis=1, keepdims=True))
-            h = z / z.sum(axis=1, keepdims=True)
-        else:
-            raise NotImplementedError(layer)
-    return h
-
-
-def rel_err(y, ref):
-    y, ref = np.asarray(y, np.float64), np.asarray(ref, np.float64)
-    assert y.shape == ref.shape, (y.shape, ref.shape)
-    return float(np.max(np.abs(y - ref)) / max(float(np.max(np.abs(ref))), 1e-30))
-
 
 def inputs(n, features, seed=0):
     return np.random.default_rng(seed).standard_normal((n, features)).astype(np.float32)
@@ -132,7 +98,8 @@ def assert_nothing_left(worker_pids, creator_pid, preexisting=frozenset(), timeo
 
 def child_env():
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    tests = os.path.join(ROOT, "tests")
+    env["PYTHONPATH"] = os.pathsep.join([ROOT, tests] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env["PYTHONUNBUFFERED"] = "1"
     return env
 
@@ -223,36 +190,8 @@ PRELUDE = """\
 import os, signal, sys, threading, time
 import numpy as np
 import shmrt
-
-
-def small_mlp():
-    shmrt.manual_seed(0)
-    return shmrt.Sequential([shmrt.Linear(64, 128), shmrt.ReLU(), shmrt.Linear(128, 10), shmrt.Softmax()])
-
-
-def big_mlp():
-    shmrt.manual_seed(0)
-    return shmrt.Sequential([shmrt.Linear(1024, 4096), shmrt.ReLU(), shmrt.Linear(4096, 4096), shmrt.ReLU(),
-                             shmrt.Linear(4096, 1024)])
-
-
-def reference(model, x):
-    h = x.astype(np.float64)
-    for layer in model.layers:
-        if isinstance(layer, shmrt.Linear):
-            h = h @ layer.params["weight"].astype(np.float64).T + layer.params["bias"].astype(np.float64)
-        elif isinstance(layer, shmrt.ReLU):
-            h = np.maximum(h, 0.0)
-        else:
-            z = np.exp(h - h.max(axis=1, keepdims=True))
-            h = z / z.sum(axis=1, keepdims=True)
-    return h
-
-
-def rel_err(y, ref):
-    return float(np.max(np.abs(y.astype(np.float64) - ref)) / np.max(np.abs(ref)))
-
-
+from models import big_mlp, small_mlp
+from reference import forward as reference, rel_err
 """
 
 # Runs, prints, exits normally without close(): atexit must clean up.

@@ -184,3 +184,12 @@ def test_cnn_matches_torch():
     with shmrt.Runtime(workers=2) as rt:
         for s in ("data", "model"):
             assert rel_err(rt.compile(model, strategy=s, input_shape=(3, 16, 16))(x), ref) <= 1e-5
+
+
+@pytest.mark.parametrize("strategy", ["data", "model"])
+def test_full_batch_of_long_sequences(rt, strategy):
+    """A full max_batch of long sequences: views of the last step reach past
+    the last row's used columns (the arena keeps slack for them)."""
+    shmrt.manual_seed(31)
+    model = shmrt.Sequential([shmrt.LSTM(4, 64, return_sequences=False)])
+    check(rt, model, rnd(2, 20, 4, seed=2), strategies=(strategy,), max_batch=2, input_shape=(20, 4))
