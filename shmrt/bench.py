@@ -109,6 +109,16 @@ def _progress(msg):
     print(f"  .. {msg}", file=sys.stderr, flush=True)
 
 
+def _stream(cm, x, y, chunk):
+    """Every row of x through the zero-copy tier, chunk rows at a time: each
+    chunk is written into the shared input buffer (as a reader filling it
+    would), computed in place, and its output read from the arena."""
+    for s in range(0, x.shape[0], chunk):
+        e = min(x.shape[0], s + chunk)
+        cm.input_buffer(e - s)[...] = x[s:e]
+        y[s:e] = cm.run_in_place(e - s)
+
+
 def run_workload(wl, workers, strategies, batches, quick=False):
     model = wl.model
     nbytes = sum(a.nbytes for l in model.layers for a in l.params.values())
@@ -138,13 +148,18 @@ def run_workload(wl, workers, strategies, batches, quick=False):
                                 input_shape=wl.input_shape)
                 for b in batches:
                     _progress(f"{wl.name}: workers={n} strategy={s} batch={b}")
-                    if wl.stream_rows:
-                        # zero-copy tier: the rows live in shared memory already (a
-                        # producer wrote them there); each call reads them in place
-                        # and returns a view of the output, no copy either way
+                    if wl.zero_copy:
+                        # the rows live in shared memory already (a producer wrote
+                        # them there); each call reads them in place and returns a
+                        # view of the output: no copy either way
                         cm.input_buffer(b)[...] = xs[b]
                         call = (lambda: cm.run_in_place(b))
                         out = np.array(call())
+                    elif wl.chunk:
+                        y = np.empty((b, *cm.plan.output.shape), np.float32)
+                        call = (lambda: _stream(cm, xs[b], y, wl.chunk))
+                        call()
+                        out = y
                     else:
                         call = (lambda: cm(xs[b]))
                         out = call()
@@ -169,7 +184,7 @@ def run(workloads, workers, strategies, batches=None, quick=False):
     result = dict(machine=machine(), rows=[], roundtrip_us={}, resources={}, workloads={})
     for name in workloads:
         wl = WORKLOADS[name]()
-        r = run_workload(wl, workers, strategies, batches if name != "logreg" else None, quick)
+        r = run_workload(wl, workers, strategies, batches if not name.startswith("logreg") else None, quick)
         result["rows"] += r["rows"]
         result["roundtrip_us"].update(r["roundtrip_us"])
         result["resources"].update(r["resources"])
@@ -181,14 +196,14 @@ def table(result) -> str:
     m = result["machine"]
     out = [f"machine: {m.get('cpu', '?')}, {m.get('cores_logical')} logical cores, BLAS {m.get('blas', '?')}"]
     out += [f"  {k}: {v}" for k, v in result["workloads"].items()]
-    out += ["", f"{'workload':<8} {'impl':<18} {'workers':>7} {'strategy':>8} {'plan':>5} {'batch':>7} {'p50 ms':>9} "
+    out += ["", f"{'workload':<13} {'impl':<18} {'workers':>7} {'strategy':>8} {'plan':>5} {'batch':>7} {'p50 ms':>9} "
                 f"{'p90 ms':>9} {'items/s':>11} {'vs numpy':>8} {'rel err':>8}"]
     for r in result["rows"]:
         if "p50_ms" in r:
             timing = f"{r['p50_ms']:9.3f} {r['p90_ms']:9.3f} {r['items_per_s']:11.1f} {r['speedup']:7.2f}x"
         else:
             timing = f"{'FAILED numeric check, not timed':>40}"
-        out.append(f"{r['workload']:<8} {r['impl']:<18} {r['workers']:>7} {r['strategy']:>8} {r.get('plan', '-'):>5} "
+        out.append(f"{r['workload']:<13} {r['impl']:<18} {r['workers']:>7} {r['strategy']:>8} {r.get('plan', '-'):>5} "
                    f"{r['batch']:>7} {timing} {r['rel_err']:8.1e}")
     out.append("")
     for n, v in result["roundtrip_us"].items():
@@ -218,10 +233,10 @@ def main(argv=None) -> int:
                     help=f"comma-separated worker counts (default: 1,{default_n})")
     ap.add_argument("--strategies", default="data,model,auto",
                     help="comma-separated strategies among auto,data,model (default: all)")
-    ap.add_argument("--workloads", default="mlp,cnn,lstm,logreg",
+    ap.add_argument("--workloads", default=",".join(WORKLOADS),
                     help=f"comma-separated, among {','.join(WORKLOADS)} (default: all)")
     ap.add_argument("--batches", type=_ints, default=None,
-                    help="comma-separated batch sizes (default: each workload's own; logreg always streams 1M rows)")
+                    help="comma-separated batch sizes (default: each workload's own; logreg always runs 1M rows)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
