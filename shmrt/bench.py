@@ -20,6 +20,7 @@ import numpy as np
 
 import shmrt
 
+from .peers import PEERS, Skip
 from .workloads import WORKLOADS, numpy_forward
 
 def rel_err(y, ref) -> float:
@@ -119,7 +120,7 @@ def _stream(cm, x, y, chunk):
         y[s:e] = cm.run_in_place(e - s)
 
 
-def run_workload(wl, workers, strategies, batches, quick=False):
+def run_workload(wl, workers, strategies, batches, quick=False, peers=False):
     model = wl.model
     nbytes = sum(a.nbytes for l in model.layers for a in l.params.values())
     rng = np.random.default_rng(0)
@@ -138,6 +139,28 @@ def run_workload(wl, workers, strategies, batches, quick=False):
                          p90_ms=float(np.percentile(ts, 90)) * 1e3, items_per_s=b / base[b], speedup=1.0,
                          rel_err=err, ok=err <= 1e-5))
     roundtrips, resources = {}, {}
+    for n in (workers if peers else []):
+        for peer, build in PEERS.items():
+            for b in batches:
+                _progress(f"{wl.name}: {peer} with {max(n, 1)} thread(s), batch {b}")
+                row = dict(common, impl=f"{peer} ({max(n, 1)} thr)", workers=n, strategy="-", batch=b)
+                try:
+                    run, close = build(model, max(n, 1), wl.input_shape)
+                except Skip as e:
+                    rows.append(dict(row, skipped=str(e), ok=True, rel_err=float("nan")))
+                    continue
+                try:
+                    err = rel_err(run(xs[b]), refs[b])
+                    row.update(rel_err=err, ok=err <= 1e-5)
+                    if row["ok"]:
+                        ts = timeit(lambda: run(xs[b]), reps, min_time, warmup=1)
+                        p50 = float(np.median(ts))
+                        row.update(p50_ms=p50 * 1e3, p90_ms=float(np.percentile(ts, 90)) * 1e3,
+                                   items_per_s=b / p50, speedup=base[b] / p50)
+                finally:
+                    close()
+                rows.append(row)
+                time.sleep(0.2)  # OpenBLAS and onnxruntime keep threads spinning after a call
     for n in workers:
         _progress(f"{wl.name}: starting {n} worker(s)")
         with shmrt.Runtime(workers=n) as rt:
@@ -180,31 +203,48 @@ def run_workload(wl, workers, strategies, batches, quick=False):
                 description=f"{wl.description}, {nbytes / 2**20:.1f} MiB float32 weights")
 
 
-def run(workloads, workers, strategies, batches=None, quick=False):
+def run(workloads, workers, strategies, batches=None, quick=False, peers=False):
     result = dict(machine=machine(), rows=[], roundtrip_us={}, resources={}, workloads={})
     for name in workloads:
         wl = WORKLOADS[name]()
-        r = run_workload(wl, workers, strategies, batches if not name.startswith("logreg") else None, quick)
+        r = run_workload(wl, workers, strategies, batches if not name.startswith("logreg") else None, quick, peers)
         result["rows"] += r["rows"]
         result["roundtrip_us"].update(r["roundtrip_us"])
         result["resources"].update(r["resources"])
         result["workloads"][name] = r["description"]
+    _versus_best_peer(result["rows"])
     return result
+
+
+def _versus_best_peer(rows):
+    """shmrt rows get best peer p50 / shmrt p50, at the same workers (= peer threads) and batch."""
+    for r in rows:
+        if r["impl"] != "shmrt" or "p50_ms" not in r:
+            continue
+        peers = [p["p50_ms"] for p in rows if p["workload"] == r["workload"] and p["batch"] == r["batch"]
+                 and p["workers"] == r["workers"] and p["impl"] not in ("shmrt", "numpy (1 process)")
+                 and "p50_ms" in p]
+        if peers:
+            r["vs_best_peer"] = min(peers) / r["p50_ms"]
 
 
 def table(result) -> str:
     m = result["machine"]
     out = [f"machine: {m.get('cpu', '?')}, {m.get('cores_logical')} logical cores, BLAS {m.get('blas', '?')}"]
     out += [f"  {k}: {v}" for k, v in result["workloads"].items()]
-    out += ["", f"{'workload':<13} {'impl':<18} {'workers':>7} {'strategy':>8} {'plan':>5} {'batch':>7} {'p50 ms':>9} "
-                f"{'p90 ms':>9} {'items/s':>11} {'vs numpy':>8} {'rel err':>8}"]
+    out += ["", f"{'workload':<13} {'impl':<20} {'workers':>7} {'strategy':>8} {'plan':>5} {'batch':>7} {'p50 ms':>9} "
+                f"{'p90 ms':>9} {'items/s':>11} {'vs numpy':>8} {'vs best peer':>12} {'rel err':>8}"]
     for r in result["rows"]:
-        if "p50_ms" in r:
-            timing = f"{r['p50_ms']:9.3f} {r['p90_ms']:9.3f} {r['items_per_s']:11.1f} {r['speedup']:7.2f}x"
+        if "skipped" in r:
+            timing = f"skipped: {r['skipped']}"
+        elif "p50_ms" in r:
+            peer = f"{r['vs_best_peer']:11.2f}x" if "vs_best_peer" in r else f"{'-':>12}"
+            timing = (f"{r['p50_ms']:9.3f} {r['p90_ms']:9.3f} {r['items_per_s']:11.1f} {r['speedup']:7.2f}x {peer} "
+                      f"{r['rel_err']:8.1e}")
         else:
-            timing = f"{'FAILED numeric check, not timed':>40}"
-        out.append(f"{r['workload']:<13} {r['impl']:<18} {r['workers']:>7} {r['strategy']:>8} {r.get('plan', '-'):>5} "
-                   f"{r['batch']:>7} {timing} {r['rel_err']:8.1e}")
+            timing = f"FAILED numeric check (rel err {r['rel_err']:.1e}), not timed"
+        out.append(f"{r['workload']:<13} {r['impl']:<20} {r['workers']:>7} {r['strategy']:>8} {r.get('plan', '-'):>5} "
+                   f"{r['batch']:>7} {timing}")
     out.append("")
     for n, v in result["roundtrip_us"].items():
         out.append(f"empty-command round trip parent -> {n} worker(s) -> parent: "
@@ -238,6 +278,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", type=_ints, default=None,
                     help="comma-separated batch sizes (default: each workload's own; logreg always runs 1M rows)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    ap.add_argument("--peers", action="store_true",
+                    help="also run numpy, onnxruntime and torch at the same thread counts, where installed")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = ap.parse_args(argv)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
@@ -250,7 +292,7 @@ def main(argv=None) -> int:
     bad = [w for w in workloads if w not in WORKLOADS]
     if bad:
         ap.error(f"unknown workload {bad[0]!r}; expected some of {', '.join(WORKLOADS)}")
-    result = run(workloads, args.workers, strategies, args.batches, args.quick)
+    result = run(workloads, args.workers, strategies, args.batches, args.quick, args.peers)
     print(table(result))
     if args.json:
         with open(args.json, "w") as f:

@@ -1,0 +1,184 @@
+"""Peers for the benchmark: the same workload models in numpy, ONNX Runtime and
+PyTorch, built from the same parameters, each at a given thread count.
+
+A peer that is not installed is skipped with a note, never faked.  Each
+``build`` returns ``(run, close)``: ``run(x) -> numpy output``.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from . import layers as L
+from .workloads import numpy_forward
+
+
+class Skip(Exception):
+    """This peer cannot run here (not installed, or no such op); the message says why."""
+
+
+def numpy_peer(model, threads):
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        raise Skip("threadpoolctl is not installed (pip install threadpoolctl): cannot set numpy's threads")
+    limiter = threadpool_limits(threads, user_api="blas")
+
+    def run(x):
+        return numpy_forward(model, x)
+
+    return run, limiter.restore_original_limits
+
+
+# -- ONNX Runtime ------------------------------------------------------------------
+
+def _onnx_graph(model, input_shape):
+    try:
+        import onnx
+        from onnx import TensorProto, helper, numpy_helper
+    except ImportError:
+        raise Skip("onnx is not installed (pip install 'shmrt[onnx]')")
+    nodes, inits, n = [], [], [0]
+
+    def name(prefix):
+        n[0] += 1
+        return f"{prefix}{n[0]}"
+
+    def const(arr, prefix="c"):
+        t = numpy_helper.from_array(np.ascontiguousarray(arr, dtype=np.float32), name(prefix))
+        inits.append(t)
+        return t.name
+
+    cur = "x"
+    for l in model.layers:
+        out = name("t")
+        if isinstance(l, L.Linear):
+            ins = [cur, const(l.params["weight"])] + ([const(l.params["bias"])] if "bias" in l.params else [])
+            nodes.append(helper.make_node("Gemm", ins, [out], transB=1))
+        elif isinstance(l, (L.ReLU, L.Sigmoid, L.Tanh)):
+            nodes.append(helper.make_node({L.ReLU: "Relu", L.Sigmoid: "Sigmoid", L.Tanh: "Tanh"}[type(l)], [cur], [out]))
+        elif isinstance(l, L.Softmax):
+            nodes.append(helper.make_node("Softmax", [cur], [out], axis=1))
+        elif isinstance(l, L.Conv2d):
+            ins = [cur, const(l.params["weight"])] + ([const(l.params["bias"])] if "bias" in l.params else [])
+            ph, pw = l.padding
+            nodes.append(helper.make_node("Conv", ins, [out], kernel_shape=list(l.kernel_size), strides=list(l.stride),
+                                          pads=[ph, pw, ph, pw], dilations=list(l.dilation), group=l.groups))
+        elif isinstance(l, L.MaxPool2d):
+            ph, pw = l.padding
+            nodes.append(helper.make_node("MaxPool", [cur], [out], kernel_shape=list(l.kernel_size),
+                                          strides=list(l.stride), pads=[ph, pw, ph, pw]))
+        elif isinstance(l, L.Flatten):
+            nodes.append(helper.make_node("Flatten", [cur], [out], axis=1))
+        elif isinstance(l, L.LSTM) and l.num_layers == 1 and not l.return_sequences:
+            H = l.hidden_size
+
+            def iofc(a):  # PyTorch gates i, f, g, o -> ONNX i, o, f, c
+                i, f, g, o = np.split(a, 4, axis=0)
+                return np.concatenate([i, o, f, g], axis=0)[None]
+
+            p = l.params
+            b = np.concatenate([iofc(p["bias_ih_l0"])[0], iofc(p["bias_hh_l0"])[0]])[None] if l.bias else None
+            xt = name("t")
+            nodes.append(helper.make_node("Transpose", [cur], [xt], perm=[1, 0, 2]))  # [N, T, F] -> [T, N, F]
+            ins = [xt, const(iofc(p["weight_ih_l0"])), const(iofc(p["weight_hh_l0"]))] + ([const(b)] if b is not None else [])
+            hn = name("t")
+            nodes.append(helper.make_node("LSTM", ins, ["", hn], hidden_size=H))
+            nodes.append(helper.make_node("Squeeze", [hn, const_i64(inits, name, [0])], [out]))
+        else:
+            raise Skip(f"no ONNX graph for {l!r} in the peer harness")
+        cur = out
+    x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *input_shape])
+    y_info = helper.make_tensor_value_info(cur, TensorProto.FLOAT, ["N", *model.shapes(input_shape)[-1]])
+    graph = helper.make_graph(nodes, "shmrt_peer", [x_info], [y_info], inits)
+    m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(m)
+    return m, cur
+
+
+def const_i64(inits, name, values):
+    from onnx import numpy_helper
+    t = numpy_helper.from_array(np.asarray(values, np.int64), name("i"))
+    inits.append(t)
+    return t.name
+
+
+def onnxruntime_peer(model, threads, input_shape):
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise Skip("onnxruntime is not installed (pip install 'shmrt[onnx]')")
+    graph, out = _onnx_graph(model, input_shape)
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    sess = ort.InferenceSession(graph.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+    def run(x):
+        return sess.run([out], {"x": np.ascontiguousarray(x, np.float32)})[0]
+
+    return run, lambda: None
+
+
+# -- PyTorch -----------------------------------------------------------------------
+
+def torch_peer(model, threads):
+    try:
+        import torch
+    except ImportError:
+        raise Skip("torch is not installed (pip install torch==2.13.0)")
+    nn = torch.nn
+    mods = []
+    for l in model.layers:
+        p = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in l.params.items()}
+        if isinstance(l, L.Linear):
+            m = nn.Linear(l.in_features, l.out_features, bias="bias" in p)
+        elif isinstance(l, L.Conv2d):
+            m = nn.Conv2d(l.in_channels, l.out_channels, l.kernel_size, l.stride, l.padding, l.dilation, l.groups,
+                          bias="bias" in p)
+        elif isinstance(l, L.LSTM):
+            inner = nn.LSTM(l.input_size, l.hidden_size, l.num_layers, bias=l.bias, batch_first=True)
+            inner.load_state_dict(p)
+            last = not l.return_sequences
+
+            class _Last(nn.Module):
+                def __init__(self):
+                    super().__init__()
+                    self.lstm = inner
+
+                def forward(self, x):
+                    y = self.lstm(x)[0]
+                    return y[:, -1] if last else y
+
+            mods.append(_Last())
+            continue
+        elif isinstance(l, L.ReLU):
+            m = nn.ReLU()
+        elif isinstance(l, L.Sigmoid):
+            m = nn.Sigmoid()
+        elif isinstance(l, L.Softmax):
+            m = nn.Softmax(dim=1)
+        elif isinstance(l, L.MaxPool2d):
+            m = nn.MaxPool2d(l.kernel_size, l.stride, l.padding, l.dilation)
+        elif isinstance(l, L.Flatten):
+            m = nn.Flatten()
+        else:
+            raise Skip(f"no torch module for {l!r} in the peer harness")
+        if p:
+            m.load_state_dict(p)
+        mods.append(m)
+    net = nn.Sequential(*mods).eval()
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+
+    def run(x):
+        with torch.inference_mode():
+            return net(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+
+    return run, lambda: torch.set_num_threads(before)
+
+
+PEERS = {
+    "numpy": lambda model, threads, shape: numpy_peer(model, threads),
+    "onnxruntime": onnxruntime_peer,
+    "torch": lambda model, threads, shape: torch_peer(model, threads),
+}
