@@ -107,7 +107,70 @@ def machine() -> dict:
 
 
 def _progress(msg):
-    print(f"  .. {msg}", file=sys.stderr, flush=True)
+    """One line per step on stderr; a tqdm bar instead when tqdm is installed and stderr is a terminal."""
+    bar = _bar.get("bar")
+    if bar is not None:
+        bar.set_description_str(msg[:60])
+        bar.update(1)
+    else:
+        print(f"  .. {msg}", file=sys.stderr, flush=True)
+
+
+_bar = {}
+
+
+def _start_progress():
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return
+    if sys.stderr.isatty():
+        _bar["bar"] = tqdm(file=sys.stderr, unit="step", leave=False)
+
+
+def _stop_progress():
+    bar = _bar.pop("bar", None)
+    if bar is not None:
+        bar.close()
+
+
+def plot(result, path):
+    """Throughput against workers (threads for peers), one panel per workload and batch."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise SystemExit("--plot needs matplotlib (pip install 'shmrt[plot]')")
+    panels = sorted({(r["workload"], r["batch"]) for r in result["rows"]}, key=lambda k: (list(result["workloads"]).index(k[0]), k[1]))
+    cols = 2
+    fig, axes = plt.subplots((len(panels) + cols - 1) // cols, cols, figsize=(11, 3.2 * ((len(panels) + 1) // cols)),
+                             squeeze=False)
+    for ax, (wl, b) in zip(axes.ravel(), panels):
+        series = {}
+        for r in result["rows"]:
+            if r["workload"] != wl or r["batch"] != b or "p50_ms" not in r or r["impl"] == "numpy (1 process)":
+                continue
+            label = f"shmrt {r['strategy']}" if r["impl"] == "shmrt" else r["impl"].split(" (")[0]
+            series.setdefault(label, []).append((max(r["workers"], 1), r["items_per_s"]))
+        for label, pts in sorted(series.items()):
+            pts.sort()
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label,
+                    linewidth=2.5 if label.startswith("shmrt") else 1.2)
+        ax.set_title(f"{wl}, batch {b:,}", fontsize=10)
+        ax.set_xlabel("workers / threads")
+        ax.set_ylabel(f"{next(r['unit'] for r in result['rows'] if r['workload'] == wl)}/s")
+        ax.set_xticks(sorted({max(r["workers"], 1) for r in result["rows"]}))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes.ravel()[len(panels):]:
+        ax.axis("off")
+    m = result["machine"]
+    fig.suptitle(f"shmrt and peers on {m.get('cpu', '?')}, {m.get('cores_logical')} logical cores (higher is better)",
+                 fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def _stream(cm, x, y, chunk):
@@ -281,6 +344,7 @@ def main(argv=None) -> int:
     ap.add_argument("--peers", action="store_true",
                     help="also run numpy, onnxruntime and torch at the same thread counts, where installed")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    ap.add_argument("--plot", metavar="PATH.png", help="also plot throughput against workers (needs matplotlib)")
     args = ap.parse_args(argv)
     strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
     bad = [s for s in strategies if s not in shmrt.plan.STRATEGIES]
@@ -292,12 +356,19 @@ def main(argv=None) -> int:
     bad = [w for w in workloads if w not in WORKLOADS]
     if bad:
         ap.error(f"unknown workload {bad[0]!r}; expected some of {', '.join(WORKLOADS)}")
-    result = run(workloads, args.workers, strategies, args.batches, args.quick, args.peers)
+    _start_progress()
+    try:
+        result = run(workloads, args.workers, strategies, args.batches, args.quick, args.peers)
+    finally:
+        _stop_progress()
     print(table(result))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
         print(f"wrote {args.json}")
+    if args.plot:
+        plot(result, args.plot)
+        print(f"wrote {args.plot}")
     return 0 if all(r["ok"] for r in result["rows"]) else 1
 
 
