@@ -1,5 +1,8 @@
 """Numba kernels: pure functions of input views, weight views, an output view
 and slice bounds.  No kernel knows about processes, workers or the plan."""
+from ._cache import configure as _configure_cache
+
+_configure_cache()  # before any cached function below is defined
 from .activations import GELU, GELU_TANH, IDENTITY, RELU, SIGMOID, TANH, act1, apply_act, bias_act
 from .blas import gemm_nt
 from .conv import conv2d, global_avg_pool, pool2d

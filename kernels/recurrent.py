@@ -4,32 +4,60 @@ The matrix half (input projection for every step at once, then h(t-1) @
 W_hh^T per step) is BLAS; these combine the gate pre-activations of one
 worker's rows and hidden units into the new state.  Gate views are
 [rows, units]; PyTorch's gate orders (LSTM i, f, g, o; GRU r, z, n).
+float32 arithmetic with a rational tanh (sigmoid(x) = tanh(x/2)/2 + 1/2):
+the cell was the bottleneck at batch 32 with libm's exp/tanh per element.
 """
-import math
-
+import numpy as np
 from numba import njit
 
+# tanh as a rational function (Eigen's float32 ptanh): branch-free
+# arithmetic, so the cell loops vectorise, unlike a libm call per element.
+# Measured against np.tanh on 2,000,001 points in [-12, 12]: max absolute
+# error 3.4e-7 when evaluated in float32 (the clamp at 7.905 included).
+_CLAMP = np.float32(7.90531110763549805)
+_A = [np.float32(v) for v in (-2.76076847742355e-16, 2.00018790482477e-13, -8.60467152213735e-11,
+                              5.12229709037114e-08, 1.48572235717979e-05, 6.37261928875436e-04,
+                              4.89352455891786e-03)]
+_B = [np.float32(v) for v in (1.19825839466702e-06, 1.18534705686654e-04, 2.26843463243900e-03,
+                              4.89352518554385e-03)]
+_A0, _A1, _A2, _A3, _A4, _A5, _A6 = _A
+_B0, _B1, _B2, _B3 = _B
+_HALF = np.float32(0.5)
 
-@njit(cache=True, inline="always")
+
+@njit(cache=True, inline="always", fastmath=True)
+def _tanh(v):
+    x = min(max(np.float32(v), -_CLAMP), _CLAMP)
+    x2 = x * x
+    p = x2 * _A0 + _A1
+    p = x2 * p + _A2
+    p = x2 * p + _A3
+    p = x2 * p + _A4
+    p = x2 * p + _A5
+    p = x2 * p + _A6
+    q = x2 * _B0 + _B1
+    q = x2 * q + _B2
+    q = x2 * q + _B3
+    return x * p / q
+
+
+@njit(cache=True, inline="always", fastmath=True)
 def _sigmoid(v):
-    if v >= 0.0:
-        return 1.0 / (1.0 + math.exp(-v))
-    e = math.exp(v)
-    return e / (1.0 + e)
+    return _HALF * _tanh(_HALF * np.float32(v)) + _HALF
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def lstm_cell(gi, gf, gg, go, c, h):
     """c = sigmoid(f) * c + sigmoid(i) * tanh(g);  h = sigmoid(o) * tanh(c)."""
     n, m = c.shape
     for r in range(n):
         for u in range(m):
-            cn = _sigmoid(float(gf[r, u])) * c[r, u] + _sigmoid(float(gi[r, u])) * math.tanh(float(gg[r, u]))
+            cn = _sigmoid(gf[r, u]) * c[r, u] + _sigmoid(gi[r, u]) * _tanh(gg[r, u])
             c[r, u] = cn
-            h[r, u] = _sigmoid(float(go[r, u])) * math.tanh(cn)
+            h[r, u] = _sigmoid(go[r, u]) * _tanh(cn)
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def gru_cell(gr, gz, gn, hn, b_hn, h_prev, h):
     """r, z = sigmoid(.); n = tanh(gn + r * (hn + b_hn)); h = (1 - z) * n + z * h_prev.
 
@@ -39,18 +67,18 @@ def gru_cell(gr, gz, gn, hn, b_hn, h_prev, h):
     has_b = b_hn.shape[0] > 0
     for r in range(n):
         for u in range(m):
-            rr = _sigmoid(float(gr[r, u]))
-            z = _sigmoid(float(gz[r, u]))
-            a = float(hn[r, u]) + (b_hn[u] if has_b else 0.0)
-            nn = math.tanh(float(gn[r, u]) + rr * a)
-            h[r, u] = (1.0 - z) * nn + z * h_prev[r, u]
+            rr = _sigmoid(gr[r, u])
+            z = _sigmoid(gz[r, u])
+            a = hn[r, u] + (b_hn[u] if has_b else np.float32(0.0))
+            nn = _tanh(gn[r, u] + rr * a)
+            h[r, u] = (np.float32(1.0) - z) * nn + z * h_prev[r, u]
 
 
-@njit(cache=True)
+@njit(cache=True, fastmath=True)
 def rnn_cell(g, h, relu):
     """h = tanh(g), or max(g, 0) when relu."""
     n, m = h.shape
     for r in range(n):
         for u in range(m):
-            v = float(g[r, u])
-            h[r, u] = (v if v > 0.0 else 0.0) if relu else math.tanh(v)
+            v = g[r, u]
+            h[r, u] = max(v, np.float32(0.0)) if relu else _tanh(v)

@@ -2,9 +2,11 @@
 
 Re-exports only; see README.md and runtime.py.
 """
-from .layers import (GELU, GRU, AvgPool2d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool, MaxPool2d, LSTM, RNN, ArgMax, BatchNorm1d, Dropout, Layer, LayerNorm, Linear, LogSoftmax,
-                     MinMaxScale, ReLU, Select, Sequential, Sigmoid, Softmax, Standardize, Tanh, TopK,
-                     linear_regression, logistic_regression, manual_seed)
+import kernels  # noqa: F401  (first: it points Numba's cache at a folder keyed on every source file)
+from .layers import (GELU, GRU, LSTM, RNN, ArgMax, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten,
+                     GlobalAvgPool, Layer, LayerNorm, Linear, LogSoftmax, MaxPool2d, MinMaxScale, ReLU, Select,
+                     Sequential, Sigmoid, Softmax, Standardize, Tanh, TopK, linear_regression, logistic_regression,
+                     manual_seed)
 from .pool import WorkerError
 from .runtime import CompiledModel, Runtime, run
 
