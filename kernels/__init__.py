@@ -6,11 +6,11 @@ _configure_cache()  # before any cached function below is defined
 from .activations import GELU, GELU_TANH, IDENTITY, RELU, SIGMOID, TANH, act1, apply_act, bias_act
 from .blas import gemm_nt
 from .conv import conv2d, global_avg_pool, pool2d
-from .linear import linear, partial, reduce_partials
+from .linear import linear, reduce_partials
 from .norm import affine, gather, layernorm
 from .recurrent import gru_cell, lstm_cell, rnn_cell
 from .rowwise import argmax, softmax, topk
 
 __all__ = ["IDENTITY", "RELU", "SIGMOID", "TANH", "GELU", "GELU_TANH", "act1", "apply_act", "bias_act",
-           "gemm_nt", "conv2d", "pool2d", "global_avg_pool", "linear", "partial", "reduce_partials", "affine", "gather", "layernorm", "gru_cell",
+           "gemm_nt", "conv2d", "pool2d", "global_avg_pool", "linear", "reduce_partials", "affine", "gather", "layernorm", "gru_cell",
            "lstm_cell", "rnn_cell", "argmax", "softmax", "topk"]

@@ -3,7 +3,7 @@
 The three shapes a plan uses:
 - ``linear``: any block of rows and/or output columns, written in place
   (data parallel: rows; column parallel: output columns).
-- ``partial`` + ``reduce_partials``: row parallel -- each worker multiplies
+- ``linear`` without bias + ``reduce_partials``: row parallel -- each worker multiplies
   its slice of the input features, then each reduces a slice of the output
   columns over every worker's partial sums (a reduce-scatter).
 """
@@ -18,12 +18,6 @@ def linear(x, w, b, out, act):
     """out[n, m] = act(x[n, k] @ w[m, k].T + b[m]); b may be empty."""
     gemm_nt(x, w, out, False)
     bias_act(out, b, act)
-
-
-@njit(cache=True)
-def partial(x, w, out):
-    """out[n, m] = x[n, k_slice] @ w[m, k_slice].T -- a partial sum, no bias."""
-    gemm_nt(x, w, out, False)
 
 
 @njit(cache=True)

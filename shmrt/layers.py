@@ -215,6 +215,14 @@ class Sequential(Layer):
 
 # -- preprocessing and normalisation ------------------------------------------
 
+def _features_shape(self, shape):
+    """output_shape of layers over exactly ``self.features`` features: the same shape."""
+    if tuple(shape) != (self.features,):
+        raise ValueError(f"{self!r} expects inputs of shape (N, {self.features}), "
+                         f"got (N, {', '.join(map(str, shape))})")
+    return shape
+
+
 def _vector(value, n, name, layer, default):
     if value is None:
         return np.full(n, default, np.float32)
@@ -240,11 +248,7 @@ class _Affine(Layer):
     def input_shape(self):
         return (self.features,)
 
-    def output_shape(self, shape):
-        if tuple(shape) != (self.features,):
-            raise ValueError(f"{self!r} expects inputs of shape (N, {self.features}), "
-                             f"got (N, {', '.join(map(str, shape))})")
-        return shape
+    output_shape = _features_shape
 
 
 class Standardize(_Affine):
@@ -365,11 +369,7 @@ class LayerNorm(_RowWise):
         self.params["weight"] = _vector(weight if elementwise_affine else None, self.features, "weight", name, 1.0)
         self.params["bias"] = _vector(bias if elementwise_affine else None, self.features, "bias", name, 0.0)
 
-    def output_shape(self, shape):
-        if tuple(shape) != (self.features,):
-            raise ValueError(f"{self!r} expects inputs of shape (N, {self.features}), "
-                             f"got (N, {', '.join(map(str, shape))})")
-        return shape
+    output_shape = _features_shape
 
     def __repr__(self):
         return f"LayerNorm({self.features}, eps={self.eps})"

@@ -39,8 +39,7 @@ def compile_all() -> None:
             arena[p.input_off:p.input_off + 3 * p.in_features] = 0.5
             run_in_process(p.programs[strategy], w.flat, arena, 3)
             progs = np.ascontiguousarray(p.programs[strategy][None])
-            w_type, flat = numba.typeof(w.flat), w.flat
-            del flat
+            w_type = numba.typeof(w.flat)
             w.segment.close()
     seg = Segment.create(4096)
     try:
