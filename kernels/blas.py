@@ -8,7 +8,8 @@ Numba registers at import, so functions calling it are cached on disk.
 
 Layout: views are row-major 2-D arrays whose last axis has unit stride
 (rows may be strided).  Row-major C = X @ W.T is, in BLAS's column-major
-terms, C^T = W^T' @ X^T: sgemm('T', 'N', m, n, k, W, ldw, X, ldx, C, ldc).
+terms, C^T = W^T' @ X^T: sgemm('T', 'N', m, n, k, W, ldw, X, ldx, C, ldc),
+and C = A @ B is C^T = B^T @ A^T: sgemm('N', 'N', n, m, k, B, ldb, A, lda, C, ldc).
 """
 import numpy as np
 from numba import njit, types
@@ -50,3 +51,14 @@ def gemm_nt(x, w, out, accumulate):
     else:
         _gemm(ord("s"), ord("T"), ord("N"), m, n, k, _ONE.ctypes, w.ctypes, ld(w),
               x.ctypes, ld(x), beta.ctypes, out.ctypes, ld(out))
+
+
+@njit(cache=True)
+def gemm_nn(a, b, out):
+    """out[m, n] = a[m, k] @ b[k, n] -- all row-major, rows may be strided."""
+    m, k = a.shape
+    n = b.shape[1]
+    if m == 0 or n == 0:
+        return
+    _gemm(ord("s"), ord("N"), ord("N"), n, m, k, _ONE.ctypes, b.ctypes, ld(b), a.ctypes, ld(a),
+          _ZERO.ctypes, out.ctypes, ld(out))

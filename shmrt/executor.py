@@ -21,7 +21,7 @@ to max_batch.  Step layouts (column 0 is the op):
   RECUR    see _recurrent: one RNN/LSTM/GRU layer, its whole time loop, a
            barrier per step when the hidden units are split
   CONV     x(off, ld), out(off, ld), w off, b off|-1, act, channels co0:co1,
-           output rows oh0:oh1, images rows(lo, hi), scratch off, geometry[14], Cout
+           output rows oh0:oh1, images rows(lo, hi), scratch off, geometry[14], Cout, scratch floats
   POOL     x(off, ld), out(off, ld), channels c0:c1, is_max, count_include_pad,
            rows(lo, hi), geometry[13]
   GAP      x(off, ld), out(off, ld), H*W, channels c0:c1, rows(lo, hi)
@@ -202,7 +202,7 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
             wmat = weights[s[5]:s[5] + cout * K].reshape((cout, K))
             b = weights[s[6]:s[6] + cout] if s[6] >= 0 else empty
             insz, outsz = g[0] * g[1] * g[2], cout * g[12] * g[13]
-            scratch = arena[s[14]:s[14] + (s[11] - s[10]) * g[13] * K]
+            scratch = arena[s[14]:s[14] + s[30]]
             for img in range(r0, r1):
                 conv2d(arena[s[1] + img * s[2]:s[1] + img * s[2] + insz], wmat, b,
                        arena[s[3] + img * s[4]:s[3] + img * s[4] + outsz], g, s[8], s[9], s[10], s[11], scratch, s[7])

@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from kernels.conv import scratch_floats as conv_scratch_floats
+
 from . import layers as L
 from .control import BARRIER as BARRIER_LINE
 from .executor import (ACT, AFFINE, ARGMAX, BARRIER, CONV, END, FRAC, GAP, GATHER, LAYERNORM, LINEAR, POOL, RECUR,
@@ -155,6 +157,12 @@ class _Arena:
         return off
 
 
+def _conv_geom(l, in_shape, out_shape):
+    """conv2d's geometry row (kernels/conv.py) for layer l."""
+    (C, H, W), (_, OH, OW) = in_shape, out_shape
+    return (C, H, W, *l.kernel_size, *l.stride, *l.padding, *l.dilation, l.groups, OH, OW)
+
+
 def _rows_of(w, P):
     return w * FRAC // P, (w + 1) * FRAC // P
 
@@ -229,9 +237,8 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
                    "aux": arena.alloc(maxb * H), "hinit": arena.alloc(maxb * H)}
     convs = [(op, shapes[op.index - 1] if op.index > 0 else in_shape, shapes[op.index])
              for op in ops if isinstance(op.layer, L.Conv2d)]
-    if convs:  # per worker: the im2row patches of one image
-        per = max(o[1] * o[2] * (i[0] // op.layer.groups) * op.layer.kernel_size[0] * op.layer.kernel_size[1]
-                  for op, i, o in convs)
+    if convs:  # per worker: conv2d's scratch for the largest convolution
+        per = max(conv_scratch_floats(_conv_geom(op.layer, i, o), o[0]) for op, i, o in convs)
         scratch["conv"], scratch["conv_per"] = arena.alloc(P * align(per)), align(per)
     if strategy == "data" or P == 1:
         model_maxb = 0
@@ -478,7 +485,7 @@ class _Builder:
         out = self.outs[i]
         C, H, W = self.cur_shape
         Cout, OH, OW = out.shape
-        geom = (C, H, W, *l.kernel_size, *l.stride, *l.padding, *l.dilation, l.groups, OH, OW)
+        geom = _conv_geom(l, self.cur_shape, out.shape)
         w_off, b_off = self.w(f"{i}.weight"), self.w(f"{i}.bias")
         K = C // l.groups * l.kernel_size[0] * l.kernel_size[1]
         info["flops"] = 2 * Cout * OH * OW * K
@@ -506,7 +513,7 @@ class _Builder:
             state, bounds = "spatial", None
         for w, ((c0, c1), (h0, h1), rows) in enumerate(slices):
             self.emit(w, CONV, self.cur_off, self.cur_ld, out.off, out.width, w_off, b_off, op.act, c0, c1, h0, h1,
-                      *rows, sc["conv"] + w * sc["conv_per"], *geom, Cout)
+                      *rows, sc["conv"] + w * sc["conv_per"], *geom, Cout, sc["conv_per"])
         info["read_per_worker"] = info["weight_bytes"]
         self.set_cur(out, state, bounds)
 

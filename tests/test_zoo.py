@@ -151,6 +151,33 @@ def test_cnn_spatial_split_and_standalone_bn(rt):
     check(rt, model, rnd(5, 1, 13, 11, seed=4), input_shape=(1, 13, 11))
 
 
+def test_cnn_stride1_padded_rows_and_pool_inside(rt):
+    """Stride-1 convolutions take the padded-plane im2col path: unequal
+    padding, a dilation taller than wide, no padding at all, a 1x1 conv;
+    pools without padding take the bounds-free path (dilated, overlapping)."""
+    shmrt.manual_seed(23)
+    model = shmrt.Sequential([
+        shmrt.Conv2d(4, 6, (3, 5), padding=(0, 2), dilation=(2, 1)), shmrt.ReLU(),  # 17x15 -> 13x15
+        shmrt.MaxPool2d(3, stride=2, dilation=2),  # -> 5x6 (windows overlap)
+        shmrt.Conv2d(6, 5, 1),
+        shmrt.Conv2d(5, 3, 2), shmrt.AvgPool2d((2, 1), stride=1),  # -> 4x5 -> 3x5
+        shmrt.Flatten(), shmrt.Linear(3 * 3 * 5, 4)])
+    for n in (1, 3):
+        check(rt, model, rnd(n, 4, 17, 15, seed=n), input_shape=(4, 17, 15))
+
+
+def test_cnn_nan_propagates_through_max_pool(rt):
+    model = shmrt.Sequential([shmrt.MaxPool2d(2), shmrt.Flatten()])
+    x = rnd(2, 1, 4, 4, seed=1)
+    x[0, 0, 0, 1] = np.nan  # the second element of the first window
+    x[1, 0, 3, 3] = np.nan  # the last element of the last window
+    cm = rt.compile(model, input_shape=(1, 4, 4))
+    y = cm(x).reshape(2, 2, 2)
+    assert np.isnan(y[0, 0, 0]) and np.isnan(y[1, 1, 1])
+    assert np.isfinite(y[0].ravel()[1:]).all() and np.isfinite(y[1].ravel()[:-1]).all()
+    cm.close()
+
+
 def test_cnn_explain_partitions():
     model = shmrt.Sequential([shmrt.Conv2d(3, 8, 3), shmrt.ReLU(), shmrt.MaxPool2d(2), shmrt.Flatten(),
                               shmrt.Linear(8 * 3 * 3, 4), shmrt.Softmax()])
