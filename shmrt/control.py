@@ -7,7 +7,8 @@ workers which models' segments to attach.
     line  field
     0     GEN        command generation; workers wait for it to change
     1     GEN_SLEEP  workers blocked on GEN (futex waiters)
-    2     CMD        op, model id, batch n, program index (written before GEN)
+    2     CMD        op, model id, batch n, program index, profile record
+                     (arena offset, or -1: none) (written before GEN)
     3     DONE       workers finished with the current command
     4     DONE_SLEEP parent blocked on DONE
     5     ABORT      non-zero: abandon the current command (a worker died)
@@ -32,7 +33,7 @@ from .sync import LINE, TIMEOUT, bump, load_acquire, store_release, wait_change
 GEN, GEN_SLEEP, CMD, DONE, DONE_SLEEP, ABORT, ZERO, BARRIER = (i * LINE for i in range(8))
 WORKER0 = 10 * LINE
 # CMD words
-C_OP, C_MODEL, C_N, C_PROG = CMD, CMD + 1, CMD + 2, CMD + 3
+C_OP, C_MODEL, C_N, C_PROG, C_PROF = CMD, CMD + 1, CMD + 2, CMD + 3, CMD + 4
 # worker line words
 W_STATE, W_GEN, W_PID, W_STEP = range(4)
 # ops

@@ -35,11 +35,13 @@ from kernels import (affine, apply_act, argmax, conv2d, gather, gemm_nt, global_
                      lstm_cell, pool2d, reduce_partials, rnn_cell, softmax, topk)
 
 from . import control as C
-from .sync import ABORTED, barrier, wait_change
+from .sync import ABORTED, barrier, monotonic_ns, wait_change
 
 ROW = 32
 FRAC = 1 << 20
 END, BARRIER, LINEAR, REDUCE, ACT, SOFTMAX, ARGMAX, TOPK, AFFINE, GATHER, LAYERNORM, RECUR, CONV, POOL, GAP = range(15)
+OP_NAMES = ("end", "barrier", "linear", "reduce", "act", "softmax", "argmax", "topk", "affine", "gather", "layernorm",
+            "recurrent", "conv", "pool", "global avg pool")
 # RECUR modes (layers._Recurrent.mode) and gates per mode
 RNN_TANH, RNN_RELU, LSTM, GRU = range(4)
 
@@ -140,15 +142,20 @@ def _recurrent(s, weights, arena, n, ctrl, spin_ns, block_ns, ppid):
 
 
 @njit(cache=True)
-def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, ppid, stop_at_barrier):
+def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, ppid, stop_at_barrier, prof):
     """Run prog[start:] for a batch of n rows, recording each step index in
     ctrl[status] (status < 0: don't), so a stuck worker can be located.
+    prof (int64, empty: don't): prof[0] the monotonic ns at start, prof[i + 1]
+    at the end of step i (a profiled call).
 
     Returns -1 when the program ended, the index after a barrier when
     stop_at_barrier (the in-process executor interleaves workers that way),
     or -2 when a barrier was aborted.
     """
     empty = weights[0:0]
+    timing = prof.shape[0] > 0
+    if timing:
+        prof[start] = monotonic_ns()
     i = start  # the program counter: no loop below may reuse the name
     while True:
         s = prog[i]
@@ -234,6 +241,8 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
             vals = _view(arena, s[5], k, r0, r1, 0, k)
             idx = arena[s[6]:s[6] + 2 * n * k].view(np.int64).reshape((n, k))[r0:r1]
             topk(_view(arena, s[1], s[2], r0, r1, 0, s[3]), vals, idx)
+        if timing:
+            prof[i + 1] = monotonic_ns()
         i += 1
 
 
@@ -243,11 +252,16 @@ def serve(ctrl, wid, model, progs, weights, arena, gen, spin_ns, idle_spin_ns, b
     leaving Numba.  Barriers spin spin_ns, the wait between commands
     idle_spin_ns.  Returns the generation of the first command it cannot
     handle (the caller handles it), or ABORTED when the parent is gone."""
+    no_prof = np.zeros(0, np.int64)
     while True:
         op = ctrl[C.C_OP]
         if op == C.OP_RUN and ctrl[C.C_MODEL] == model:
+            prof = no_prof
+            if ctrl[C.C_PROF] >= 0:  # a profiled call: this worker's record of step end times
+                rec = progs.shape[2] + 1
+                prof = arena[ctrl[C.C_PROF] + 2 * wid * rec:ctrl[C.C_PROF] + 2 * (wid + 1) * rec].view(np.int64)
             run_steps(progs[ctrl[C.C_PROG], wid], 0, weights, arena, np.int64(ctrl[C.C_N]), ctrl,
-                      C.WORKER0 + wid * C.LINE + C.W_STEP, spin_ns, block_ns, ppid, False)
+                      C.WORKER0 + wid * C.LINE + C.W_STEP, spin_ns, block_ns, ppid, False, prof)
         elif op != C.OP_NOP:
             return gen
         C.finish(ctrl, wid, gen)
@@ -255,6 +269,9 @@ def serve(ctrl, wid, model, progs, weights, arena, gen, spin_ns, idle_spin_ns, b
         if g == ABORTED:
             return g
         gen = g
+
+
+_NO_PROF = np.zeros(0, np.int64)
 
 
 def run_in_process(programs, weights, arena, n):
@@ -271,4 +288,4 @@ def run_in_process(programs, weights, arena, n):
     while any(p >= 0 for p in pos):
         for w, p in enumerate(pos):
             if p >= 0:
-                pos[w] = run_steps(programs[w], p, weights, arena, n, ctrl, -1, 0, 0, 0, True)
+                pos[w] = run_steps(programs[w], p, weights, arena, n, ctrl, -1, 0, 0, 0, True, _NO_PROF)

@@ -2,9 +2,15 @@
 PyTorch, built from the same parameters, each at a given thread count.
 
 A peer that is not installed is skipped with a note, never faked.  Each
-``build`` returns ``(run, close)``: ``run(x) -> numpy output``.
+``build`` returns an ``Impl``: ``run(x) -> numpy output``, ``close()``, and
+``scope()``, a context entered around each stretch of calls (numpy's BLAS
+thread limit applies only inside it, so peers can be interleaved).
 """
 from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -16,17 +22,19 @@ class Skip(Exception):
     """This peer cannot run here (not installed, or no such op); the message says why."""
 
 
+@dataclass
+class Impl:
+    run: Callable
+    close: Callable = lambda: None
+    scope: Callable = contextlib.nullcontext
+
+
 def numpy_peer(model, threads):
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:
         raise Skip("threadpoolctl is not installed (pip install threadpoolctl): cannot set numpy's threads")
-    limiter = threadpool_limits(threads, user_api="blas")
-
-    def run(x):
-        return numpy_forward(model, x)
-
-    return run, limiter.restore_original_limits
+    return Impl(lambda x: numpy_forward(model, x), scope=lambda: threadpool_limits(threads, user_api="blas"))
 
 
 # -- ONNX Runtime ------------------------------------------------------------------
@@ -113,10 +121,7 @@ def onnxruntime_peer(model, threads, input_shape):
     so.inter_op_num_threads = 1
     sess = ort.InferenceSession(graph.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
-    def run(x):
-        return sess.run([out], {"x": np.ascontiguousarray(x, np.float32)})[0]
-
-    return run, lambda: None
+    return Impl(lambda x: sess.run([out], {"x": np.ascontiguousarray(x, np.float32)})[0])
 
 
 # -- PyTorch -----------------------------------------------------------------------
@@ -167,14 +172,21 @@ def torch_peer(model, threads):
             m.load_state_dict(p)
         mods.append(m)
     net = nn.Sequential(*mods).eval()
-    before = torch.get_num_threads()
-    torch.set_num_threads(threads)
 
     def run(x):
         with torch.inference_mode():
             return net(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
 
-    return run, lambda: torch.set_num_threads(before)
+    @contextlib.contextmanager
+    def scope():
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(before)
+
+    return Impl(run, scope=scope)
 
 
 PEERS = {

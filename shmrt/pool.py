@@ -131,13 +131,16 @@ class Pool:
         return [p.pid for p in self.procs if p is not None]
 
     # -- commands ----------------------------------------------------------
-    def command(self, op: int, model: int = -1, n: int = 0, prog: int = 0) -> None:
-        """Run one command on every worker; raise WorkerError if one dies."""
+    def command(self, op: int, model: int = -1, n: int = 0, prog: int = 0, prof: int = -1) -> None:
+        """Run one command on every worker; raise WorkerError if one dies.
+        prof >= 0: a profiled RUN, each worker records its step times there
+        in the model's arena (see executor.run_steps)."""
         if self.closed:
             raise RuntimeError("this shmrt.Runtime is closed; create a new one")
         if self.restarting:
             self._await_ready(sorted(self.restarting))
             self.restarting.clear()
+        self.ctrl[C.C_PROF] = prof  # published by call's release of GEN
         r = C.call(self.ctrl, op, model, n, prog, self.n, self.spin_ns, self.block_ns)
         try:
             while r == TIMEOUT:

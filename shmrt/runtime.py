@@ -12,6 +12,7 @@ from __future__ import annotations
 import atexit
 import itertools
 import threading
+import time
 import weakref
 
 import numpy as np
@@ -20,7 +21,9 @@ from . import control as C
 from . import plan as planner
 from .executor import run_in_process
 from .pool import Pool, default_workers
-from .store import Segment, WeightStore
+from .profile import Profile
+from .profile import build as build_profile
+from .store import Segment, WeightStore, align
 
 _model_ids = itertools.count()
 _live_runtimes: "weakref.WeakSet[Runtime]" = weakref.WeakSet()
@@ -126,9 +129,11 @@ class CompiledModel:
         self.in_features = plan.in_features
         self.weights = WeightStore.pack(plan.tensors)
         try:
-            self._arena_seg = Segment.create(plan.arena_floats * 4)
-            self.arena = self._arena_seg.array(np.float32)
             self._programs = _stack(list(plan.programs.values()))
+            # after the plan's arena: each worker's profile record (int64 per step + 1)
+            self._prof_off = align(plan.arena_floats)
+            self._arena_seg = Segment.create((self._prof_off + 2 * plan.workers * (self._programs.shape[2] + 1)) * 4)
+            self.arena = self._arena_seg.array(np.float32)
             rt._models[self.id] = self
             if rt.pool is not None:
                 rt.pool.models[self.id] = {
@@ -206,7 +211,10 @@ class CompiledModel:
                     run_in_process(plan.programs[name], self.weights.flat, self.arena, n)
                 else:
                     rt.pool.command(C.OP_RUN, self.id, n, plan.program_index(name))
-        o = plan.output
+        return self._output_view(n)
+
+    def _output_view(self, n):
+        o = self.plan.output
         if o.kind == "argmax":
             return self.arena[o.off:o.off + 2 * n].view(np.int64)
         if o.ld:  # the last step of a sequence buffer: rows are o.ld apart
@@ -226,6 +234,38 @@ class CompiledModel:
     def _check_open(self):
         if getattr(self, "_released", True):
             raise RuntimeError("this compiled model is closed (its runtime was closed)")
+
+    # -- explain and profile ----------------------------------------------
+    def profile(self, x) -> "Profile":
+        """Run once on x (at most max_batch rows) and return where the time
+        went: copy in, dispatch, each worker's kernels and barrier waits per
+        step, return, copy out (see shmrt.profile).  ``str()`` of the result
+        is a table; ``.as_dict()`` the figures."""
+        self._check_open()
+        rt = self.runtime
+        if rt.pool is None:
+            raise ValueError("profile() times the workers; this runtime runs in process (workers=0): "
+                             "expected a Runtime with workers >= 1")
+        x, _ = self._validate(x)
+        n = x.shape[0]
+        if not 1 <= n <= self.max_batch:
+            raise ValueError(f"profile() runs one call: expected 1..max_batch={self.max_batch} rows, got {n}")
+        name = self.plan.strategy_for(self.strategy, n)
+        prog_index = self.plan.program_index(name)
+        with rt._lock:
+            rt._check_open()
+            t_in = time.monotonic_ns()
+            self.input_buffer(n).reshape(n, -1)[...] = x
+            t_posted = time.monotonic_ns()
+            rt.pool.command(C.OP_RUN, self.id, n, prog_index, self._prof_off)
+            t_done = time.monotonic_ns()
+            out = self._output_view(n)
+            out = tuple(np.array(o) for o in out) if isinstance(out, tuple) else np.array(out)
+            t_out = time.monotonic_ns()
+            rec = self._programs.shape[2] + 1
+            stamps = self.arena[self._prof_off:self._prof_off + 2 * self.plan.workers * rec].view(np.int64)
+            stamps = stamps.reshape(self.plan.workers, rec).copy()
+        return build_profile(self._programs[prog_index], stamps, n, name, t_in, t_posted, t_done, t_out)
 
     # -- explain -----------------------------------------------------------
     def explain(self, batch=None) -> str:
@@ -270,6 +310,12 @@ class CompiledModel:
         self.runtime._models.pop(self.id, None)
         if self.runtime.pool is not None:
             self.runtime.pool.models.pop(self.id, None)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
     def __repr__(self):
         return f"<shmrt.CompiledModel id={self.id} strategy={self.strategy!r} workers={self.plan.workers}>"

@@ -94,3 +94,35 @@ def test_run_one_shot():
     x = np.random.default_rng(0).standard_normal((3, 10))
     assert rel_err(shmrt.run(m, x), forward(m, x)) <= 1e-5
     assert rel_err(shmrt.run(m, x), forward(m, x)) <= 1e-5  # cached compile
+
+
+@pytest.mark.parametrize("strategy", ["data", "model"])
+def test_profile_accounts_for_the_call(strategy):
+    """profile() runs the real call (its output is right) and its parts add
+    up: per-worker step times sum to kernels + barrier waits, and copies +
+    slowest worker's kernels + coordination = total."""
+    model = shmrt.Sequential([shmrt.Conv2d(3, 6, 3, padding=1), shmrt.ReLU(), shmrt.MaxPool2d(2), shmrt.Flatten(),
+                              shmrt.Linear(6 * 4 * 4, 5), shmrt.Softmax()])
+    x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
+    with shmrt.Runtime(workers=2) as rt, rt.compile(model, strategy=strategy, max_batch=4,
+                                                    input_shape=(3, 8, 8)) as cm:
+        p = cm.profile(x)
+        assert rel_err(cm.run_in_place(4), forward(model, x)) <= 1e-5  # the profiled call's output was kept
+        assert p.workers == 2 and p.batch == 4 and p.strategy == strategy
+        assert len(p.kernel_us) == len(p.wait_us) == len(p.dispatch_us) == 2
+        names = [name for name, _ in p.steps]
+        assert "conv" in names and "softmax" in names and ("barrier" in names) == (strategy == "model")
+        for w in range(2):
+            assert np.isclose(sum(us[w] for _, us in p.steps), p.kernel_us[w] + p.wait_us[w])
+        assert min(p.kernel_us) > 0 and p.copy_in_us >= 0 and p.copy_out_us >= 0 and p.return_us >= 0
+        assert np.isclose(p.copy_in_us + p.copy_out_us + max(p.kernel_us) + p.coordination_us, p.total_us)
+        assert "kernels" in str(p) and p.as_dict()["coordination_us"] == p.coordination_us
+        with pytest.raises(ValueError, match="expected 1..max_batch=4 rows, got 5"):
+            cm.profile(np.zeros((5, 3, 8, 8), np.float32))
+
+
+def test_profile_needs_workers():
+    with shmrt.Runtime(workers=0) as rt:
+        cm = rt.compile(small(), max_batch=2)
+        with pytest.raises(ValueError, match="workers >= 1"):
+            cm.profile(np.zeros((1, 10), np.float32))

@@ -13,10 +13,11 @@ def test_peer_matches_float64(workload, peer):
     wl = WORKLOADS[workload]()
     x = np.random.default_rng(0).standard_normal((3, *wl.input_shape)).astype(np.float32)
     try:
-        run, close = PEERS[peer](wl.model, 1, wl.input_shape)
+        impl = PEERS[peer](wl.model, 1, wl.input_shape)
     except Skip as e:
         pytest.skip(str(e))
     try:
-        assert rel_err(run(x), forward(wl.model, x)) <= 1e-5
+        with impl.scope():
+            assert rel_err(impl.run(x), forward(wl.model, x)) <= 1e-5
     finally:
-        close()
+        impl.close()
