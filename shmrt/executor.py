@@ -25,6 +25,17 @@ to max_batch.  Step layouts (column 0 is the op):
   POOL     x(off, ld), out(off, ld), channels c0:c1, is_max, count_include_pad,
            rows(lo, hi), geometry[13]
   GAP      x(off, ld), out(off, ld), H*W, channels c0:c1, rows(lo, hi)
+
+Pipeline (a stage's worker loops over micro-batches; rows above are then
+fractions of the current micro-batch's rows, not of n):
+  MICRO    M (micro-batches: min(M, n)), counters off (arena, int32 view), workers
+  WAIT     first producer w0, producers p: until workers w0..w0+p-1 (the
+           previous stage) have each finished this micro-batch
+  SIGNAL   worker w: this worker finished its part of micro-batch k
+  NEXT     back to after MICRO for the next micro-batch, if any
+Worker w's count of finished micro-batches is int32 word w * 2 * LINE of
+the counters, its sleepers the word LINE after it; the parent zeroes them
+before each call.
 """
 from __future__ import annotations
 
@@ -35,20 +46,23 @@ from kernels import (affine, apply_act, argmax, conv2d, gather, gemm_nt, global_
                      lstm_cell, pool2d, reduce_partials, rnn_cell, softmax, topk)
 
 from . import control as C
-from .sync import ABORTED, barrier, monotonic_ns, wait_change
+from .sync import ABORTED, LINE, barrier, bump, monotonic_ns, wait_change, wait_reach
 
 ROW = 32
 FRAC = 1 << 20
-END, BARRIER, LINEAR, REDUCE, ACT, SOFTMAX, ARGMAX, TOPK, AFFINE, GATHER, LAYERNORM, RECUR, CONV, POOL, GAP = range(15)
+(END, BARRIER, LINEAR, REDUCE, ACT, SOFTMAX, ARGMAX, TOPK, AFFINE, GATHER, LAYERNORM, RECUR, CONV, POOL, GAP,
+ MICRO, WAIT, SIGNAL, NEXT) = range(19)
 OP_NAMES = ("end", "barrier", "linear", "reduce", "act", "softmax", "argmax", "topk", "affine", "gather", "layernorm",
-            "recurrent", "conv", "pool", "global avg pool")
+            "recurrent", "conv", "pool", "global avg pool", "micro-batch", "wait for stage", "signal stage",
+            "next micro-batch")
 # RECUR modes (layers._Recurrent.mode) and gates per mode
 RNN_TANH, RNN_RELU, LSTM, GRU = range(4)
 
 
 @njit(cache=True, inline="always")
-def _rows(n, lo, hi):
-    return (n * lo) // FRAC, (n * hi) // FRAC
+def _rows(base, cnt, lo, hi):
+    """Rows lo/FRAC..hi/FRAC of the cnt rows from base (the batch, or a micro-batch)."""
+    return base + (cnt * lo) // FRAC, base + (cnt * hi) // FRAC
 
 
 @njit(cache=True, inline="always")
@@ -65,7 +79,7 @@ def _bias_rows(out, b):
 
 
 @njit(cache=True)
-def _recurrent(s, weights, arena, n, ctrl, spin_ns, block_ns, ppid):
+def _recurrent(s, weights, arena, base, cnt, ctrl, spin_ns, block_ns, ppid):
     """One recurrent layer for this worker's rows r0:r1 and hidden units u0:u1.
 
     Step layout: 1 x off, 2 -, 3 T, 4 F, 5 out off ([N, T, H], ld T*H),
@@ -82,7 +96,7 @@ def _recurrent(s, weights, arena, n, ctrl, spin_ns, block_ns, ppid):
     """
     T, F, H = s[3], s[4], s[6]
     u0, u1 = s[13], s[14]
-    r0, r1 = _rows(n, s[15], s[16])
+    r0, r1 = _rows(base, cnt, s[15], s[16])
     mode, parties = s[21], s[22]
     G = 4 if mode == LSTM else (3 if mode == GRU else 1)
     hs, R = u1 - u0, r1 - r0
@@ -156,6 +170,9 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
     timing = prof.shape[0] > 0
     if timing:
         prof[start] = monotonic_ns()
+    base, cnt = np.int64(0), n  # the rows steps split: the batch, or the current micro-batch
+    ctr = arena[0:0].view(np.int32)
+    mb_k, mb_m, mb_top = 0, 1, 0
     i = start  # the program counter: no loop below may reuse the name
     while True:
         s = prog[i]
@@ -170,7 +187,7 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
             if barrier(ctrl, s[1], s[2], C.ABORT, spin_ns, block_ns, ppid) == ABORTED:
                 return -2
         elif op == LINEAR:
-            r0, r1 = _rows(n, s[14], s[15])
+            r0, r1 = _rows(base, cnt, s[14], s[15])
             if r1 > r0:
                 m = s[12]
                 x = _view(arena, s[1], s[2], r0, r1, s[3], s[4])
@@ -185,24 +202,24 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
                 b = weights[s[7] + c0:s[7] + c1] if s[7] >= 0 else empty
                 reduce_partials(parts, m, c0, b, _view(arena, s[9], s[10], 0, n, c0, c1 - c0), s[8])
         elif op == ACT:
-            r0, r1 = _rows(n, s[6], s[7])
+            r0, r1 = _rows(base, cnt, s[6], s[7])
             apply_act(_view(arena, s[1], s[2], r0, r1, s[3], s[4]), _view(arena, s[8], s[9], r0, r1, s[3], s[4]), s[5])
         elif op == AFFINE:
-            r0, r1 = _rows(n, s[9], s[10])
+            r0, r1 = _rows(base, cnt, s[9], s[10])
             c, w = s[3], s[4]
             affine(_view(arena, s[1], s[2], r0, r1, c, w), weights[s[5] + c:s[5] + c + w],
                    weights[s[6] + c:s[6] + c + w], _view(arena, s[7], s[8], r0, r1, c, w))
         elif op == GATHER:
-            r0, r1 = _rows(n, s[6], s[7])
+            r0, r1 = _rows(base, cnt, s[6], s[7])
             m = s[5]
             gather(_view(arena, s[1], s[2], r0, r1, 0, s[2]), weights[s[3]:s[3] + m], _view(arena, s[4], m, r0, r1, 0, m))
         elif op == LAYERNORM:
-            r0, r1 = _rows(n, s[8], s[9])
+            r0, r1 = _rows(base, cnt, s[8], s[9])
             m = s[3]
             layernorm(_view(arena, s[1], s[2], r0, r1, 0, m), weights[s[4]:s[4] + m], weights[s[5]:s[5] + m],
                       float(weights[s[6]]), _view(arena, s[7], m, r0, r1, 0, m))
         elif op == CONV:
-            r0, r1 = _rows(n, s[12], s[13])
+            r0, r1 = _rows(base, cnt, s[12], s[13])
             g = s[15:29]
             cout = s[29]
             K = g[0] // g[11] * g[3] * g[4]
@@ -214,29 +231,49 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
                 conv2d(arena[s[1] + img * s[2]:s[1] + img * s[2] + insz], wmat, b,
                        arena[s[3] + img * s[4]:s[3] + img * s[4] + outsz], g, s[8], s[9], s[10], s[11], scratch, s[7])
         elif op == POOL:
-            r0, r1 = _rows(n, s[9], s[10])
+            r0, r1 = _rows(base, cnt, s[9], s[10])
             g = s[11:24]
             insz, outsz = g[0] * g[1] * g[2], g[0] * g[11] * g[12]
             for img in range(r0, r1):
                 pool2d(arena[s[1] + img * s[2]:s[1] + img * s[2] + insz], arena[s[3] + img * s[4]:s[3] + img * s[4] + outsz],
                        g, s[5], s[6], s[7] != 0, s[8] != 0)
         elif op == GAP:
-            r0, r1 = _rows(n, s[8], s[9])
+            r0, r1 = _rows(base, cnt, s[8], s[9])
             for img in range(r0, r1):
                 global_avg_pool(arena[s[1] + img * s[2]:s[1] + (img + 1) * s[2]], arena[s[3] + img * s[4]:s[3] + (img + 1) * s[4]],
                                 s[5], s[6], s[7])
+        elif op == MICRO:
+            ctr = arena[s[2]:s[2] + 2 * LINE * s[3]].view(np.int32)
+            mb_m, mb_k, mb_top = min(s[1], n), 0, i + 1
+            base, cnt = np.int64(0), n // mb_m
+        elif op == WAIT:
+            for p in range(s[1], s[1] + s[2]):
+                if wait_reach(ctr, 2 * LINE * p, mb_k + 1, 2 * LINE * p + LINE, ctrl, C.ABORT, spin_ns,
+                              ppid) == ABORTED:
+                    return -2
+        elif op == SIGNAL:
+            bump(ctr, 2 * LINE * s[1], 2 * LINE * s[1] + LINE)
+        elif op == NEXT:
+            mb_k += 1
+            if mb_k < mb_m:
+                base, cnt = (n * mb_k) // mb_m, (n * (mb_k + 1)) // mb_m - (n * mb_k) // mb_m
+                if timing:
+                    prof[i + 1] = monotonic_ns()
+                i = mb_top
+                continue
+            base, cnt = np.int64(0), n
         elif op == RECUR:
-            if _recurrent(s, weights, arena, n, ctrl, spin_ns, block_ns, ppid) != 0:
+            if _recurrent(s, weights, arena, base, cnt, ctrl, spin_ns, block_ns, ppid) != 0:
                 return -2
         elif op == SOFTMAX:
-            r0, r1 = _rows(n, s[7], s[8])
+            r0, r1 = _rows(base, cnt, s[7], s[8])
             softmax(_view(arena, s[1], s[2], r0, r1, 0, s[3]), _view(arena, s[4], s[5], r0, r1, 0, s[3]), s[6] != 0)
         elif op == ARGMAX:
-            r0, r1 = _rows(n, s[5], s[6])
+            r0, r1 = _rows(base, cnt, s[5], s[6])
             out = arena[s[4]:s[4] + 2 * n].view(np.int64)[r0:r1]
             argmax(_view(arena, s[1], s[2], r0, r1, 0, s[3]), out)
         elif op == TOPK:
-            r0, r1 = _rows(n, s[7], s[8])
+            r0, r1 = _rows(base, cnt, s[7], s[8])
             k = s[4]
             vals = _view(arena, s[5], k, r0, r1, 0, k)
             idx = arena[s[6]:s[6] + 2 * n * k].view(np.int64).reshape((n, k))[r0:r1]
@@ -280,6 +317,9 @@ def run_in_process(programs, weights, arena, n):
     programs: int64 [P, steps, ROW].  Workers only meet at barriers, so
     running each one up to its next barrier in turn is a valid schedule.
     """
+    if programs.shape[0] > 1 and np.any(programs[:, :, 0] == WAIT):
+        raise ValueError("a pipeline plan runs its stages on different workers at once; "
+                         "run it on a pool (workers >= 1), not in process")
     if programs.shape[0] > 1 and np.any((programs[:, :, 0] == RECUR) & (programs[:, :, 22] > 1)):
         raise ValueError("a recurrent layer split across workers meets them at every time step; "
                          "run it on a pool (workers >= 1), not in process")

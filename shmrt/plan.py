@@ -35,14 +35,25 @@ from kernels.conv import scratch_floats as conv_scratch_floats
 
 from . import layers as L
 from .control import BARRIER as BARRIER_LINE
-from .executor import (ACT, AFFINE, ARGMAX, BARRIER, CONV, END, FRAC, GAP, GATHER, LAYERNORM, LINEAR, POOL, RECUR,
-                       REDUCE, ROW, SOFTMAX, TOPK)
+from .executor import (ACT, AFFINE, ARGMAX, BARRIER, CONV, END, FRAC, GAP, GATHER, LAYERNORM, LINEAR, MICRO, NEXT, POOL,
+                       RECUR, REDUCE, ROW, SIGNAL, SOFTMAX, TOPK, WAIT)
 from .store import align
+from .sync import LINE
 
-STRATEGIES = ("auto", "data", "model")
-# Auto: at most this many rows per worker go through the model-parallel
-# program; above it, batch-row splitting is used.
-AUTO_MODEL_ROWS_PER_WORKER = 2
+STRATEGIES = ("auto", "data", "model", "hybrid", "pipeline")
+# hybrid: layers whose parameters are at least this large are split by
+# model (columns/rows, hidden units); the rest by batch rows.
+HYBRID_MODEL_BYTES = 1 << 20
+# pipeline: at most this many micro-batches per stage per call
+MICRO_PER_STAGE = 4
+
+
+def _hybrid_splits(op) -> bool:
+    """Does the hybrid plan split this op by model (else by batch rows)?"""
+    l = op.layer
+    if isinstance(l, (L.Linear, L._Recurrent)):
+        return 4 * sum(v.size for v in l.params.values()) >= HYBRID_MODEL_BYTES
+    return isinstance(l, (L._Pool2d, L.GlobalAvgPool))  # pools follow a channel split where there is one
 
 
 def split(total: int, parts: int, grain: int = 16) -> list:
@@ -75,17 +86,38 @@ class Plan:
     input_off: int
     output: Output
     programs: dict  # strategy -> int64 [workers, steps, ROW]
-    model_max_batch: int  # largest n the "model" program serves
     explain_rows: dict = field(default_factory=dict)  # strategy -> list of dicts
+    counters: dict = field(default_factory=dict)  # strategy -> (arena offset, words) to zero before each call
 
     @property
     def in_features(self) -> int:
         return int(np.prod(self.in_shape))
 
+    rates: object = None  # cost.Rates the auto choice is predicted with (set by the runtime)
+    tuned: dict = field(default_factory=dict)  # batch size -> program, measured (autotune=True)
+
     def strategy_for(self, strategy: str, n: int) -> str:
+        """The program that runs a call of n rows: the one named, or for
+        "auto" the measured choice (autotune) or the predicted fastest."""
         if strategy != "auto":
             return strategy
-        return "model" if n <= self.model_max_batch and self.workers > 1 else "data"
+        if len(self.programs) == 1:
+            return next(iter(self.programs))
+        if self.tuned:
+            return self.tuned[min(self.tuned, key=lambda b: (abs(np.log2(b) - np.log2(max(n, 1))), b))]
+        got = self._auto.get(n)
+        if got is None:
+            got = self._auto[n] = min(self.predictions(n).items(), key=lambda kv: kv[1])[0]
+        return got
+
+    def predictions(self, n: int) -> dict:
+        """Predicted microseconds of a call of n rows, per program (cost.py)."""
+        from .cost import Rates, predict_us
+        rates = self.rates or Rates()
+        return {name: predict_us(prog, n, rates) for name, prog in self.programs.items()}
+
+    def __post_init__(self):
+        self._auto = {}
 
     def program_index(self, name: str) -> int:
         return list(self.programs).index(name)
@@ -240,12 +272,8 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
     if convs:  # per worker: conv2d's scratch for the largest convolution
         per = max(conv_scratch_floats(_conv_geom(op.layer, i, o), o[0]) for op, i, o in convs)
         scratch["conv"], scratch["conv_per"] = arena.alloc(P * align(per)), align(per)
-    if strategy == "data" or P == 1:
-        model_maxb = 0
-    elif strategy == "model":
-        model_maxb = maxb
-    else:
-        model_maxb = min(maxb, AUTO_MODEL_ROWS_PER_WORKER * P)
+    names = [strategy] if strategy != "auto" else (["data", "model", "hybrid", "pipeline"] if P > 1 else ["data"])
+    model_maxb = maxb if set(names) & {"model", "hybrid"} else 0
     widest = max([op.layer.out_features for op in ops if isinstance(op.layer, L.Linear)] + [1])
     # two partial-sum regions, alternated by consecutive row-parallel layers
     parts = [arena.alloc(model_maxb * P * widest) for _ in range(2)] if model_maxb else [-1, -1]
@@ -256,17 +284,23 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
     arena.alloc(max([in_w, P * widest] + [o.ld or o.width for o in outs.values()] +
                     [in_shape[0] * r.hidden_size for r in recs]))
 
-    names = {"auto": ["data", "model"] if P > 1 else ["data"], "data": ["data"], "model": ["model"]}[strategy]
+    inp = Output("dense", input_off, in_w, shape=tuple(in_shape))
+    counters = {}
+    if "pipeline" in names:
+        counters["pipeline"] = (arena.alloc(2 * LINE * P), 2 * LINE * P)
     programs, explain = {}, {}
     for s in names:
-        b = _Builder(s, P, woff, outs, parts, scratch, Output("dense", input_off, in_w, shape=tuple(in_shape)))
+        if s == "pipeline":
+            programs[s], explain[s] = _pipeline(ops, P, woff, outs, parts, scratch, inp, counters[s][0])
+            continue
+        b = _Builder(s, P, woff, outs, parts, scratch, inp)
         for op in ops:
             b.add(op)
         programs[s], explain[s] = b.finish()
     output = outs[ops[-1].index] if ops else Output("dense", input_off, in_w, shape=in_shape)
     if output.kind == "dense" and not output.ld and int(np.prod(shapes[-1])) == output.width:
         output.shape = tuple(shapes[-1])  # e.g. a trailing Flatten
-    return Plan(P, maxb, in_shape, tensors, woff, arena.size, input_off, output, programs, model_maxb, explain)
+    return Plan(P, maxb, in_shape, tensors, woff, arena.size, input_off, output, programs, explain, counters)
 
 
 class _Builder:
@@ -275,12 +309,13 @@ class _Builder:
     "all" (complete for everyone), "rows" (each worker its own batch rows),
     "cols" (each worker its own feature columns, ``bounds``)."""
 
-    def __init__(self, strategy, P, woff, outs, parts, scratch, inp):
+    def __init__(self, strategy, P, woff, outs, parts, scratch, inp, wids=None):
         self.strategy, self.P, self.woff, self.outs = strategy, P, woff, outs
         self.parts, self.scratch = parts, scratch
+        self.wids = list(wids) if wids is not None else list(range(P))  # global worker ids (per-worker scratch)
         self.steps = [[] for _ in range(P)]
         self.rows = []
-        self.cur_off, self.cur_ld, self.cur_w, self.cur_shape = inp.off, inp.width, inp.width, inp.shape
+        self.cur_off, self.cur_ld, self.cur_w, self.cur_shape = inp.off, inp.ld or inp.width, inp.width, inp.shape
         self.state, self.bounds = "all", None
         self.barriers = 0
         self.row_layers = 0
@@ -299,13 +334,13 @@ class _Builder:
 
     def need_all(self):
         """Every row complete for every worker: a barrier unless already so."""
-        if self.split_model and self.state != "all":
+        if self.P > 1 and self.state != "all":
             self.barrier()
             self.state = "all"
 
     def need_rows(self):
         """Each worker its own batch rows complete."""
-        if self.split_model and self.state not in ("all", "rows"):
+        if self.P > 1 and self.state not in ("all", "rows"):
             self.barrier()
             self.state = "all"
 
@@ -319,7 +354,10 @@ class _Builder:
     # -- layers ------------------------------------------------------------
     def add(self, op: _Op):
         b0 = self.barriers
+        before = [len(st) for st in self.steps]
         l = op.layer
+        if self.strategy == "hybrid":
+            self.split_model = self.P > 1 and _hybrid_splits(op)
         info = {"layers": op.members, "layer": repr(l), "partition": "", "slices": [], "flops": 0}
         if op.act:
             info["layer"] += f" + activation {op.act}"
@@ -338,6 +376,8 @@ class _Builder:
         else:
             self.rowwise(op, info)
         info["barriers"] = self.barriers - b0
+        info["steps"] = {self.wids[w]: (before[w], len(self.steps[w])) for w in range(self.P)}
+        info["workers"] = f"workers {self.wids[0]}..{self.wids[-1]}" if self.P > 1 else f"worker {self.wids[0]}"
         self.rows.append(info)
 
     def linear(self, op, info):
@@ -513,7 +553,7 @@ class _Builder:
             state, bounds = "spatial", None
         for w, ((c0, c1), (h0, h1), rows) in enumerate(slices):
             self.emit(w, CONV, self.cur_off, self.cur_ld, out.off, out.width, w_off, b_off, op.act, c0, c1, h0, h1,
-                      *rows, sc["conv"] + w * sc["conv_per"], *geom, Cout, sc["conv_per"])
+                      *rows, sc["conv"] + self.wids[w] * sc["conv_per"], *geom, Cout, sc["conv_per"])
         info["read_per_worker"] = info["weight_bytes"]
         self.set_cur(out, state, bounds)
 
@@ -555,3 +595,72 @@ class _Builder:
         for w in range(self.P):
             prog[w, :len(self.steps[w])] = self.steps[w]
         return prog, self.rows
+
+
+def _stage_costs(ops, woff, outs, parts, scratch, inp):
+    """Per op, a relative cost for balancing stages: flops per row, plus
+    weight bytes (read once per micro-batch) at 4 flops a byte."""
+    b = _Builder("data", 1, woff, outs, parts, scratch, inp)
+    costs = []
+    for op in ops:
+        b.add(op)
+        r = b.rows[-1]
+        costs.append(r.get("flops", 0) + 4 * r.get("weight_bytes", 0) / 16)
+    return costs
+
+
+def _balance(costs, groups):
+    """Cut costs (in order) into len(groups) consecutive non-empty stages,
+    minimising the largest cost / group size (exhaustive DP; few ops)."""
+    n, S = len(costs), len(groups)
+    pre = np.concatenate([[0.0], np.cumsum(costs)])
+    best = {(0, 0): (0.0, [])}
+    for s in range(S):
+        nxt = {}
+        for (i, _), (worst, cuts) in best.items():
+            for j in range(i + 1, n - (S - s - 1) + 1):
+                w = max(worst, (pre[j] - pre[i]) / groups[s])
+                if (j, s + 1) not in nxt or w < nxt[(j, s + 1)][0]:
+                    nxt[(j, s + 1)] = (w, cuts + [j])
+        best = nxt
+    return best[(n, S)][1]
+
+
+def _pipeline(ops, P, woff, outs, parts, scratch, inp, counters_off):
+    """Stages of consecutive ops, each on its own group of workers, batch
+    rows split within the group; micro-batches flow from stage to stage,
+    each stage counting the micro-batches it finished (executor: MICRO,
+    WAIT, SIGNAL, NEXT).  A micro-batch's rows have their own place in
+    every activation, so a stage never waits for room, only for data."""
+    S = min(P, len(ops))
+    groups = [P // S + (1 if s < P % S else 0) for s in range(S)]
+    cuts = _balance(_stage_costs(ops, woff, outs, parts, scratch, inp), groups)
+    steps = [[] for _ in range(P)]
+    rows, first, start, cur = [], 0, 0, inp
+    for s, (size, end) in enumerate(zip(groups, cuts)):
+        wids = list(range(first, first + size))
+        b = _Builder("data", size, woff, outs, parts, scratch, cur, wids)
+        for op in ops[start:end]:
+            b.add(op)
+        head_len = 2 if s > 0 else 1
+        for r in b.rows:
+            r["workers"] = f"stage {s}: " + r["workers"]
+            r["steps"] = {w: (a + head_len, z + head_len) for w, (a, z) in r["steps"].items()}
+            r["micro"] = MICRO_PER_STAGE * S
+        rows += b.rows
+        for local, w in enumerate(wids):
+            head = [[MICRO, MICRO_PER_STAGE * S, counters_off, P]]
+            if s > 0:
+                head.append([WAIT, first - groups[s - 1], groups[s - 1]])
+            tail = ([[SIGNAL, w]] if s < S - 1 else []) + [[NEXT], [END]]
+            for vals in head + [list(v) for v in b.steps[local]] + tail:
+                r = np.zeros(ROW, np.int64)
+                r[:len(vals)] = vals
+                steps[w].append(r)
+        cur = Output("dense", b.cur_off, b.cur_w, shape=b.cur_shape, ld=b.cur_ld if b.cur_ld != b.cur_w else 0)
+        first, start = first + size, end
+    n = max(len(x) for x in steps)
+    prog = np.zeros((P, n, ROW), np.int64)
+    for w in range(P):
+        prog[w, :len(steps[w])] = steps[w]
+    return prog, rows

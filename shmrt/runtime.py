@@ -57,20 +57,47 @@ class Runtime:
         self._models = {}  # id -> CompiledModel, alive until closed with the runtime
         self._closed = False
         self.pool = None
+        self._rates = None
         from . import warmup
         warmup.compile_all()  # workers then load the kernels from Numba's disk cache
         if self.workers > 0:
             self.pool = Pool(self.workers)
         _live_runtimes.add(self)
 
-    def compile(self, model, strategy="auto", max_batch=256, input_shape=None) -> "CompiledModel":
+    def compile(self, model, strategy="auto", max_batch=256, input_shape=None, autotune=False) -> "CompiledModel":
         """Plan ``model`` for this runtime's workers and place it in shared memory.
 
+        strategy: "auto" (the planner picks, per batch size, among the plans
+        below: predicted by the cost model, or measured with autotune=True),
+        "data", "model", "hybrid" or "pipeline" (see ``explain()``).
         input_shape: the per-sample shape, when the model does not fix it
-        ((T, F) for recurrent models: T steps of F features)."""
+        ((T, F) for recurrent models: T steps of F features).
+        autotune: time every candidate plan at batch sizes 1, 4, 16, ...,
+        max_batch on this machine and keep the fastest for each; the result
+        is cached per (model, max_batch, workers, machine)."""
         self._check_open()
+        if not isinstance(autotune, bool):
+            raise TypeError(f"autotune must be True or False, got {autotune!r}")
         plan = planner.build(model, max(self.workers, 1), strategy, max_batch, input_shape)
-        return CompiledModel(self, plan, strategy)
+        if len(plan.programs) > 1:
+            plan.rates = self.rates()
+        cm = CompiledModel(self, plan, strategy)
+        if autotune and len(plan.programs) > 1:
+            try:
+                from .tune import autotune as tune
+                plan.tuned = tune(cm, model)
+            except BaseException:
+                cm.close()
+                raise
+        return cm
+
+    def rates(self):
+        """The cost model's rates for this runtime (measured once; see shmrt.cost)."""
+        if self._rates is None:
+            from . import cost
+            with self._lock:
+                self._rates = cost.calibrate(self.pool) if self.pool is not None else cost.Rates()
+        return self._rates
 
     def roundtrip(self) -> None:
         """One empty command parent -> every worker -> parent (for benchmarks)."""
@@ -207,11 +234,18 @@ class CompiledModel:
         if n > 0:
             with rt._lock:
                 rt._check_open()
+                self._reset_counters(name)
                 if rt.pool is None:
                     run_in_process(plan.programs[name], self.weights.flat, self.arena, n)
                 else:
                     rt.pool.command(C.OP_RUN, self.id, n, plan.program_index(name))
         return self._output_view(n)
+
+    def _reset_counters(self, name):
+        """A pipeline's stage counters start each call at zero (published by the command)."""
+        c = self.plan.counters.get(name)
+        if c is not None:
+            self.arena[c[0]:c[0] + c[1]] = 0
 
     def _output_view(self, n):
         o = self.plan.output
@@ -256,6 +290,7 @@ class CompiledModel:
             rt._check_open()
             t_in = time.monotonic_ns()
             self.input_buffer(n).reshape(n, -1)[...] = x
+            self._reset_counters(name)
             t_posted = time.monotonic_ns()
             rt.pool.command(C.OP_RUN, self.id, n, prog_index, self._prof_off)
             t_done = time.monotonic_ns()
@@ -269,26 +304,49 @@ class CompiledModel:
 
     # -- explain -----------------------------------------------------------
     def explain(self, batch=None) -> str:
-        """Per layer: partition, slice per worker, bytes moved, flops, barriers."""
+        """The plan at a batch size (default max_batch): for "auto", each
+        candidate plan's predicted time (or the measured choice) and the one
+        chosen; then per layer its partition, worker group, slices, flops,
+        bytes, barriers and predicted time -- next to the same layer's
+        predicted time in the other plans, which is why it was chosen."""
+        from .cost import Rates, step_us
         n = self.max_batch if batch is None else self._check_n(batch)
         plan = self.plan
-        names = list(plan.programs) if self.strategy == "auto" else [self.strategy]
+        chosen = plan.strategy_for(self.strategy, max(n, 1))
+        rates = plan.rates or Rates()
         lines = [f"shmrt plan: {plan.workers} worker(s), strategy={self.strategy!r}, max_batch={plan.max_batch}, "
                  f"weights {self.weights.nbytes / 2**20:.2f} MiB (one shared copy), "
                  f"arena {plan.arena_floats * 4 / 2**20:.2f} MiB"]
-        if self.strategy == "auto":
-            lines.append(f"auto: 'model' for batches <= {plan.model_max_batch} "
-                         f"({planner.AUTO_MODEL_ROWS_PER_WORKER} rows per worker), 'data' above; "
-                         f"batch {n} -> {plan.strategy_for('auto', n)!r}")
-        for s in names:
-            lines.append(f"[{s}] at batch {n}:")
-            for r in plan.explain_rows[s]:
-                flops = r.get("flops", 0) * n
-                moved = r.get("read_per_worker", 0) + r.get("moved_per_row", 0) * n
-                lines.append(f"  layer {','.join(map(str, r['layers']))}: {r['layer']}")
-                lines.append(f"    partition: {r['partition']}; barriers: {r['barriers']}; "
-                             f"flops: {flops:,}; bytes read per worker: {moved:,}")
-                lines.append("    slices: " + " | ".join(f"w{w}: {sl}" for w, sl in enumerate(r["slices"])))
+        if len(plan.programs) > 1:
+            pred = plan.predictions(max(n, 1))
+            lines.append(f"cost model ({rates.source} rates: GEMM {rates.gflops:.0f} GFLOP/s and read "
+                         f"{rates.read_gbs:.1f} GB/s per worker, barrier {rates.barrier_us:.1f} us, dispatch "
+                         f"{rates.dispatch_us:.1f} us), predicted at batch {n}: " +
+                         ", ".join(f"{k} {v:,.0f} us" for k, v in sorted(pred.items(), key=lambda kv: kv[1])))
+            how = (f"measured fastest near batch {n} (autotune: {dict(sorted(plan.tuned.items()))})" if plan.tuned
+                   else "predicted fastest")
+            lines.append(f"auto at batch {n} -> {chosen!r}, {how}")
+
+        def layer_us(name, members):
+            for r in plan.explain_rows[name]:
+                if r["layers"] == members:
+                    prog, m = plan.programs[name], min(r.get("micro", 1), max(n, 1))
+                    return max(sum(m * step_us(prog[w, i], max(n, 1) // m, max(n, 1), rates) for i in range(a, z))
+                               for w, (a, z) in r["steps"].items())
+            return None
+
+        lines.append(f"[{chosen}] at batch {n}:")
+        for r in plan.explain_rows[chosen]:
+            flops = r.get("flops", 0) * n
+            moved = r.get("read_per_worker", 0) + r.get("moved_per_row", 0) * n
+            mine = layer_us(chosen, r["layers"])
+            others = {k: layer_us(k, r["layers"]) for k in plan.programs if k != chosen}
+            alt = ", ".join(f"{k} {v:,.0f} us" for k, v in others.items() if v is not None)
+            lines.append(f"  layer {','.join(map(str, r['layers']))}: {r['layer']}")
+            lines.append(f"    partition: {r['partition']}; {r['workers']}; barriers: {r['barriers']}; "
+                         f"flops: {flops:,}; bytes read per worker: {moved:,}")
+            lines.append(f"    predicted {mine:,.0f} us" + (f" (in the other plans: {alt})" if alt else ""))
+            lines.append("    slices: " + " | ".join(f"w{w}: {sl}" for w, sl in enumerate(r["slices"])))
         return "\n".join(lines)
 
     # -- lifetime ----------------------------------------------------------

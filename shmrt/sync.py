@@ -251,6 +251,37 @@ def barrier(ctrl, base, parties, abort, spin_ns, block_ns, ppid):
             return 0
 
 
+@njit(cache=True)
+def wait_reach(words, idx, target, sleepers, ctrl, abort, spin_ns, ppid):
+    """Wait until words[idx] >= target (a pipeline stage's count of finished
+    micro-batches; words may live outside the control block).  Spins
+    spin_ns, then blocks in 1 ms slices.  Returns 0, or ABORTED when
+    ctrl[abort] is set or the parent (ppid > 0) is gone."""
+    t0 = monotonic_ns()
+    i = 0
+    while True:
+        if load_acquire(words, idx) >= target:
+            return 0
+        if load_acquire(ctrl, abort) != 0:
+            return ABORTED
+        cpu_relax()
+        i += 1
+        if (i & 31) == 0 and monotonic_ns() - t0 > spin_ns:
+            break
+    while True:
+        fetch_add(words, sleepers, 1)
+        v = load_acquire(words, idx)
+        if v < target and load_acquire(ctrl, abort) == 0:
+            block_while(words, idx, v, 1_000_000)
+        fetch_add(words, sleepers, -1)
+        if load_acquire(words, idx) >= target:
+            return 0
+        if load_acquire(ctrl, abort) != 0:
+            return ABORTED
+        if ppid > 0 and _getppid() != ppid:
+            return ABORTED
+
+
 def new_words(n_lines: int) -> np.ndarray:
     """A private control-block-shaped array, for tests and the in-process path."""
     return np.zeros(n_lines * LINE, dtype=np.int32)

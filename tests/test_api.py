@@ -81,12 +81,28 @@ def test_compile_and_call_errors():
 
 def test_explain_names_partitions():
     with shmrt.Runtime(workers=2) as rt:
-        cm = rt.compile(small(), strategy="auto", max_batch=64)
-        text = cm.explain(batch=1)
-        for part in ["columns (output features)", "rows (input features) + reduce-scatter", "batch rows",
-                     "w0:", "w1:", "flops", "bytes read per worker", "barriers", "batch 1 -> 'model'"]:
+        text = rt.compile(small(), strategy="model", max_batch=64).explain(batch=1)
+        for part in ["columns (output features)", "rows (input features) + reduce-scatter", "workers 0..1",
+                     "w0:", "w1:", "flops", "bytes read per worker", "barriers", "predicted"]:
             assert part in text, part
-        assert "batch 64 -> 'data'" in cm.explain(batch=64)
+        assert "batch rows" in rt.compile(small(), strategy="data", max_batch=64).explain(batch=1)
+        assert "stage 1: worker 1" in rt.compile(small(), strategy="pipeline", max_batch=64).explain()
+
+
+def test_auto_explains_its_choice():
+    """auto names every candidate plan with its predicted time, and runs the
+    one it names as chosen (the cheapest predicted)."""
+    with shmrt.Runtime(workers=2) as rt:
+        cm = rt.compile(small(), strategy="auto", max_batch=64)
+        for n in (1, 64):
+            text = cm.explain(batch=n)
+            pred = cm.plan.predictions(n)
+            assert set(pred) == {"data", "model", "hybrid", "pipeline"}
+            best = min(pred, key=pred.get)
+            assert cm.plan.strategy_for("auto", n) == best
+            assert f"auto at batch {n} -> '{best}', predicted fastest" in text
+            for name in pred:
+                assert f"{name} " in text.split("\n")[1], name
 
 
 def test_run_one_shot():

@@ -5,7 +5,7 @@ import pytest
 import shmrt
 from reference import forward, rel_err
 
-STRATEGIES = ["auto", "data", "model"]
+STRATEGIES = ["auto", "data", "model", "hybrid", "pipeline"]
 MAX_BATCH = 8
 
 

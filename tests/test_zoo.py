@@ -12,7 +12,7 @@ def rt(request):
         yield rt
 
 
-def check(rt, model, x, strategies=("auto", "data", "model"), max_batch=4, input_shape=None, tol=1e-5):
+def check(rt, model, x, strategies=("auto", "data", "model", "hybrid", "pipeline"), max_batch=4, input_shape=None, tol=1e-5):
     ref = forward(model, x)
     for s in strategies:
         cm = rt.compile(model, strategy=s, max_batch=max_batch, input_shape=input_shape)

@@ -1,0 +1,216 @@
+"""The planner's cost model: a program's predicted time at batch n.
+
+Each step is priced from its own row of the program (executor.py's
+layouts) with a roofline -- the larger of its flops at the machine's
+GEMM rate and its bytes at the read bandwidth, both per worker -- and a
+GEMM's rate falls with few rows (r / (r + 16) of the peak: a GEMM of few
+rows cannot reuse its weights).  Barriers cost the measured barrier time;
+a call pays one dispatch.  A worker's time is the sum of its steps, the
+program's the slowest worker's.  A pipeline program runs its loop body
+once per micro-batch on n / m rows, plus the fill and drain of its stages.
+
+Rates are measured once per machine (``calibrate``) and kept in the user's
+cache directory; they are coarse on purpose: the model ranks plans, and
+``autotune=True`` times the real ones where the ranking is close.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .executor import (ACT, AFFINE, ARGMAX, BARRIER, CONV, END, FRAC, GAP, GATHER, LAYERNORM, LINEAR, MICRO, NEXT,
+                       POOL, RECUR, REDUCE, SIGNAL, SOFTMAX, TOPK, WAIT)
+
+
+@dataclass
+class Rates:
+    gflops: float = 50.0  # one worker's GEMM rate at many rows
+    read_gbs: float = 10.0  # one worker's read bandwidth
+    barrier_us: float = 5.0  # one barrier, or one hand-off between stages
+    dispatch_us: float = 5.0  # one command's round trip
+    source: str = "defaults"
+
+
+def _rows(cnt, lo, hi):
+    return (cnt * hi) // FRAC - (cnt * lo) // FRAC
+
+
+def _gemm_us(flops, nbytes, r, rates):
+    eff = r / (r + 16.0)
+    return max(flops / (rates.gflops * 1e3 * max(eff, 1e-3)), nbytes / (rates.read_gbs * 1e3))
+
+
+def step_us(s, cnt, n, rates) -> float:
+    """Predicted microseconds of one step for a window of cnt rows (batch n)."""
+    op = s[0]
+    if op == LINEAR:
+        r, k, m = _rows(cnt, s[14], s[15]), s[4], s[12]
+        return _gemm_us(2.0 * r * k * m, 4.0 * (k * m + r * (k + m)), r, rates) if r > 0 else 0.0
+    if op == REDUCE:
+        return 4.0 * n * (s[6] - s[5]) * (s[2] + 1) / (rates.read_gbs * 1e3)
+    if op == CONV:
+        r = _rows(cnt, s[12], s[13])
+        g = s[15:29]
+        K = g[0] // g[11] * g[3] * g[4]
+        co, oh = s[9] - s[8], s[11] - s[10]
+        per_image = 2.0 * co * oh * g[13] * K
+        # im2col: about K floats written per output pixel, read back by the GEMM
+        return r * (per_image / (rates.gflops * 1e3 * (co / (co + 16.0))) + 8.0 * K * oh * g[13] / (rates.read_gbs * 1e3))
+    if op == RECUR:
+        r, T, F, H = _rows(cnt, s[15], s[16]), s[3], s[4], s[6]
+        hs, G = s[14] - s[13], {0: 1, 1: 1, 2: 4, 3: 3}[int(s[21])]
+        if r <= 0 or hs <= 0:
+            return 0.0
+        proj = _gemm_us(2.0 * r * T * F * G * hs, 4.0 * G * hs * F, r * T, rates)
+        step = _gemm_us(2.0 * r * H * G * hs, 4.0 * G * hs * H, r, rates)
+        return proj + T * (step + (rates.barrier_us if s[22] > 1 else 0.0))
+    if op in (ACT, AFFINE):
+        return 8.0 * _rows(cnt, *((s[6], s[7]) if op == ACT else (s[9], s[10]))) * s[4] / (rates.read_gbs * 1e3)
+    if op in (SOFTMAX, ARGMAX, TOPK, LAYERNORM, GATHER):
+        lo_hi = {SOFTMAX: (7, 8), ARGMAX: (5, 6), TOPK: (7, 8), LAYERNORM: (8, 9), GATHER: (6, 7)}[op]
+        width = s[3] if op != GATHER else s[5]
+        return 12.0 * _rows(cnt, s[lo_hi[0]], s[lo_hi[1]]) * width / (rates.read_gbs * 1e3)
+    if op == POOL:
+        g = s[11:24]
+        return 4.0 * _rows(cnt, s[9], s[10]) * (s[6] - s[5]) * g[1] * g[2] * 2 / (rates.read_gbs * 1e3)
+    if op == GAP:
+        return 4.0 * _rows(cnt, s[8], s[9]) * (s[7] - s[6]) * s[5] / (rates.read_gbs * 1e3)
+    if op == BARRIER:
+        return rates.barrier_us
+    return 0.0
+
+
+def predict_us(prog, n: int, rates: Rates) -> float:
+    """Predicted microseconds of one call of program prog [P, steps, ROW] at batch n."""
+    if n <= 0:
+        return 0.0
+    worst, stage_body = 0.0, {}
+    for w in range(prog.shape[0]):
+        t, i, steps = 0.0, 0, prog[w]
+        while steps[i, 0] != END:
+            s = steps[i]
+            if s[0] == MICRO:  # a pipeline stage: its loop body, once per micro-batch
+                m = min(int(s[1]), n)
+                j, body = i + 1, 0.0
+                while steps[j, 0] != NEXT:
+                    if steps[j, 0] in (WAIT, SIGNAL):
+                        body += rates.barrier_us / 2
+                    else:
+                        body += step_us(steps[j], max(n // m, 1), n, rates)
+                    j += 1
+                stage_body[w] = (m, body)
+                t += m * body
+                i = j + 1
+                continue
+            t += step_us(s, n, n, rates)
+            i += 1
+        worst = max(worst, t)
+    if stage_body:  # fill and drain: every stage but the slowest waits one body per other stage
+        m, _ = next(iter(stage_body.values()))
+        bodies = sorted(b for _, b in stage_body.values())
+        worst += sum(bodies[:-1]) if len(bodies) > 1 else 0.0
+    return rates.dispatch_us + worst
+
+
+# -- calibration -------------------------------------------------------------------
+
+def _cache_path() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "shmrt", "calibration.json")
+
+
+def machine_key() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu} x{os.cpu_count()}"
+
+
+def kernel_rates() -> tuple:
+    """(GEMM GFLOP/s, read GB/s) of one worker, measured once per machine with
+    shmrt's own GEMM (BLAS limited to one thread) and cached on disk."""
+    path, key = _cache_path(), machine_key()
+    try:
+        with open(path) as f:
+            got = json.load(f).get(key)
+        if got:
+            return got["gflops"], got["read_gbs"], "cached"
+    except (OSError, ValueError):
+        pass
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # cannot hold BLAS to one thread: keep the defaults rather than a wrong figure
+        return Rates.gflops, Rates.read_gbs, "defaults"
+    from kernels import gemm_nt
+    rng = np.random.default_rng(0)
+    a, b = (rng.standard_normal((256, 1024)).astype(np.float32), rng.standard_normal((1024, 1024)).astype(np.float32))
+    out = np.empty((256, 1024), np.float32)
+    v = rng.standard_normal((1, 4096)).astype(np.float32)
+    big = rng.standard_normal((4096, 4096)).astype(np.float32)  # 64 MiB: out of cache
+    o1 = np.empty((1, 4096), np.float32)
+
+    def best(fn, reps=5):
+        fn()
+        ts = []
+        for _ in range(reps):
+            t = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - t)
+        return min(ts)
+
+    with threadpool_limits(1, user_api="blas"):
+        gflops = 2 * 256 * 1024 * 1024 / best(lambda: gemm_nt(a, b, out, False)) / 1e9
+        read = big.nbytes / best(lambda: gemm_nt(v, big, o1, False)) / 1e9
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        try:
+            with open(path) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            data = {}
+        data[key] = {"gflops": gflops, "read_gbs": read}
+        tmp = f"{path}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, path)
+    except OSError:
+        pass  # a read-only home: measure again next time
+    return gflops, read, "measured"
+
+
+def calibrate(pool) -> Rates:
+    """Rates for plans on this pool: the kernel rates (cached per machine) and
+    the pool's own barrier and dispatch cost, measured now (a command after
+    the workers went idle: what a call pays when it wakes them)."""
+    gflops, read, source = kernel_rates()
+    from . import control as C
+
+    def median_us(pause):
+        pool.command(C.OP_NOP)
+        ts = []
+        for _ in range(30):
+            if pause:
+                time.sleep(pause)
+            t = time.perf_counter()
+            pool.command(C.OP_NOP)
+            ts.append(time.perf_counter() - t)
+        return float(np.median(ts)) * 1e6
+
+    warm = median_us(0.0)
+    cold = median_us(2 * pool.spin_us / 1e6 + 2e-4)  # the workers went idle and blocked
+    # workers that spin long (a core each) meet at a barrier in about a warm
+    # round trip; workers that block almost at once (no spare core) pay a wake-up
+    barrier = warm if pool.spin_us >= 10 else cold
+    return Rates(gflops=gflops, read_gbs=read, barrier_us=barrier, dispatch_us=cold, source=source)
+
+
+def as_dict(rates: Rates) -> dict:
+    return asdict(rates)

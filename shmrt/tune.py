@@ -1,0 +1,79 @@
+"""autotune=True: time every candidate plan of a compiled model on this
+machine at batch sizes 1, 4, 16, ..., max_batch, keep the fastest for each,
+and cache the choice per (model structure, input shape, max_batch, workers,
+machine), so that compiling the same model again is instant."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+
+import numpy as np
+
+from .cost import _cache_path, machine_key
+
+
+def batch_sizes(max_batch: int) -> list:
+    out, b = [], 1
+    while b < max_batch:
+        out.append(b)
+        b *= 4
+    return out + [max_batch]
+
+
+def _key(cm, model) -> str:
+    plan = cm.plan
+    text = repr([repr(l) for l in model.layers]) + repr((plan.in_shape, plan.max_batch, plan.workers,
+                                                          sorted(plan.programs), machine_key()))
+    return hashlib.sha1(text.encode()).hexdigest()
+
+
+def _path() -> str:
+    return os.path.join(os.path.dirname(_cache_path()), "autotune.json")
+
+
+def _load() -> dict:
+    try:
+        with open(_path()) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def autotune(cm, model, reps: int = 3) -> dict:
+    """{batch size: fastest program name} for cm, from the cache or measured."""
+    key = _key(cm, model)
+    got = _load().get(key)
+    if got:
+        return {int(b): name for b, name in got.items()}
+    rng = np.random.default_rng(0)
+    plan = cm.plan
+    chosen = {}
+    for b in batch_sizes(plan.max_batch):
+        cm.input_buffer(b)[...] = rng.standard_normal((b, *plan.in_shape)).astype(np.float32)
+        best = None
+        for name in plan.programs:
+            plan.tuned = {b: name}  # run this program
+            cm.run_in_place(b)
+            ts = []
+            for _ in range(reps):
+                t = time.perf_counter()
+                cm.run_in_place(b)
+                ts.append(time.perf_counter() - t)
+            t = float(np.median(ts))
+            if best is None or t < best[0]:
+                best = (t, name)
+        chosen[b] = best[1]
+    plan.tuned = {}
+    data = _load()
+    data[key] = chosen
+    try:
+        os.makedirs(os.path.dirname(_path()), exist_ok=True)
+        tmp = f"{_path()}.{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump(data, f)
+        os.replace(tmp, _path())
+    except OSError:
+        pass
+    return chosen
