@@ -507,8 +507,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m shmrt.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--workers", type=_ints, default=sorted({1, default_n}),
                     help=f"comma-separated worker counts (default: 1,{default_n})")
-    ap.add_argument("--strategies", default="data,model,auto",
-                    help="comma-separated strategies among auto,data,model (default: all)")
+    ap.add_argument("--strategies", "--strategy", default="data,model,hybrid,pipeline,auto",
+                    help="comma-separated strategies among auto,data,model,hybrid,pipeline (default: all)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS),
                     help=f"comma-separated, among {','.join(WORKLOADS)} (default: all)")
     ap.add_argument("--batches", type=_ints, default=None,

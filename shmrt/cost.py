@@ -95,7 +95,7 @@ def predict_us(prog, n: int, rates: Rates) -> float:
         while steps[i, 0] != END:
             s = steps[i]
             if s[0] == MICRO:  # a pipeline stage: its loop body, once per micro-batch
-                m = min(int(s[1]), n)
+                m = max(1, min(int(s[1]), n // max(int(s[4]), 1)))
                 j, body = i + 1, 0.0
                 while steps[j, 0] != NEXT:
                     if steps[j, 0] in (WAIT, SIGNAL):
@@ -186,30 +186,31 @@ def kernel_rates() -> tuple:
     return gflops, read, "measured"
 
 
-def calibrate(pool) -> Rates:
-    """Rates for plans on this pool: the kernel rates (cached per machine) and
-    the pool's own barrier and dispatch cost, measured now (a command after
-    the workers went idle: what a call pays when it wakes them)."""
+def calibrate(rt) -> Rates:
+    """Rates for plans on runtime rt: the kernel rates (cached per machine),
+    and the pool's own call and barrier costs, measured now on a tiny model
+    of 8 Linear layers: a batch-row plan (no barrier) against a
+    model-parallel one (a barrier per layer), calls back to back."""
     gflops, read, source = kernel_rates()
-    from . import control as C
-
-    def median_us(pause):
-        pool.command(C.OP_NOP)
-        ts = []
-        for _ in range(30):
-            if pause:
-                time.sleep(pause)
-            t = time.perf_counter()
-            pool.command(C.OP_NOP)
-            ts.append(time.perf_counter() - t)
-        return float(np.median(ts)) * 1e6
-
-    warm = median_us(0.0)
-    cold = median_us(2 * pool.spin_us / 1e6 + 2e-4)  # the workers went idle and blocked
-    # workers that spin long (a core each) meet at a barrier in about a warm
-    # round trip; workers that block almost at once (no spare core) pay a wake-up
-    barrier = warm if pool.spin_us >= 10 else cold
-    return Rates(gflops=gflops, read_gbs=read, barrier_us=barrier, dispatch_us=cold, source=source)
+    from . import layers as L
+    tiny = L.Sequential([L.Linear(32, 32, weight=np.eye(32), bias=np.zeros(32)) for _ in range(8)])
+    x = np.ones((2, 32), np.float32)
+    cms = {s: rt.compile(tiny, strategy=s, max_batch=2) for s in ("data", "model")}
+    try:
+        nb = int(np.sum(cms["model"].plan.programs["model"][0, :, 0] == BARRIER))
+        ts = {s: [] for s in cms}
+        for i in range(150):  # interleaved, so that both see the same machine
+            for s, cm in cms.items():
+                t = time.perf_counter()
+                cm.run_in_place(2)
+                if i >= 30:  # warm-up excluded
+                    ts[s].append(time.perf_counter() - t)
+        t_data, t_model = (float(np.median(ts[s])) * 1e6 for s in ("data", "model"))
+    finally:
+        for cm in cms.values():
+            cm.close()
+    return Rates(gflops=gflops, read_gbs=read, barrier_us=max((t_model - t_data) / max(nb, 1), 1.0),
+                 dispatch_us=t_data, source=source)
 
 
 def as_dict(rates: Rates) -> dict:

@@ -28,7 +28,8 @@ to max_batch.  Step layouts (column 0 is the op):
 
 Pipeline (a stage's worker loops over micro-batches; rows above are then
 fractions of the current micro-batch's rows, not of n):
-  MICRO    M (micro-batches: min(M, n)), counters off (arena, int32 view), workers
+  MICRO    M, counters off (arena, int32 view), workers, R: the call runs
+           min(M, n // R) micro-batches (at least 1) of at least R rows
   WAIT     first producer w0, producers p: until workers w0..w0+p-1 (the
            previous stage) have each finished this micro-batch
   SIGNAL   worker w: this worker finished its part of micro-batch k
@@ -160,7 +161,7 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
     """Run prog[start:] for a batch of n rows, recording each step index in
     ctrl[status] (status < 0: don't), so a stuck worker can be located.
     prof (int64, empty: don't): prof[0] the monotonic ns at start, prof[i + 1]
-    at the end of step i (a profiled call).
+    the ns spent in step i, summed over a micro-batch loop's passes.
 
     Returns -1 when the program ended, the index after a barrier when
     stop_at_barrier (the in-process executor interleaves workers that way),
@@ -168,8 +169,10 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
     """
     empty = weights[0:0]
     timing = prof.shape[0] > 0
+    last_t = np.int64(0)
     if timing:
-        prof[start] = monotonic_ns()
+        prof[:] = 0
+        last_t = prof[0] = monotonic_ns()
     base, cnt = np.int64(0), n  # the rows steps split: the batch, or the current micro-batch
     ctr = arena[0:0].view(np.int32)
     mb_k, mb_m, mb_top = 0, 1, 0
@@ -244,7 +247,7 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
                                 s[5], s[6], s[7])
         elif op == MICRO:
             ctr = arena[s[2]:s[2] + 2 * LINE * s[3]].view(np.int32)
-            mb_m, mb_k, mb_top = min(s[1], n), 0, i + 1
+            mb_m, mb_k, mb_top = max(1, min(s[1], n // max(s[4], 1))), 0, i + 1
             base, cnt = np.int64(0), n // mb_m
         elif op == WAIT:
             for p in range(s[1], s[1] + s[2]):
@@ -258,7 +261,9 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
             if mb_k < mb_m:
                 base, cnt = (n * mb_k) // mb_m, (n * (mb_k + 1)) // mb_m - (n * mb_k) // mb_m
                 if timing:
-                    prof[i + 1] = monotonic_ns()
+                    t = monotonic_ns()
+                    prof[i + 1] += t - last_t
+                    last_t = t
                 i = mb_top
                 continue
             base, cnt = np.int64(0), n
@@ -279,7 +284,9 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
             idx = arena[s[6]:s[6] + 2 * n * k].view(np.int64).reshape((n, k))[r0:r1]
             topk(_view(arena, s[1], s[2], r0, r1, 0, s[3]), vals, idx)
         if timing:
-            prof[i + 1] = monotonic_ns()
+            t = monotonic_ns()
+            prof[i + 1] += t - last_t
+            last_t = t
         i += 1
 
 

@@ -44,8 +44,10 @@ STRATEGIES = ("auto", "data", "model", "hybrid", "pipeline")
 # hybrid: layers whose parameters are at least this large are split by
 # model (columns/rows, hidden units); the rest by batch rows.
 HYBRID_MODEL_BYTES = 1 << 20
-# pipeline: at most this many micro-batches per stage per call
+# pipeline: at most this many micro-batches per stage per call, of at least
+# MICRO_ROWS rows each (each micro-batch reads the stage's weights again)
 MICRO_PER_STAGE = 4
+MICRO_ROWS = 8
 
 
 def _hybrid_splits(op) -> bool:
@@ -649,7 +651,7 @@ def _pipeline(ops, P, woff, outs, parts, scratch, inp, counters_off):
             r["micro"] = MICRO_PER_STAGE * S
         rows += b.rows
         for local, w in enumerate(wids):
-            head = [[MICRO, MICRO_PER_STAGE * S, counters_off, P]]
+            head = [[MICRO, MICRO_PER_STAGE * S, counters_off, P, MICRO_ROWS]]
             if s > 0:
                 head.append([WAIT, first - groups[s - 1], groups[s - 1]])
             tail = ([[SIGNAL, w]] if s < S - 1 else []) + [[NEXT], [END]]

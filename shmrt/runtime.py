@@ -19,7 +19,7 @@ import numpy as np
 
 from . import control as C
 from . import plan as planner
-from .executor import run_in_process
+from .executor import OP_NAMES, run_in_process
 from .pool import Pool, default_workers
 from .profile import Profile
 from .profile import build as build_profile
@@ -96,7 +96,7 @@ class Runtime:
         if self._rates is None:
             from . import cost
             with self._lock:
-                self._rates = cost.calibrate(self.pool) if self.pool is not None else cost.Rates()
+                self._rates = cost.calibrate(self) if self.pool is not None else cost.Rates()
         return self._rates
 
     def roundtrip(self) -> None:
@@ -300,7 +300,14 @@ class CompiledModel:
             rec = self._programs.shape[2] + 1
             stamps = self.arena[self._prof_off:self._prof_off + 2 * self.plan.workers * rec].view(np.int64)
             stamps = stamps.reshape(self.plan.workers, rec).copy()
-        return build_profile(self._programs[prog_index], stamps, n, name, t_in, t_posted, t_done, t_out)
+        labels = [{} for _ in range(self.plan.workers)]
+        for r in self.plan.explain_rows[name]:
+            short = r["layer"].split("(")[0] + "".join(" +" + p.split(" ")[1] for p in r["layer"].split(" + ")[1:])
+            for w, (a, z) in r["steps"].items():
+                for i in range(a, z):
+                    op = OP_NAMES[int(self._programs[prog_index][w, i, 0])]
+                    labels[w][i] = f"{op}: layer {','.join(map(str, r['layers']))} {short}"
+        return build_profile(self._programs[prog_index], stamps, labels, n, name, t_in, t_posted, t_done, t_out)
 
     # -- explain -----------------------------------------------------------
     def explain(self, batch=None) -> str:
@@ -330,7 +337,7 @@ class CompiledModel:
         def layer_us(name, members):
             for r in plan.explain_rows[name]:
                 if r["layers"] == members:
-                    prog, m = plan.programs[name], min(r.get("micro", 1), max(n, 1))
+                    prog, m = plan.programs[name], max(1, min(r.get("micro", 1), max(n, 1) // planner.MICRO_ROWS))
                     return max(sum(m * step_us(prog[w, i], max(n, 1) // m, max(n, 1), rates) for i in range(a, z))
                                for w, (a, z) in r["steps"].items())
             return None

@@ -52,6 +52,15 @@ def lstm():
                     "sequences")
 
 
+def deep():
+    L.manual_seed(1238)
+    layers = []
+    for _ in range(12):
+        layers += [L.Linear(256, 256), L.ReLU()]
+    return Workload("deep", "deep MLP: 12 x (Linear 256-256 + ReLU), the pipeline's case", L.Sequential(layers),
+                    (256,), (4096,), 4096)
+
+
 def _logreg_model():
     L.manual_seed(1237)
     rng = np.random.default_rng(7)
@@ -70,7 +79,7 @@ def logreg_stream():
                     _logreg_model(), (64,), (1_000_000,), 65_536, "rows", chunk=65_536)
 
 
-WORKLOADS = {"mlp": mlp, "cnn": cnn, "lstm": lstm, "logreg": logreg, "logreg-stream": logreg_stream}
+WORKLOADS = {"mlp": mlp, "cnn": cnn, "lstm": lstm, "deep": deep, "logreg": logreg, "logreg-stream": logreg_stream}
 
 
 def _sigmoid(h):

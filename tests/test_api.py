@@ -126,10 +126,11 @@ def test_profile_accounts_for_the_call(strategy):
         assert rel_err(cm.run_in_place(4), forward(model, x)) <= 1e-5  # the profiled call's output was kept
         assert p.workers == 2 and p.batch == 4 and p.strategy == strategy
         assert len(p.kernel_us) == len(p.wait_us) == len(p.dispatch_us) == 2
-        names = [name for name, _ in p.steps]
-        assert "conv" in names and "softmax" in names and ("barrier" in names) == (strategy == "model")
+        names = [name for name, _ in p.per_worker[0]]
+        assert names[0].startswith("conv: layer 0,1 Conv2d") and names[-1].startswith("softmax: layer 5")
+        assert any(n.startswith("barrier") for n in names) == (strategy == "model")
         for w in range(2):
-            assert np.isclose(sum(us[w] for _, us in p.steps), p.kernel_us[w] + p.wait_us[w])
+            assert np.isclose(sum(us for _, us in p.per_worker[w]), p.kernel_us[w] + p.wait_us[w])
         assert min(p.kernel_us) > 0 and p.copy_in_us >= 0 and p.copy_out_us >= 0 and p.return_us >= 0
         assert np.isclose(p.copy_in_us + p.copy_out_us + max(p.kernel_us) + p.coordination_us, p.total_us)
         assert "kernels" in str(p) and p.as_dict()["coordination_us"] == p.coordination_us

@@ -220,3 +220,69 @@ def test_full_batch_of_long_sequences(rt, strategy):
     shmrt.manual_seed(31)
     model = shmrt.Sequential([shmrt.LSTM(4, 64, return_sequences=False)])
     check(rt, model, rnd(2, 20, 4, seed=2), strategies=(strategy,), max_batch=2, input_shape=(20, 4))
+
+
+# -- pipeline and hybrid plans ----------------------------------------------------------
+
+def deep_odd_model():
+    """12 layers, odd sizes: convs, pools, BN, a large Linear (model-split
+    in hybrid plans) between small ones, LayerNorm, a softmax head."""
+    shmrt.manual_seed(31)
+    return shmrt.Sequential([
+        shmrt.Conv2d(3, 5, 3, padding=1), bn2d(5, 11), shmrt.ReLU(), shmrt.MaxPool2d(2),   # 5x11x9 -> 5x5x4
+        shmrt.Conv2d(5, 7, (2, 3), padding=(0, 1)), shmrt.Tanh(),                         # -> 7x4x4
+        shmrt.Flatten(), shmrt.Linear(112, 1031), shmrt.GELU(),                           # 0.44 MiB
+        shmrt.Linear(1031, 517), shmrt.ReLU(),                                            # 2 MiB: model-split
+        shmrt.LayerNorm(517), shmrt.Linear(517, 9), shmrt.Sigmoid(), shmrt.Linear(9, 5), shmrt.Softmax()])
+
+
+@pytest.mark.parametrize("strategy", ["pipeline", "hybrid", "auto"])
+@pytest.mark.parametrize("N", [1, 7, 23])
+def test_deep_model_every_plan(rt, strategy, N):
+    """Every batch size splits into micro-batches differently (N < stages,
+    uneven, more rows than max_batch); the stages meet through their ready
+    counts, and repeated calls start them from zero again."""
+    check(rt, deep_odd_model(), rnd(N, 3, 11, 9, seed=N), strategies=(strategy,), max_batch=16,
+          input_shape=(3, 11, 9))
+
+
+def test_pipeline_stages_are_balanced_and_explained():
+    with shmrt.Runtime(workers=3) as rt:
+        cm = rt.compile(deep_odd_model(), strategy="pipeline", max_batch=16, input_shape=(3, 11, 9))
+        text = cm.explain()
+        for s in range(3):
+            assert f"stage {s}: worker {s}" in text
+        stages = [{w for w in r["steps"]} for r in cm.plan.explain_rows["pipeline"]]
+        assert stages[0] == {0} and stages[-1] == {2}  # consecutive layers, first stage first
+        assert all(len(s) == 1 for s in stages)
+        cm.close()
+
+
+def test_hybrid_splits_large_layers_by_model():
+    with shmrt.Runtime(workers=2) as rt:
+        cm = rt.compile(deep_odd_model(), strategy="hybrid", max_batch=4, input_shape=(3, 11, 9))
+        parts = {r["layer"].split("(")[0]: r["partition"] for r in cm.plan.explain_rows["hybrid"]}
+        assert parts["Conv2d"].startswith("batch rows")
+        rows = {r["layer"].split(", bias")[0]: r for r in cm.plan.explain_rows["hybrid"]}
+        assert rows["Linear(112, 1031"]["partition"] == "batch rows"  # 0.44 MiB
+        assert rows["Linear(1031, 517"]["partition"] == "columns (output features)"  # 2 MiB
+        assert rows["Linear(1031, 517"]["barriers"] == 1  # batch rows -> every row for every worker
+        cm.close()
+
+
+def test_autotune_measures_once_then_caches(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    model = deep_odd_model()
+    x = rnd(5, 3, 11, 9, seed=2)
+    with shmrt.Runtime(workers=2) as rt:
+        cm = rt.compile(model, max_batch=16, input_shape=(3, 11, 9), autotune=True)
+        assert sorted(cm.plan.tuned) == [1, 4, 16]
+        assert set(cm.plan.tuned.values()) <= set(cm.plan.programs)
+        assert rel_err(cm(x), forward(model, x)) <= 1e-5
+        assert "measured fastest" in cm.explain(4)
+        cache = tmp_path / "shmrt" / "autotune.json"
+        stamp = cache.stat().st_mtime_ns
+        cm2 = rt.compile(model, max_batch=16, input_shape=(3, 11, 9), autotune=True)
+        assert cm2.plan.tuned == cm.plan.tuned and cache.stat().st_mtime_ns == stamp  # from the cache
+        with pytest.raises(TypeError, match="autotune must be True or False"):
+            rt.compile(model, max_batch=16, input_shape=(3, 11, 9), autotune="yes")
