@@ -4,7 +4,9 @@ Each step is priced from its own row of the program (executor.py's
 layouts) with a roofline -- the larger of its flops at the machine's
 GEMM rate and its bytes at the read bandwidth, both per worker -- and a
 GEMM's rate falls with few rows (r / (r + 16) of the peak: a GEMM of few
-rows cannot reuse its weights).  Barriers cost the measured barrier time;
+rows cannot reuse its weights).  A worker's slice of weights that fits
+its L2 (size from sysfs) is read at the L2 rate: it stays there between
+calls.  Barriers cost the measured barrier time;
 a call pays one dispatch.  A worker's time is the sum of its steps, the
 program's the slowest worker's.  A pipeline program runs its loop body
 once per micro-batch on n / m rows, plus the fill and drain of its stages.
@@ -30,7 +32,9 @@ from .executor import (ACT, AFFINE, ARGMAX, BARRIER, CONV, END, FRAC, GAP, GATHE
 @dataclass
 class Rates:
     gflops: float = 50.0  # one worker's GEMM rate at many rows
-    read_gbs: float = 10.0  # one worker's read bandwidth
+    read_gbs: float = 10.0  # one worker's read bandwidth from memory
+    cache_gbs: float = 40.0  # one worker's read bandwidth from its own L2
+    l2_bytes: int = 1 << 20  # per-core L2 (sysfs); weights that fit stay there between calls
     barrier_us: float = 5.0  # one barrier, or one hand-off between stages
     dispatch_us: float = 5.0  # one command's round trip
     source: str = "defaults"
@@ -40,9 +44,13 @@ def _rows(cnt, lo, hi):
     return (cnt * hi) // FRAC - (cnt * lo) // FRAC
 
 
-def _gemm_us(flops, nbytes, r, rates):
+def _gemm_us(flops, weight_bytes, act_bytes, r, rates):
+    """A GEMM of r rows: its flops at the rate r rows allow, or its bytes --
+    weights from L2 when this worker's slice fits there, else from memory."""
     eff = r / (r + 16.0)
-    return max(flops / (rates.gflops * 1e3 * max(eff, 1e-3)), nbytes / (rates.read_gbs * 1e3))
+    wbw = rates.cache_gbs if weight_bytes <= rates.l2_bytes else rates.read_gbs
+    return max(flops / (rates.gflops * 1e3 * max(eff, 1e-3)),
+               weight_bytes / (wbw * 1e3) + act_bytes / (rates.read_gbs * 1e3))
 
 
 def step_us(s, cnt, n, rates) -> float:
@@ -50,7 +58,7 @@ def step_us(s, cnt, n, rates) -> float:
     op = s[0]
     if op == LINEAR:
         r, k, m = _rows(cnt, s[14], s[15]), s[4], s[12]
-        return _gemm_us(2.0 * r * k * m, 4.0 * (k * m + r * (k + m)), r, rates) if r > 0 else 0.0
+        return _gemm_us(2.0 * r * k * m, 4.0 * k * m, 4.0 * r * (k + m), r, rates) if r > 0 else 0.0
     if op == REDUCE:
         return 4.0 * n * (s[6] - s[5]) * (s[2] + 1) / (rates.read_gbs * 1e3)
     if op == CONV:
@@ -66,8 +74,8 @@ def step_us(s, cnt, n, rates) -> float:
         hs, G = s[14] - s[13], {0: 1, 1: 1, 2: 4, 3: 3}[int(s[21])]
         if r <= 0 or hs <= 0:
             return 0.0
-        proj = _gemm_us(2.0 * r * T * F * G * hs, 4.0 * G * hs * F, r * T, rates)
-        step = _gemm_us(2.0 * r * H * G * hs, 4.0 * G * hs * H, r, rates)
+        proj = _gemm_us(2.0 * r * T * F * G * hs, 4.0 * G * hs * F, 4.0 * r * T * (F + G * hs), r * T, rates)
+        step = _gemm_us(2.0 * r * H * G * hs, 4.0 * G * hs * H, 4.0 * r * (H + G * hs), r, rates)
         return proj + T * (step + (rates.barrier_us if s[22] > 1 else 0.0))
     if op in (ACT, AFFINE):
         return 8.0 * _rows(cnt, *((s[6], s[7]) if op == ACT else (s[9], s[10]))) * s[4] / (rates.read_gbs * 1e3)
@@ -135,20 +143,20 @@ def machine_key() -> str:
 
 
 def kernel_rates() -> tuple:
-    """(GEMM GFLOP/s, read GB/s) of one worker, measured once per machine with
+    """(GEMM GFLOP/s, read GB/s from memory and from L2) of one worker, measured once per machine with
     shmrt's own GEMM (BLAS limited to one thread) and cached on disk."""
     path, key = _cache_path(), machine_key()
     try:
         with open(path) as f:
             got = json.load(f).get(key)
-        if got:
-            return got["gflops"], got["read_gbs"], "cached"
+        if got and "cache_gbs" in got:
+            return got["gflops"], got["read_gbs"], got["cache_gbs"], "cached"
     except (OSError, ValueError):
         pass
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # cannot hold BLAS to one thread: keep the defaults rather than a wrong figure
-        return Rates.gflops, Rates.read_gbs, "defaults"
+        return Rates.gflops, Rates.read_gbs, Rates.cache_gbs, "defaults"
     from kernels import gemm_nt
     rng = np.random.default_rng(0)
     a, b = (rng.standard_normal((256, 1024)).astype(np.float32), rng.standard_normal((1024, 1024)).astype(np.float32))
@@ -156,6 +164,8 @@ def kernel_rates() -> tuple:
     v = rng.standard_normal((1, 4096)).astype(np.float32)
     big = rng.standard_normal((4096, 4096)).astype(np.float32)  # 64 MiB: out of cache
     o1 = np.empty((1, 4096), np.float32)
+    small = rng.standard_normal((256, 512)).astype(np.float32)  # 512 KiB: stays in L2
+    o2 = np.empty((1, 256), np.float32)
 
     def best(fn, reps=5):
         fn()
@@ -169,6 +179,7 @@ def kernel_rates() -> tuple:
     with threadpool_limits(1, user_api="blas"):
         gflops = 2 * 256 * 1024 * 1024 / best(lambda: gemm_nt(a, b, out, False)) / 1e9
         read = big.nbytes / best(lambda: gemm_nt(v, big, o1, False)) / 1e9
+        cache = small.nbytes / best(lambda: gemm_nt(v[:, :512], small, o2, False), 50) / 1e9
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         try:
@@ -176,14 +187,14 @@ def kernel_rates() -> tuple:
                 data = json.load(f)
         except (OSError, ValueError):
             data = {}
-        data[key] = {"gflops": gflops, "read_gbs": read}
+        data[key] = {"gflops": gflops, "read_gbs": read, "cache_gbs": cache}
         tmp = f"{path}.{os.getpid()}"
         with open(tmp, "w") as f:
             json.dump(data, f)
         os.replace(tmp, path)
     except OSError:
         pass  # a read-only home: measure again next time
-    return gflops, read, "measured"
+    return gflops, read, cache, "measured"
 
 
 def calibrate(rt) -> Rates:
@@ -191,7 +202,7 @@ def calibrate(rt) -> Rates:
     and the pool's own call and barrier costs, measured now on a tiny model
     of 8 Linear layers: a batch-row plan (no barrier) against a
     model-parallel one (a barrier per layer), calls back to back."""
-    gflops, read, source = kernel_rates()
+    gflops, read, cache, source = kernel_rates()
     from . import layers as L
     tiny = L.Sequential([L.Linear(32, 32, weight=np.eye(32), bias=np.zeros(32)) for _ in range(8)])
     x = np.ones((2, 32), np.float32)
@@ -209,8 +220,25 @@ def calibrate(rt) -> Rates:
     finally:
         for cm in cms.values():
             cm.close()
-    return Rates(gflops=gflops, read_gbs=read, barrier_us=max((t_model - t_data) / max(nb, 1), 1.0),
-                 dispatch_us=t_data, source=source)
+    return Rates(gflops=gflops, read_gbs=read, cache_gbs=cache, l2_bytes=l2_bytes(),
+                 barrier_us=max((t_model - t_data) / max(nb, 1), 1.0), dispatch_us=t_data, source=source)
+
+
+def l2_bytes() -> int:
+    """Per-core L2 from sysfs (Linux); the default elsewhere."""
+    try:
+        for d in sorted(os.listdir("/sys/devices/system/cpu/cpu0/cache")):
+            base = f"/sys/devices/system/cpu/cpu0/cache/{d}"
+            with open(f"{base}/level") as f:
+                if f.read().strip() != "2":
+                    continue
+            with open(f"{base}/size") as f:
+                size = f.read().strip().upper()
+            mult = {"K": 1 << 10, "M": 1 << 20}.get(size[-1], 1)
+            return int(size.rstrip("KM")) * mult
+    except (OSError, ValueError):
+        pass
+    return Rates.l2_bytes
 
 
 def as_dict(rates: Rates) -> dict:

@@ -326,8 +326,9 @@ class CompiledModel:
                  f"arena {plan.arena_floats * 4 / 2**20:.2f} MiB"]
         if len(plan.programs) > 1:
             pred = plan.predictions(max(n, 1))
-            lines.append(f"cost model ({rates.source} rates: GEMM {rates.gflops:.0f} GFLOP/s and read "
-                         f"{rates.read_gbs:.1f} GB/s per worker, barrier {rates.barrier_us:.1f} us, dispatch "
+            lines.append(f"cost model ({rates.source} rates per worker: GEMM {rates.gflops:.0f} GFLOP/s, read "
+                         f"{rates.read_gbs:.1f} GB/s from memory and {rates.cache_gbs:.1f} from its "
+                         f"{rates.l2_bytes >> 10} KiB L2; barrier {rates.barrier_us:.1f} us, dispatch "
                          f"{rates.dispatch_us:.1f} us), predicted at batch {n}: " +
                          ", ".join(f"{k} {v:,.0f} us" for k, v in sorted(pred.items(), key=lambda kv: kv[1])))
             how = (f"measured fastest near batch {n} (autotune: {dict(sorted(plan.tuned.items()))})" if plan.tuned
