@@ -6,6 +6,7 @@ and rounded once to float32.
 """
 import math
 
+import numpy as np
 from numba import njit
 
 IDENTITY, RELU, SIGMOID, TANH, GELU, GELU_TANH = range(6)
@@ -31,18 +32,34 @@ def act1(v, act):
 
 
 @njit(cache=True)
+def bias_act_row(o, b, act):
+    """o[j] = act(o[j] + b[j]) in place, one row; b may be empty.  Identity and
+    ReLU stay in float32 and vectorise; the others go through act1."""
+    has_b = b.shape[0] > 0
+    if act == IDENTITY or act == RELU:
+        if has_b:
+            for j in range(o.shape[0]):
+                o[j] += b[j]
+        if act == RELU:
+            zero = np.float32(0.0)
+            for j in range(o.shape[0]):
+                v = o[j]
+                o[j] = v if v > zero else zero
+        return
+    for j in range(o.shape[0]):
+        v = float(o[j])
+        if has_b:
+            v += b[j]
+        o[j] = act1(v, act)
+
+
+@njit(cache=True)
 def bias_act(out, b, act):
     """out[i, j] = act(out[i, j] + b[j]) in place; b may be empty (no bias)."""
-    n, m = out.shape
-    has_b = b.shape[0] > 0
-    if act == IDENTITY and not has_b:
+    if act == IDENTITY and b.shape[0] == 0:
         return
-    for i in range(n):
-        for j in range(m):
-            v = float(out[i, j])
-            if has_b:
-                v += b[j]
-            out[i, j] = act1(v, act)
+    for i in range(out.shape[0]):
+        bias_act_row(out[i], b, act)
 
 
 @njit(cache=True)

@@ -9,7 +9,7 @@ The three shapes a plan uses:
 """
 from numba import njit
 
-from .activations import act1, bias_act
+from .activations import bias_act, bias_act_row
 from .blas import gemm_nt
 
 
@@ -25,17 +25,19 @@ def reduce_partials(parts, m, c0, b, out, act):
     """out[i, j] = act(sum_p parts[i, p*m + c0 + j] + b[j]) for j < out.shape[1].
 
     parts[n, P*m] holds each worker's partial sums side by side; out and b
-    are the column slice c0:c0+out.shape[1] being reduced.  Summed in float64
-    in a fixed worker order, so results do not depend on timing.
+    are the column slice c0:c0+out.shape[1] being reduced.  Summed into the
+    output row in a fixed worker order (so results do not depend on
+    timing), one pass along the row per worker: the loops vectorise.
     """
     n, w = out.shape
     P = parts.shape[1] // m
-    has_b = b.shape[0] > 0
     for i in range(n):
+        o = out[i]
+        row = parts[i]
         for j in range(w):
-            s = 0.0
-            for p in range(P):
-                s += parts[i, p * m + c0 + j]
-            if has_b:
-                s += b[j]
-            out[i, j] = act1(s, act)
+            o[j] = row[c0 + j]
+        for p in range(1, P):
+            base = p * m + c0
+            for j in range(w):
+                o[j] += row[base + j]
+        bias_act_row(o, b, act)
