@@ -15,6 +15,8 @@ workers which models' segments to attach.
     6     ZERO       always 0: the abort word of waits that must not abort
     7-9   BARRIER    arrival count, generation, sleepers (sync.barrier)
     10+w  WORKER w   state, last generation done, pid, step being run
+    then  STAGE g    3 lines per group g < workers: the barrier of a pipeline
+                     stage's worker group (sync.barrier), see barrier_line
 
 Protocol for one command (parent side in ``post``/``wait_done``):
 parent writes CMD, sets DONE = 0, increments GEN (release; wakes
@@ -46,8 +48,18 @@ MSG_BYTES = 1 << 20
 
 def layout(max_workers: int):
     """(number of int32 words, byte offset of the message area, total bytes)."""
-    words = (WORKER0 // LINE + max_workers) * LINE
+    words = (WORKER0 // LINE + 4 * max_workers) * LINE
     return words, words * 4, words * 4 + MSG_BYTES
+
+
+def barrier_line(workers: int, group: int = -1) -> int:
+    """Base word of a barrier's three lines: every worker's (group < 0), or
+    pipeline stage group ``group``'s."""
+    return BARRIER if group < 0 else (WORKER0 // LINE + workers + 3 * group) * LINE
+
+
+def barrier_lines(workers: int) -> list:
+    return [barrier_line(workers, g) for g in range(-1, workers)]
 
 
 def wline(wid: int) -> int:

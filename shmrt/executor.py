@@ -88,7 +88,8 @@ def _recurrent(s, weights, arena, base, cnt, ctrl, spin_ns, block_ns, ppid):
     off (-1: zeros), 13-14 units u0:u1, 15-16 rows (fractions), 17 gates off
     ([G, maxb*T, H] regions), 18 gate region stride, 19 aux off ([maxb, H]:
     LSTM cell state / GRU W_hn h), 20 h-init off ([maxb, H]), 21 mode,
-    22 parties (a barrier per step when > 1).  Returns 0, or -2 if aborted.
+    22 parties (a barrier per step when > 1), 23 their barrier's base line.
+    Returns 0, or -2 if aborted.
 
     The input projection of every step is one GEMM per gate up front; each
     step then multiplies the full h(t-1) by this worker's rows of W_hh,
@@ -120,7 +121,8 @@ def _recurrent(s, weights, arena, base, cnt, ctrl, spin_ns, block_ns, ppid):
                 hin[i, u] = weights[s[11] + u0 + u] if s[11] >= 0 else 0.0
                 if mode == LSTM:
                     cst[i, u] = weights[s[12] + u0 + u] if s[12] >= 0 else 0.0
-    if parties > 1 and barrier(ctrl, C.BARRIER, parties, C.ABORT, spin_ns, block_ns, ppid) == ABORTED:
+    bline = s[23]
+    if parties > 1 and barrier(ctrl, bline, parties, C.ABORT, spin_ns, block_ns, ppid) == ABORTED:
         return -2
     empty = weights[0:0]
     for t in range(T):
@@ -151,7 +153,7 @@ def _recurrent(s, weights, arena, base, cnt, ctrl, spin_ns, block_ns, ppid):
                          _view(arena, aux, H, r0, r1, u0, hs), bhn, hp[:, u0:u1], ht)
             else:
                 rnn_cell(g0, ht, mode == RNN_RELU)
-        if parties > 1 and barrier(ctrl, C.BARRIER, parties, C.ABORT, spin_ns, block_ns, ppid) == ABORTED:
+        if parties > 1 and barrier(ctrl, bline, parties, C.ABORT, spin_ns, block_ns, ppid) == ABORTED:
             return -2
     return 0
 
@@ -201,9 +203,9 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
         elif op == REDUCE:
             P, m, c0, c1 = s[2], s[4], s[5], s[6]
             if c1 > c0:
-                parts = _view(arena, s[1], P * m, 0, n, 0, P * m)
+                parts = _view(arena, s[1], P * m, base, base + cnt, 0, P * m)
                 b = weights[s[7] + c0:s[7] + c1] if s[7] >= 0 else empty
-                reduce_partials(parts, m, c0, b, _view(arena, s[9], s[10], 0, n, c0, c1 - c0), s[8])
+                reduce_partials(parts, m, c0, b, _view(arena, s[9], s[10], base, base + cnt, c0, c1 - c0), s[8])
         elif op == ACT:
             r0, r1 = _rows(base, cnt, s[6], s[7])
             apply_act(_view(arena, s[1], s[2], r0, r1, s[3], s[4]), _view(arena, s[8], s[9], r0, r1, s[3], s[4]), s[5])

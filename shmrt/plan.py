@@ -34,7 +34,7 @@ import numpy as np
 from kernels.conv import scratch_floats as conv_scratch_floats
 
 from . import layers as L
-from .control import BARRIER as BARRIER_LINE
+from .control import barrier_line
 from .executor import (ACT, AFFINE, ARGMAX, BARRIER, CONV, END, FRAC, GAP, GATHER, LAYERNORM, LINEAR, MICRO, NEXT, POOL,
                        RECUR, REDUCE, ROW, SIGNAL, SOFTMAX, TOPK, WAIT)
 from .store import align
@@ -275,7 +275,7 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
         per = max(conv_scratch_floats(_conv_geom(op.layer, i, o), o[0]) for op, i, o in convs)
         scratch["conv"], scratch["conv_per"] = arena.alloc(P * align(per)), align(per)
     names = [strategy] if strategy != "auto" else (["data", "model", "hybrid", "pipeline"] if P > 1 else ["data"])
-    model_maxb = maxb if set(names) & {"model", "hybrid"} else 0
+    model_maxb = maxb if set(names) & {"model", "hybrid", "pipeline"} else 0
     widest = max([op.layer.out_features for op in ops if isinstance(op.layer, L.Linear)] + [1])
     # two partial-sum regions, alternated by consecutive row-parallel layers
     parts = [arena.alloc(model_maxb * P * widest) for _ in range(2)] if model_maxb else [-1, -1]
@@ -311,10 +311,11 @@ class _Builder:
     "all" (complete for everyone), "rows" (each worker its own batch rows),
     "cols" (each worker its own feature columns, ``bounds``)."""
 
-    def __init__(self, strategy, P, woff, outs, parts, scratch, inp, wids=None):
+    def __init__(self, strategy, P, woff, outs, parts, scratch, inp, wids=None, bline=None):
         self.strategy, self.P, self.woff, self.outs = strategy, P, woff, outs
         self.parts, self.scratch = parts, scratch
         self.wids = list(wids) if wids is not None else list(range(P))  # global worker ids (per-worker scratch)
+        self.bline = barrier_line(P) if bline is None else bline  # this group's barrier
         self.steps = [[] for _ in range(P)]
         self.rows = []
         self.cur_off, self.cur_ld, self.cur_w, self.cur_shape = inp.off, inp.ld or inp.width, inp.width, inp.shape
@@ -331,7 +332,7 @@ class _Builder:
 
     def barrier(self):
         for w in range(self.P):
-            self.emit(w, BARRIER, BARRIER_LINE, self.P)
+            self.emit(w, BARRIER, self.bline, self.P)
         self.barriers += 1
 
     def need_all(self):
@@ -502,7 +503,7 @@ class _Builder:
                 self.emit(w, RECUR, x_off, T * F, T, F, out.seqs[k], H, self.w(f"{i}.weight_ih_l{k}"),
                           self.w(f"{i}.weight_hh_l{k}"), self.w(f"{i}.bias_ih_l{k}"), self.w(f"{i}.bias_hh_l{k}"),
                           h0, c0, u0, u1, *rows, sc["gates"], sc["gstride"], sc["aux"], sc["hinit"], l.mode,
-                          P if split_units else 1)
+                          P if split_units else 1, self.bline)
             if split_units:
                 self.barriers += T + 1
             x_off = out.seqs[k]
@@ -629,19 +630,20 @@ def _balance(costs, groups):
 
 
 def _pipeline(ops, P, woff, outs, parts, scratch, inp, counters_off):
-    """Stages of consecutive ops, each on its own group of workers, batch
-    rows split within the group; micro-batches flow from stage to stage,
+    """Stages of consecutive ops, each on its own group of workers, split
+    within the group as the hybrid plan splits (large layers by model, with
+    the group's own barrier); micro-batches flow from stage to stage,
     each stage counting the micro-batches it finished (executor: MICRO,
     WAIT, SIGNAL, NEXT).  A micro-batch's rows have their own place in
     every activation, so a stage never waits for room, only for data."""
-    S = min(P, len(ops))
+    S = min(P if P <= 3 else P // 2, len(ops))  # from 4 workers on, groups of 2 or more
     groups = [P // S + (1 if s < P % S else 0) for s in range(S)]
     cuts = _balance(_stage_costs(ops, woff, outs, parts, scratch, inp), groups)
     steps = [[] for _ in range(P)]
     rows, first, start, cur = [], 0, 0, inp
     for s, (size, end) in enumerate(zip(groups, cuts)):
         wids = list(range(first, first + size))
-        b = _Builder("data", size, woff, outs, parts, scratch, cur, wids)
+        b = _Builder("hybrid", size, woff, outs, parts, scratch, cur, wids, barrier_line(P, s))
         for op in ops[start:end]:
             b.add(op)
         head_len = 2 if s > 0 else 1

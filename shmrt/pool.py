@@ -160,7 +160,8 @@ class Pool:
         gen = int(C.get_word(self.ctrl, C.GEN))
         steps = {w: int(C.get_word(self.ctrl, C.wline(w) + C.W_STEP)) for w in dead}
         C.set_word(self.ctrl, C.ABORT, 1)
-        wake_all(self.ctrl, C.BARRIER + LINE)
+        for base in C.barrier_lines(self.n):
+            wake_all(self.ctrl, base + LINE)
         deadline = time.monotonic() + 0.5
         live = [w for w in range(self.n) if w not in dead]
         while live and time.monotonic() < deadline:
@@ -172,7 +173,8 @@ class Pool:
             self.procs[w].kill()
         for w in set(dead) | set(stuck):
             self.procs[w].wait()
-        self.ctrl[C.BARRIER] = 0
+        for base in C.barrier_lines(self.n):
+            self.ctrl[base] = 0
         C.set_word(self.ctrl, C.ABORT, 0)
         info = []
         for w in sorted(set(dead) | set(stuck)):

@@ -286,3 +286,22 @@ def test_autotune_measures_once_then_caches(tmp_path, monkeypatch):
         assert cm2.plan.tuned == cm.plan.tuned and cache.stat().st_mtime_ns == stamp  # from the cache
         with pytest.raises(TypeError, match="autotune must be True or False"):
             rt.compile(model, max_batch=16, input_shape=(3, 11, 9), autotune="yes")
+
+
+def test_pipeline_stage_groups_split_by_model():
+    """4 workers: 2 stages of 2. The LSTM (1.5 MiB) splits its hidden units
+    over its group, meeting at the group's own barrier every step, while the
+    other stage runs the head; micro-batches of 8 rows flow between them."""
+    shmrt.manual_seed(32)
+    model = shmrt.Sequential([shmrt.LSTM(16, 300, return_sequences=False), shmrt.Linear(300, 1200), shmrt.ReLU(),
+                              shmrt.Linear(1200, 5)])
+    with shmrt.Runtime(workers=4) as rt:
+        x = rnd(21, 7, 16, seed=5)
+        check(rt, model, x, strategies=("pipeline",), max_batch=32, input_shape=(7, 16))
+        cm = rt.compile(model, strategy="pipeline", max_batch=32, input_shape=(7, 16))
+        rows = cm.plan.explain_rows["pipeline"]
+        assert rows[0]["workers"] == "stage 0: workers 0..1" and rows[0]["partition"].startswith("hidden units")
+        assert rows[-1]["workers"] == "stage 1: workers 2..3"
+        p = cm.profile(x[:16])
+        assert any(name.startswith("wait for stage") for name, _ in p.per_worker[2])
+        cm.close()
