@@ -361,7 +361,7 @@ def kill_during_calls(cm, x, pid, after_s=0.02):
     return sent["t"], t_err, info.value, calls
 
 
-@pytest.mark.parametrize("strategy", ["model", "data"])
+@pytest.mark.parametrize("strategy", ["model", "data", "pipeline"])
 def test_worker_sigkill_during_call(strategy):
     model = big_mlp()
     x = inputs(256, 1024)
