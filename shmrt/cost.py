@@ -25,8 +25,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .executor import (ACT, AFFINE, ARGMAX, BARRIER, CONV, END, FRAC, GAP, GATHER, LAYERNORM, LINEAR, MICRO, NEXT,
-                       POOL, RECUR, REDUCE, SIGNAL, SOFTMAX, TOPK, WAIT)
+from .executor import (ACT, AFFINE, ARGMAX, BARRIER, CONV, END, FRAC, GAP, GATHER, LAYERNORM, LINEAR, MICRO,
+                       MICRO_ROWS, NEXT, POOL, RECUR, REDUCE, SIGNAL, SOFTMAX, TOPK, WAIT)
 
 
 @dataclass
@@ -91,6 +91,15 @@ def step_us(s, cnt, n, rates) -> float:
     if op == BARRIER:
         return rates.barrier_us
     return 0.0
+
+
+def op_us(prog, steps: dict, n: int, rates: Rates, micro: int = 1) -> float:
+    """Predicted microseconds of one op of prog at batch n: the slowest of
+    its workers' step ranges ({worker: (first, end)}, as the planner records
+    them); ops in a pipeline stage run once per micro-batch (at most micro)."""
+    m = max(1, min(micro, max(n, 1) // MICRO_ROWS)) if micro > 1 else 1
+    return max((sum(m * step_us(prog[w, i], max(n, 1) // m, max(n, 1), rates) for i in range(a, z))
+                for w, (a, z) in steps.items()), default=0.0)
 
 
 def predict_us(prog, n: int, rates: Rates) -> float:

@@ -51,6 +51,7 @@ from .sync import ABORTED, LINE, barrier, bump, monotonic_ns, wait_change, wait_
 
 ROW = 32
 FRAC = 1 << 20
+MICRO_ROWS = 8  # a pipeline's micro-batches have at least this many rows
 (END, BARRIER, LINEAR, REDUCE, ACT, SOFTMAX, ARGMAX, TOPK, AFFINE, GATHER, LAYERNORM, RECUR, CONV, POOL, GAP,
  MICRO, WAIT, SIGNAL, NEXT) = range(19)
 OP_NAMES = ("end", "barrier", "linear", "reduce", "act", "softmax", "argmax", "topk", "affine", "gather", "layernorm",

@@ -35,23 +35,24 @@ from kernels.conv import scratch_floats as conv_scratch_floats
 
 from . import layers as L
 from .control import barrier_line
-from .executor import (ACT, AFFINE, ARGMAX, BARRIER, CONV, END, FRAC, GAP, GATHER, LAYERNORM, LINEAR, MICRO, NEXT, POOL,
-                       RECUR, REDUCE, ROW, SIGNAL, SOFTMAX, TOPK, WAIT)
+from .executor import (ACT, AFFINE, ARGMAX, BARRIER, CONV, END, FRAC, GAP, GATHER, LAYERNORM, LINEAR, MICRO,
+                       MICRO_ROWS, NEXT, POOL, RECUR, REDUCE, ROW, SIGNAL, SOFTMAX, TOPK, WAIT)
 from .store import align
 from .sync import LINE
 
 STRATEGIES = ("auto", "data", "model", "hybrid", "pipeline")
-# hybrid: layers whose parameters are at least this large are split by
-# model (columns/rows, hidden units); the rest by batch rows.
+# hybrid, without a cost model (no rates): layers whose parameters are at
+# least this large are split by model (columns/rows, hidden units), the
+# rest by batch rows.  With rates, each layer takes the split the cost
+# model predicts cheaper for it at max_batch.
 HYBRID_MODEL_BYTES = 1 << 20
 # pipeline: at most this many micro-batches per stage per call, of at least
 # MICRO_ROWS rows each (each micro-batch reads the stage's weights again)
 MICRO_PER_STAGE = 4
-MICRO_ROWS = 8
 
 
-def _hybrid_splits(op) -> bool:
-    """Does the hybrid plan split this op by model (else by batch rows)?"""
+def _hybrid_by_size(op) -> bool:
+    """Without rates: does the hybrid plan split this op by model (else by batch rows)?"""
     l = op.layer
     if isinstance(l, (L.Linear, L._Recurrent)):
         return 4 * sum(v.size for v in l.params.values()) >= HYBRID_MODEL_BYTES
@@ -201,7 +202,10 @@ def _rows_of(w, P):
     return w * FRAC // P, (w + 1) * FRAC // P
 
 
-def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, input_shape=None) -> Plan:
+def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, input_shape=None, rates=None) -> Plan:
+    """The plan of ``model`` for ``workers`` workers.  rates (cost.Rates):
+    the machine's, for the per-layer choices of hybrid plans and pipeline
+    stages; without them those follow a size rule."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}")
     if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
@@ -291,11 +295,14 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
     if "pipeline" in names:
         counters["pipeline"] = (arena.alloc(2 * LINE * P), 2 * LINE * P)
     programs, explain = {}, {}
+    splits = None
+    if P > 1 and set(names) & {"hybrid", "pipeline"}:
+        splits = _layer_splits(ops, P, woff, outs, parts, scratch, inp, maxb, rates)
     for s in names:
         if s == "pipeline":
-            programs[s], explain[s] = _pipeline(ops, P, woff, outs, parts, scratch, inp, counters[s][0])
+            programs[s], explain[s] = _pipeline(ops, P, woff, outs, parts, scratch, inp, counters[s][0], splits)
             continue
-        b = _Builder(s, P, woff, outs, parts, scratch, inp)
+        b = _Builder(s, P, woff, outs, parts, scratch, inp, splits=splits)
         for op in ops:
             b.add(op)
         programs[s], explain[s] = b.finish()
@@ -311,11 +318,12 @@ class _Builder:
     "all" (complete for everyone), "rows" (each worker its own batch rows),
     "cols" (each worker its own feature columns, ``bounds``)."""
 
-    def __init__(self, strategy, P, woff, outs, parts, scratch, inp, wids=None, bline=None):
+    def __init__(self, strategy, P, woff, outs, parts, scratch, inp, wids=None, bline=None, splits=None):
         self.strategy, self.P, self.woff, self.outs = strategy, P, woff, outs
         self.parts, self.scratch = parts, scratch
         self.wids = list(wids) if wids is not None else list(range(P))  # global worker ids (per-worker scratch)
         self.bline = barrier_line(P) if bline is None else bline  # this group's barrier
+        self.splits = splits  # hybrid: op index -> split by model
         self.steps = [[] for _ in range(P)]
         self.rows = []
         self.cur_off, self.cur_ld, self.cur_w, self.cur_shape = inp.off, inp.ld or inp.width, inp.width, inp.shape
@@ -360,7 +368,7 @@ class _Builder:
         before = [len(st) for st in self.steps]
         l = op.layer
         if self.strategy == "hybrid":
-            self.split_model = self.P > 1 and _hybrid_splits(op)
+            self.split_model = self.P > 1 and (self.splits[op.index][0] if self.splits else _hybrid_by_size(op))
         info = {"layers": op.members, "layer": repr(l), "partition": "", "slices": [], "flops": 0}
         if op.act:
             info["layer"] += f" + activation {op.act}"
@@ -379,6 +387,10 @@ class _Builder:
         else:
             self.rowwise(op, info)
         info["barriers"] = self.barriers - b0
+        if self.strategy == "hybrid" and self.P > 1:
+            info["why"] = (f"split by {'model' if self.split_model else 'batch rows'}: " +
+                           (self.splits[op.index][1] if self.splits else
+                            f"parameters {'>=' if self.split_model else '<'} {HYBRID_MODEL_BYTES >> 20} MiB"))
         info["steps"] = {self.wids[w]: (before[w], len(self.steps[w])) for w in range(self.P)}
         info["workers"] = f"workers {self.wids[0]}..{self.wids[-1]}" if self.P > 1 else f"worker {self.wids[0]}"
         self.rows.append(info)
@@ -629,7 +641,29 @@ def _balance(costs, groups):
     return best[(n, S)][1]
 
 
-def _pipeline(ops, P, woff, outs, parts, scratch, inp, counters_off):
+def _layer_splits(ops, P, woff, outs, parts, scratch, inp, maxb, rates):
+    """Per op, whether the hybrid plan splits it by model: the cheaper, at
+    max_batch rows, of its batch-row and its model-parallel steps as the
+    cost model prices them (barriers included).  None without rates."""
+    if rates is None:
+        return None
+    from .cost import op_us
+    built = {}
+    for s in ("data", "model"):
+        b = _Builder(s, P, woff, outs, parts, scratch, inp)
+        for op in ops:
+            b.add(op)
+        built[s] = b.finish()
+    out = {}
+    for op, rd, rm in zip(ops, built["data"][1], built["model"][1]):
+        t_model, t_data = (op_us(built[k][0], r["steps"], maxb, rates) for k, r in (("model", rm), ("data", rd)))
+        out[op.index] = (t_model < t_data, f"predicted at batch {maxb}: {t_model:.1f} us by model "
+                                           f"(as the model plan splits it: {rm['partition']}), {t_data:.1f} us "
+                                           f"by batch rows")
+    return out
+
+
+def _pipeline(ops, P, woff, outs, parts, scratch, inp, counters_off, splits=None):
     """Stages of consecutive ops, each on its own group of workers, split
     within the group as the hybrid plan splits (large layers by model, with
     the group's own barrier); micro-batches flow from stage to stage,
@@ -643,7 +677,7 @@ def _pipeline(ops, P, woff, outs, parts, scratch, inp, counters_off):
     rows, first, start, cur = [], 0, 0, inp
     for s, (size, end) in enumerate(zip(groups, cuts)):
         wids = list(range(first, first + size))
-        b = _Builder("hybrid", size, woff, outs, parts, scratch, cur, wids, barrier_line(P, s))
+        b = _Builder("hybrid", size, woff, outs, parts, scratch, cur, wids, barrier_line(P, s), splits)
         for op in ops[start:end]:
             b.add(op)
         head_len = 2 if s > 0 else 1

@@ -78,9 +78,10 @@ class Runtime:
         self._check_open()
         if not isinstance(autotune, bool):
             raise TypeError(f"autotune must be True or False, got {autotune!r}")
-        plan = planner.build(model, max(self.workers, 1), strategy, max_batch, input_shape)
-        if len(plan.programs) > 1:
-            plan.rates = self.rates()
+        P = max(self.workers, 1)
+        rates = self.rates() if P > 1 and strategy in ("auto", "hybrid", "pipeline") else None
+        plan = planner.build(model, P, strategy, max_batch, input_shape, rates)
+        plan.rates = rates
         cm = CompiledModel(self, plan, strategy)
         if autotune and len(plan.programs) > 1:
             try:
@@ -316,7 +317,7 @@ class CompiledModel:
         chosen; then per layer its partition, worker group, slices, flops,
         bytes, barriers and predicted time -- next to the same layer's
         predicted time in the other plans, which is why it was chosen."""
-        from .cost import Rates, step_us
+        from .cost import Rates, op_us
         n = self.max_batch if batch is None else self._check_n(batch)
         plan = self.plan
         chosen = plan.strategy_for(self.strategy, max(n, 1))
@@ -338,9 +339,7 @@ class CompiledModel:
         def layer_us(name, members):
             for r in plan.explain_rows[name]:
                 if r["layers"] == members:
-                    prog, m = plan.programs[name], max(1, min(r.get("micro", 1), max(n, 1) // planner.MICRO_ROWS))
-                    return max(sum(m * step_us(prog[w, i], max(n, 1) // m, max(n, 1), rates) for i in range(a, z))
-                               for w, (a, z) in r["steps"].items())
+                    return op_us(plan.programs[name], r["steps"], n, rates, r.get("micro", 1))
             return None
 
         lines.append(f"[{chosen}] at batch {n}:")
@@ -354,6 +353,8 @@ class CompiledModel:
             lines.append(f"    partition: {r['partition']}; {r['workers']}; barriers: {r['barriers']}; "
                          f"flops: {flops:,}; bytes read per worker: {moved:,}")
             lines.append(f"    predicted {mine:,.0f} us" + (f" (in the other plans: {alt})" if alt else ""))
+            if "why" in r:
+                lines.append(f"    {r['why']}")
             lines.append("    slices: " + " | ".join(f"w{w}: {sl}" for w, sl in enumerate(r["slices"])))
         return "\n".join(lines)
 

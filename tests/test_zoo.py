@@ -1,4 +1,6 @@
 """The model zoo against the float64 reference: every strategy, workers 1..4, odd sizes."""
+import re
+
 import numpy as np
 import pytest
 
@@ -258,15 +260,22 @@ def test_pipeline_stages_are_balanced_and_explained():
         cm.close()
 
 
-def test_hybrid_splits_large_layers_by_model():
+def test_hybrid_splits_each_layer_the_cheaper_way():
+    """With the runtime's rates, each layer of a hybrid plan takes the split the
+    cost model predicts cheaper for it, and says so; without rates (the
+    planner alone) large layers go by model, the rest by batch rows."""
+    from shmrt.plan import build
+    bare = build(deep_odd_model(), 2, "hybrid", 4, (3, 11, 9)).explain_rows["hybrid"]
+    parts = {r["layer"].split(", bias")[0]: r["partition"] for r in bare}
+    assert parts["Linear(112, 1031"] == "batch rows"  # 0.44 MiB
+    assert parts["Linear(1031, 517"] == "columns (output features)"  # 2 MiB
     with shmrt.Runtime(workers=2) as rt:
         cm = rt.compile(deep_odd_model(), strategy="hybrid", max_batch=4, input_shape=(3, 11, 9))
-        parts = {r["layer"].split("(")[0]: r["partition"] for r in cm.plan.explain_rows["hybrid"]}
-        assert parts["Conv2d"].startswith("batch rows")
-        rows = {r["layer"].split(", bias")[0]: r for r in cm.plan.explain_rows["hybrid"]}
-        assert rows["Linear(112, 1031"]["partition"] == "batch rows"  # 0.44 MiB
-        assert rows["Linear(1031, 517"]["partition"] == "columns (output features)"  # 2 MiB
-        assert rows["Linear(1031, 517"]["barriers"] == 1  # batch rows -> every row for every worker
+        for r in cm.plan.explain_rows["hybrid"]:
+            by_model = r["why"].startswith("split by model")
+            t = [float(v) for v in re.findall(r"([0-9.]+) us by", r["why"])]
+            assert len(t) == 2 and (t[0] < t[1]) == by_model, r["why"]
+        assert "split by" in cm.explain()
         cm.close()
 
 
