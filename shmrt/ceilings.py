@@ -16,14 +16,15 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 
-def _best(fn, reps):
+def best_time(fn, reps: int) -> float:
+    """The fastest of reps calls of fn (after one warm-up), in seconds."""
     fn()
     ts = []
     for _ in range(reps):
         t = time.perf_counter()
         fn()
         ts.append(time.perf_counter() - t)
-    return min(ts)  # a ceiling: the best of a few runs
+    return min(ts)
 
 
 def measure(threads: int, quick: bool = False) -> dict:
@@ -34,7 +35,7 @@ def measure(threads: int, quick: bool = False) -> dict:
     try:
         from threadpoolctl import threadpool_limits
         with threadpool_limits(threads, user_api="blas"):
-            out["sgemm_gflops"] = 2 * n ** 3 / _best(lambda: a @ a, 3) / 1e9
+            out["sgemm_gflops"] = 2 * n ** 3 / best_time(lambda: a @ a, 3) / 1e9
     except ImportError:
         pass  # no way to set BLAS threads: no sgemm figure rather than a wrong one
     size = (64 if quick else 256) << 20
@@ -45,6 +46,6 @@ def measure(threads: int, quick: bool = False) -> dict:
     with ThreadPoolExecutor(threads) as pool:
         def each(fn):
             list(pool.map(lambda b: fn(*b), bounds))
-        out["read_gbs"] = size / _best(lambda: each(lambda s, e: src[s:e].max()), 5) / 1e9
-        out["copy_gbs"] = 2 * size / _best(lambda: each(lambda s, e: np.copyto(dst[s:e], src[s:e])), 5) / 1e9
+        out["read_gbs"] = size / best_time(lambda: each(lambda s, e: src[s:e].max()), 5) / 1e9
+        out["copy_gbs"] = 2 * size / best_time(lambda: each(lambda s, e: np.copyto(dst[s:e], src[s:e])), 5) / 1e9
     return out

@@ -21,10 +21,11 @@ import json
 import os
 import platform
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import numpy as np
 
+from .ceilings import best_time
 from .executor import (ACT, AFFINE, ARGMAX, BARRIER, CONV, END, FRAC, GAP, GATHER, LAYERNORM, LINEAR, MICRO,
                        MICRO_ROWS, NEXT, POOL, RECUR, REDUCE, SIGNAL, SOFTMAX, TOPK, WAIT)
 
@@ -155,13 +156,9 @@ def kernel_rates() -> tuple:
     """(GEMM GFLOP/s, read GB/s from memory and from L2) of one worker, measured once per machine with
     shmrt's own GEMM (BLAS limited to one thread) and cached on disk."""
     path, key = _cache_path(), machine_key()
-    try:
-        with open(path) as f:
-            got = json.load(f).get(key)
-        if got and "cache_gbs" in got:
-            return got["gflops"], got["read_gbs"], got["cache_gbs"], "cached"
-    except (OSError, ValueError):
-        pass
+    got = load(path).get(key)
+    if got and "cache_gbs" in got:
+        return got["gflops"], got["read_gbs"], got["cache_gbs"], "cached"
     try:
         from threadpoolctl import threadpool_limits
     except ImportError:  # cannot hold BLAS to one thread: keep the defaults rather than a wrong figure
@@ -175,35 +172,36 @@ def kernel_rates() -> tuple:
     o1 = np.empty((1, 4096), np.float32)
     small = rng.standard_normal((256, 512)).astype(np.float32)  # 512 KiB: stays in L2
     o2 = np.empty((1, 256), np.float32)
-
-    def best(fn, reps=5):
-        fn()
-        ts = []
-        for _ in range(reps):
-            t = time.perf_counter()
-            fn()
-            ts.append(time.perf_counter() - t)
-        return min(ts)
-
     with threadpool_limits(1, user_api="blas"):
-        gflops = 2 * 256 * 1024 * 1024 / best(lambda: gemm_nt(a, b, out, False)) / 1e9
-        read = big.nbytes / best(lambda: gemm_nt(v, big, o1, False)) / 1e9
-        cache = small.nbytes / best(lambda: gemm_nt(v[:, :512], small, o2, False), 50) / 1e9
+        gflops = 2 * 256 * 1024 * 1024 / best_time(lambda: gemm_nt(a, b, out, False), 5) / 1e9
+        read = big.nbytes / best_time(lambda: gemm_nt(v, big, o1, False), 5) / 1e9
+        cache = small.nbytes / best_time(lambda: gemm_nt(v[:, :512], small, o2, False), 50) / 1e9
+    store(path, key, {"gflops": gflops, "read_gbs": read, "cache_gbs": cache})
+    return gflops, read, cache, "measured"
+
+
+def load(path: str) -> dict:
+    """A JSON cache file of shmrt's (calibration, autotune), {} if absent or unreadable."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def store(path: str, key: str, value) -> None:
+    """Set key in a JSON cache file, replacing the file atomically; a
+    read-only home only means measuring again next time."""
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        try:
-            with open(path) as f:
-                data = json.load(f)
-        except (OSError, ValueError):
-            data = {}
-        data[key] = {"gflops": gflops, "read_gbs": read, "cache_gbs": cache}
+        data = load(path)
+        data[key] = value
         tmp = f"{path}.{os.getpid()}"
         with open(tmp, "w") as f:
             json.dump(data, f)
         os.replace(tmp, path)
     except OSError:
-        pass  # a read-only home: measure again next time
-    return gflops, read, cache, "measured"
+        pass
 
 
 def calibrate(rt) -> Rates:
@@ -248,7 +246,3 @@ def l2_bytes() -> int:
     except (OSError, ValueError):
         pass
     return Rates.l2_bytes
-
-
-def as_dict(rates: Rates) -> dict:
-    return asdict(rates)

@@ -5,13 +5,12 @@ machine), so that compiling the same model again is instant."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import time
 
 import numpy as np
 
-from .cost import _cache_path, machine_key
+from .cost import _cache_path, load, machine_key, store
 
 
 def batch_sizes(max_batch: int) -> list:
@@ -33,18 +32,10 @@ def _path() -> str:
     return os.path.join(os.path.dirname(_cache_path()), "autotune.json")
 
 
-def _load() -> dict:
-    try:
-        with open(_path()) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
-
-
 def autotune(cm, model, reps: int = 3) -> dict:
     """{batch size: fastest program name} for cm, from the cache or measured."""
     key = _key(cm, model)
-    got = _load().get(key)
+    got = load(_path()).get(key)
     if got:
         return {int(b): name for b, name in got.items()}
     rng = np.random.default_rng(0)
@@ -66,14 +57,5 @@ def autotune(cm, model, reps: int = 3) -> dict:
                 best = (t, name)
         chosen[b] = best[1]
     plan.tuned = {}
-    data = _load()
-    data[key] = chosen
-    try:
-        os.makedirs(os.path.dirname(_path()), exist_ok=True)
-        tmp = f"{_path()}.{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(data, f)
-        os.replace(tmp, _path())
-    except OSError:
-        pass
+    store(_path(), key, chosen)
     return chosen
