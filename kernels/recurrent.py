@@ -23,11 +23,16 @@ _B = [np.float32(v) for v in (1.19825839466702e-06, 1.18534705686654e-04, 2.2684
 _A0, _A1, _A2, _A3, _A4, _A5, _A6 = _A
 _B0, _B1, _B2, _B3 = _B
 _HALF = np.float32(0.5)
+# fastmath without 'nnan'/'ninf': FMA contraction and vectorisation, while a
+# NaN in the input still gives NaN out; error_model="numpy": a division by
+# zero gives inf/nan instead of raising in a worker
+_FAST = {"nsz", "arcp", "contract", "afn", "reassoc"}
 
 
-@njit(cache=True, inline="always", fastmath=True)
+@njit(cache=True, inline="always", fastmath=_FAST, error_model="numpy")
 def _tanh(v):
-    x = min(max(np.float32(v), -_CLAMP), _CLAMP)
+    v = np.float32(v)
+    x = min(max(v, -_CLAMP), _CLAMP)
     x2 = x * x
     p = x2 * _A0 + _A1
     p = x2 * p + _A2
@@ -38,15 +43,16 @@ def _tanh(v):
     q = x2 * _B0 + _B1
     q = x2 * q + _B2
     q = x2 * q + _B3
-    return x * p / q
+    t = x * p / q
+    return t if v == v else v  # the clamp would turn NaN into -1
 
 
-@njit(cache=True, inline="always", fastmath=True)
+@njit(cache=True, inline="always", fastmath=_FAST, error_model="numpy")
 def _sigmoid(v):
     return _HALF * _tanh(_HALF * np.float32(v)) + _HALF
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=_FAST, error_model="numpy")
 def lstm_cell(gi, gf, gg, go, c, h):
     """c = sigmoid(f) * c + sigmoid(i) * tanh(g);  h = sigmoid(o) * tanh(c)."""
     n, m = c.shape
@@ -57,7 +63,7 @@ def lstm_cell(gi, gf, gg, go, c, h):
             h[r, u] = _sigmoid(go[r, u]) * _tanh(cn)
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=_FAST, error_model="numpy")
 def gru_cell(gr, gz, gn, hn, b_hn, h_prev, h):
     """r, z = sigmoid(.); n = tanh(gn + r * (hn + b_hn)); h = (1 - z) * n + z * h_prev.
 
@@ -74,11 +80,11 @@ def gru_cell(gr, gz, gn, hn, b_hn, h_prev, h):
             h[r, u] = (np.float32(1.0) - z) * nn + z * h_prev[r, u]
 
 
-@njit(cache=True, fastmath=True)
+@njit(cache=True, fastmath=_FAST, error_model="numpy")
 def rnn_cell(g, h, relu):
     """h = tanh(g), or max(g, 0) when relu."""
     n, m = h.shape
     for r in range(n):
         for u in range(m):
             v = g[r, u]
-            h[r, u] = max(v, np.float32(0.0)) if relu else _tanh(v)
+            h[r, u] = (v if v > np.float32(0.0) or v != v else np.float32(0.0)) if relu else _tanh(v)

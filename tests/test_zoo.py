@@ -314,3 +314,20 @@ def test_pipeline_stage_groups_split_by_model():
         p = cm.profile(x[:16])
         assert any(name.startswith("wait for stage") for name, _ in p.per_worker[2])
         cm.close()
+
+
+@pytest.mark.parametrize("cls, kw", [(shmrt.LSTM, {}), (shmrt.GRU, {}), (shmrt.RNN, {}),
+                                     (shmrt.RNN, {"nonlinearity": "relu"})], ids=["LSTM", "GRU", "RNN", "RNN-relu"])
+def test_recurrent_nan_propagates(cls, kw):
+    """A NaN in one sequence makes that row NaN and leaves the others alone
+    (the cells' rational tanh clamps, which must not swallow NaN); the
+    worker does not die (a fastmath division by zero used to raise there)."""
+    shmrt.manual_seed(33)
+    model = shmrt.Sequential([cls(4, 8, return_sequences=False, **kw)])
+    x = rnd(3, 5, 4, seed=6)
+    x[1, 2, 3] = np.nan
+    with shmrt.Runtime(workers=1) as rt:
+        y = rt.compile(model, input_shape=(5, 4))(x)
+        assert np.isnan(y[1]).any() and np.isfinite(y[[0, 2]]).all()
+        ref = forward(model, x[[0, 2]])
+        assert rel_err(y[[0, 2]], ref) <= 1e-5
