@@ -460,8 +460,10 @@ def table(result) -> str:
     out = [f"machine: {m.get('cpu', '?')}, {m.get('cores_logical')} logical cores, caches {m.get('caches', '?')}, "
            f"BLAS {m.get('blas', '?')}"]
     for n, c in result.get("ceilings", {}).items():
-        out.append(f"  ceilings at {n} thread(s): sgemm {c.get('sgemm_gflops', float('nan')):.0f} GFLOP/s, "
-                   f"read {c['read_gbs']:.1f} GB/s, copy {c['copy_gbs']:.1f} GB/s (read + write)")
+        sgemm = (f"{c['sgemm_gflops']:.0f} GFLOP/s" if "sgemm_gflops" in c
+                 else "n/a (threadpoolctl is needed to hold BLAS to N threads)")
+        out.append(f"  ceilings at {n} thread(s): sgemm {sgemm}, read {c['read_gbs']:.1f} GB/s, "
+                   f"copy {c['copy_gbs']:.1f} GB/s (read + write)")
     out += [f"  {k}: {v}" for k, v in result["workloads"].items()]
     out += ["", f"{'workload':<13} {'impl':<20} {'workers':>7} {'strategy':>8} {'plan':>5} {'batch':>7} {'p50 ms':>9} "
                 f"{'p90 ms':>9} {'items/s':>11} {'vs numpy':>8} {'vs best peer':>12} {'rel err':>8}"]
