@@ -27,7 +27,7 @@ import numpy as np
 
 from .ceilings import best_time
 from .executor import (ACT, AFFINE, ARGMAX, BARRIER, CONV, END, FRAC, GAP, GATHER, LAYERNORM, LINEAR, MICRO,
-                       MICRO_ROWS, NEXT, POOL, RECUR, REDUCE, SIGNAL, SOFTMAX, TOPK, WAIT)
+                       MICRO_ROWS, NEXT, POOL, RECUR, REDUCE, SIGNAL, SOFTMAX, TOPK, WAIT, micro_batches)
 
 
 @dataclass
@@ -98,7 +98,7 @@ def op_us(prog, steps: dict, n: int, rates: Rates, micro: int = 1) -> float:
     """Predicted microseconds of one op of prog at batch n: the slowest of
     its workers' step ranges ({worker: (first, end)}, as the planner records
     them); ops in a pipeline stage run once per micro-batch (at most micro)."""
-    m = max(1, min(micro, max(n, 1) // MICRO_ROWS)) if micro > 1 else 1
+    m = micro_batches(max(n, 1), micro, MICRO_ROWS)
     return max((sum(m * step_us(prog[w, i], max(n, 1) // m, max(n, 1), rates) for i in range(a, z))
                 for w, (a, z) in steps.items()), default=0.0)
 
@@ -113,7 +113,7 @@ def predict_us(prog, n: int, rates: Rates) -> float:
         while steps[i, 0] != END:
             s = steps[i]
             if s[0] == MICRO:  # a pipeline stage: its loop body, once per micro-batch
-                m = max(1, min(int(s[1]), n // max(int(s[4]), 1)))
+                m = micro_batches(n, int(s[1]), int(s[4]))
                 j, body = i + 1, 0.0
                 while steps[j, 0] != NEXT:
                     if steps[j, 0] in (WAIT, SIGNAL):
@@ -121,7 +121,7 @@ def predict_us(prog, n: int, rates: Rates) -> float:
                     else:
                         body += step_us(steps[j], max(n // m, 1), n, rates)
                     j += 1
-                stage_body[w] = (m, body)
+                stage_body[w] = body
                 t += m * body
                 i = j + 1
                 continue
@@ -129,9 +129,8 @@ def predict_us(prog, n: int, rates: Rates) -> float:
             i += 1
         worst = max(worst, t)
     if stage_body:  # fill and drain: every stage but the slowest waits one body per other stage
-        m, _ = next(iter(stage_body.values()))
-        bodies = sorted(b for _, b in stage_body.values())
-        worst += sum(bodies[:-1]) if len(bodies) > 1 else 0.0
+        bodies = sorted(stage_body.values())
+        worst += sum(bodies[:-1])
     return rates.dispatch_us + worst
 
 

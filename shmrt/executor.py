@@ -62,6 +62,20 @@ RNN_TANH, RNN_RELU, LSTM, GRU = range(4)
 
 
 @njit(cache=True, inline="always")
+def micro_batches(n, most, rows):
+    """How many micro-batches a pipeline call of n rows runs: at most
+    ``most``, of at least ``rows`` rows each, and at least one."""
+    return max(1, min(most, n // max(rows, 1)))
+
+
+@njit(cache=True, inline="always")
+def _micro_rows(n, k, m):
+    """(first row, rows) of micro-batch k of m over n rows."""
+    lo = (n * k) // m
+    return lo, (n * (k + 1)) // m - lo
+
+
+@njit(cache=True, inline="always")
 def _rows(base, cnt, lo, hi):
     """Rows lo/FRAC..hi/FRAC of the cnt rows from base (the batch, or a micro-batch)."""
     return base + (cnt * lo) // FRAC, base + (cnt * hi) // FRAC
@@ -183,6 +197,7 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
     while True:
         s = prog[i]
         op = s[0]
+        nxt = i + 1  # the step after this one (NEXT may loop back)
         if status >= 0:
             ctrl[status] = i
         if op == END:
@@ -250,8 +265,8 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
                                 s[5], s[6], s[7])
         elif op == MICRO:
             ctr = arena[s[2]:s[2] + 2 * LINE * s[3]].view(np.int32)
-            mb_m, mb_k, mb_top = max(1, min(s[1], n // max(s[4], 1))), 0, i + 1
-            base, cnt = np.int64(0), n // mb_m
+            mb_m, mb_k, mb_top = micro_batches(n, s[1], s[4]), 0, i + 1
+            base, cnt = _micro_rows(n, 0, mb_m)
         elif op == WAIT:
             for p in range(s[1], s[1] + s[2]):
                 if wait_reach(ctr, 2 * LINE * p, mb_k + 1, 2 * LINE * p + LINE, ctrl, C.ABORT, spin_ns,
@@ -262,14 +277,10 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
         elif op == NEXT:
             mb_k += 1
             if mb_k < mb_m:
-                base, cnt = (n * mb_k) // mb_m, (n * (mb_k + 1)) // mb_m - (n * mb_k) // mb_m
-                if timing:
-                    t = monotonic_ns()
-                    prof[i + 1] += t - last_t
-                    last_t = t
-                i = mb_top
-                continue
-            base, cnt = np.int64(0), n
+                base, cnt = _micro_rows(n, mb_k, mb_m)
+                nxt = mb_top
+            else:
+                base, cnt = np.int64(0), n
         elif op == RECUR:
             if _recurrent(s, weights, arena, base, cnt, ctrl, spin_ns, block_ns, ppid) != 0:
                 return -2
@@ -290,7 +301,7 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
             t = monotonic_ns()
             prof[i + 1] += t - last_t
             last_t = t
-        i += 1
+        i = nxt
 
 
 @njit(cache=True)
@@ -304,7 +315,7 @@ def serve(ctrl, wid, model, progs, weights, arena, gen, spin_ns, idle_spin_ns, b
         op = ctrl[C.C_OP]
         if op == C.OP_RUN and ctrl[C.C_MODEL] == model:
             prof = no_prof
-            if ctrl[C.C_PROF] >= 0:  # a profiled call: this worker's record of step end times
+            if ctrl[C.C_PROF] >= 0:  # a profiled call: this worker's record of step times
                 rec = progs.shape[2] + 1
                 prof = arena[ctrl[C.C_PROF] + 2 * wid * rec:ctrl[C.C_PROF] + 2 * (wid + 1) * rec].view(np.int64)
             run_steps(progs[ctrl[C.C_PROG], wid], 0, weights, arena, np.int64(ctrl[C.C_N]), ctrl,
