@@ -187,30 +187,37 @@ def wait_change(ctrl, idx, old, sleepers, abort, spin_ns, block_ns, ppid):
     > 0, in which case the wait goes on until the word changes, the call is
     aborted, or the parent (ppid) is gone, which also returns ABORTED.
     """
-    v = np.int64(load_acquire(ctrl, idx))
+    return _wait_change(ctrl, idx, old, sleepers, ctrl, abort, spin_ns, block_ns, ppid)
+
+
+@njit(cache=True, inline="always")
+def _wait_change(words, idx, old, sleepers, flags, abort, spin_ns, block_ns, ppid):
+    """wait_change on any int32 words (a pipeline's counters live in an
+    arena), with the abort word flags[abort] in the control block."""
+    v = np.int64(load_acquire(words, idx))
     if v != old:
         return v
     t0 = monotonic_ns()
     i = 0
     while True:
-        v = load_acquire(ctrl, idx)
+        v = load_acquire(words, idx)
         if v != old:
             return v
-        if load_acquire(ctrl, abort) != 0:
+        if load_acquire(flags, abort) != 0:
             return ABORTED
         cpu_relax()
         i += 1
         if (i & 31) == 0 and monotonic_ns() - t0 > spin_ns:
             break
     while True:
-        fetch_add(ctrl, sleepers, 1)
-        if load_acquire(ctrl, idx) == old and load_acquire(ctrl, abort) == 0:
-            block_while(ctrl, idx, old, block_ns)
-        fetch_add(ctrl, sleepers, -1)
-        v = load_acquire(ctrl, idx)
+        fetch_add(words, sleepers, 1)
+        if load_acquire(words, idx) == old and load_acquire(flags, abort) == 0:
+            block_while(words, idx, old, block_ns)
+        fetch_add(words, sleepers, -1)
+        v = load_acquire(words, idx)
         if v != old:
             return v
-        if load_acquire(ctrl, abort) != 0:
+        if load_acquire(flags, abort) != 0:
             return ABORTED
         if ppid <= 0:
             return TIMEOUT
@@ -254,31 +261,14 @@ def barrier(ctrl, base, parties, abort, spin_ns, block_ns, ppid):
 @njit(cache=True)
 def wait_reach(words, idx, target, sleepers, ctrl, abort, spin_ns, ppid):
     """Wait until words[idx] >= target (a pipeline stage's count of finished
-    micro-batches; words may live outside the control block).  Spins
-    spin_ns, then blocks in 1 ms slices.  Returns 0, or ABORTED when
-    ctrl[abort] is set or the parent (ppid > 0) is gone."""
-    t0 = monotonic_ns()
-    i = 0
+    micro-batches; words may live outside the control block): wait_change
+    from each value seen, blocking in 1 ms slices.  Returns 0, or ABORTED
+    when ctrl[abort] is set or the parent (ppid > 0) is gone."""
     while True:
-        if load_acquire(words, idx) >= target:
+        v = np.int64(load_acquire(words, idx))
+        if v >= target:
             return 0
-        if load_acquire(ctrl, abort) != 0:
-            return ABORTED
-        cpu_relax()
-        i += 1
-        if (i & 31) == 0 and monotonic_ns() - t0 > spin_ns:
-            break
-    while True:
-        fetch_add(words, sleepers, 1)
-        v = load_acquire(words, idx)
-        if v < target and load_acquire(ctrl, abort) == 0:
-            block_while(words, idx, v, 1_000_000)
-        fetch_add(words, sleepers, -1)
-        if load_acquire(words, idx) >= target:
-            return 0
-        if load_acquire(ctrl, abort) != 0:
-            return ABORTED
-        if ppid > 0 and _getppid() != ppid:
+        if _wait_change(words, idx, v, sleepers, ctrl, abort, spin_ns, 1_000_000, ppid) == ABORTED:
             return ABORTED
 
 
