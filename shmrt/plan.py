@@ -91,13 +91,12 @@ class Plan:
     programs: dict  # strategy -> int64 [workers, steps, ROW]
     explain_rows: dict = field(default_factory=dict)  # strategy -> list of dicts
     counters: dict = field(default_factory=dict)  # strategy -> (arena offset, words) to zero before each call
+    rates: object = None  # cost.Rates the plans were chosen and are predicted with (None: defaults)
+    tuned: dict = field(default_factory=dict)  # batch size -> program, measured (autotune=True)
 
     @property
     def in_features(self) -> int:
         return int(np.prod(self.in_shape))
-
-    rates: object = None  # cost.Rates the auto choice is predicted with (set by the runtime)
-    tuned: dict = field(default_factory=dict)  # batch size -> program, measured (autotune=True)
 
     def strategy_for(self, strategy: str, n: int) -> str:
         """The program that runs a call of n rows: the one named, or for
@@ -294,22 +293,30 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
     counters = {}
     if "pipeline" in names:
         counters["pipeline"] = (arena.alloc(2 * LINE * P), 2 * LINE * P)
-    programs, explain = {}, {}
+    built = {}
+
+    def whole(s, splits=None):
+        """The (program, explain rows) of a plan over all workers, built once."""
+        if s not in built:
+            b = _Builder(s, P, woff, outs, parts, scratch, inp, splits=splits)
+            for op in ops:
+                b.add(op)
+            built[s] = b.finish()
+        return built[s]
+
     splits = None
-    if P > 1 and set(names) & {"hybrid", "pipeline"}:
-        splits = _layer_splits(ops, P, woff, outs, parts, scratch, inp, maxb, rates)
+    if P > 1 and rates is not None and set(names) & {"hybrid", "pipeline"}:
+        splits = _layer_splits(ops, whole("data"), whole("model"), maxb, rates)
+    programs, explain = {}, {}
     for s in names:
         if s == "pipeline":
             programs[s], explain[s] = _pipeline(ops, P, woff, outs, parts, scratch, inp, counters[s][0], splits)
-            continue
-        b = _Builder(s, P, woff, outs, parts, scratch, inp, splits=splits)
-        for op in ops:
-            b.add(op)
-        programs[s], explain[s] = b.finish()
+        else:
+            programs[s], explain[s] = whole(s, splits)
     output = outs[ops[-1].index] if ops else Output("dense", input_off, in_w, shape=in_shape)
     if output.kind == "dense" and not output.ld and int(np.prod(shapes[-1])) == output.width:
         output.shape = tuple(shapes[-1])  # e.g. a trailing Flatten
-    return Plan(P, maxb, in_shape, tensors, woff, arena.size, input_off, output, programs, explain, counters)
+    return Plan(P, maxb, in_shape, tensors, woff, arena.size, input_off, output, programs, explain, counters, rates)
 
 
 class _Builder:
@@ -641,22 +648,15 @@ def _balance(costs, groups):
     return best[(n, S)][1]
 
 
-def _layer_splits(ops, P, woff, outs, parts, scratch, inp, maxb, rates):
+def _layer_splits(ops, data, model, maxb, rates):
     """Per op, whether the hybrid plan splits it by model: the cheaper, at
-    max_batch rows, of its batch-row and its model-parallel steps as the
-    cost model prices them (barriers included).  None without rates."""
-    if rates is None:
-        return None
+    max_batch rows, of its steps in the batch-row plan and in the
+    model-parallel plan ((program, explain rows) each) as the cost model
+    prices them (barriers included)."""
     from .cost import op_us
-    built = {}
-    for s in ("data", "model"):
-        b = _Builder(s, P, woff, outs, parts, scratch, inp)
-        for op in ops:
-            b.add(op)
-        built[s] = b.finish()
     out = {}
-    for op, rd, rm in zip(ops, built["data"][1], built["model"][1]):
-        t_model, t_data = (op_us(built[k][0], r["steps"], maxb, rates) for k, r in (("model", rm), ("data", rd)))
+    for op, rd, rm in zip(ops, data[1], model[1]):
+        t_model, t_data = (op_us(prog, r["steps"], maxb, rates) for prog, r in ((model[0], rm), (data[0], rd)))
         out[op.index] = (t_model < t_data, f"predicted at batch {maxb}: {t_model:.1f} us by model "
                                            f"(as the model plan splits it: {rm['partition']}), {t_data:.1f} us "
                                            f"by batch rows")

@@ -81,7 +81,6 @@ class Runtime:
         P = max(self.workers, 1)
         rates = self.rates() if P > 1 and strategy in ("auto", "hybrid", "pipeline") else None
         plan = planner.build(model, P, strategy, max_batch, input_shape, rates)
-        plan.rates = rates
         cm = CompiledModel(self, plan, strategy)
         if autotune and len(plan.programs) > 1:
             try:
