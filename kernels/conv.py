@@ -158,8 +158,7 @@ def pool2d(x, out, g, c0, c1, is_max, count_include_pad):
                         iw = ow * sw - pw + j * dw
                         if 0 <= ih < H and 0 <= iw < W:
                             v = x[(c * H + ih) * W + iw]
-                            if v > best or v != v:
-                                best = v
+                            best = _max_nan(v, best)
                             s += v
                             cnt += 1
                         elif count_include_pad and ih < H + ph and iw < W + pw:

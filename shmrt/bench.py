@@ -251,7 +251,7 @@ def interleaved(impls, x, reps, min_time, rounds, pause):
     return {k: np.array(v) for k, v in times.items()}
 
 
-def run_workload(wl, workers, strategies, batches, quick=False, peers=False, ceilings=None):
+def run_workload(wl, workers, strategies, batches, quick=False, peers=False):
     """Every implementation of one workload, per worker count N and batch:
     numpy in one process (its own threads), each peer at N threads (with
     --peers) and shmrt at N workers per strategy -- checked against the

@@ -234,12 +234,17 @@ class CompiledModel:
         if n > 0:
             with rt._lock:
                 rt._check_open()
-                self._reset_counters(name)
                 if rt.pool is None:
+                    self._reset_counters(name)
                     run_in_process(plan.programs[name], self.weights.flat, self.arena, n)
                 else:
-                    rt.pool.command(C.OP_RUN, self.id, n, plan.program_index(name))
+                    self._launch(name, n)
         return self._output_view(n)
+
+    def _launch(self, name, n, prof=-1):
+        """Run program ``name`` on the pool for n rows (prof: see Pool.command)."""
+        self._reset_counters(name)
+        self.runtime.pool.command(C.OP_RUN, self.id, n, self.plan.program_index(name), prof)
 
     def _reset_counters(self, name):
         """A pipeline's stage counters start each call at zero (published by the command)."""
@@ -290,9 +295,8 @@ class CompiledModel:
             rt._check_open()
             t_in = time.monotonic_ns()
             self.input_buffer(n).reshape(n, -1)[...] = x
-            self._reset_counters(name)
             t_posted = time.monotonic_ns()
-            rt.pool.command(C.OP_RUN, self.id, n, prog_index, self._prof_off)
+            self._launch(name, n, self._prof_off)
             t_done = time.monotonic_ns()
             out = self._output_view(n)
             out = tuple(np.array(o) for o in out) if isinstance(out, tuple) else np.array(out)
