@@ -171,9 +171,17 @@ class TopK(_RowWise):
 
 
 class Sequential(Layer):
-    """A chain of layers; the model type every loader produces."""
+    """A chain of layers; the model type every loader produces.
 
-    def __init__(self, layers):
+    input_shape: the per-sample input shape (batch excluded), when the first
+    layers do not fix it (a CNN's (C, H, W), a recurrent model's (T, F));
+    loaders set it from the source.  classes: the class labels of a
+    classifier whose output is one probability per class, in that order:
+    ``CompiledModel.predict`` then returns labels and ``predict_proba`` the
+    probabilities (scikit-learn's meaning).  output_1d: ``predict`` returns
+    ``[N]`` instead of ``[N, 1]`` (a single-target regressor)."""
+
+    def __init__(self, layers, input_shape=None, classes=None, output_1d=False):
         super().__init__()
         layers = list(layers)
         if not layers:
@@ -185,8 +193,26 @@ class Sequential(Layer):
             if isinstance(l, (ArgMax, TopK)):
                 raise ValueError(f"Sequential: {l!r} must be the last layer, found at position {i}")
         self.layers = layers
+        self._input_shape = None
+        if input_shape is not None:
+            shape = tuple(input_shape) if isinstance(input_shape, (tuple, list)) else None
+            if (shape is None or not 1 <= len(shape) <= 3 or any(
+                    isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1 for v in shape)):
+                raise ValueError(f"Sequential: input_shape must be (F,), (T, F) or (C, H, W) with positive ints, "
+                                 f"got {input_shape!r}")
+            self._input_shape = tuple(int(v) for v in shape)
+        self.classes = None
+        if classes is not None:
+            labels = np.asarray(classes)
+            if labels.ndim != 1 or labels.size < 2 or labels.dtype.kind not in "iubUSf":
+                raise ValueError(f"Sequential: classes must be a 1-D list of at least 2 labels (numbers or "
+                                 f"strings), got {classes!r}")
+            self.classes = labels
+        self.output_1d = bool(output_1d)
 
     def input_shape(self):
+        if self._input_shape is not None:
+            return self._input_shape
         for l in self.layers:
             s = l.input_shape()
             if s is not None:
