@@ -229,6 +229,12 @@ class Sequential(Layer):
             out.append(s)
         return out
 
+    def save(self, path) -> None:
+        """Write the model to ``path``: ``.safetensors`` by that suffix, else shmrt's native file (an
+        uncompressed .npz); ``shmrt.load(path)`` reads it back bit-exact.  See shmrt/native.py."""
+        from . import native
+        native.save(self, path)
+
     def __iter__(self):
         return iter(self.layers)
 

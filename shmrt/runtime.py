@@ -82,6 +82,12 @@ class Runtime:
         rates = self.rates() if P > 1 and strategy in ("auto", "hybrid", "pipeline") else None
         plan = planner.build(model, P, strategy, max_batch, input_shape, rates)
         cm = CompiledModel(self, plan, strategy)
+        classes = getattr(model, "classes", None)
+        if classes is not None and tuple(plan.output.shape) != (len(classes),):
+            cm.close()
+            raise ValueError(f"the model names {len(classes)} classes, so its output must be (N, {len(classes)}) "
+                             f"probabilities, got (N, {', '.join(map(str, plan.output.shape))})")
+        cm.classes, cm.output_1d = classes, getattr(model, "output_1d", False)
         if autotune and len(plan.programs) > 1:
             try:
                 from .tune import autotune as tune
@@ -149,6 +155,9 @@ _REFUSED_KINDS = {"c": "complex", "O": "object", "U": "string", "S": "bytes", "M
 class CompiledModel:
     """A model placed in shared memory with its plan; call it like a function."""
 
+    classes = None  # a classifier's labels (see predict)
+    output_1d = False
+
     def __init__(self, rt: Runtime, plan: planner.Plan, strategy: str):
         self.runtime, self.plan, self.strategy = rt, plan, strategy
         self.id = next(_model_ids)
@@ -195,6 +204,24 @@ class CompiledModel:
         if o.kind == "topk":
             return (vals[0], idx[0]) if squeeze else (vals, idx)
         return res[0] if squeeze else res
+
+    # -- scikit-learn's meaning (models loaded from an estimator) --------------
+    def predict(self, x):
+        """A classifier's labels (``classes[argmax]`` of its probabilities), else the model's output
+        (``[N]`` for a single-target regressor): what the estimator's ``predict`` returns."""
+        y = self(x)
+        if self.classes is not None:
+            return self.classes[np.argmax(y, axis=-1)]
+        if self.output_1d and isinstance(y, np.ndarray) and y.shape[-1:] == (1,):
+            return y[..., 0]
+        return y
+
+    def predict_proba(self, x):
+        """A classifier's probability per class, in ``classes`` order."""
+        if self.classes is None:
+            raise TypeError("predict_proba needs a classifier: this model has no classes (load a fitted "
+                            "scikit-learn classifier, or pass classes= to shmrt.Sequential)")
+        return self(x)
 
     def _validate(self, x):
         shape = self.plan.in_shape

@@ -1,0 +1,211 @@
+"""The native model file, and the same architecture record in .npz and .safetensors.
+
+A model file holds two things: the architecture, a JSON record of each
+layer's class and constructor arguments (``config``), and the parameters,
+float32 arrays named ``"{layer index}.{PyTorch name}"``.  The containers:
+
+- native / ``.npz``: an uncompressed numpy ``.npz`` (a zip of ``.npy``
+  files) with the JSON in an extra uint8 entry ``__shmrt__``; read with
+  ``allow_pickle=False``, so no file can make us unpickle.
+- ``.safetensors``: the tensors, with the JSON in the header's metadata
+  under ``"shmrt"`` (safetensors' numpy API; extra ``shmrt[safetensors]``).
+
+Only the layer classes of ``shmrt.layers`` can be named by a file; a
+round trip is bit-exact (the arrays are stored as they are).
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+from . import layers as L
+
+FORMAT = "shmrt-model"
+VERSION = 1
+_KEY = "__shmrt__"
+
+# The classes a file may name, and how each one's constructor arguments are read back off it.
+_CLASSES = {c.__name__: c for c in (
+    L.Linear, L.ReLU, L.Sigmoid, L.Tanh, L.GELU, L.Softmax, L.LogSoftmax, L.ArgMax, L.TopK, L.Standardize,
+    L.MinMaxScale, L.BatchNorm1d, L.BatchNorm2d, L.Select, L.Dropout, L.LayerNorm, L.RNN, L.LSTM, L.GRU,
+    L.Conv2d, L.MaxPool2d, L.AvgPool2d, L.GlobalAvgPool, L.Flatten)}
+
+
+def _config(layer) -> dict:
+    """The constructor arguments of ``layer`` other than its parameter arrays."""
+    if isinstance(layer, L.Linear):
+        c = {"in_features": layer.in_features, "out_features": layer.out_features}
+    elif isinstance(layer, L.Conv2d):
+        c = {k: getattr(layer, k) for k in ("in_channels", "out_channels", "kernel_size", "stride", "padding",
+                                             "dilation", "groups")}
+    elif isinstance(layer, L.GELU):
+        c = {"approximate": layer.approximate}
+    elif isinstance(layer, L.TopK):
+        c = {"k": layer.k, "dim": layer.dim}
+    elif isinstance(layer, L.LayerNorm):
+        c = {"normalized_shape": layer.features, "eps": layer.eps}
+    elif isinstance(layer, L._RowWise):
+        c = {"dim": layer.dim}
+    elif isinstance(layer, L.BatchNorm1d):  # and BatchNorm2d
+        c = {"num_features": layer.features, "eps": layer.eps}
+    elif isinstance(layer, L.Select):
+        idx = layer.indices
+        c = {"indices": {"slice": [idx.start, idx.stop, idx.step]} if isinstance(idx, slice)
+             else [int(i) for i in np.asarray(idx)]}
+    elif isinstance(layer, L.Dropout):
+        c = {"p": layer.p}
+    elif isinstance(layer, L._Recurrent):
+        c = {k: getattr(layer, k) for k in ("input_size", "hidden_size", "num_layers", "bias", "return_sequences")}
+        if isinstance(layer, L.RNN):
+            c["nonlinearity"] = "tanh" if layer.mode == 0 else "relu"
+    elif isinstance(layer, L._Pool2d):
+        c = {"kernel_size": layer.kernel_size, "stride": layer.stride, "padding": layer.padding}
+        if layer.is_max:
+            c["dilation"] = layer.dilation
+        else:
+            c["count_include_pad"] = layer.count_include_pad
+    else:  # activations, GlobalAvgPool, Flatten, Standardize, MinMaxScale: parameters only
+        c = {}
+    if isinstance(layer, (L.Linear, L.Conv2d)) and "bias" not in layer.params:
+        c["bias"] = False
+    return c
+
+
+def architecture(model: L.Sequential) -> dict:
+    """The JSON-able record of ``model``'s architecture (no arrays)."""
+    if not isinstance(model, L.Sequential):
+        raise TypeError(f"expected a shmrt.Sequential, got {type(model).__name__}")
+    arch = {"format": FORMAT, "version": VERSION,
+            "layers": [{"class": type(l).__name__, "config": _config(l), "params": list(l.params)}
+                       for l in model.layers],
+            "input_shape": list(model._input_shape) if model._input_shape is not None else None,
+            "output_1d": model.output_1d, "classes": None}
+    if model.classes is not None:
+        arch["classes"] = {"dtype": model.classes.dtype.str, "labels": model.classes.tolist()}
+    for l in model.layers:
+        if type(l).__name__ not in _CLASSES or _CLASSES[type(l).__name__] is not type(l):
+            raise TypeError(f"cannot save layer {l!r}: only shmrt's built-in layers are saved "
+                            f"({', '.join(sorted(_CLASSES))})")
+    return arch
+
+
+def tensors(model: L.Sequential) -> dict:
+    return {f"{i}.{k}": v for i, l in enumerate(model.layers) for k, v in l.params.items()}
+
+
+def build(arch, arrays, where: str) -> L.Sequential:
+    """The model described by ``arch``, with parameters looked up in ``arrays`` (a name -> array mapping)."""
+    if not isinstance(arch, dict) or arch.get("format") != FORMAT:
+        raise ValueError(f"{where}: not a shmrt model record (expected format {FORMAT!r})")
+    if arch.get("version") != VERSION:
+        raise ValueError(f"{where}: shmrt model record version {arch.get('version')!r}; this shmrt reads "
+                         f"version {VERSION}")
+    layers = []
+    if not isinstance(arch.get("layers"), list) or not arch["layers"]:
+        raise ValueError(f"{where}: the model record has no layers")
+    for i, rec in enumerate(arch["layers"]):
+        if not isinstance(rec, dict) or not isinstance(rec.get("config"), dict) or not isinstance(
+                rec.get("params"), list):
+            raise ValueError(f"{where}: layer {i}'s record must hold class, config and params, got {rec!r}")
+        cls = _CLASSES.get(rec.get("class"))
+        if cls is None:
+            raise ValueError(f"{where}: layer {i} has unknown class {rec.get('class')!r}; expected one of "
+                             f"{', '.join(sorted(_CLASSES))}")
+        config = dict(rec["config"])
+        if isinstance(config.get("indices"), dict):
+            config["indices"] = slice(*config["indices"]["slice"])
+        params = {}
+        for name in rec["params"]:
+            key = f"{i}.{name}"
+            if key not in arrays:
+                raise ValueError(f"{where}: parameter {key!r} of layer {i} ({rec['class']}) is missing")
+            arr = np.asarray(arrays[key])
+            if arr.dtype != np.float32:
+                raise ValueError(f"{where}: parameter {key!r} must be float32, got {arr.dtype}")
+            params[name] = arr
+        try:
+            layers.append(cls(**config, **params))
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{where}: layer {i} ({rec['class']}): {e}") from None
+    classes = arch.get("classes")
+    if classes is not None:
+        classes = np.asarray(classes["labels"], dtype=np.dtype(classes["dtype"]))
+    return L.Sequential(layers, input_shape=arch.get("input_shape"), classes=classes,
+                        output_1d=arch.get("output_1d", False))
+
+
+def _atomic_write(path, write) -> None:
+    """Write through a temporary file beside ``path``, then rename: never a half-written model file."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".shmrt-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save(model: L.Sequential, path) -> None:
+    """Write ``model`` to ``path``: safetensors for a ``.safetensors`` name, else the native npz container."""
+    path = os.fspath(path)
+    arch, arrays = architecture(model), tensors(model)
+    text = json.dumps(arch)
+    if path.endswith(".safetensors"):
+        st = _safetensors()
+        blob = st.save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata={"shmrt": text})
+        _atomic_write(path, lambda f: f.write(blob))
+    else:
+        record = {_KEY: np.frombuffer(text.encode(), dtype=np.uint8), **arrays}
+        _atomic_write(path, lambda f: np.savez(f, **record))
+
+
+def _safetensors():
+    try:
+        import safetensors.numpy as st
+    except ImportError:
+        raise ImportError('reading or writing .safetensors needs the safetensors package: '
+                          'pip install "shmrt[safetensors]"') from None
+    return st
+
+
+def _corrupt(path, e):
+    return ValueError(f"{path}: not a readable shmrt model file (truncated or corrupt?): {type(e).__name__}: {e}")
+
+
+def load_npz(path) -> L.Sequential:
+    """A native or ``.npz`` model file (never unpickles)."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            files = set(z.files)
+            arch = json.loads(bytes(z[_KEY]).decode()) if _KEY in files else None
+            arrays = {k: z[k] for k in files - {_KEY}}
+    except (zipfile.BadZipFile, EOFError, OSError, UnicodeDecodeError, ValueError) as e:
+        raise _corrupt(path, e) from None
+    if arch is None:
+        raise ValueError(f"{path}: this .npz holds no shmrt architecture (no {_KEY!r} entry); "
+                         f"write model files with model.save(path)")
+    return build(arch, arrays, str(path))
+
+
+def load_safetensors(path) -> L.Sequential:
+    """A ``.safetensors`` file whose metadata carries the shmrt architecture."""
+    _safetensors()
+    from safetensors import safe_open
+    try:
+        with safe_open(os.fspath(path), framework="np") as f:
+            meta = f.metadata() or {}
+            arch = json.loads(meta["shmrt"]) if "shmrt" in meta else None
+            arrays = {k: f.get_tensor(k) for k in f.keys()}
+    except Exception as e:  # safetensors_rust.SafetensorError, I/O and JSON errors
+        raise _corrupt(path, e) from None
+    if arch is None:
+        raise ValueError(f"{path}: this .safetensors file's metadata holds no shmrt architecture "
+                         f"(key 'shmrt'); write model files with model.save(path)")
+    return build(arch, arrays, str(path))
