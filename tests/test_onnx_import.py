@@ -162,6 +162,25 @@ def test_torch_export(rt, name, exporter, folding):
             assert rel_err(y, ref_torch) <= 1e-5, (s, n)
 
 
+@pytest.mark.parametrize("name", list(MODELS))
+def test_same_module_loads_directly_and_through_onnx(rt, name, tmp_path):
+    """shmrt.load(module) and shmrt.load(exported .onnx file) of the same torch module: every strategy
+    matches torch (float64), and the two imports give the same layers."""
+    m, shape = torch_model(name)
+    path = tmp_path / f"{name}.onnx"
+    path.write_bytes(export(name, "legacy", True))
+    direct, via_onnx = shmrt.load(m, input_shape=shape), shmrt.load(path)
+    assert [type(l) for l in direct.layers if not isinstance(l, shmrt.BatchNorm2d)] == \
+        [type(l) for l in via_onnx.layers]  # the exporter folds BatchNorm into the conv
+    m64 = copy.deepcopy(m).double()
+    x = rnd(5, *shape, seed=7)
+    with torch.no_grad():
+        ref = m64(torch.from_numpy(x).double()).numpy()
+    for model in (direct, via_onnx):
+        for s, y in run_all(rt, model, x):
+            assert rel_err(y, ref) <= 1e-5, (s, model)
+
+
 @pytest.mark.parametrize("opset", [13, 17])
 def test_legacy_old_opsets_erf_gelu_and_layernorm(rt, opset):
     """Before opset 20 the exporter writes exact GELU as Div, Erf, Add, Mul, Mul; before 17 LayerNorm as
