@@ -112,6 +112,15 @@ class Runtime:
             with self._lock:
                 self.pool.command(C.OP_NOP)
 
+    def _inject_fault(self, worker: int, kind: int = 1) -> None:
+        """Test hook: worker ``worker`` raises inside its next RUN (kind 1: ZeroDivisionError,
+        2: ValueError), as a kernel would; the call then raises that error (see WorkerError)."""
+        self._check_open()
+        if self.pool is None or not 0 <= worker < self.workers or kind not in (1, 2):
+            raise ValueError(f"_inject_fault: expected a worker in 0..{self.workers - 1} and kind 1 or 2, "
+                             f"got worker={worker!r}, kind={kind!r}")
+        C.set_word(self.pool.ctrl, C.wline(worker) + C.W_FAULT, kind)
+
     def pids(self) -> list:
         return self.pool.pids() if self.pool is not None else []
 
