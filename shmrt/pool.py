@@ -164,7 +164,7 @@ class Pool:
     def _heal(self) -> None:
         self.deaths_seen = self.launcher.deaths
         for w, p in enumerate(self.procs):
-            if w not in self.restarting and p.poll() is not None:
+            if p.poll() is not None:  # idle, or killed while it was starting
                 self._spawn(w)
                 self.restarting.add(w)
 
