@@ -157,6 +157,19 @@ class Runtime:
         return f"shmrt.Runtime(workers={self.workers}, {state})"
 
 
+def _check_room(n, o) -> None:
+    """Refuse a batch whose output cannot fit in memory, before allocating it."""
+    per_row = o.width * 12 if o.kind == "topk" else int(np.prod(o.shape)) * (8 if o.kind == "argmax" else 4)
+    need = n * per_row
+    if need > 1 << 30:
+        import psutil
+        free = psutil.virtual_memory().available
+        if need > free:
+            raise ValueError(f"a batch of {n:,} rows needs {need / 2**30:,.1f} GiB for its output, and "
+                             f"{free / 2**30:,.1f} GiB of memory is available; expected a batch that fits "
+                             f"(call in parts)")
+
+
 _REFUSED_KINDS = {"c": "complex", "O": "object", "U": "string", "S": "bytes", "M": "datetime",
                   "m": "timedelta", "V": "structured"}
 
@@ -197,6 +210,7 @@ class CompiledModel:
         x, squeeze = self._validate(x)
         n = x.shape[0]
         o = self.plan.output
+        _check_room(n, o)
         if o.kind == "topk":
             vals, idx = np.empty((n, o.width), np.float32), np.empty((n, o.width), np.int64)
         else:
