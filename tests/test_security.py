@@ -31,7 +31,7 @@ def segments_of(rt, cm):
 def test_segments_are_private_with_unguessable_names(placed):
     rt, cm = placed
     names = segments_of(rt, cm)
-    assert set(names.values()) == lc.shm_segments(os.getpid())
+    assert set(names.values()) <= lc.shm_segments(os.getpid())
     for what, name in names.items():
         m = NAME.match(name)
         assert m and int(m.group(1)) == os.getpid(), name  # 64 random bits after the pid
