@@ -5,6 +5,7 @@ IEEE arithmetic gives them), and the pool stays healthy throughout.
 The default run draws a few hundred cases; the test marked slow draws 10,000
 (``python -m pytest -m slow tests/test_bad_input.py -s``).
 """
+import collections
 import math
 
 import numpy as np
@@ -113,6 +114,7 @@ def check_case(rt, cms, name, case):
             cm(given_x)
         return "refused shape"
     y = cm(given_x)
+    nonfinite = arr.dtype.kind == "f" and not np.isfinite(arr).all()
     xb = np.asarray(arr, dtype=np.float32)
     if single:
         xb = xb[None]
@@ -133,13 +135,23 @@ def check_case(rt, cms, name, case):
             assert abs(a - b) <= 1e-5 * max(1.0, abs(b)), (i, j, a, b)
     else:
         same_ieee(y[None] if single else y, ref, name)
-    return "ran"
+    return "ran with NaN/Inf" if nonfinite else ("ran, empty batch" if arr.shape[0] == 0 and batched else "ran")
+
+
+COUNTS = collections.Counter()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def report_counts():
+    yield
+    if COUNTS:
+        print(f"\nbad input: {sum(COUNTS.values()):,} cases: " + ", ".join(f"{v:,} {k}" for k, v in COUNTS.items()))
 
 
 def run_cases(compiled, data, name):
     rt, cms = compiled
     sample = cms[name][2]
-    check_case(rt, cms, name, data.draw(inputs(sample)))
+    COUNTS[check_case(rt, cms, name, data.draw(inputs(sample)))] += 1
 
 
 SETTINGS = dict(deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
