@@ -16,7 +16,7 @@ _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 @njit(cache=True, inline="always")
 def act1(v, act):
     if act == RELU:
-        return v if v > 0.0 else 0.0
+        return 0.0 if v <= 0.0 else v  # NaN stays NaN, as in IEEE arithmetic and PyTorch
     if act == SIGMOID:
         if v >= 0.0:
             return 1.0 / (1.0 + math.exp(-v))
@@ -45,7 +45,7 @@ def bias_act_row(o, b, act):
             zero = np.float32(0.0)
             for j in range(o.shape[0]):
                 v = o[j]
-                o[j] = v if v > zero else zero
+                o[j] = zero if v <= zero else v  # NaN stays NaN
         return
     for j in range(o.shape[0]):
         v = float(o[j])

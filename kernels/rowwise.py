@@ -44,19 +44,25 @@ def argmax(x, out):
         out[i] = best
 
 
+@njit(cache=True, inline="always")
+def _above(a, b):
+    """a ranks above b: larger, with NaN above every number (as torch.topk and argmax rank it)."""
+    return a > b or (a != a and b == b)
+
+
 @njit(cache=True)
 def topk(x, values, indices):
-    """The k = values.shape[1] largest per row, descending; ties keep the lower index."""
+    """The k = values.shape[1] largest per row, descending (NaN first); ties keep the lower index."""
     n, m = x.shape
     k = values.shape[1]
     for i in range(n):
         cnt = 0
         for j in range(m):
             v = x[i, j]
-            if cnt == k and not v > values[i, k - 1]:
+            if cnt == k and not _above(v, values[i, k - 1]):
                 continue
             p = cnt if cnt < k else k - 1
-            while p > 0 and v > values[i, p - 1]:
+            while p > 0 and _above(v, values[i, p - 1]):
                 if p < k:
                     values[i, p] = values[i, p - 1]
                     indices[i, p] = indices[i, p - 1]

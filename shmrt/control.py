@@ -14,7 +14,8 @@ workers which models' segments to attach.
     5     ABORT      non-zero: abandon the current command (a worker died)
     6     ZERO       always 0: the abort word of waits that must not abort
     7-9   BARRIER    arrival count, generation, sleepers (sync.barrier)
-    10+w  WORKER w   state, last generation done, pid, step being run
+    10+w  WORKER w   state, last generation done, pid, step being run, fault
+                     (non-zero: raise inside the next RUN; tests only)
     then  STAGE g    3 lines per group g < workers: the barrier of a pipeline
                      stage's worker group (sync.barrier), see barrier_line
 
@@ -36,8 +37,8 @@ GEN, GEN_SLEEP, CMD, DONE, DONE_SLEEP, ABORT, ZERO, BARRIER = (i * LINE for i in
 WORKER0 = 10 * LINE
 # CMD words
 C_OP, C_MODEL, C_N, C_PROG, C_PROF = CMD, CMD + 1, CMD + 2, CMD + 3, CMD + 4
-# worker line words
-W_STATE, W_GEN, W_PID, W_STEP = range(4)
+# worker line words (W_FAULT: a test hook, see Runtime._inject_fault)
+W_STATE, W_GEN, W_PID, W_STEP, W_FAULT = range(5)
 # ops
 OP_NOP, OP_RUN, OP_SYNC, OP_EXIT = 0, 1, 2, 3
 # worker states

@@ -314,6 +314,12 @@ def serve(ctrl, wid, model, progs, weights, arena, gen, spin_ns, idle_spin_ns, b
     while True:
         op = ctrl[C.C_OP]
         if op == C.OP_RUN and ctrl[C.C_MODEL] == model:
+            fault = ctrl[C.WORKER0 + wid * C.LINE + C.W_FAULT]
+            if fault != 0:  # the fault-injection hook of the tests (Runtime._inject_fault)
+                ctrl[C.WORKER0 + wid * C.LINE + C.W_FAULT] = 0
+                if fault == 1:
+                    raise ZeroDivisionError("injected fault: float division by zero")
+                raise ValueError("injected fault: a kernel refused its input")
             prof = no_prof
             if ctrl[C.C_PROF] >= 0:  # a profiled call: this worker's record of step times
                 rec = progs.shape[2] + 1

@@ -15,6 +15,7 @@ code.  The user's process never forks (it may have threads), and needs no
 
     parent --stdin:  "spawn WID CPU IDLE_SPIN_US" --> template --fork--> worker WID
     parent <--stdout: "pid WID PID" / "dead WID PID CODE" -- template (reaps)
+                      "error WID PID [module, type, message]" -- a worker, before it exits
 
 If the parent dies, the template sees EOF on its stdin and exits; the
 workers see their parent (the template) change and clean up.  Where fork
@@ -22,6 +23,7 @@ does not exist (Windows), each worker is its own ``python -m shmrt.worker``.
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -40,6 +42,9 @@ def worker_env() -> dict:
 
 class ExecLauncher:
     """One ``python -m shmrt.worker`` per worker (no fork available)."""
+
+    errors = {}  # no channel back: a worker's exception is only printed on stderr
+    deaths = None  # not counted: the pool finds a dead worker when a call stalls
 
     def __init__(self, common_args: list):
         self.common = common_args
@@ -90,17 +95,25 @@ class ForkLauncher:
         self.cond = threading.Condition()
         self.pids = {}  # wid -> pid of the newest worker with that id
         self.exits = {}  # pid -> exit code (negative: signal)
+        self.errors = {}  # pid -> (module, type name, message) of the exception that ended the worker
+        self.deaths = 0  # workers reaped so far: the pool looks for dead ones when this moves
         self.reader = threading.Thread(target=self._read, name="shmrt-template-reader", daemon=True)
         self.reader.start()
 
     def _read(self):
         for line in self.proc.stdout:
-            parts = line.split()
+            parts = line.split(maxsplit=3)
             with self.cond:
                 if parts[:1] == ["pid"]:
                     self.pids[int(parts[1])] = int(parts[2])
                 elif parts[:1] == ["dead"]:
                     self.exits[int(parts[2])] = int(parts[3])
+                    self.deaths += 1
+                elif parts[:1] == ["error"] and len(parts) == 4:
+                    try:
+                        self.errors[int(parts[2])] = tuple(json.loads(parts[3]))
+                    except ValueError:
+                        pass
                 self.cond.notify_all()
         with self.cond:  # the template is gone: so are its workers, or they soon will be
             self.pids[-1] = -1

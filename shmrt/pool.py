@@ -23,6 +23,7 @@ next call.
 """
 from __future__ import annotations
 
+import builtins
 import os
 import subprocess
 import threading
@@ -38,7 +39,9 @@ from .sync import LINE, TIMEOUT, wake_all
 
 
 class WorkerError(RuntimeError):
-    """A worker process died during a call; the call's result is lost."""
+    """A worker process died during a call; the call's result is lost.  When the
+    worker died of a Python exception (raised in a kernel, say), the error
+    raised is also an instance of that exception's type, with its message."""
 
 
 def cpu_order() -> list:
@@ -94,6 +97,7 @@ class Pool:
         self.cpus = cpu_order() if config.PIN else []
         self.models = {}  # model id -> spec (segment names, programs)
         self.restarting = set()  # workers started again, not yet seen READY
+        self.deaths_seen = None  # the launcher's count of reaped workers, when last looked at
         self.lock = threading.RLock()
         self.closed = False
         C.write_msg(self.seg.buf, self.msg_off, {"models": {}})
@@ -137,6 +141,8 @@ class Pool:
         in the model's arena (see executor.run_steps)."""
         if self.closed:
             raise RuntimeError("this shmrt.Runtime is closed; create a new one")
+        if getattr(self.launcher, "deaths", None) != self.deaths_seen:
+            self._heal()  # a worker died between calls: start it again before this call
         if self.restarting:
             self._await_ready(sorted(self.restarting))
             self.restarting.clear()
@@ -154,6 +160,30 @@ class Pool:
             if not self.closed:
                 self._recover([])
             raise
+
+    def _heal(self) -> None:
+        self.deaths_seen = self.launcher.deaths
+        for w, p in enumerate(self.procs):
+            if p.poll() is not None:  # idle, or killed while it was starting
+                self._spawn(w)
+                self.restarting.add(w)
+
+    def _error(self, w: int, how: str, where: str) -> WorkerError:
+        """The exception a call raises for dead worker ``w``: its own, when it reported one."""
+        pid = self.procs[w].pid
+        record = self.launcher.errors.pop(pid, None)
+        tail = "; the call was abandoned and the worker restarted, so the next call runs normally"
+        if record is None:
+            return WorkerError(f"worker {w} (pid {pid}, {how}{where}) died during the call{tail}")
+        module, name, message = record
+        text = f"worker {w} (pid {pid}) raised {name}: {message}{where}{tail}"
+        cls = getattr(builtins, name, None) if module == "builtins" else None
+        if isinstance(cls, type) and issubclass(cls, Exception) and not issubclass(cls, WorkerError):
+            try:  # both: `except ZeroDivisionError` and `except shmrt.WorkerError` catch it
+                return type(name, (WorkerError, cls), {"__module__": "shmrt.pool"})(text)
+            except TypeError:  # a base with its own layout (OSError and kin)
+                pass
+        return WorkerError(text)
 
     def _recover(self, dead: list) -> None:
         """Abort the current command, wait for the survivors, restart the dead."""
@@ -176,17 +206,16 @@ class Pool:
         for base in C.barrier_lines(self.n):
             self.ctrl[base] = 0
         C.set_word(self.ctrl, C.ABORT, 0)
-        info = []
+        errors = []
         for w in sorted(set(dead) | set(stuck)):
             code = self.procs[w].returncode
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
             where = f", at step {steps[w]} of the program" if w in steps else ""
-            info.append(f"worker {w} (pid {self.procs[w].pid}, {how}{where})")
+            errors.append(self._error(w, how, where))
             self._spawn(w)
             self.restarting.add(w)  # the next command waits for it
         if dead:
-            raise WorkerError(f"{', '.join(info)} died during the call; the call was abandoned and "
-                              f"the worker restarted, so the next call runs normally")
+            raise errors[0]
 
     def sync_models(self) -> None:
         with self.lock:

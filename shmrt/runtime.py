@@ -112,6 +112,15 @@ class Runtime:
             with self._lock:
                 self.pool.command(C.OP_NOP)
 
+    def _inject_fault(self, worker: int, kind: int = 1) -> None:
+        """Test hook: worker ``worker`` raises inside its next RUN (kind 1: ZeroDivisionError,
+        2: ValueError), as a kernel would; the call then raises that error (see WorkerError)."""
+        self._check_open()
+        if self.pool is None or not 0 <= worker < self.workers or kind not in (1, 2):
+            raise ValueError(f"_inject_fault: expected a worker in 0..{self.workers - 1} and kind 1 or 2, "
+                             f"got worker={worker!r}, kind={kind!r}")
+        C.set_word(self.pool.ctrl, C.wline(worker) + C.W_FAULT, kind)
+
     def pids(self) -> list:
         return self.pool.pids() if self.pool is not None else []
 
@@ -146,6 +155,19 @@ class Runtime:
     def __repr__(self):
         state = "closed" if self._closed else "open"
         return f"shmrt.Runtime(workers={self.workers}, {state})"
+
+
+def _check_room(n, o) -> None:
+    """Refuse a batch whose output cannot fit in memory, before allocating it."""
+    per_row = o.width * 12 if o.kind == "topk" else int(np.prod(o.shape)) * (8 if o.kind == "argmax" else 4)
+    need = n * per_row
+    if need > 1 << 30:
+        import psutil
+        free = psutil.virtual_memory().available
+        if need > free:
+            raise ValueError(f"a batch of {n:,} rows needs {need / 2**30:,.1f} GiB for its output, and "
+                             f"{free / 2**30:,.1f} GiB of memory is available; expected a batch that fits "
+                             f"(call in parts)")
 
 
 _REFUSED_KINDS = {"c": "complex", "O": "object", "U": "string", "S": "bytes", "M": "datetime",
@@ -188,6 +210,7 @@ class CompiledModel:
         x, squeeze = self._validate(x)
         n = x.shape[0]
         o = self.plan.output
+        _check_room(n, o)
         if o.kind == "topk":
             vals, idx = np.empty((n, o.width), np.float32), np.empty((n, o.width), np.int64)
         else:

@@ -14,9 +14,10 @@ Lifecycle (who creates, who writes, who unlinks, when):
   3.11/3.12 the tracker of an attaching process unlinks the segment or
   reports it as leaked when that process exits, and unregistering after
   registering corrupts the creator's entry (CPython gh-82300).
-- Weights are written once, by the parent, before any worker attaches;
-  every process then sees them through read-only numpy views (a write
-  raises ``ValueError: assignment destination is read-only``).
+- Weights are written once, by the parent, before any worker attaches.
+  Workers map them read-only (O_RDONLY, PROT_READ: even a stray native
+  write faults), and every process sees them through read-only numpy views
+  (a write raises ``ValueError: assignment destination is read-only``).
 - The activation arena and the control block are written by everyone, in
   the disjoint slices the plan hands out.
 
@@ -47,7 +48,7 @@ def new_name() -> str:
 class Segment:
     """One shared-memory segment, created (owner) or attached by name."""
 
-    def __init__(self, name: str, nbytes: int, create: bool):
+    def __init__(self, name: str, nbytes: int, create: bool, readonly: bool = False):
         self.name, self.nbytes, self.owner = name, int(nbytes), create
         self._shm = self._mmap = None
         size = max(self.nbytes, 64)
@@ -56,14 +57,14 @@ class Segment:
             self.buf = self._shm.buf
             return
         import _posixshmem
-        flags = os.O_RDWR | (os.O_CREAT | os.O_EXCL if create else 0)
+        flags = (os.O_RDONLY if readonly and not create else os.O_RDWR) | (os.O_CREAT | os.O_EXCL if create else 0)
         fd = _posixshmem.shm_open("/" + name, flags, mode=0o600)
         try:
             if create:
                 os.ftruncate(fd, size)
                 # the tracker (a separate process) unlinks it if this process is killed
                 resource_tracker.register("/" + name, "shared_memory")
-            self._mmap = mmap.mmap(fd, size)
+            self._mmap = mmap.mmap(fd, size, access=mmap.ACCESS_READ if readonly and not create else mmap.ACCESS_WRITE)
         except BaseException:
             if create:
                 _posixshmem.shm_unlink("/" + name)
@@ -144,7 +145,8 @@ class WeightStore:
 
     @classmethod
     def attach(cls, name: str, nbytes: int, manifest: dict) -> "WeightStore":
-        return cls(Segment(name, nbytes, create=False), manifest)
+        """A worker's view: the pages are mapped read-only (PROT_READ), so no write can reach them."""
+        return cls(Segment(name, nbytes, create=False, readonly=True), manifest)
 
     def view(self, name: str) -> np.ndarray:
         _, shape, off = self.manifest[name]

@@ -3,6 +3,9 @@
     python -m shmrt.worker run      CTRL BYTES MSG_OFF SPIN_US WID CPU IDLE_SPIN_US PPID
     python -m shmrt.worker template CTRL BYTES MSG_OFF SPIN_US   (then "spawn WID CPU IDLE_SPIN_US" on stdin)
 
+A worker killed by an exception (in a kernel, say) reports its type and
+message to the parent before it exits, so the failed call raises it.
+
 Started by launch.py with one-thread BLAS/Numba settings in its environment.
 A worker pins itself, attaches the control block and every model the parent
 lists in the message area, says READY, then loops: wait for a command, run
@@ -126,6 +129,20 @@ def _orphaned(models, ctrl_name) -> int:
     return 3
 
 
+def _report(chan, wid, exc) -> None:
+    """Tell the parent, through the template's channel, which exception killed this worker:
+    one line "error WID PID [module, type, message]" (under PIPE_BUF, so never interleaved)."""
+    if chan is None:
+        return
+    import json
+    t = type(exc)
+    record = json.dumps([t.__module__, t.__qualname__, str(exc)[:2000]])
+    try:
+        os.write(chan, f"error {wid} {os.getpid()} {record}\n".encode()[:4000])
+    except OSError:
+        pass
+
+
 def template(argv) -> int:
     """Load everything once, then fork a worker per "spawn" line on stdin;
     report "pid WID PID" and, when reaped, "dead WID PID CODE"; exit on EOF."""
@@ -150,13 +167,15 @@ def template(argv) -> int:
             if cmd[0] == "spawn":
                 pid = os.fork()
                 if pid == 0:  # the worker
-                    code = 1
+                    code, chan = 1, None
                     try:
-                        os.dup2(2, 1)  # stdout is the template's channel to the parent
+                        chan = os.dup(1)  # the template's channel to the parent: for an error report
+                        os.dup2(2, 1)  # the worker's own prints go to stderr
                         code = main(argv + cmd[1:4] + [str(os.getppid())])
-                    except BaseException:
+                    except BaseException as e:
                         import traceback
                         traceback.print_exc()
+                        _report(chan, cmd[1], e)
                     finally:
                         sys.stderr.flush()
                         os._exit(code)

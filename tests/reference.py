@@ -35,7 +35,9 @@ def forward(model, x):
         elif isinstance(layer, shmrt.ArgMax):
             h = np.argmax(h, axis=1)
         elif isinstance(layer, shmrt.TopK):
-            idx = np.argsort(-h, axis=1, kind="stable")[:, :layer.k]
+            nan = np.isnan(h)  # NaN ranks first (as torch.topk), then larger values, then lower indices
+            idx = np.lexsort((np.broadcast_to(np.arange(h.shape[1]), h.shape), -np.where(nan, 0, h), ~nan),
+                             axis=1)[:, :layer.k]
             h = (np.take_along_axis(h, idx, 1), idx)
         elif isinstance(layer, shmrt.BatchNorm2d):
             sh = (1, -1, 1, 1)
@@ -60,7 +62,7 @@ def forward(model, x):
         elif isinstance(layer, shmrt.GlobalAvgPool):
             h = h.mean(axis=(2, 3))
         elif isinstance(layer, shmrt.Flatten):
-            h = h.reshape(h.shape[0], -1)
+            h = h.reshape(h.shape[0], int(np.prod(h.shape[1:])))
         else:
             h = act(h, layer)
     return h
