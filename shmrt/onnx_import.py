@@ -175,7 +175,7 @@ class _Converter:
         return f"ONNX node {idx} ({node.name or 'unnamed'}, op {node.op_type})"
 
     def fail(self, node, idx, msg):
-        if getattr(self, "static_batch", 0):
+        if getattr(self, "static_batch", 0) and ("batch" in msg or "reshape" in msg):
             msg += (f" [note: the graph input has a fixed batch size {self.static_batch}; export it with a dynamic "
                     f"batch axis, e.g. torch.onnx.export(..., dynamic_axes={{'x': {{0: 'N'}}}}) or dynamic_shapes]")
         raise UnsupportedONNX(f"{self.where(node, idx)}: {msg}")
@@ -220,6 +220,7 @@ class _Converter:
             except Exception:  # a pattern that does not fit is left to the node-by-node walk
                 pass
         nodes = self.live(nodes)
+        self.consumed = {o.name for o in g.output} | {x for _, n in nodes for x in n.input if x}
         for idx, node in nodes:
             try:
                 self.step(idx, node)
@@ -956,8 +957,8 @@ class _Converter:
         r = len(ins[0].shape)
         if ax % r != r - 1:
             self.fail(node, idx, f"attribute axis={ax} is not supported: only the last axis (-1)")
-        if any(o for o in node.output[1:]):
-            self.fail(node, idx, "the Mean/InvStdDev outputs are not supported")
+        if any(o and o in self.consumed for o in node.output[1:]):
+            self.fail(node, idx, "the Mean/InvStdDev outputs are not supported (only Y may be used)")
         v = self.dense(node, idx, ins[0])
         F = self.ir[0]
         w = self.vec(node, idx, 1, F, "Scale")
@@ -1342,7 +1343,10 @@ def _merge_recurrent(layers):
 
 
 def _fmt(shape):
-    return "[" + ", ".join("N" if n == _B else str(n) for n in shape) + "]"
+    """A folded shape for a message: the batch sentinel (and its multiples) shown as N."""
+    def one(n):
+        return "N" if n == _B else f"{n // _B}*N" if n and n % _B == 0 else str(n)
+    return "[" + ", ".join(one(n) for n in shape) + "]"
 
 
 def _reshape_target(in_shape, target, allowzero):
