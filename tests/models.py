@@ -1,5 +1,14 @@
-"""Models shared by the tests and by the child scripts they run."""
+"""Models and inputs shared by the tests and by the child scripts they run."""
+import numpy as np
+
 import shmrt
+
+STRATEGIES = ("auto", "data", "model", "hybrid", "pipeline")
+
+
+def rnd(*shape, seed=0):
+    """Seeded standard-normal float32 inputs."""
+    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
 def small_mlp():

@@ -16,15 +16,12 @@ import numpy as np
 import pytest
 
 import shmrt
+from models import rnd  # noqa: E402
 import test_lifecycle as lc  # its helpers: Child, shm_segments, assert_nothing_left (module import: not re-collected)
 from reference import forward as reference, rel_err
 
 pytestmark = lc.pytestmark
 DETECT_S = 1.0  # the spec: an affected call raises within 1 s of the kill
-
-
-def rnd(*shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
 def cases():

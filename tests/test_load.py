@@ -10,11 +10,8 @@ import numpy as np
 import pytest
 
 import shmrt
+from models import rnd  # noqa: E402
 from shmrt import native
-
-
-def rnd(*shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
 def models():
@@ -37,12 +34,6 @@ def models():
         shmrt.GRU(7, 4, bias=False, return_sequences=False), shmrt.Linear(4, 2)], input_shape=(6, 3))
     return {"dense": (dense, rnd(5, 9, seed=7)), "cnn": (cnn, rnd(3, 4, 9, 11, seed=8)),
             "recurrent": (rec, rnd(4, 6, 3, seed=9))}
-
-
-@pytest.fixture(scope="module")
-def rt():
-    with shmrt.Runtime(workers=2) as rt:
-        yield rt
 
 
 def assert_same_model(a, b):

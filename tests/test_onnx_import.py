@@ -16,21 +16,9 @@ torch = pytest.importorskip("torch")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import shmrt  # noqa: E402
+from models import rnd, STRATEGIES  # noqa: E402
 from reference import forward, rel_err  # noqa: E402
 from shmrt.onnx_import import from_onnx, load_onnx_file  # noqa: E402
-
-STRATEGIES = ("auto", "data", "model", "hybrid", "pipeline")
-
-
-@pytest.fixture(scope="module")
-def rt():
-    with shmrt.Runtime(workers=2) as rt:
-        yield rt
-
-
-def rnd(*shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
 
 def ort_run(data, x):
     sess = ort.InferenceSession(data, providers=["CPUExecutionProvider"])

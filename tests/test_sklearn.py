@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 import shmrt
+from models import STRATEGIES  # noqa: E402
 
 sklearn = pytest.importorskip("sklearn")
 from sklearn.datasets import load_breast_cancer, load_diabetes, load_digits  # noqa: E402
@@ -12,15 +13,6 @@ from sklearn.pipeline import make_pipeline  # noqa: E402
 from sklearn.preprocessing import MinMaxScaler, StandardScaler  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")
-STRATEGIES = ("auto", "data", "model", "hybrid", "pipeline")
-
-
-@pytest.fixture(scope="module")
-def rt():
-    with shmrt.Runtime(workers=2) as rt:
-        yield rt
-
-
 @pytest.fixture(scope="module")
 def digits():
     return load_digits(return_X_y=True)

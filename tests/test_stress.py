@@ -16,14 +16,10 @@ import pytest
 
 import shmrt
 import test_lifecycle as lc
-from models import small_mlp
+from models import rnd, small_mlp
 from reference import forward as reference, rel_err
 
 pytestmark = lc.pytestmark
-
-
-def rnd(*shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
 
 
 # -- concurrency -----------------------------------------------------------------------

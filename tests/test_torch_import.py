@@ -10,21 +10,9 @@ nn = torch.nn
 F = torch.nn.functional
 
 import shmrt  # noqa: E402
+from models import rnd, STRATEGIES  # noqa: E402
 from reference import forward, rel_err  # noqa: E402
 from shmrt.torch_import import from_torch  # noqa: E402
-
-STRATEGIES = ("auto", "data", "model", "hybrid", "pipeline")
-
-
-@pytest.fixture(scope="module")
-def rt():
-    with shmrt.Runtime(workers=2) as rt:
-        yield rt
-
-
-def rnd(*shape, seed=0):
-    return np.random.default_rng(seed).standard_normal(shape).astype(np.float32)
-
 
 def torch_ref(m, x):
     """The module's own forward in float64 (eval mode), on a copy."""
