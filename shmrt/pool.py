@@ -147,8 +147,8 @@ class Pool:
             self._await_ready(sorted(self.restarting))
             self.restarting.clear()
         self.ctrl[C.C_PROF] = prof  # published by call's release of GEN
-        r = C.call(self.ctrl, op, model, n, prog, self.n, self.spin_ns, self.block_ns)
-        try:
+        try:  # a KeyboardInterrupt can land as soon as call returns, with the command in flight
+            r = C.call(self.ctrl, op, model, n, prog, self.n, self.spin_ns, self.block_ns)
             while r == TIMEOUT:
                 dead = [w for w, p in enumerate(self.procs) if p.poll() is not None]
                 if dead:
