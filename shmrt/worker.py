@@ -157,9 +157,21 @@ def template(argv) -> int:
     gc.freeze()  # keep the collector from touching (and so copying) the shared heap
     children = {}
     stdin = sys.stdin
+    # A worker's death wakes the loop at once (SIGCHLD through a wakeup pipe), so the parent
+    # hears of it in about a millisecond and can replace an idle worker before the next call.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
     while True:
-        ready, _, _ = select.select([stdin], [], [], 0.05)
-        if ready:
+        ready, _, _ = select.select([stdin, wake_r], [], [], 0.05)
+        if wake_r in ready:
+            try:
+                os.read(wake_r, 4096)
+            except BlockingIOError:
+                pass
+        if stdin in ready:
             line = stdin.readline()
             if not line:
                 break  # the parent is gone (or closed us)
@@ -168,6 +180,10 @@ def template(argv) -> int:
                 pid = os.fork()
                 if pid == 0:  # the worker
                     code, chan = 1, None
+                    signal.set_wakeup_fd(-1)
+                    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+                    os.close(wake_r)
+                    os.close(wake_w)
                     try:
                         chan = os.dup(1)  # the template's channel to the parent: for an error report
                         os.dup2(2, 1)  # the worker's own prints go to stderr

@@ -69,6 +69,21 @@ def test_a_worker_error_surfaces_its_type_and_message(hang_guard, kind, exc, tex
         assert rt.pids()[0] == old[0] and rt.pids()[1] != old[1]
 
 
+def test_a_worker_killed_while_idle_is_replaced_before_the_next_call(hang_guard):
+    shmrt.manual_seed(2)
+    model = shmrt.Sequential([shmrt.Linear(16, 32), shmrt.ReLU(), shmrt.Linear(32, 3)])
+    x = rnd(4, 16)
+    ref = reference(model, x)
+    with shmrt.Runtime(workers=2) as rt, rt.compile(model, strategy="model", max_batch=4) as cm:
+        for round_ in range(3):
+            old = rt.pids()
+            seen = rt.pool.launcher.deaths
+            os.kill(old[round_ % 2], signal.SIGKILL)
+            assert lc.wait_until(lambda: rt.pool.launcher.deaths != seen, 5.0), "the death was not reported"
+            assert rel_err(cm(x), ref) <= 1e-5  # no WorkerError: the pool healed first
+            assert rt.pids()[round_ % 2] != old[round_ % 2]
+
+
 # -- workers killed at random points -----------------------------------------------
 
 def kill_rounds(n, seed=0):
