@@ -211,7 +211,6 @@ def calibrate(rt) -> Rates:
     gflops, read, cache, source = kernel_rates()
     from . import layers as L
     tiny = L.Sequential([L.Linear(32, 32, weight=np.eye(32), bias=np.zeros(32)) for _ in range(8)])
-    x = np.ones((2, 32), np.float32)
     cms = {s: rt.compile(tiny, strategy=s, max_batch=2) for s in ("data", "model")}
     try:
         nb = int(np.sum(cms["model"].plan.programs["model"][0, :, 0] == BARRIER))

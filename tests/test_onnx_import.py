@@ -17,7 +17,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import shmrt  # noqa: E402
 from models import rnd, STRATEGIES  # noqa: E402
-from reference import forward, rel_err  # noqa: E402
+from reference import rel_err  # noqa: E402
 from shmrt.onnx_import import from_onnx, load_onnx_file  # noqa: E402
 
 def ort_run(data, x):
