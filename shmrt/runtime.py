@@ -157,10 +157,14 @@ class Runtime:
         return f"shmrt.Runtime(workers={self.workers}, {state})"
 
 
-def _check_room(n, o) -> None:
+def _row_bytes(o) -> int:
+    """Bytes of output per row (TopK: float32 values and int64 indices)."""
+    return o.width * 12 if o.kind == "topk" else int(np.prod(o.shape)) * (8 if o.kind == "argmax" else 4)
+
+
+def _check_room(n, row_bytes) -> None:
     """Refuse a batch whose output cannot fit in memory, before allocating it."""
-    per_row = o.width * 12 if o.kind == "topk" else int(np.prod(o.shape)) * (8 if o.kind == "argmax" else 4)
-    need = n * per_row
+    need = n * row_bytes
     if need > 1 << 30:
         import psutil
         free = psutil.virtual_memory().available
@@ -185,6 +189,7 @@ class CompiledModel:
         self.id = next(_model_ids)
         self.max_batch = plan.max_batch
         self.in_features = plan.in_features
+        self._row_bytes = _row_bytes(plan.output)
         self.weights = WeightStore.pack(plan.tensors)
         try:
             self._programs = _stack(list(plan.programs.values()))
@@ -210,7 +215,7 @@ class CompiledModel:
         x, squeeze = self._validate(x)
         n = x.shape[0]
         o = self.plan.output
-        _check_room(n, o)
+        _check_room(n, self._row_bytes)
         if o.kind == "topk":
             vals, idx = np.empty((n, o.width), np.float32), np.empty((n, o.width), np.int64)
         else:
