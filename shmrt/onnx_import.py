@@ -23,7 +23,7 @@ import os
 import numpy as np
 
 from . import layers as L
-from .onnx_patterns import UnsupportedONNX, attrs, rewrite_gelu, rewrite_layernorm
+from .onnx_patterns import UnsupportedONNX, attrs, rewrite_gelu, rewrite_layernorm, tensor_array
 
 _B = 1_000_003          # the batch-size sentinel in folded shape arithmetic (a prime)
 _MIN_OPSET, _MAX_OPSET = 13, 22
@@ -60,13 +60,20 @@ def load_onnx_file(path) -> L.Sequential:
 
 
 def _tensors(graph):
-    """Every TensorProto of a graph that can hold data: initializers and Constant values."""
+    """Every TensorProto of a graph that can hold data: initializers (dense and sparse) and every tensor
+    attribute of every node (Constant, ConstantOfShape, ...), subgraphs included."""
     out = list(graph.initializer)
+    for sp in graph.sparse_initializer:
+        out += [sp.values, sp.indices]
     for node in graph.node:
-        if node.op_type == "Constant":
-            for a in node.attribute:
-                if a.name == "value" and a.HasField("t"):
-                    out.append(a.t)
+        for a in node.attribute:
+            if a.HasField("t"):
+                out.append(a.t)
+            out += list(a.tensors)
+            if a.HasField("sparse_tensor"):
+                out += [a.sparse_tensor.values, a.sparse_tensor.indices]
+            for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                out += _tensors(sub)
     return out
 
 
@@ -261,7 +268,9 @@ class _Converter:
 
     def to_array(self, t, what):
         try:
-            a = self.onnx.numpy_helper.to_array(t)
+            a = tensor_array(self.onnx, t)
+        except UnsupportedONNX:
+            raise
         except Exception as e:
             raise ValueError(f"ONNX {what}: cannot read tensor data ({type(e).__name__}: {e})") from None
         return a
@@ -431,7 +440,8 @@ class _Converter:
             return np.broadcast_to(_compact(x).astype(dt), x.shape)
         if op == "ConstantOfShape":
             val = a.get("value")
-            v = self.onnx.numpy_helper.to_array(val).reshape(-1)[0] if val is not None else np.float32(0)
+            v = (self.to_array(val, f"ConstantOfShape node {idx}").reshape(-1)[0] if val is not None
+                 else np.float32(0))
             return np.broadcast_to(np.asarray(v), tuple(ints(x)))
         if op == "Expand":
             return np.broadcast_to(x, np.broadcast_shapes(x.shape, tuple(ints(ins[1]))))

@@ -12,6 +12,15 @@ class UnsupportedONNX(NotImplementedError, ValueError):
     """An ONNX construct shmrt cannot express (a ValueError)."""
 
 
+def tensor_array(onnx, t) -> np.ndarray:
+    """A TensorProto's values; external data must have been read (from inside the model's folder)
+    before, so that onnx never resolves a location against the current directory."""
+    if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
+        raise UnsupportedONNX(f"ONNX tensor {t.name!r} keeps its data in an external file that was not read from "
+                              f"the model's folder; load the model with shmrt.load(path)")
+    return onnx.numpy_helper.to_array(t)
+
+
 def attrs(onnx, node) -> dict:
     """A node's attributes as Python values (strings decoded)."""
     out = {}
@@ -39,14 +48,14 @@ def rewrite_gelu(onnx, graph, pairs):
     for n in nodes:
         if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value":
             const.add(n.output[0])
-            const_val[n.output[0]] = onnx.numpy_helper.to_array(n.attribute[0].t)
+            const_val[n.output[0]] = tensor_array(onnx, n.attribute[0].t)
 
     def cval(name):
         if name in const_val:
             return const_val[name]
         for t in graph.initializer:
             if t.name == name:
-                return onnx.numpy_helper.to_array(t)
+                return tensor_array(onnx, t)
         return None
 
     def scalar(name, target):
@@ -131,7 +140,7 @@ def rewrite_layernorm(onnx, graph, pairs):
         for o in n.output:
             producer[o] = n
         if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value":
-            cval[n.output[0]] = nh.to_array(n.attribute[0].t)
+            cval[n.output[0]] = tensor_array(onnx, n.attribute[0].t)
     for t in graph.initializer:
         cval.setdefault(t.name, None)
 
@@ -139,7 +148,7 @@ def rewrite_layernorm(onnx, graph, pairs):
         if name not in cval:
             return None
         if cval[name] is None:
-            cval[name] = nh.to_array(next(t for t in graph.initializer if t.name == name))
+            cval[name] = tensor_array(onnx, next(t for t in graph.initializer if t.name == name))
         return cval[name]
 
     def only(name, op):

@@ -486,6 +486,31 @@ def test_external_data_escaping_the_folder(tmp_path, where):
         load_onnx_file(path)
 
 
+def test_external_data_in_any_tensor_attribute_is_confined(tmp_path, monkeypatch):
+    """ConstantOfShape's value (not an initializer, not a Constant) with external data: read from the
+    model's folder or refused, never resolved against the current directory."""
+    shape = helper.make_node("Shape", ["x"], ["s"])
+    value = numpy_helper.from_array(np.array([42.0], np.float32), "v")
+    value.ClearField("raw_data")
+    value.ClearField("float_data")
+    value.data_location = TensorProto.EXTERNAL
+    e = value.external_data.add()
+    e.key, e.value = "location", "leak.bin"
+    cos = helper.make_node("ConstantOfShape", ["s"], ["c"], value=value)
+    proto = make([shape, cos, helper.make_node("Add", ["x", "c"], ["y"])], [4], [4])
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    (cwd / "leak.bin").write_bytes(np.array([42.0], np.float32).tobytes())
+    monkeypatch.chdir(cwd)
+    (tmp_path / "model").mkdir()
+    path = tmp_path / "model" / "m.onnx"
+    path.write_bytes(proto.SerializeToString())
+    with pytest.raises(ValueError, match="leak.bin"):  # not in the model's folder: missing
+        shmrt.load(path)
+    with pytest.raises(ValueError, match="external"):  # a bare proto has no folder to read from
+        from_onnx(onnx.load(str(path), load_external_data=False))
+
+
 def test_truncated_and_garbage_files(tmp_path):
     data = export("mlp", "legacy", True)
     p = tmp_path / "cut.onnx"
