@@ -28,6 +28,7 @@ import os
 import subprocess
 import threading
 import time
+import warnings
 
 import numpy as np
 
@@ -165,6 +166,10 @@ class Pool:
         self.deaths_seen = self.launcher.deaths
         for w, p in enumerate(self.procs):
             if p.poll() is not None:  # idle, or killed while it was starting
+                record = self.launcher.errors.pop(p.pid, None)
+                if record is not None:
+                    warnings.warn(f"shmrt worker {w} (pid {p.pid}) died between calls of {record[1]}: "
+                                  f"{record[2]}; it was started again", RuntimeWarning, stacklevel=3)
                 self._spawn(w)
                 self.restarting.add(w)
 
@@ -215,7 +220,10 @@ class Pool:
             self._spawn(w)
             self.restarting.add(w)  # the next command waits for it
         if dead:
-            raise errors[0]
+            first = errors[0]
+            if len(errors) > 1:
+                first.args = (f"{first.args[0]}; and also: " + "; ".join(str(e) for e in errors[1:]),)
+            raise first
 
     def sync_models(self) -> None:
         with self.lock:

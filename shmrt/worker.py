@@ -136,9 +136,14 @@ def _report(chan, wid, exc) -> None:
         return
     import json
     t = type(exc)
-    record = json.dumps([t.__module__, t.__qualname__, str(exc)[:2000]])
+    message = str(exc)
+    while True:  # JSON escapes can make a message up to 6x longer: shorten until the line fits
+        line = f"error {wid} {os.getpid()} {json.dumps([t.__module__, t.__qualname__, message])}\n".encode()
+        if len(line) <= 4000 or not message:
+            break
+        message = message[:len(message) // 2] + "..."
     try:
-        os.write(chan, f"error {wid} {os.getpid()} {record}\n".encode()[:4000])
+        os.write(chan, line)
     except OSError:
         pass
 

@@ -84,6 +84,39 @@ def test_a_worker_killed_while_idle_is_replaced_before_the_next_call(hang_guard)
             assert rt.pids()[round_ % 2] != old[round_ % 2]
 
 
+def test_two_failing_workers_are_both_named(hang_guard):
+    shmrt.manual_seed(1)
+    model = shmrt.Sequential([shmrt.Linear(8, 16), shmrt.ReLU(), shmrt.Linear(16, 4)])
+    x = rnd(4, 8)
+    with shmrt.Runtime(workers=2) as rt, rt.compile(model, strategy="model", max_batch=4) as cm:
+        rt._inject_fault(0, 1)
+        rt._inject_fault(1, 2)
+        with pytest.raises(shmrt.WorkerError) as info:
+            cm(x)
+        text = str(info.value)
+        assert "ZeroDivisionError: injected fault" in text and "ValueError: injected fault" in text, text
+        assert rel_err(cm(x), reference(model, x)) <= 1e-5
+
+
+@pytest.mark.parametrize("message", ["é" * 2000, '"\\' * 3000, "a" * 100_000, ""])
+def test_an_error_report_is_one_short_line(message):
+    """A worker's report must fit one pipe write with its newline, whatever JSON makes of the message:
+    a cut line would swallow the template's next "dead" line, and the call would wait for ever."""
+    import json
+
+    from shmrt.worker import _report
+    r, w = os.pipe()
+    _report(w, "3", ValueError(message))
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    assert data.endswith(b"\n") and data.count(b"\n") == 1 and len(data) <= 4000, len(data)
+    kind, wid, pid, record = data.decode().split(maxsplit=3)
+    module, name, text = json.loads(record)
+    assert (kind, wid, module, name) == ("error", "3", "builtins", "ValueError")
+    assert message.startswith(text.removesuffix("...")[:50])
+
+
 # -- workers killed at random points -----------------------------------------------
 
 def kill_rounds(n, seed=0):
