@@ -30,8 +30,10 @@ def load(source, **options) -> L.Sequential:
 
     options:
       sha256=    (paths and URLs) the file's expected SHA-256, hex; a mismatch raises and caches nothing
-      cache_dir= (URLs) where downloads are kept (default ``$SHMRT_CACHE`` or ``~/.cache/shmrt/models``)
+      cache_dir= (http/https URLs) where downloads are kept (default ``$SHMRT_CACHE`` or
+                 ``~/.cache/shmrt/models``); a file: URL is read in place
       progress=  (URLs) show download progress on stderr (default True)
+      refresh=   (URLs) download again even if the cache holds the URL (default False)
       input_shape= (torch modules) the per-sample input shape when the first layer does not fix it
     """
     mod = type(source).__module__ or ""
@@ -68,11 +70,25 @@ def _is_torch_module(obj) -> bool:
     return torch is not None and isinstance(obj, torch.nn.Module)
 
 
-def _load_path(source, sha256=None, cache_dir=None, progress=True):
+_PATH_OPTIONS = ("sha256", "cache_dir", "progress", "refresh")
+
+
+def _load_path(source, **options):
+    unknown = sorted(set(options) - set(_PATH_OPTIONS))
+    if unknown:
+        raise TypeError(f"shmrt.load: unexpected option(s) {unknown} for a path or URL; expected some of "
+                        f"{', '.join(_PATH_OPTIONS)}")
+    sha256 = options.get("sha256")
     text = os.fspath(source)
     scheme = urllib.parse.urlsplit(text).scheme if isinstance(text, str) else ""
+    if scheme == "file":  # a local file: read in place, never copied into the cache (it could go stale)
+        parts = urllib.parse.urlsplit(text)
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"shmrt.load: file URL {text!r} names host {parts.netloc!r}; expected a local file "
+                             f"(file:///path)")
+        return _load_path(urllib.request.url2pathname(parts.path), sha256=sha256)
     if scheme in _URL_SCHEMES:
-        path = fetch(text, sha256=sha256, cache_dir=cache_dir, progress=progress)
+        path = fetch(text, **options)
     elif "://" in str(text):
         raise ValueError(f"shmrt.load: unsupported URL scheme {scheme!r} in {text!r}; expected one of "
                          f"{', '.join(_URL_SCHEMES)}")
@@ -142,19 +158,21 @@ def _check_digest(where, got, want):
         raise ValueError(f"{where}: sha256 mismatch: expected {want.lower()}, got {got}")
 
 
-def fetch(url, sha256=None, cache_dir=None, progress=True, timeout=60.0) -> str:
+def fetch(url, sha256=None, cache_dir=None, progress=True, refresh=False, timeout=60.0) -> str:
     """Download ``url`` into the cache (once) and return the local path.
 
     The download goes to a temporary file in the cache folder and is renamed
     into place only once complete and (with ``sha256``) verified: a failed or
     rejected download leaves nothing in the cache.  A cached file is reused,
-    after checking it against ``sha256`` when one is given."""
+    after checking it against ``sha256`` when one is given; without a pin, a
+    URL whose content changes keeps its first download until ``refresh=True``
+    (only ``sha256=`` guarantees which file you run)."""
     if sha256 is not None:
         _check_pin(sha256)  # before any download
     folder = os.fspath(cache_dir) if cache_dir is not None else default_cache_dir()
     os.makedirs(folder, exist_ok=True)
     final = os.path.join(folder, _cache_name(url))
-    if os.path.isfile(final):
+    if os.path.isfile(final) and not refresh:
         if sha256 is None or _file_digest(final) == sha256.lower():
             return final
         os.unlink(final)  # a stale or damaged cache entry: fetch again

@@ -155,9 +155,12 @@ def _atomic_write(path, write) -> None:
 def save(model: L.Sequential, path) -> None:
     """Write ``model`` to ``path``: safetensors for a ``.safetensors`` name, else the native npz container."""
     path = os.fspath(path)
+    if path.lower().endswith(".onnx"):
+        raise ValueError(f"model.save({path!r}): shmrt writes its native format (any other name, e.g. .shmrt or "
+                         f".npz) or .safetensors, not ONNX; export ONNX from the training framework")
     arch, arrays = architecture(model), tensors(model)
     text = json.dumps(arch)
-    if path.endswith(".safetensors"):
+    if path.lower().endswith(".safetensors"):
         st = _safetensors()
         blob = st.save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata={"shmrt": text})
         _atomic_write(path, lambda f: f.write(blob))

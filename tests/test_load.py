@@ -195,6 +195,35 @@ def test_file_url_and_local_sha256(served, tmp_path):
     srv, model, digest, cache = served
     path = tmp_path / "site" / "dense.shmrt"
     assert_same_model(model, shmrt.load(path.as_uri(), cache_dir=cache, progress=False))
+    assert not os.path.exists(cache) or os.listdir(cache) == []  # read in place, not cached
+    other, _ = models()["cnn"]
+    other.save(path)  # the file changes: a file: URL sees the change
+    assert_same_model(other, shmrt.load(path.as_uri(), cache_dir=cache))
+    model.save(path)
     assert_same_model(model, shmrt.load(path, sha256=digest))
     with pytest.raises(ValueError, match="sha256 mismatch"):
         shmrt.load(path, sha256="f" * 64)
+    with pytest.raises(ValueError, match="names host 'example.org'"):
+        shmrt.load("file://example.org/m.shmrt")
+
+
+def test_refresh_downloads_a_changed_url_again(served, tmp_path):
+    srv, model, digest, cache = served
+    url = f"{srv.url}/dense.shmrt"
+    assert_same_model(model, shmrt.load(url, cache_dir=cache, progress=False))
+    other, _ = models()["recurrent"]
+    other.save(tmp_path / "site" / "dense.shmrt")
+    assert_same_model(model, shmrt.load(url, cache_dir=cache, progress=False))  # unpinned: the cached copy
+    assert_same_model(other, shmrt.load(url, cache_dir=cache, progress=False, refresh=True))
+    assert len(srv.hits) == 2 and len(os.listdir(cache)) == 1
+
+
+def test_save_names_and_options(tmp_path):
+    model, _ = models()["dense"]
+    with pytest.raises(ValueError, match="not ONNX"):
+        model.save(tmp_path / "m.onnx")
+    if pytest.importorskip("safetensors"):
+        model.save(tmp_path / "M.SAFETENSORS")  # the suffix in any case
+        assert_same_model(model, shmrt.load(tmp_path / "M.SAFETENSORS"))
+    with pytest.raises(TypeError, match=r"unexpected option\(s\) \['input_shape'\] for a path or URL; expected"):
+        shmrt.load(tmp_path / "M.SAFETENSORS", input_shape=(2,))
