@@ -46,13 +46,27 @@ def _linear(est):
     return model.layers, dict(output_1d=coef.ndim == 1)
 
 
+def _is_multinomial(est, features) -> bool:
+    """Whether the estimator's own predict_proba is the softmax of its decision function (the rule for
+    which solver and multi_class setting gives which has changed across scikit-learn versions, so ask
+    the estimator, on a few probe rows)."""
+    if getattr(est, "multi_class", "auto") == "ovr":
+        return False
+    rng = np.random.default_rng(0)
+    probe = np.vstack([np.zeros(features), rng.standard_normal((4, features))])
+    d = est.decision_function(probe)
+    e = np.exp(d - d.max(axis=1, keepdims=True))
+    return bool(np.abs(est.predict_proba(probe) - e / e.sum(axis=1, keepdims=True)).max() <= 1e-9)
+
+
 def _logistic(est):
     _fitted(est, "coef_", "intercept_", "classes_")
     coef = np.asarray(est.coef_, np.float64)
     classes = _labels(est.classes_)
-    if getattr(est, "multi_class", "auto") == "ovr" and classes.size > 2:
-        raise ValueError("LogisticRegression(multi_class='ovr') with more than 2 classes is not supported: "
-                         "its probabilities are normalised one-vs-rest sigmoids; expected the multinomial model")
+    if classes.size > 2 and not _is_multinomial(est, coef.shape[1]):
+        raise ValueError("LogisticRegression fitted one-vs-rest (multi_class='ovr', or the liblinear solver) "
+                         "with more than 2 classes is not supported: its probabilities are normalised sigmoids; "
+                         "expected the multinomial (softmax) model")
     if classes.size == 2:
         return _binary_head(coef[0], est.intercept_), dict(classes=classes)
     return [L.Linear(coef.shape[1], coef.shape[0], weight=coef, bias=est.intercept_), L.Softmax()], \

@@ -118,6 +118,22 @@ def test_refusals(cancer):
         shmrt.load(make_pipeline(PCA(3), LogisticRegression()).fit(X, y))
 
 
+def test_one_vs_rest_probabilities_are_refused(digits):
+    """Older scikit-learn fits multiclass liblinear models one-vs-rest (normalised sigmoids, not a
+    softmax); shmrt asks the estimator which it is. Stand-in: the same estimator type with OvR proba."""
+    import sklearn.linear_model as lm
+
+    class LogisticRegression(lm.LogisticRegression):
+        def predict_proba(self, X):
+            p = 1.0 / (1.0 + np.exp(-self.decision_function(X)))
+            return p / p.sum(axis=1, keepdims=True)
+
+    X, y = digits
+    est = LogisticRegression(max_iter=200).fit(X / 16.0, y)
+    with pytest.raises(ValueError, match="one-vs-rest .* expected the multinomial"):
+        shmrt.load(est)
+
+
 def test_round_trip_keeps_classes(tmp_path, cancer):
     X, y = cancer
     est = make_pipeline(StandardScaler(), LogisticRegression(max_iter=5000)).fit(X, y)
