@@ -6,13 +6,13 @@ zero-padded plane + one GEMM per image) against a direct Numba
 loop nest, both in GFLOP/s next to the machine's single-thread sgemm
 ceiling measured in the same run.  Checked against each other first.
 """
-import time
 
 import numpy as np
 from numba import njit
 from threadpoolctl import threadpool_limits
 
 from kernels.conv import conv2d, scratch_floats
+from shmrt.ceilings import timeit
 
 
 @njit(cache=True, fastmath=True)
@@ -35,13 +35,7 @@ def direct_conv(x, w, b, out, C, H, W, K, OH, OW):
 
 
 def median_time(fn, reps=7):
-    fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return float(np.median(ts))
+    return float(np.median(timeit(fn, reps)))
 
 
 def main():

@@ -1,15 +1,15 @@
 """Why the MLP's data plan loses to its model plan at batch 256 on 2 workers:
-python bench/gemm_rows.py
+python bench/gemm_rows.py   (with shmrt installed, or PYTHONPATH=.)
 
 One thread of OpenBLAS, the per-worker shapes of the bench's MLP
 (1024-4096-4096-1024): a data worker multiplies 128 rows by all the
 weights, a model worker 256 rows by half of them (columns).  Same flops;
 fewer rows amortise OpenBLAS's packing of the weights worse.
 """
-import time
-
 import numpy as np
 from threadpoolctl import threadpool_limits
+
+from shmrt.ceilings import timeit
 
 rng = np.random.default_rng(0)
 W = [rng.standard_normal((o, i), dtype=np.float32) for i, o in [(1024, 4096), (4096, 4096), (4096, 1024)]]
@@ -17,15 +17,14 @@ W = [rng.standard_normal((o, i), dtype=np.float32) for i, o in [(1024, 4096), (4
 
 def run(rows, half):
     x = rng.standard_normal((rows, 1024), dtype=np.float32)
-    ts = []
-    for _ in range(7):
-        t = time.perf_counter()
+
+    def forward():
         h = x
         for w in W:
             part = h @ (w[: w.shape[0] // 2] if half else w).T
             h = np.concatenate([part, part], 1) if half else part
-        ts.append(time.perf_counter() - t)
-    return np.median(ts) * 1e3
+
+    return np.median(timeit(forward, 7, warmup=0)) * 1e3
 
 
 with threadpool_limits(1):

@@ -21,24 +21,12 @@ import numpy as np
 import shmrt
 
 from . import ceilings
+from .ceilings import timeit
 from .peers import PEERS, Impl, Skip
 from .workloads import WORKLOADS, numpy_forward
 
 def rel_err(y, ref) -> float:
     return float(np.max(np.abs(y - ref)) / max(np.max(np.abs(ref)), 1e-30))
-
-
-def timeit(fn, reps: int, min_time: float, warmup: int = 2):
-    """Per-call seconds: ``warmup`` calls excluded, then ``reps`` calls or
-    until ``min_time`` has passed, whichever is later (at most 20 x reps)."""
-    for _ in range(warmup):
-        fn()
-    ts, t_end = [], time.perf_counter() + min_time
-    while len(ts) < reps or (time.perf_counter() < t_end and len(ts) < 20 * reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return np.array(ts)
 
 
 def roundtrip_us(rt, n=3000):

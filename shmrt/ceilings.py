@@ -16,15 +16,22 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 
+def timeit(fn, reps: int, min_time: float = 0.0, warmup: int = 1) -> np.ndarray:
+    """Per-call seconds: ``warmup`` calls excluded, then ``reps`` calls or
+    until ``min_time`` has passed, whichever is later (at most 20 x reps)."""
+    for _ in range(warmup):
+        fn()
+    ts, t_end = [], time.perf_counter() + min_time
+    while len(ts) < reps or (time.perf_counter() < t_end and len(ts) < 20 * reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return np.array(ts)
+
+
 def best_time(fn, reps: int) -> float:
     """The fastest of reps calls of fn (after one warm-up), in seconds."""
-    fn()
-    ts = []
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t)
-    return min(ts)
+    return float(timeit(fn, reps).min())
 
 
 def measure(threads: int, quick: bool = False) -> dict:

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import os
-import time
 
 import numpy as np
 
+from .ceilings import timeit
 from .cost import _cache_path, load, machine_key, store
 
 
@@ -46,13 +46,7 @@ def autotune(cm, model, reps: int = 3) -> dict:
         best = None
         for name in plan.programs:
             plan.tuned = {b: name}  # run this program
-            cm.run_in_place(b)
-            ts = []
-            for _ in range(reps):
-                t = time.perf_counter()
-                cm.run_in_place(b)
-                ts.append(time.perf_counter() - t)
-            t = float(np.median(ts))
+            t = float(np.median(timeit(lambda: cm.run_in_place(b), reps)))
             if best is None or t < best[0]:
                 best = (t, name)
         chosen[b] = best[1]
