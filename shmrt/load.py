@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
-import tempfile
 import urllib.parse
 import urllib.request
 
@@ -105,7 +104,7 @@ def load_file(path) -> L.Sequential:
     """A local model file, by its suffix, else by its first bytes."""
     path = os.fspath(path)
     with open(path, "rb") as f:
-        head = f.read(8)
+        head = f.read(9)  # a zip's "PK", or safetensors' 8-byte header length and its JSON's "{"
     lower = path.lower()
     if lower.endswith(".onnx"):
         from .onnx_import import load_onnx_file
@@ -114,16 +113,10 @@ def load_file(path) -> L.Sequential:
         return native.load_safetensors(path)
     if lower.endswith((".npz", ".shmrt")) or head.startswith(b"PK"):
         return native.load_npz(path)
-    if len(head) == 8 and int.from_bytes(head, "little") < os.path.getsize(path) and _peek(path).startswith(b"{"):
+    if len(head) == 9 and int.from_bytes(head[:8], "little") < os.path.getsize(path) and head[8:] == b"{":
         return native.load_safetensors(path)
     raise ValueError(f"shmrt.load: cannot tell the format of {path!r}; expected a name ending in "
                      f"{', '.join(_SUFFIXES)} or a native file written by model.save")
-
-
-def _peek(path) -> bytes:
-    with open(path, "rb") as f:
-        f.seek(8)
-        return f.read(1)
 
 
 # -- URLs ---------------------------------------------------------------------------
@@ -176,37 +169,34 @@ def fetch(url, sha256=None, cache_dir=None, progress=True, refresh=False, timeou
         if sha256 is None or _file_digest(final) == sha256.lower():
             return final
         os.unlink(final)  # a stale or damaged cache entry: fetch again
-    fd, tmp = tempfile.mkstemp(prefix=".download-", dir=folder)
     try:
+        resp = urllib.request.urlopen(url, timeout=timeout)
+    except Exception as e:
+        raise OSError(f"shmrt.load: cannot download {url}: {e}") from None
+
+    def download(out):  # streamed into a temporary file, renamed into the cache only if this returns
         h = hashlib.sha256()
-        with os.fdopen(fd, "wb") as out:
-            try:
-                resp = urllib.request.urlopen(url, timeout=timeout)
-            except Exception as e:
-                raise OSError(f"shmrt.load: cannot download {url}: {e}") from None
-            with resp:
-                total = int(resp.headers.get("Content-Length") or 0) if hasattr(resp, "headers") else 0
-                bar = _Progress(url, total) if progress else None
-                done = 0
-                while True:
-                    block = resp.read(1 << 20)
-                    if not block:
-                        break
-                    out.write(block)
-                    h.update(block)
-                    done += len(block)
-                    if bar:
-                        bar.update(len(block))
-                if bar:
-                    bar.close()
-                if total and done != total:
-                    raise OSError(f"shmrt.load: download of {url} ended early: {done} of {total} bytes")
+        total = int(resp.headers.get("Content-Length") or 0)
+        bar = _Progress(url, total) if progress else None
+        done = 0
+        while True:
+            block = resp.read(1 << 20)
+            if not block:
+                break
+            out.write(block)
+            h.update(block)
+            done += len(block)
+            if bar:
+                bar.update(len(block))
+        if bar:
+            bar.close()
+        if total and done != total:
+            raise OSError(f"shmrt.load: download of {url} ended early: {done} of {total} bytes")
         if sha256 is not None:
             _check_digest(url, h.hexdigest(), sha256)
-        os.replace(tmp, final)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    with resp:
+        native.atomic_write(final, download)
     return final
 
 

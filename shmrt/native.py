@@ -138,8 +138,9 @@ def build(arch, arrays, where: str) -> L.Sequential:
                         output_1d=arch.get("output_1d", False))
 
 
-def _atomic_write(path, write) -> None:
-    """Write through a temporary file beside ``path``, then rename: never a half-written model file."""
+def atomic_write(path, write) -> None:
+    """Call ``write(file)`` on a temporary file beside ``path``, then rename it to ``path``: never a
+    half-written file; if ``write`` raises, the temporary file is removed and ``path`` is untouched."""
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(prefix=".shmrt-", dir=folder)
     try:
@@ -163,10 +164,10 @@ def save(model: L.Sequential, path) -> None:
     if path.lower().endswith(".safetensors"):
         st = _safetensors()
         blob = st.save({k: np.ascontiguousarray(v) for k, v in arrays.items()}, metadata={"shmrt": text})
-        _atomic_write(path, lambda f: f.write(blob))
+        atomic_write(path, lambda f: f.write(blob))
     else:
         record = {_KEY: np.frombuffer(text.encode(), dtype=np.uint8), **arrays}
-        _atomic_write(path, lambda f: np.savez(f, **record))
+        atomic_write(path, lambda f: np.savez(f, **record))
 
 
 def _safetensors():
