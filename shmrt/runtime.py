@@ -81,12 +81,11 @@ class Runtime:
         P = max(self.workers, 1)
         rates = self.rates() if P > 1 and strategy in ("auto", "hybrid", "pipeline") else None
         plan = planner.build(model, P, strategy, max_batch, input_shape, rates)
-        cm = CompiledModel(self, plan, strategy)
         classes = getattr(model, "classes", None)
         if classes is not None and tuple(plan.output.shape) != (len(classes),):
-            cm.close()
             raise ValueError(f"the model names {len(classes)} classes, so its output must be (N, {len(classes)}) "
                              f"probabilities, got (N, {', '.join(map(str, plan.output.shape))})")
+        cm = CompiledModel(self, plan, strategy)
         cm.classes, cm.output_1d = classes, getattr(model, "output_1d", False)
         if autotune and len(plan.programs) > 1:
             try:

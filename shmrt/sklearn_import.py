@@ -78,13 +78,12 @@ def _mlp(est, classifier):
     if est.activation not in _ACTS:
         raise ValueError(f"{type(est).__name__}: activation {est.activation!r} is not supported; expected one of "
                          f"{sorted(_ACTS)}")
+    def dense(w, b):  # sklearn keeps coefs_ as [in, out]
+        return L.Linear(w.shape[0], w.shape[1], weight=np.asarray(w, np.float64).T, bias=b)
+
     layers = []
-    n = len(est.coefs_)
-    for i, (w, b) in enumerate(zip(est.coefs_, est.intercepts_)):
-        w = np.asarray(w, np.float64)
-        if i == n - 1:
-            break
-        layers.append(L.Linear(w.shape[0], w.shape[1], weight=w.T, bias=b))
+    for w, b in zip(est.coefs_[:-1], est.intercepts_[:-1]):
+        layers.append(dense(w, b))
         if _ACTS[est.activation] is not None:
             layers.append(_ACTS[est.activation]())
     w, b = np.asarray(est.coefs_[-1], np.float64), est.intercepts_[-1]
@@ -92,11 +91,10 @@ def _mlp(est, classifier):
         if est.out_activation_ != "identity":
             raise ValueError(f"MLPRegressor with output activation {est.out_activation_!r} (loss="
                              f"{getattr(est, 'loss', '?')!r}) is not supported; expected loss='squared_error'")
-        layers.append(L.Linear(w.shape[0], w.shape[1], weight=w.T, bias=b))
-        return layers, dict(output_1d=w.shape[1] == 1)
+        return layers + [dense(w, b)], dict(output_1d=w.shape[1] == 1)
     classes = _labels(est.classes_)
     if est.out_activation_ == "softmax":
-        layers += [L.Linear(w.shape[0], w.shape[1], weight=w.T, bias=b), L.Softmax()]
+        layers += [dense(w, b), L.Softmax()]
     elif est.out_activation_ == "logistic" and w.shape[1] == 1 and classes.ndim == 1 and classes.size == 2:
         layers += _binary_head(w[:, 0], b)
     else:

@@ -57,14 +57,15 @@ class Segment:
             self.buf = self._shm.buf
             return
         import _posixshmem
-        flags = (os.O_RDONLY if readonly and not create else os.O_RDWR) | (os.O_CREAT | os.O_EXCL if create else 0)
+        ro = readonly and not create  # the creator writes the contents first
+        flags = (os.O_RDONLY if ro else os.O_RDWR) | (os.O_CREAT | os.O_EXCL if create else 0)
         fd = _posixshmem.shm_open("/" + name, flags, mode=0o600)
         try:
             if create:
                 os.ftruncate(fd, size)
                 # the tracker (a separate process) unlinks it if this process is killed
                 resource_tracker.register("/" + name, "shared_memory")
-            self._mmap = mmap.mmap(fd, size, access=mmap.ACCESS_READ if readonly and not create else mmap.ACCESS_WRITE)
+            self._mmap = mmap.mmap(fd, size, access=mmap.ACCESS_READ if ro else mmap.ACCESS_WRITE)
         except BaseException:
             if create:
                 _posixshmem.shm_unlink("/" + name)
