@@ -18,6 +18,7 @@ import pytest
 import shmrt
 from models import rnd  # noqa: E402
 import test_lifecycle as lc  # its helpers: Child, shm_segments, assert_nothing_left (module import: not re-collected)
+from test_lifecycle import child  # noqa: F401 -- the same child-interpreter fixture
 from reference import forward as reference, rel_err
 
 pytestmark = lc.pytestmark
@@ -252,17 +253,3 @@ def test_parent_killed_by_signals(child, hang_guard):
 def test_parent_killed_by_signals_50(child, hang_guard):
     worst = parent_rounds(child, 50, seed=1)
     print(f"\nparent faults: 50 rounds: nothing left after at most {worst:.2f} s")
-
-
-@pytest.fixture
-def child(tmp_path):
-    made = []
-
-    def start(script, *args):
-        c = lc.Child(tmp_path, script, *args)
-        made.append(c)
-        return c
-
-    yield start
-    for c in made:
-        c.kill()
