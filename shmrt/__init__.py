@@ -8,11 +8,11 @@ from .layers import (GELU, GRU, LSTM, RNN, ArgMax, AvgPool2d, BatchNorm1d, Batch
                      Sequential, Sigmoid, Softmax, Standardize, Tanh, TopK, linear_regression, logistic_regression,
                      manual_seed)
 from .load import load
-from .pool import WorkerError
+from .pool import CommandError, WorkerError
 from .runtime import CompiledModel, Runtime, run
 
 __version__ = "0.1.0"
-__all__ = ["Runtime", "CompiledModel", "run", "load", "WorkerError", "Layer", "Sequential", "Linear", "ReLU",
+__all__ = ["Runtime", "CompiledModel", "run", "load", "WorkerError", "CommandError", "Layer", "Sequential", "Linear", "ReLU",
            "Sigmoid", "Tanh", "GELU", "Softmax", "LogSoftmax", "ArgMax", "TopK", "manual_seed", "Standardize",
            "MinMaxScale", "Select", "Dropout", "BatchNorm1d", "LayerNorm", "RNN", "LSTM", "GRU",
            "linear_regression", "logistic_regression", "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool",

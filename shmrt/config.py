@@ -6,6 +6,11 @@ SHMRT_SPIN_US          how long a waiter spins before it blocks (default 50;
 SHMRT_BLOCK_MS         how often a blocked worker wakes to check on its
                        parent (default 100)
 SHMRT_PIN              0 disables pinning workers to cores (default 1)
+SHMRT_CPUS             the CPUs to pin workers to, in order: worker w gets
+                       the w-th, e.g. 0-3,8 (default: the CPUs this process
+                       may use, one per physical core first).  A CPU the OS
+                       refuses leaves that worker unpinned, with one
+                       RuntimeWarning per Runtime naming it and why
 SHMRT_START_TIMEOUT_S  how long to wait for workers to start (default 120)
 """
 import os
@@ -24,10 +29,29 @@ def _num(name, default, cast=float):
     return v
 
 
+def _cpus(name):
+    """A CPU list such as "0-3,8" as [0, 1, 2, 3, 8]; None when unset."""
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    cpus = []
+    try:
+        for part in raw.split(","):
+            lo, _, hi = part.strip().partition("-")
+            lo, hi = int(lo), int(hi if hi else lo)
+            if lo < 0 or hi < lo:
+                raise ValueError
+            cpus += range(lo, hi + 1)
+    except ValueError:
+        raise ValueError(f"{name} must list CPU numbers and ranges, such as 0-3,8; got {raw!r}") from None
+    return cpus
+
+
 WORKERS = _num("SHMRT_WORKERS", None, int)
 SPIN_US = _num("SHMRT_SPIN_US", None)
 BLOCK_MS = _num("SHMRT_BLOCK_MS", 100.0)
 PIN = os.environ.get("SHMRT_PIN", "1") not in ("0", "false", "no")
+CPUS = _cpus("SHMRT_CPUS")
 START_TIMEOUT_S = _num("SHMRT_START_TIMEOUT_S", 120.0)
 
 # Set in every worker before numpy is imported: the pool is the only parallelism.

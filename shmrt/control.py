@@ -8,21 +8,29 @@ workers which models' segments to attach.
     0     GEN        command generation; workers wait for it to change
     1     GEN_SLEEP  workers blocked on GEN (futex waiters)
     2     CMD        op, model id, batch n, program index, profile record
-                     (arena offset, or -1: none) (written before GEN)
+                     (arena offset, or -1: none) (written before GEN);
+                     then ERR: non-zero when a worker set its W_ERROR during
+                     the current command (one word for the parent to check)
     3     DONE       workers finished with the current command
     4     DONE_SLEEP parent blocked on DONE
     5     ABORT      non-zero: abandon the current command (a worker died)
     6     ZERO       always 0: the abort word of waits that must not abort
     7-9   BARRIER    arrival count, generation, sleepers (sync.barrier)
     10+w  WORKER w   state, last generation done, pid, step being run, fault
-                     (non-zero: raise inside the next RUN; tests only)
+                     (non-zero: raise inside the next RUN; tests only),
+                     error (ERR_*: why the worker could not run the current
+                     command; set before it finishes it, cleared by the
+                     parent), pin (PIN_*: the outcome of pinning itself to
+                     its CPU, set before READY)
     then  STAGE g    3 lines per group g < workers: the barrier of a pipeline
                      stage's worker group (sync.barrier), see barrier_line
 
 Protocol for one command (parent side in ``post``/``wait_done``):
 parent writes CMD, sets DONE = 0, increments GEN (release; wakes
 sleepers) -> each worker sees GEN (acquire), runs, records its status and
-increments DONE -> parent sees DONE == workers.
+increments DONE -> parent sees DONE == workers.  A worker that cannot run
+the command (ERR_NO_MODEL) sets its W_ERROR and ERR before it increments
+DONE; the parent reads ERR after DONE, raises, and clears both.
 """
 from __future__ import annotations
 
@@ -36,9 +44,13 @@ from .sync import LINE, TIMEOUT, bump, load_acquire, store_release, wait_change
 GEN, GEN_SLEEP, CMD, DONE, DONE_SLEEP, ABORT, ZERO, BARRIER = (i * LINE for i in range(8))
 WORKER0 = 10 * LINE
 # CMD words
-C_OP, C_MODEL, C_N, C_PROG, C_PROF = CMD, CMD + 1, CMD + 2, CMD + 3, CMD + 4
+C_OP, C_MODEL, C_N, C_PROG, C_PROF, C_ERR = CMD, CMD + 1, CMD + 2, CMD + 3, CMD + 4, CMD + 5
 # worker line words (W_FAULT: a test hook, see Runtime._inject_fault)
-W_STATE, W_GEN, W_PID, W_STEP, W_FAULT = range(5)
+W_STATE, W_GEN, W_PID, W_STEP, W_FAULT, W_ERROR, W_PIN = range(7)
+# W_ERROR values: 0 none; ERR_NO_MODEL: a RUN for a model this worker was never sent (Pool.command raises)
+ERR_NO_MODEL = 1
+# W_PIN values: PIN_NONE not requested, PIN_OK pinned; a failure is -errno, or PIN_FAILED without one
+PIN_NONE, PIN_OK, PIN_FAILED = 0, 1, -100000
 # ops
 OP_NOP, OP_RUN, OP_SYNC, OP_EXIT = 0, 1, 2, 3
 # worker states

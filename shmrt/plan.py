@@ -132,6 +132,7 @@ class _Op:
     members: list  # every layer index this op covers (fused activations, folded BN)
     act: int = 0
     fold: tuple = None  # (scale, shift) of a BatchNorm folded into this Linear
+    fused: list = field(default_factory=list)  # the layers of members[1:] (explain names them)
 
 
 def _fuse(model) -> list:
@@ -144,15 +145,23 @@ def _fuse(model) -> list:
             if isinstance(l, L._Elementwise):
                 prev.act = l.act
                 prev.members.append(i)
+                prev.fused.append(l)
                 continue
             bn = L.BatchNorm1d if isinstance(prev.layer, L.Linear) else L.BatchNorm2d
             width = prev.layer.out_features if isinstance(prev.layer, L.Linear) else prev.layer.out_channels
             if type(l) is bn and prev.fold is None and l.features == width:
                 prev.fold = l.affine()
                 prev.members.append(i)
+                prev.fused.append(l)
                 continue
         ops.append(_Op(i, l, [i]))
     return ops
+
+
+def _fused_name(l) -> str:
+    """A layer fused into the one before it: "ReLU", "GELU(approximate='tanh')", "BatchNorm2d(4) folded"."""
+    name = repr(l).removesuffix("()")
+    return f"{name} folded" if isinstance(l, L.BatchNorm1d) else name
 
 
 def _tensors(ops) -> dict:
@@ -376,11 +385,10 @@ class _Builder:
         l = op.layer
         if self.strategy == "hybrid":
             self.split_model = self.P > 1 and (self.splits[op.index][0] if self.splits else _hybrid_by_size(op))
-        info = {"layers": op.members, "layer": repr(l), "partition": "", "slices": [], "flops": 0}
-        if op.act:
-            info["layer"] += f" + activation {op.act}"
-        if op.fold is not None:
-            info["layer"] += " + BatchNorm folded in"
+        # "layer": as the user wrote it, "Linear(784, 256, bias=True) + ReLU"; "short": "Linear + ReLU"
+        info = {"layers": op.members, "layer": " + ".join([repr(l)] + [_fused_name(f) for f in op.fused]),
+                "short": " + ".join(type(f).__name__ for f in [l, *op.fused]), "partition": "", "slices": [],
+                "flops": 0}
         if isinstance(l, L.Linear):
             self.linear(op, info)
         elif isinstance(l, (L._Elementwise, L._Affine)):

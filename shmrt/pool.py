@@ -19,7 +19,9 @@ interpreter, libraries and kernels shared copy-on-write between workers.
 Failure: the parent watches its children while it waits.  A worker that
 dies mid-call aborts the call (ABORT word; workers leave their barriers),
 the call raises ``WorkerError`` and the worker is started again for the
-next call.
+next call.  A live worker that cannot run a command (a RUN for a model it
+was never sent) says so in the control block and the call raises
+``CommandError``.  Workers that could not be pinned give one RuntimeWarning.
 """
 from __future__ import annotations
 
@@ -43,6 +45,23 @@ class WorkerError(RuntimeError):
     """A worker process died during a call; the call's result is lost.  When the
     worker died of a Python exception (raised in a kernel, say), the error
     raised is also an instance of that exception's type, with its message."""
+
+
+class CommandError(RuntimeError):
+    """A worker could not run the command it was sent (a RUN for a model it does
+    not have), so the call computed nothing.  No process died (unlike
+    WorkerError): the workers keep running and the next call runs normally."""
+
+
+def compact_cpus(cpus) -> str:
+    """CPU numbers as ranges: {0, 1, 2, 3, 8} -> "0-3,8"."""
+    runs = []
+    for c in sorted(cpus):
+        if runs and c == runs[-1][1] + 1:
+            runs[-1][1] = c
+        else:
+            runs.append([c, c])
+    return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
 def cpu_order() -> list:
@@ -95,7 +114,9 @@ class Pool:
         self.seg = Segment.create(nbytes)
         self.ctrl = self.seg.array(np.int32, words)
         self.procs = [None] * self.n
-        self.cpus = cpu_order() if config.PIN else []
+        self.cpus = (config.CPUS or cpu_order()) if config.PIN else []
+        self.pin_cpu = [-1] * self.n  # the CPU each worker was asked to pin itself to (-1: none)
+        self.pin_warned = False  # a failed pin warns once per Pool, not per worker or restart
         self.models = {}  # model id -> spec (segment names, programs)
         self.restarting = set()  # workers started again, not yet seen READY
         self.deaths_seen = None  # the launcher's count of reaped workers, when last looked at
@@ -115,7 +136,9 @@ class Pool:
     # -- processes ---------------------------------------------------------
     def _spawn(self, w: int) -> None:
         C.set_word(self.ctrl, C.wline(w) + C.W_STATE, C.ST_STARTING)
+        self.ctrl[C.wline(w) + C.W_PIN] = self.ctrl[C.wline(w) + C.W_ERROR] = 0
         cpu = self.cpus[w % len(self.cpus)] if self.cpus and self.n <= len(self.cpus) else -1
+        self.pin_cpu[w] = cpu
         idle_spin_us = 0.0 if w == self.host_worker else self.spin_us
         self.procs[w] = self.launcher.start(w, cpu, idle_spin_us)
 
@@ -131,15 +154,59 @@ class Pool:
                     raise WorkerError(f"worker {w} did not start within {config.START_TIMEOUT_S:.0f} s "
                                       f"(SHMRT_START_TIMEOUT_S)")
                 time.sleep(0.002)
+        self._check_pins(wids)
+
+    def _check_pins(self, wids) -> None:
+        """Warn, once per Pool, of workers that could not pin themselves (worker.pin)."""
+        failed = []
+        for w in wids:
+            code = int(C.get_word(self.ctrl, C.wline(w) + C.W_PIN))
+            if code < 0:
+                why = "refused" if code == C.PIN_FAILED else f"{os.strerror(-code)} (errno {-code})"
+                failed.append(f"worker {w} (pid {self.procs[w].pid}) to CPU {self.pin_cpu[w]}: {why}")
+        if config.PIN and config.CPUS and self.n > len(config.CPUS):
+            failed.append(f"SHMRT_CPUS lists {len(config.CPUS)} CPU(s) for {self.n} workers (expected one "
+                          f"per worker), so no worker was pinned")
+        if failed and not self.pin_warned:
+            self.pin_warned = True
+            try:
+                allowed = "{" + compact_cpus(os.sched_getaffinity(0)) + "}"
+            except AttributeError:
+                allowed = "unknown"
+            warnings.warn(f"shmrt could not pin every worker to a CPU of its own: {'; '.join(failed)}. They run "
+                          f"unpinned, where the OS schedules them. Expected CPUs this process may use "
+                          f"({allowed}); choose them with SHMRT_CPUS, or set SHMRT_PIN=0 not to pin",
+                          RuntimeWarning, stacklevel=5)  # from Runtime(): the caller's line
 
     def pids(self) -> list:
         return [p.pid for p in self.procs if p is not None]
 
+    def describe(self) -> str:
+        """One line for explain(): each worker's pid and the CPUs the OS lets it run on."""
+        if self.closed:
+            return "workers: none (this runtime is closed)"
+        parts = []
+        for w, p in enumerate(self.procs):
+            try:
+                cpus = "{" + compact_cpus(os.sched_getaffinity(p.pid)) + "}"
+            except AttributeError:
+                cpus = "unknown (this OS has no sched_getaffinity)"
+            except OSError:
+                cpus = "unknown (the process has exited)"
+            code = int(C.get_word(self.ctrl, C.wline(w) + C.W_PIN))
+            note = ("" if code == C.PIN_OK else " (not pinned)" if code == C.PIN_NONE else
+                    f" (pinning to CPU {self.pin_cpu[w]} failed: "
+                    f"{'refused' if code == C.PIN_FAILED else os.strerror(-code)})")
+            parts.append(f"w{w} pid {p.pid} cpus {cpus}{note}")
+        return "workers: " + ", ".join(parts)
+
     # -- commands ----------------------------------------------------------
-    def command(self, op: int, model: int = -1, n: int = 0, prog: int = 0, prof: int = -1) -> None:
-        """Run one command on every worker; raise WorkerError if one dies.
+    def command(self, op: int, model: int = -1, n: int = 0, prog: int = 0, prof: int = -1, stamps=None) -> None:
+        """Run one command on every worker; raise WorkerError if one dies, CommandError
+        if one could not run it (a RUN for a model it was never sent).
         prof >= 0: a profiled RUN, each worker records its step times there
-        in the model's arena (see executor.run_steps)."""
+        in the model's arena (see executor.run_steps); stamps: an int64 [2] array for
+        the times the command is published and its last DONE seen (profile.call_stamped)."""
         if self.closed:
             raise RuntimeError("this shmrt.Runtime is closed; create a new one")
         if getattr(self.launcher, "deaths", None) != self.deaths_seen:
@@ -149,18 +216,47 @@ class Pool:
             self.restarting.clear()
         self.ctrl[C.C_PROF] = prof  # published by call's release of GEN
         try:  # a KeyboardInterrupt can land as soon as call returns, with the command in flight
-            r = C.call(self.ctrl, op, model, n, prog, self.n, self.spin_ns, self.block_ns)
+            if stamps is None:
+                r = C.call(self.ctrl, op, model, n, prog, self.n, self.spin_ns, self.block_ns)
+            else:
+                from .profile import call_stamped
+                r = call_stamped(self.ctrl, op, model, n, prog, self.n, self.spin_ns, self.block_ns, stamps)
             while r == TIMEOUT:
                 dead = [w for w, p in enumerate(self.procs) if p.poll() is not None]
                 if dead:
                     self._recover(dead)  # raises WorkerError
                 r = C.wait_done(self.ctrl, self.n, self.spin_ns, self.block_ns)
+                if stamps is not None and r != TIMEOUT:
+                    stamps[1] = time.monotonic_ns()  # call_stamped gave up at its first block slice
         except WorkerError:
             raise
         except BaseException:  # KeyboardInterrupt while waiting: stop the workers, then re-raise
             if not self.closed:
                 self._recover([])
             raise
+        if self.ctrl[C.C_ERR]:  # one word read per call: a worker could not run this command
+            raise self._command_error(model)
+
+    def _clear_errors(self) -> list:
+        """Workers whose W_ERROR is set; clears those words and ERR for the next command."""
+        bad = [w for w in range(self.n) if self.ctrl[C.wline(w) + C.W_ERROR]]
+        for w in bad:
+            self.ctrl[C.wline(w) + C.W_ERROR] = 0
+        self.ctrl[C.C_ERR] = 0
+        return bad
+
+    def _command_error(self, model: int) -> CommandError:
+        bad = self._clear_errors()
+        who = f"worker {bad[0]} has" if len(bad) == 1 else f"workers {', '.join(map(str, bad))} have"
+        its = "its model list is" if len(bad) == 1 else "their model lists are"
+        if model in self.models:
+            why = "this runtime has that model, but the worker was not sent it (Pool.sync_models)"
+        else:
+            why = (f"this runtime's models are {sorted(self.models)} (model {model} was closed, never compiled "
+                   f"here, or belongs to another runtime)")
+        return CommandError(f"{who} no program for model {model}: {its} out of date, or the id is wrong: {why}; "
+                            f"expected a RUN only for a model compiled on this runtime and not closed. The call "
+                            f"computed nothing; the workers are still running, so the next call runs normally")
 
     def _heal(self) -> None:
         self.deaths_seen = self.launcher.deaths
@@ -193,7 +289,7 @@ class Pool:
     def _recover(self, dead: list) -> None:
         """Abort the current command, wait for the survivors, restart the dead."""
         gen = int(C.get_word(self.ctrl, C.GEN))
-        steps = {w: int(C.get_word(self.ctrl, C.wline(w) + C.W_STEP)) for w in dead}
+        steps = {w: int(C.get_word(self.ctrl, C.wline(w) + C.W_STEP)) for w in range(self.n)}
         C.set_word(self.ctrl, C.ABORT, 1)
         for base in C.barrier_lines(self.n):
             wake_all(self.ctrl, base + LINE)
@@ -204,6 +300,9 @@ class Pool:
                     and self.procs[w].poll() is None]
             time.sleep(0.0005)
         stuck = live  # neither finished nor died in time: replace them too
+        if dead:  # one that died while the others were awaited failed this call too: name it now
+            dead = dead + [w for w in range(self.n) if w not in dead and w not in stuck
+                           and self.procs[w].poll() is not None]
         for w in stuck:
             self.procs[w].kill()
         for w in set(dead) | set(stuck):
@@ -211,11 +310,12 @@ class Pool:
         for base in C.barrier_lines(self.n):
             self.ctrl[base] = 0
         C.set_word(self.ctrl, C.ABORT, 0)
+        self._clear_errors()
         errors = []
         for w in sorted(set(dead) | set(stuck)):
             code = self.procs[w].returncode
             how = f"signal {-code}" if code is not None and code < 0 else f"exit code {code}"
-            where = f", at step {steps[w]} of the program" if w in steps else ""
+            where = f", at step {steps[w]} of the program" if w in dead else ""
             errors.append(self._error(w, how, where))
             self._spawn(w)
             self.restarting.add(w)  # the next command waits for it

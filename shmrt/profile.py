@@ -1,21 +1,46 @@
-"""Where one call's time goes: ``CompiledModel.profile(x)``.
+"""Where one call's time goes: ``CompiledModel.profile(x)`` (or ``profile(n=...)``).
 
-The call is timed on one clock (CLOCK_MONOTONIC, shared by every process):
-the parent's copy of the input into the arena, the command's way to each
-worker (dispatch), each worker's steps -- kernels, and waits at barriers
-for the slowest worker -- the way back to the parent once the last worker
-is done (return), and the copy of the output out of the arena.  A
-recurrent layer's per-time-step barriers run inside its step and count as
-kernel time.  In a pipeline, a stage's wait for the previous one counts as
-a wait, and each step's time is summed over the micro-batches.
+Every part is measured, on one clock (CLOCK_MONOTONIC, shared by every
+process), as the difference of two stamps taken where it starts and ends:
+
+    parent  t_in ... copy in ... t_copied ... launch (Python) ... t_post
+    worker  start = its first step  (dispatch: t_post -> start)
+            each step: kernels, or a wait at a barrier / for a stage
+            end = after its last step
+    parent  t_seen (the last worker's DONE seen: return = t_seen - end of
+            the worker that finished last) ... t_done ... copy out ... t_out
+
+t_post and t_seen are taken inside the Numba command call, right before the
+command is published and right after the last DONE is seen; the workers'
+stamps inside their step loop.  The call's path runs through the worker that
+finished last (the critical worker): total = copy in + launch + its dispatch
++ its kernels + its waits + return + finish + copy out, and what the stamps
+do not cover is printed as "unaccounted".  A recurrent layer's per-time-step
+barriers run inside its step and count as kernel time.  In a pipeline, a
+stage's wait for the previous one counts as a wait, and each step's time is
+summed over the micro-batches.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import numpy as np
+from numba import njit
 
+from . import control as C
 from .executor import BARRIER, END, OP_NAMES, WAIT
+from .sync import TIMEOUT, monotonic_ns
+
+
+@njit(cache=True)
+def call_stamped(ctrl, op, model, n, prog, parties, spin_ns, block_ns, stamps):
+    """control.call, with stamps[0] = the time the command is published and
+    stamps[1] = the time the last worker's DONE is seen (0 on TIMEOUT)."""
+    stamps[0] = monotonic_ns()
+    C.post(ctrl, op, model, n, prog)
+    r = C.wait_done(ctrl, parties, spin_ns, block_ns)
+    stamps[1] = monotonic_ns() if r != TIMEOUT else 0
+    return r
 
 
 @dataclass
@@ -26,63 +51,97 @@ class Profile:
     copy_in_us: float
     copy_out_us: float
     total_us: float
-    dispatch_us: list = field(default_factory=list)  # per worker: command posted -> first step starts
+    launch_us: float = 0.0  # parent, Python: input copied -> command published
+    finish_us: float = 0.0  # parent, Python: last DONE seen -> call returns
+    dispatch_us: list = field(default_factory=list)  # per worker: command published -> first step starts
     kernel_us: list = field(default_factory=list)  # per worker: time in compute steps
-    wait_us: list = field(default_factory=list)  # per worker: time at barriers
-    return_us: float = 0.0  # last worker done -> parent sees it
+    wait_us: list = field(default_factory=list)  # per worker: time at barriers / waiting for a stage
+    return_us: float = 0.0  # the critical worker done -> parent sees it
+    critical: int = 0  # the worker that finished last
     per_worker: list = field(default_factory=list)  # per worker: [(step label, us)] in program order
+    barrier_us: list = field(default_factory=list)  # per barrier step: last arrival -> last worker out
 
     @property
     def coordination_us(self) -> float:
-        """Dispatch + barrier waits + return, of the worker that finished last."""
-        return self.total_us - self.copy_in_us - self.copy_out_us - max(self.kernel_us)
+        """Dispatch + barrier waits + return, of the critical worker: each measured."""
+        w = self.critical
+        return self.dispatch_us[w] + self.wait_us[w] + self.return_us
+
+    @property
+    def unaccounted_us(self) -> float:
+        """The call's time that no stamp pair covers."""
+        w = self.critical
+        return self.total_us - (self.copy_in_us + self.launch_us + self.dispatch_us[w] + self.kernel_us[w]
+                                + self.wait_us[w] + self.return_us + self.finish_us + self.copy_out_us)
 
     def as_dict(self) -> dict:
         d = dict(self.__dict__)
         d["coordination_us"] = self.coordination_us
+        d["unaccounted_us"] = self.unaccounted_us
         return d
 
     def __str__(self) -> str:
-        P = self.workers
-        head = "".join(f"{f'w{w}':>10}" for w in range(P))
+        P, w = self.workers, self.critical
+        head = "".join(f"{f'w{i}':>10}" for i in range(P))
         lines = [f"shmrt profile: batch {self.batch}, {P} worker(s), plan {self.strategy!r}: "
                  f"{self.total_us:.1f} us in all",
-                 f"  copy in {self.copy_in_us:.1f} us | kernels {max(self.kernel_us):.1f} us (slowest worker) | "
-                 f"coordination {self.coordination_us:.1f} us | copy out {self.copy_out_us:.1f} us"]
-        if all(len(w) == len(self.per_worker[0]) and [n for n, _ in w] == [n for n, _ in self.per_worker[0]]
-               for w in self.per_worker):  # every worker ran the same steps: one table
+                 f"  copy in {self.copy_in_us:.1f} us | kernels {self.kernel_us[w]:.1f} us | coordination "
+                 f"{self.coordination_us:.1f} us (dispatch {self.dispatch_us[w]:.1f}, waits {self.wait_us[w]:.1f}, "
+                 f"return {self.return_us:.1f}) | copy out {self.copy_out_us:.1f} us   [worker w{w}, the last to "
+                 f"finish]",
+                 f"  parent's Python around the command: {self.launch_us:.1f} us before, {self.finish_us:.1f} us "
+                 f"after; unaccounted {self.unaccounted_us:.1f} us"]
+        if self.barrier_us:
+            lines.append(f"  barriers: {len(self.barrier_us)}, last arrival -> all out: median "
+                         f"{np.median(self.barrier_us):.2f} us")
+        if all(len(s) == len(self.per_worker[0]) and [n for n, _ in s] == [n for n, _ in self.per_worker[0]]
+               for s in self.per_worker):  # every worker ran the same steps: one table
             lines += [f"  {'step (us)':<44}{head}",
                       f"  {'dispatch':<44}" + "".join(f"{v:10.1f}" for v in self.dispatch_us)]
             for i, (name, _) in enumerate(self.per_worker[0]):
-                lines.append(f"  {f'{i:>3} {name}'[:44]:<44}" + "".join(f"{w[i][1]:10.1f}" for w in self.per_worker))
+                lines.append(f"  {f'{i:>3} {name}'[:44]:<44}" + "".join(f"{s[i][1]:10.1f}" for s in self.per_worker))
             lines += [f"  {'kernels':<44}" + "".join(f"{v:10.1f}" for v in self.kernel_us),
                       f"  {'barrier waits':<44}" + "".join(f"{v:10.1f}" for v in self.wait_us)]
         else:  # a pipeline: each worker its own steps
-            for w, steps in enumerate(self.per_worker):
-                lines.append(f"  worker {w}: dispatch {self.dispatch_us[w]:.1f} us, kernels {self.kernel_us[w]:.1f} us, "
-                             f"waits {self.wait_us[w]:.1f} us")
-                lines += [f"    {f'{i:>3} {name}'[:44]:<44}{us:10.1f}" for i, (name, us) in enumerate(steps)]
+            for i, steps in enumerate(self.per_worker):
+                lines.append(f"  worker {i}: dispatch {self.dispatch_us[i]:.1f} us, kernels {self.kernel_us[i]:.1f} "
+                             f"us, waits {self.wait_us[i]:.1f} us")
+                lines += [f"    {f'{j:>3} {name}'[:44]:<44}{us:10.1f}" for j, (name, us) in enumerate(steps)]
         lines.append(f"  return to the parent: {self.return_us:.1f} us after the last worker")
         return "\n".join(lines)
 
 
-def build(prog, stamps, labels, n, strategy, t_in, t_posted, t_done, t_out) -> Profile:
+def build(prog, stamps, labels, n, strategy, t_in, t_copied, call_stamps, t_done, t_out) -> Profile:
     """prog: int64 [P, steps, ROW] the program run; stamps: int64 [P, steps + 1]
     each worker's record (its start, then the time in each step, summed over
-    a micro-batch loop's passes); labels: per worker {step index: layer
-    label}; times in ns."""
+    a micro-batch loop's passes); labels: per worker {step index: label};
+    call_stamps: (published, last DONE seen) from call_stamped; times in ns."""
     P = prog.shape[0]
-    kernel, wait, dispatch, per_worker, ends = [], [], [], [], []
+    t_post, t_seen = int(call_stamps[0]), int(call_stamps[1])
+    kernel, wait, dispatch, per_worker, ends, step_ends = [], [], [], [], [], []
     for w in range(P):
         ops = prog[w, :, 0]
         last = int(np.argmax(ops == END))  # steps 0..last-1 ran
-        d = stamps[w, 1:last + 1] / 1e3
-        dispatch.append((stamps[w, 0] - t_posted) / 1e3)
+        d = stamps[w, 1:last + 1]
+        dispatch.append((stamps[w, 0] - t_post) / 1e3)
         waits = np.isin(ops[:last], (BARRIER, WAIT))
-        kernel.append(float(d[~waits].sum()))
-        wait.append(float(d[waits].sum()))
-        ends.append(int(stamps[w, 0] + stamps[w, 1:last + 1].sum()))
-        per_worker.append([(labels[w].get(i, OP_NAMES[int(ops[i])]), float(d[i])) for i in range(last)])
-    return Profile(batch=n, workers=P, strategy=strategy, copy_in_us=(t_posted - t_in) / 1e3,
-                   copy_out_us=(t_out - t_done) / 1e3, total_us=(t_out - t_in) / 1e3, dispatch_us=dispatch,
-                   kernel_us=kernel, wait_us=wait, return_us=(t_done - max(ends)) / 1e3, per_worker=per_worker)
+        kernel.append(float(d[~waits].sum()) / 1e3)
+        wait.append(float(d[waits].sum()) / 1e3)
+        step_ends.append(stamps[w, 0] + np.cumsum(d))
+        ends.append(int(stamps[w, 0] + d.sum()))
+        per_worker.append([(labels[w].get(i, OP_NAMES[int(ops[i])]), float(d[i]) / 1e3) for i in range(last)])
+    barrier_us = []
+    ops0 = prog[0, :, 0]
+    if all(np.array_equal(prog[w, :, 0], ops0) for w in range(P)) and P > 1:
+        for i in np.flatnonzero(ops0 == BARRIER):
+            out = [int(step_ends[w][i]) for w in range(P)]
+            arrive = [out[w] - int(stamps[w, 1 + i]) for w in range(P)]
+            barrier_us.append((max(out) - max(arrive)) / 1e3)
+    critical = int(np.argmax(ends))
+    if t_seen == 0:  # the command outlived one wait slice (a worker died and was replaced): no stamp
+        t_seen = t_done
+    return Profile(batch=n, workers=P, strategy=strategy, copy_in_us=(t_copied - t_in) / 1e3,
+                   copy_out_us=(t_out - t_done) / 1e3, total_us=(t_out - t_in) / 1e3,
+                   launch_us=(t_post - t_copied) / 1e3, finish_us=(t_done - t_seen) / 1e3, dispatch_us=dispatch,
+                   kernel_us=kernel, wait_us=wait, return_us=(t_seen - ends[critical]) / 1e3, critical=critical,
+                   per_worker=per_worker, barrier_us=barrier_us)

@@ -101,7 +101,8 @@ class Runtime:
         if self._rates is None:
             from . import cost
             with self._lock:
-                self._rates = cost.calibrate(self) if self.pool is not None else cost.Rates()
+                self._rates = cost.calibrate(self) if self.pool is not None else \
+                    cost.Rates(source="defaults (not measured: workers=0 runs in process, one program)")
         return self._rates
 
     def roundtrip(self) -> None:
@@ -194,7 +195,9 @@ class CompiledModel:
             self._programs = _stack(list(plan.programs.values()))
             # after the plan's arena: each worker's profile record (int64 per step + 1)
             self._prof_off = align(plan.arena_floats)
-            self._arena_seg = Segment.create((self._prof_off + 2 * plan.workers * (self._programs.shape[2] + 1)) * 4)
+            # each worker's record, then the parent's two stamps (profile.call_stamped)
+            rec = plan.workers * (self._programs.shape[2] + 1) + 2
+            self._arena_seg = Segment.create((self._prof_off + 2 * rec) * 4)
             self.arena = self._arena_seg.array(np.float32)
             rt._models[self.id] = self
             if rt.pool is not None:
@@ -295,10 +298,10 @@ class CompiledModel:
                     self._launch(name, n)
         return self._output_view(n)
 
-    def _launch(self, name, n, prof=-1):
-        """Run program ``name`` on the pool for n rows (prof: see Pool.command)."""
+    def _launch(self, name, n):
+        """Run program ``name`` on the pool for n rows."""
         self._reset_counters(name)
-        self.runtime.pool.command(C.OP_RUN, self.id, n, self.plan.program_index(name), prof)
+        self.runtime.pool.command(C.OP_RUN, self.id, n, self.plan.program_index(name))
 
     def _reset_counters(self, name):
         """A pipeline's stage counters start each call at zero (published by the command)."""
@@ -329,51 +332,66 @@ class CompiledModel:
             raise RuntimeError("this compiled model is closed (its runtime was closed)")
 
     # -- explain and profile ----------------------------------------------
-    def profile(self, x) -> "Profile":
-        """Run once on x (at most max_batch rows) and return where the time
-        went: copy in, dispatch, each worker's kernels and barrier waits per
-        step, return, copy out (see shmrt.profile).  ``str()`` of the result
-        is a table; ``.as_dict()`` the figures."""
+    def profile(self, x=None, *, n=None) -> "Profile":
+        """Run once and return where the time went (see shmrt.profile):
+        ``profile(x)`` times the convenience tier, ``cm(x)`` on at most
+        max_batch rows (copy in, the call, copy out); ``profile(n=k)`` the
+        zero-copy tier, ``run_in_place(k)`` on the rows already in
+        ``input_buffer`` (no copies).  ``str()`` of the result is a table;
+        ``.as_dict()`` the figures."""
         self._check_open()
         rt = self.runtime
         if rt.pool is None:
             raise ValueError("profile() times the workers; this runtime runs in process (workers=0): "
                              "expected a Runtime with workers >= 1")
-        x, _ = self._validate(x)
-        n = x.shape[0]
+        if (x is None) == (n is None):
+            raise TypeError("profile() takes either x (the convenience tier) or n= (the zero-copy tier), "
+                            f"expected exactly one, got {'neither' if x is None else 'both'}")
+        if x is not None:
+            x, _ = self._validate(x)
+            n = x.shape[0]
+        elif isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+            raise ValueError(f"n must be an int in 1..max_batch={self.max_batch}, got {n!r}")
         if not 1 <= n <= self.max_batch:
             raise ValueError(f"profile() runs one call: expected 1..max_batch={self.max_batch} rows, got {n}")
         name = self.plan.strategy_for(self.strategy, n)
         prog_index = self.plan.program_index(name)
+        rec = self._programs.shape[2] + 1
+        P = self.plan.workers
         with rt._lock:
             rt._check_open()
+            record = self.arena[self._prof_off:self._prof_off + 2 * (P * rec + 2)].view(np.int64)
             t_in = time.monotonic_ns()
-            self.input_buffer(n).reshape(n, -1)[...] = x
-            t_posted = time.monotonic_ns()
-            self._launch(name, n, self._prof_off)
+            if x is not None:
+                self.input_buffer(n).reshape(n, -1)[...] = x
+            t_copied = time.monotonic_ns()
+            self._reset_counters(name)
+            rt.pool.command(C.OP_RUN, self.id, n, prog_index, self._prof_off, record[P * rec:])
             t_done = time.monotonic_ns()
             out = self._output_view(n)
-            out = tuple(np.array(o) for o in out) if isinstance(out, tuple) else np.array(out)
+            if x is not None:
+                out = tuple(np.array(o) for o in out) if isinstance(out, tuple) else np.array(out)
             t_out = time.monotonic_ns()
-            rec = self._programs.shape[2] + 1
-            stamps = self.arena[self._prof_off:self._prof_off + 2 * self.plan.workers * rec].view(np.int64)
-            stamps = stamps.reshape(self.plan.workers, rec).copy()
-        labels = [{} for _ in range(self.plan.workers)]
+            stamps = record[:P * rec].reshape(P, rec).copy()
+            call_stamps = record[P * rec:].copy()
+        labels = [{} for _ in range(P)]
         for r in self.plan.explain_rows[name]:
-            short = r["layer"].split("(")[0] + "".join(" +" + p.split(" ")[1] for p in r["layer"].split(" + ")[1:])
+            short = r.get("short") or r["layer"].split("(")[0]
             for w, (a, z) in r["steps"].items():
                 for i in range(a, z):
                     op = OP_NAMES[int(self._programs[prog_index][w, i, 0])]
                     labels[w][i] = f"{op}: layer {','.join(map(str, r['layers']))} {short}"
-        return build_profile(self._programs[prog_index], stamps, labels, n, name, t_in, t_posted, t_done, t_out)
+        return build_profile(self._programs[prog_index], stamps, labels, n, name, t_in, t_copied, call_stamps,
+                             t_done, t_out)
 
     # -- explain -----------------------------------------------------------
     def explain(self, batch=None) -> str:
         """The plan at a batch size (default max_batch): for "auto", each
         candidate plan's predicted time (or the measured choice) and the one
-        chosen; then per layer its partition, worker group, slices, flops,
-        bytes, barriers and predicted time -- next to the same layer's
-        predicted time in the other plans, which is why it was chosen."""
+        chosen; each worker's pid and CPUs (as the OS has them); then per
+        layer its partition, worker group, slices, flops, bytes, barriers
+        and predicted time -- next to the same layer's predicted time in
+        the other plans, which is why it was chosen."""
         from .cost import Rates, op_us
         n = self.max_batch if batch is None else self._check_n(batch)
         plan = self.plan
@@ -384,7 +402,7 @@ class CompiledModel:
                  f"arena {plan.arena_floats * 4 / 2**20:.2f} MiB"]
         if len(plan.programs) > 1:
             pred = plan.predictions(max(n, 1))
-            lines.append(f"cost model ({rates.source} rates per worker: GEMM {rates.gflops:.0f} GFLOP/s, read "
+            lines.append(f"cost model (rates {rates.source}; per worker: GEMM {rates.gflops:.0f} GFLOP/s, read "
                          f"{rates.read_gbs:.1f} GB/s from memory and {rates.cache_gbs:.1f} from its "
                          f"{rates.l2_bytes >> 10} KiB L2; barrier {rates.barrier_us:.1f} us, dispatch "
                          f"{rates.dispatch_us:.1f} us), predicted at batch {n}: " +
@@ -399,6 +417,8 @@ class CompiledModel:
                     return op_us(plan.programs[name], r["steps"], n, rates, r.get("micro", 1))
             return None
 
+        pool = self.runtime.pool  # each worker's CPUs, as the OS has them now
+        lines.append(pool.describe() if pool is not None else "workers: in process (workers=0)")
         lines.append(f"[{chosen}] at batch {n}:")
         for r in plan.explain_rows[chosen]:
             flops = r.get("flops", 0) * n

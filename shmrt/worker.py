@@ -8,8 +8,10 @@ message to the parent before it exits, so the failed call raises it.
 
 Started by launch.py with one-thread BLAS/Numba settings in its environment.
 A worker pins itself, attaches the control block and every model the parent
-lists in the message area, says READY, then loops: wait for a command, run
-it (the hot loop stays inside Numba: executor.serve), count itself done.
+lists in the message area, records whether the pin worked (W_PIN), says
+READY, then loops: wait for a command, run it (the hot loop stays inside
+Numba: executor.serve), count itself done.  A RUN for a model it was never
+sent sets its W_ERROR (the call raises CommandError) instead of running.
 It never pickles or queues anything.  When its parent is gone it unlinks
 every segment it knows and exits.
 """
@@ -28,17 +30,26 @@ from .store import Segment, WeightStore, unlink
 from .sync import ABORTED, wait_change
 
 
-def pin(cpu: int) -> None:
+def pin(cpu: int) -> int:
+    """Pin this process to ``cpu`` (< 0: not asked to).  Returns the outcome for the
+    worker's W_PIN word: control.PIN_NONE, PIN_OK, or -errno / PIN_FAILED when the
+    OS refused (a container's cpuset, a CPU that does not exist); the pool then warns
+    once.  A refusal does not stop the worker: pinning is an optimisation."""
     if cpu < 0:
-        return
+        return C.PIN_NONE
     try:
         if hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, {cpu})
-        elif sys.platform != "darwin":  # macOS has no affinity API
+        elif sys.platform == "darwin":  # macOS has no affinity API
+            return C.PIN_NONE
+        else:
             import psutil
             psutil.Process().cpu_affinity([cpu])
-    except (OSError, ValueError, AttributeError):
-        pass  # pinning is an optimisation; containers may forbid it
+        return C.PIN_OK
+    except OSError as e:
+        return -e.errno if e.errno else C.PIN_FAILED
+    except Exception:  # ValueError, OverflowError, psutil's own errors
+        return C.PIN_FAILED
 
 
 class _Model:
@@ -73,7 +84,7 @@ def main(argv) -> int:
     idle_spin = int(float(argv[6]) * 1000)  # 0 for the worker that lends its core to the parent
     ppid = int(argv[7])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
-    pin(cpu)
+    pinned = pin(cpu)
     seg = Segment(ctrl_name, ctrl_bytes, create=False)
     ctrl = seg.array(np.int32, msg_off // 4)
     block = int(config.BLOCK_MS * 1e6)
@@ -87,6 +98,7 @@ def main(argv) -> int:
         gen = int(ctrl[C.GEN])
         ctrl[line + C.W_PID] = os.getpid()
         ctrl[line + C.W_GEN] = gen
+        ctrl[line + C.W_PIN] = pinned
         C.set_word(ctrl, line + C.W_STATE, C.ST_READY)  # release: after gen was read
         pending = None
         while True:
@@ -107,8 +119,9 @@ def main(argv) -> int:
                 continue
             if op == C.OP_SYNC:
                 _sync(models, C.read_msg(seg.buf, msg_off))
-            elif op == C.OP_RUN:
-                print(f"shmrt worker {wid}: command for unknown model {mid}", file=sys.stderr)
+            elif op == C.OP_RUN:  # a model this worker was never sent: the parent raises (Pool.command)
+                ctrl[line + C.W_ERROR] = C.ERR_NO_MODEL
+                ctrl[C.C_ERR] = 1  # published by finish's release
             C.finish(ctrl, wid, gen)
             if op == C.OP_EXIT:
                 break

@@ -113,10 +113,15 @@ def test_run_one_shot():
 
 
 @pytest.mark.parametrize("strategy", ["data", "model"])
-def test_profile_accounts_for_the_call(strategy):
-    """profile() runs the real call (its output is right) and its parts add
-    up: per-worker step times sum to kernels + barrier waits, and copies +
-    slowest worker's kernels + coordination = total."""
+def test_profile_measures_each_part(strategy):
+    """profile() runs the real call (its output is right), and each part is
+    measured from its own stamps: per-worker step times sum to kernels +
+    barrier waits; every worker starts after the command was published
+    (dispatch >= 0) and the parent sees DONE after the last worker's end
+    (return >= 0); the critical worker is the one that ended last; the
+    stamps chain from the copy in to the copy out (nothing unaccounted
+    beyond clock rounding); a barrier's latency is no longer than the
+    longest wait at it."""
     model = shmrt.Sequential([shmrt.Conv2d(3, 6, 3, padding=1), shmrt.ReLU(), shmrt.MaxPool2d(2), shmrt.Flatten(),
                               shmrt.Linear(6 * 4 * 4, 5), shmrt.Softmax()])
     x = np.random.default_rng(0).standard_normal((4, 3, 8, 8)).astype(np.float32)
@@ -129,13 +134,39 @@ def test_profile_accounts_for_the_call(strategy):
         names = [name for name, _ in p.per_worker[0]]
         assert names[0].startswith("conv: layer 0,1 Conv2d") and names[-1].startswith("softmax: layer 5")
         assert any(n.startswith("barrier") for n in names) == (strategy == "model")
+        assert (len(p.barrier_us) > 0) == (strategy == "model")
+        ends = []
         for w in range(2):
             assert np.isclose(sum(us for _, us in p.per_worker[w]), p.kernel_us[w] + p.wait_us[w])
-        assert min(p.kernel_us) > 0 and p.copy_in_us >= 0 and p.copy_out_us >= 0 and p.return_us >= 0
-        assert np.isclose(p.copy_in_us + p.copy_out_us + max(p.kernel_us) + p.coordination_us, p.total_us)
+            ends.append(p.dispatch_us[w] + p.kernel_us[w] + p.wait_us[w])
+        assert p.critical == int(np.argmax(ends))
+        assert min(p.kernel_us) > 0 and min(p.dispatch_us) >= 0 and p.return_us >= 0
+        assert p.copy_in_us >= 0 and p.copy_out_us >= 0 and p.launch_us >= 0 and p.finish_us >= 0
+        assert abs(p.unaccounted_us) <= 0.01, p.as_dict()
+        c = p.critical
+        assert p.coordination_us == p.dispatch_us[c] + p.wait_us[c] + p.return_us
+        for lat in p.barrier_us:
+            assert 0 <= lat <= max(p.wait_us) + 1e-3
         assert "kernels" in str(p) and p.as_dict()["coordination_us"] == p.coordination_us
         with pytest.raises(ValueError, match="expected 1..max_batch=4 rows, got 5"):
             cm.profile(np.zeros((5, 3, 8, 8), np.float32))
+
+
+def test_profile_in_place_tier():
+    """profile(n=...) times run_in_place on the rows already in the input buffer: no copy, same output."""
+    model = small()
+    x = np.random.default_rng(1).standard_normal((3, 10)).astype(np.float32)
+    with shmrt.Runtime(workers=2) as rt, rt.compile(model, max_batch=4) as cm:
+        cm.input_buffer(3)[...] = x
+        p = cm.profile(n=3)
+        assert p.batch == 3 and rel_err(cm.run_in_place(3), forward(model, x)) <= 1e-5
+        assert p.copy_out_us < 1000 and p.total_us > 0
+        with pytest.raises(TypeError, match="either x .* or n="):
+            cm.profile(x, n=3)
+        with pytest.raises(TypeError, match="expected exactly one, got neither"):
+            cm.profile()
+        with pytest.raises(ValueError, match="expected 1..max_batch=4 rows, got 0"):
+            cm.profile(n=0)
 
 
 def test_profile_needs_workers():
