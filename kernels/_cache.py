@@ -13,20 +13,31 @@ import hashlib
 import os
 
 
+_hash = []
+
+
+def source_hash() -> str:
+    """A hash of every source file of ``kernels`` and ``shmrt`` (16 hex digits), computed once."""
+    if not _hash:
+        here = os.path.dirname(os.path.abspath(__file__))
+        h = hashlib.sha1()
+        for pkg in (here, os.path.join(os.path.dirname(here), "shmrt")):
+            for name in sorted(os.listdir(pkg)):
+                if name.endswith(".py"):
+                    with open(os.path.join(pkg, name), "rb") as f:
+                        h.update(name.encode() + f.read())
+        _hash.append(h.hexdigest()[:16])
+    return _hash[0]
+
+
 def configure() -> None:
     import numba
     if os.environ.get("NUMBA_CACHE_DIR") or getattr(numba.config, "_shmrt_cache", False):
         return
     here = os.path.dirname(os.path.abspath(__file__))
-    h = hashlib.sha1()
-    for pkg in (here, os.path.join(os.path.dirname(here), "shmrt")):
-        for name in sorted(os.listdir(pkg)):
-            if name.endswith(".py"):
-                with open(os.path.join(pkg, name), "rb") as f:
-                    h.update(name.encode() + f.read())
     for base in (os.path.join(here, "__pycache__"),
                  os.path.join(os.path.expanduser("~"), ".cache", "shmrt")):
-        path = os.path.join(base, f"numba-{h.hexdigest()[:16]}")
+        path = os.path.join(base, f"numba-{source_hash()}")
         try:
             os.makedirs(path, exist_ok=True)
             if os.access(path, os.W_OK):

@@ -11,9 +11,11 @@ a call pays one dispatch.  A worker's time is the sum of its steps, the
 program's the slowest worker's.  A pipeline program runs its loop body
 once per micro-batch on n / m rows, plus the fill and drain of its stages.
 
-Rates are measured once per machine (``calibrate``) and kept in the user's
-cache directory; they are coarse on purpose: the model ranks plans, and
-``autotune=True`` times the real ones where the ranking is close.
+Rates are measured on the runtime's own workers with shmrt's own kernels
+(``calibrate``), once per machine, worker count and version of the code,
+and kept in the user's cache directory; they are coarse on purpose: the
+model ranks plans, and ``autotune=True`` times the real ones where the
+ranking is close.
 """
 from __future__ import annotations
 
@@ -25,7 +27,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .ceilings import best_time
 from .executor import (ACT, AFFINE, ARGMAX, BARRIER, CONV, END, FRAC, GAP, GATHER, LAYERNORM, LINEAR, MICRO,
                        MICRO_ROWS, NEXT, POOL, RECUR, REDUCE, SIGNAL, SOFTMAX, TOPK, WAIT, micro_batches)
 
@@ -38,7 +39,7 @@ class Rates:
     l2_bytes: int = 1 << 20  # per-core L2 (sysfs); weights that fit stay there between calls
     barrier_us: float = 5.0  # one barrier, or one hand-off between stages
     dispatch_us: float = 5.0  # one command's round trip
-    source: str = "defaults"
+    source: str = "defaults (not measured: this plan was not compiled with strategy auto, hybrid or pipeline)"
 
 
 def _rows(cnt, lo, hi):
@@ -151,32 +152,12 @@ def machine_key() -> str:
     return f"{cpu} x{os.cpu_count()}"
 
 
-def kernel_rates() -> tuple:
-    """(GEMM GFLOP/s, read GB/s from memory and from L2) of one worker, measured once per machine with
-    shmrt's own GEMM (BLAS limited to one thread) and cached on disk."""
-    path, key = _cache_path(), machine_key()
-    got = load(path).get(key)
-    if got and "cache_gbs" in got:
-        return got["gflops"], got["read_gbs"], got["cache_gbs"], "cached"
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:  # cannot hold BLAS to one thread: keep the defaults rather than a wrong figure
-        return Rates.gflops, Rates.read_gbs, Rates.cache_gbs, "defaults"
-    from kernels import gemm_nt
-    rng = np.random.default_rng(0)
-    a, b = (rng.standard_normal((256, 1024)).astype(np.float32), rng.standard_normal((1024, 1024)).astype(np.float32))
-    out = np.empty((256, 1024), np.float32)
-    v = rng.standard_normal((1, 4096)).astype(np.float32)
-    big = rng.standard_normal((4096, 4096)).astype(np.float32)  # 64 MiB: out of cache
-    o1 = np.empty((1, 4096), np.float32)
-    small = rng.standard_normal((256, 512)).astype(np.float32)  # 512 KiB: stays in L2
-    o2 = np.empty((1, 256), np.float32)
-    with threadpool_limits(1, user_api="blas"):
-        gflops = 2 * 256 * 1024 * 1024 / best_time(lambda: gemm_nt(a, b, out, False), 5) / 1e9
-        read = big.nbytes / best_time(lambda: gemm_nt(v, big, o1, False), 5) / 1e9
-        cache = small.nbytes / best_time(lambda: gemm_nt(v[:, :512], small, o2, False), 50) / 1e9
-    store(path, key, {"gflops": gflops, "read_gbs": read, "cache_gbs": cache})
-    return gflops, read, cache, "measured"
+def code_key() -> str:
+    """shmrt's version and a hash of the sources of the code that measurements time (the kernels,
+    the interpreter, the runtime): an upgrade or an edit never reuses stale timings."""
+    from kernels._cache import source_hash
+    from . import __version__
+    return f"shmrt {__version__} code {source_hash()}"
 
 
 def load(path: str) -> dict:
@@ -203,12 +184,64 @@ def store(path: str, key: str, value) -> None:
         pass
 
 
+def _per_worker(cm, n, work, calls=7):
+    """Median over calls and workers of work(w) / (the kernel time of worker w
+    in a profiled in-place call of n rows), skipping workers given no work."""
+    cm.profile(n=n)  # warm: weights into the cache where they fit, code paged in
+    vals = []
+    for _ in range(calls):
+        p = cm.profile(n=n)
+        vals += [work(w) / (p.kernel_us[w] * 1e-6) for w in range(p.workers) if work(w) > 0 and p.kernel_us[w] > 0]
+    return float(np.median(vals))
+
+
+def kernel_rates(rt) -> dict:
+    """One worker's rates, measured with shmrt's own kernels on rt's own
+    workers, all of them computing at once (profiled in-place calls):
+    GEMM GFLOP/s at many rows (128 rows per worker, scaled by the cost
+    model's r / (r + 16)), read GB/s of a weight slice streamed from memory
+    (a 4096 x 4096 model-parallel GEMV), and from the worker's own L2 (a
+    weight that fits there, re-read by every worker)."""
+    from . import layers as L
+    P, rng = rt.workers, np.random.default_rng(0)
+
+    def linear(k, m):
+        return L.Sequential([L.Linear(k, m, weight=rng.standard_normal((m, k), np.float32) / 32,
+                                      bias=np.zeros(m, np.float32))])
+
+    out = {}
+    rows = 128
+    with rt.compile(linear(1024, 1024), strategy="data", max_batch=rows * P) as cm:
+        cm.input_buffer()[...] = 1.0
+        per = [(rows * P * (w + 1)) // P - (rows * P * w) // P for w in range(P)]
+        out["gflops"] = _per_worker(cm, rows * P, lambda w: 2.0 * per[w] * 1024 * 1024) / 1e9 * (rows + 16) / rows
+    with rt.compile(linear(4096, 4096), strategy="model", max_batch=1) as cm:
+        cm.input_buffer(1)[...] = 1.0
+        prog = cm.plan.programs["model"]
+        wbytes = [4.0 * sum(int(s[4]) * int(s[12]) for s in prog[w] if s[0] == LINEAR) for w in range(P)]
+        out["read_gbs"] = _per_worker(cm, 1, lambda w: wbytes[w]) / 1e9
+    k = 512
+    m = max(16, min(256, l2_bytes() // 4 // (4 * k)))  # a quarter of the L2 at most
+    with rt.compile(linear(k, m), strategy="data", max_batch=P) as cm:
+        cm.input_buffer(P)[...] = 1.0
+        out["cache_gbs"] = _per_worker(cm, P, lambda w: 4.0 * k * m) / 1e9
+    return out
+
+
 def calibrate(rt) -> Rates:
-    """Rates for plans on runtime rt: the kernel rates (cached per machine),
-    and the pool's own call and barrier costs, measured now on a tiny model
-    of 8 Linear layers: a batch-row plan (no barrier) against a
-    model-parallel one (a barrier per layer), calls back to back."""
-    gflops, read, cache, source = kernel_rates()
+    """Rates for plans on runtime rt, measured on its workers: the kernel
+    rates (kernel_rates), and the pool's own call and barrier costs, on a
+    tiny model of 8 Linear layers: a batch-row plan (no barrier) against a
+    model-parallel one (a barrier per layer), calls back to back.  Cached
+    per machine, worker count, shmrt version and code (code_key)."""
+    path = _cache_path()
+    key = f"{machine_key()} | {rt.workers} workers | {code_key()}"
+    got = load(path).get(key)
+    if got:
+        return Rates(**{k: got[k] for k in ("gflops", "read_gbs", "cache_gbs", "l2_bytes", "barrier_us",
+                                             "dispatch_us")},
+                     source=f"measured on this machine on {rt.workers} workers, {got['date']} (cached)")
+    rates = kernel_rates(rt)
     from . import layers as L
     tiny = L.Sequential([L.Linear(32, 32, weight=np.eye(32), bias=np.zeros(32)) for _ in range(8)])
     cms = {s: rt.compile(tiny, strategy=s, max_batch=2) for s in ("data", "model")}
@@ -225,8 +258,10 @@ def calibrate(rt) -> Rates:
     finally:
         for cm in cms.values():
             cm.close()
-    return Rates(gflops=gflops, read_gbs=read, cache_gbs=cache, l2_bytes=l2_bytes(),
-                 barrier_us=max((t_model - t_data) / max(nb, 1), 1.0), dispatch_us=t_data, source=source)
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    rates.update(l2_bytes=l2_bytes(), barrier_us=max((t_model - t_data) / max(nb, 1), 1.0), dispatch_us=t_data)
+    store(path, key, dict(rates, date=date))
+    return Rates(**rates, source=f"measured on this machine on {rt.workers} workers, {date}")
 
 
 def l2_bytes() -> int:

@@ -1,7 +1,8 @@
 """autotune=True: time every candidate plan of a compiled model on this
 machine at batch sizes 1, 4, 16, ..., max_batch, keep the fastest for each,
 and cache the choice per (model structure, input shape, max_batch, workers,
-machine), so that compiling the same model again is instant."""
+machine, shmrt version and code), so that compiling the same model again is
+instant and an upgrade measures again."""
 from __future__ import annotations
 
 import hashlib
@@ -10,7 +11,7 @@ import os
 import numpy as np
 
 from .ceilings import timeit
-from .cost import _cache_path, load, machine_key, store
+from .cost import _cache_path, code_key, load, machine_key, store
 
 
 def batch_sizes(max_batch: int) -> list:
@@ -24,7 +25,7 @@ def batch_sizes(max_batch: int) -> list:
 def _key(cm, model) -> str:
     plan = cm.plan
     text = repr([repr(l) for l in model.layers]) + repr((plan.in_shape, plan.max_batch, plan.workers,
-                                                          sorted(plan.programs), machine_key()))
+                                                          sorted(plan.programs), machine_key(), code_key()))
     return hashlib.sha1(text.encode()).hexdigest()
 
 
