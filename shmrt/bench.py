@@ -1,18 +1,26 @@
-"""``python -m shmrt.bench``: shmrt on the built-in workloads, next to numpy in one process.
+"""``python -m shmrt.bench``: shmrt on the built-in workloads, beside numpy and the installed peers.
 
-For each worker count and strategy: latency p50 / p90 and throughput of
-``cm(x)`` (the convenience tier, copies included), the speedup over the
-same model in numpy (float32, numpy's own BLAS threads) measured in the
-same run, and the empty-command round trip parent -> workers -> parent.
-Every configuration is checked against a float64 reference before it is
-timed; a configuration that fails the check is reported, never timed.
+By default a representative subset that finishes in about a minute: every
+workload at one latency and one throughput batch, shmrt's ``auto`` at one
+worker per core, numpy in one process, and every peer installed (ONNX
+Runtime, PyTorch) at the same thread count.  ``--full`` runs the whole
+matrix: worker counts 1 and N, every strategy.
+
+Every implementation is checked against a float64 reference before it is
+timed; one that fails the check is reported, never timed.  Timing is
+interleaved: in every round the implementations run in a fresh random
+order, and shmrt's auto is timed twice under two names (an A/A control)
+whose difference says how large a difference must be to mean anything.
 """
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
 import platform
+import random
+import subprocess
 import sys
 import time
 
@@ -20,10 +28,12 @@ import numpy as np
 
 import shmrt
 
+from . import bench_report as report
 from . import ceilings
 from .ceilings import timeit
 from .peers import PEERS, Impl, Skip
 from .workloads import WORKLOADS, numpy_forward
+
 
 def rel_err(y, ref) -> float:
     return float(np.max(np.abs(y - ref)) / max(np.max(np.abs(ref)), 1e-30))
@@ -32,6 +42,23 @@ def rel_err(y, ref) -> float:
 def roundtrip_us(rt, n=3000):
     ts = timeit(rt.roundtrip, n, 0.0, warmup=200)
     return float(np.median(ts) * 1e6), float(np.percentile(ts, 90) * 1e6)
+
+
+def barrier_us(rt, calls=300) -> dict:
+    """Barrier latency among the workers: in profiled calls of a tiny
+    model-parallel model (8 Linear 32x32 layers, a barrier after each), the
+    time from the last worker's arrival at a barrier to every worker's
+    leaving it (shmrt.profile)."""
+    from . import layers as L
+    tiny = L.Sequential([L.Linear(32, 32) for _ in range(8)])
+    with rt.compile(tiny, strategy="model", max_batch=2) as cm:
+        cm.input_buffer(2)[...] = 1.0
+        vals = []
+        for i in range(calls):
+            p = cm.profile(n=2)
+            if i >= 20:
+                vals += p.barrier_us
+    return dict(p50=float(np.median(vals)), p90=float(np.percentile(vals, 90)), barriers=len(vals))
 
 
 def footprint(rt, weights_bytes) -> dict:
@@ -64,36 +91,52 @@ def cpu_seconds(proc) -> float:
         return sum(proc.cpu_times()[:2])
 
 
+def _commit() -> str:
+    """The git commit of the shmrt sources that ran (+ "-dirty" with uncommitted changes)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        head = subprocess.run(["git", "-C", root, "rev-parse", "--short=12", "HEAD"], capture_output=True,
+                              text=True, timeout=10)
+        if head.returncode != 0:
+            return "unknown (not run from a git checkout)"
+        dirty = subprocess.run(["git", "-C", root, "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown (git not available)"
+
+
 def machine() -> dict:
-    info = {"python": platform.python_version(), "platform": platform.platform(),
-            "machine": platform.machine(), "numpy": np.__version__}
-    try:
-        import numba
-        info["numba"] = numba.__version__
-    except ImportError:
-        pass
-    try:
-        import psutil
-        info["cores_physical"] = psutil.cpu_count(logical=False)
-        info["cores_logical"] = psutil.cpu_count()
-    except ImportError:
-        info["cores_logical"] = os.cpu_count()
+    """What the figures were measured with: commit, date, CPU, caches, versions, BLAS."""
+    from importlib import metadata
+    info = {"shmrt": shmrt.__version__, "commit": _commit(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+            "platform": platform.platform(), "machine": platform.machine(), "versions": {}}
+    info["versions"]["python"] = platform.python_version()
+    for pkg in ("numpy", "numba", "llvmlite", "scipy", "psutil", "threadpoolctl", "onnx", "onnxruntime", "torch"):
+        try:
+            info["versions"][pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    import psutil
+    info["cores_physical"] = psutil.cpu_count(logical=False)
+    info["cores_logical"] = psutil.cpu_count()
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    info["cpu"] = line.split(":", 1)[1].strip()
-                    break
+            info["cpu"] = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")),
+                               platform.processor())
     except OSError:
         info["cpu"] = platform.processor()
     info["caches"] = caches()
-    try:
-        from threadpoolctl import threadpool_info
-        info["blas"] = [f"{d.get('internal_api')} {d.get('version')} ({d.get('architecture')}, "
-                        f"{d.get('num_threads')} threads)" for d in threadpool_info() if d.get("user_api") == "blas"]
-    except ImportError:
-        pass
+    from threadpoolctl import threadpool_info
+    info["blas"] = [f"{d.get('internal_api')} {d.get('version')} ({d.get('architecture')}, "
+                    f"{d.get('num_threads')} threads)" for d in threadpool_info() if d.get("user_api") == "blas"]
     return info
+
+
+def _read(path) -> str:
+    with open(path) as f:
+        return f.read().strip()
 
 
 def caches() -> str:
@@ -102,78 +145,37 @@ def caches() -> str:
     out = []
     for d in sorted(glob.glob("/sys/devices/system/cpu/cpu0/cache/index*")):
         try:
-            level, kind, size = (open(f"{d}/{f}").read().strip() for f in ("level", "type", "size"))
+            level, kind, size = (_read(f"{d}/{f}") for f in ("level", "type", "size"))
         except OSError:
             continue
         out.append(f"L{level}{'d' if kind == 'Data' else 'i' if kind == 'Instruction' else ''} {size}")
     return ", ".join(out) or "?"
 
 
-def _progress(msg):
-    """One line per step on stderr; a tqdm bar instead when tqdm is installed and stderr is a terminal."""
-    bar = _bar.get("bar")
-    if bar is not None:
-        bar.set_description_str(msg[:60])
-        bar.update(1)
-    else:
-        print(f"  .. {msg}", file=sys.stderr, flush=True)
+class Progress:
+    """Progress on stderr: a tqdm bar when tqdm is installed and stderr is a
+    terminal, else one "[k/total] step" line per step."""
 
+    def __init__(self, total: int):
+        self.total, self.k, self.bar = total, 0, None
+        if sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+                self.bar = tqdm(total=total, file=sys.stderr, unit="step", leave=False)
+            except ImportError:
+                pass
 
-_bar = {}
+    def __call__(self, msg: str, step: bool = True):
+        self.k += step
+        if self.bar is not None:
+            self.bar.set_description_str(msg[:60])
+            self.bar.update(int(step))
+        else:
+            print(f"  [{self.k:>3}/{self.total}] {msg}", file=sys.stderr, flush=True)
 
-
-def _start_progress():
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return
-    if sys.stderr.isatty():
-        _bar["bar"] = tqdm(file=sys.stderr, unit="step", leave=False)
-
-
-def _stop_progress():
-    bar = _bar.pop("bar", None)
-    if bar is not None:
-        bar.close()
-
-
-def plot(result, path):
-    """Throughput against workers (threads for peers), one panel per workload and batch."""
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise SystemExit("--plot needs matplotlib (pip install 'shmrt[plot]')")
-    panels = sorted({(r["workload"], r["batch"]) for r in result["rows"]}, key=lambda k: (list(result["workloads"]).index(k[0]), k[1]))
-    cols = 2
-    fig, axes = plt.subplots((len(panels) + cols - 1) // cols, cols, figsize=(11, 3.2 * ((len(panels) + 1) // cols)),
-                             squeeze=False)
-    for ax, (wl, b) in zip(axes.ravel(), panels):
-        series = {}
-        for r in result["rows"]:
-            if r["workload"] != wl or r["batch"] != b or "p50_ms" not in r or r["impl"] == "numpy (1 process)":
-                continue
-            label = f"shmrt {r['strategy']}" if r["impl"] == "shmrt" else r["impl"].split(" (")[0]
-            series.setdefault(label, []).append((max(r["workers"], 1), r["items_per_s"]))
-        for label, pts in sorted(series.items()):
-            pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label,
-                    linewidth=2.5 if label.startswith("shmrt") else 1.2)
-        ax.set_title(f"{wl}, batch {b:,}", fontsize=10)
-        ax.set_xlabel("workers / threads")
-        ax.set_ylabel(f"{next(r['unit'] for r in result['rows'] if r['workload'] == wl)}/s")
-        ax.set_xticks(sorted({max(r["workers"], 1) for r in result["rows"]}))
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    for ax in axes.ravel()[len(panels):]:
-        ax.axis("off")
-    m = result["machine"]
-    fig.suptitle(f"shmrt and peers on {m.get('cpu', '?')}, {m.get('cores_logical')} logical cores (higher is better)",
-                 fontsize=11)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
 
 
 def _stream(cm, x, y, chunk):
@@ -204,65 +206,90 @@ def _shmrt_impl(cm, wl, x, b):
     return Impl(cm)
 
 
-def breakdown(cm, x, reps, min_time) -> dict:
-    """Medians over profiled calls (CompiledModel.profile) of where a call's
-    time goes, in us: copies, the slowest worker's kernels, coordination
-    (dispatch, barrier waits, return).  x is cut to max_batch rows."""
-    x = x[:cm.max_batch]
-    cm.profile(x)
+def call_sizes(wl, b, max_batch) -> list:
+    """The row counts of the calls one timed run of b rows makes."""
+    step = wl.chunk or max_batch
+    return sorted({min(step, b - s) for s in range(0, b, step)}) if not wl.zero_copy else [b]
+
+
+def breakdown(cm, wl, x, reps, min_time) -> dict:
+    """Medians over profiled calls of where a call's time goes, in us, in the
+    tier that is timed: in place for a zero-copy workload, else the
+    convenience tier on one call's rows (a chunk, or at most max_batch)."""
+    rows = min(x.shape[0], wl.chunk or cm.max_batch)
+    prof = (lambda: cm.profile(n=rows)) if wl.zero_copy else (lambda: cm.profile(x[:rows]))
+    prof()
     ps, t_end = [], time.perf_counter() + min_time
     while len(ps) < reps and (time.perf_counter() < t_end or len(ps) < 3):
-        ps.append(cm.profile(x))
+        ps.append(prof())
     med = lambda f: float(np.median([f(p) for p in ps]))
-    return dict(rows=x.shape[0], total_us=med(lambda p: p.total_us), copy_us=med(lambda p: p.copy_in_us + p.copy_out_us),
-                kernel_us=med(lambda p: max(p.kernel_us)), coordination_us=med(lambda p: p.coordination_us),
-                barrier_wait_us=med(lambda p: max(p.wait_us)), dispatch_us=med(lambda p: max(p.dispatch_us)),
-                return_us=med(lambda p: p.return_us), profiles=len(ps))
+    crit = lambda f: (lambda p: f(p)[p.critical])
+    return dict(rows=rows, tier="in place" if wl.zero_copy else "cm(x)", total_us=med(lambda p: p.total_us),
+                copy_us=med(lambda p: p.copy_in_us + p.copy_out_us), kernel_us=med(crit(lambda p: p.kernel_us)),
+                coordination_us=med(lambda p: p.coordination_us), dispatch_us=med(crit(lambda p: p.dispatch_us)),
+                wait_us=med(crit(lambda p: p.wait_us)), return_us=med(lambda p: p.return_us),
+                python_us=med(lambda p: p.launch_us + p.finish_us), unaccounted_us=med(lambda p: p.unaccounted_us),
+                profiles=len(ps))
 
 
-def interleaved(impls, x, reps, min_time, rounds, pause):
-    """Per-call seconds of each Impl, timed in ``rounds`` rounds of a stretch
-    each (at least reps/rounds calls or min_time/rounds seconds), one after
-    the other, so that drift of the machine hits all alike.  A warm-up call
-    each first; ``pause`` seconds after each stretch of an impl whose
-    threads spin on after a call (OpenBLAS, onnxruntime)."""
+def interleaved(impls, x, rounds, min_time, rng, pause):
+    """Per-call seconds of each Impl: ``rounds`` rounds, each running every
+    Impl for a stretch (at least one call and min_time / rounds seconds) in
+    a fresh random order, so that neither drift nor position favours one.
+    A warm-up call each first; ``pause`` seconds after each stretch of an
+    impl whose threads spin on after a call (OpenBLAS, onnxruntime)."""
     times = {k: [] for k in impls}
-    for k, (impl, _) in impls.items():
+    for impl, _ in impls.values():
         with impl.scope():
             impl.run(x)
+    keys = list(impls)
     for _ in range(rounds):
-        for k, (impl, spins) in impls.items():
+        rng.shuffle(keys)
+        for k in keys:
+            impl, spins = impls[k]
             with impl.scope():
-                times[k] += list(timeit(lambda: impl.run(x), max(1, reps // rounds), min_time / rounds, warmup=0))
+                times[k] += list(timeit(lambda: impl.run(x), 1, min_time / rounds, warmup=0))
             if spins:
                 time.sleep(pause)
     return {k: np.array(v) for k, v in times.items()}
 
 
-def run_workload(wl, workers, strategies, batches, quick=False, peers=False):
+MODES = {  # rounds, seconds per implementation per batch, profiled calls, seconds of profiling
+    "quick": (2, 0.1, 3, 0.1),
+    "default": (5, 0.4, 5, 0.2),
+    "full": (5, 1.5, 15, 1.0),
+}
+
+
+def run_workload(wl, workers, strategies, batches, mode, peers, progress, rng):
     """Every implementation of one workload, per worker count N and batch:
-    numpy in one process (its own threads), each peer at N threads (with
-    --peers) and shmrt at N workers per strategy -- checked against the
-    float64 reference, then timed interleaved."""
+    numpy in one process (its own threads), each peer at N threads and shmrt
+    at N workers per strategy (auto twice: the A/A control) -- checked
+    against the float64 reference, then timed interleaved."""
+    rounds, min_time, reps, prof_time = MODES[mode]
     model = wl.model
     nbytes = sum(a.nbytes for l in model.layers for a in l.params.values())
-    rng = np.random.default_rng(0)
-    batches = batches or wl.batches
-    xs = {b: rng.standard_normal((b, *wl.input_shape)).astype(np.float32) for b in batches}
+    data = np.random.default_rng(0)
+    xs = {b: data.standard_normal((b, *wl.input_shape)).astype(np.float32) for b in batches}
     refs = {b: numpy_forward(model, xs[b], np.float64) for b in batches}
-    reps, min_time, rounds, pause = (3, 0.2, 1, 0.05) if quick else (10, 1.0, 5, 0.2)
-    rows, roundtrips, resources = [], {}, {}
+    rows, extra = [], {"roundtrip_us": {}, "barrier_us": {}, "resources": {}}
     common = dict(workload=wl.name, unit=wl.unit)
+    control = "auto" if "auto" in strategies else strategies[0]
     for n in workers:
-        _progress(f"{wl.name}: starting {n} worker(s)")
+        progress(f"{wl.name}: starting {n} worker(s)", step=False)
         with shmrt.Runtime(workers=n) as rt:
+            max_batch = min(wl.max_batch, max(batches))
             if n > 0 and wl.name == "mlp":
-                roundtrips[n] = roundtrip_us(rt, 1000 if quick else 5000)
-                with rt.compile(model, strategy=strategies[0], max_batch=min(wl.max_batch, max(batches)),
-                                input_shape=wl.input_shape) as cm:
+                extra["roundtrip_us"][n] = roundtrip_us(rt, 1000 if mode == "quick" else 5000)
+                if n > 1:
+                    extra["barrier_us"][n] = barrier_us(rt, 60 if mode == "quick" else 300)
+                with rt.compile(model, strategy=strategies[0], max_batch=max_batch, input_shape=wl.input_shape) as cm:
                     cm(xs[batches[0]])
-                    resources[n] = footprint(rt, nbytes)  # one compiled model, after a call
-            built = {("numpy (1 process)", "-"): (Impl(lambda x: numpy_forward(model, x)), True)}
+                    extra["resources"][n] = footprint(rt, nbytes)  # one compiled model, after a call
+            # numpy with its BLAS's own threads: the "vs numpy" baseline of the full matrix (by default
+            # the numpy peer at N threads is the baseline instead)
+            built = {("numpy (1 process)", "-"): (Impl(lambda x: numpy_forward(model, x)), True)} if mode == "full" \
+                else {}
             skipped = []
             for peer, build in (PEERS.items() if peers else []):
                 try:
@@ -270,35 +297,37 @@ def run_workload(wl, workers, strategies, batches, quick=False, peers=False):
                 except Skip as e:
                     skipped.append(dict(common, impl=f"{peer} ({max(n, 1)} thr)", workers=n, strategy="-",
                                         skipped=str(e), ok=True, rel_err=float("nan")))
-            cms = {s: rt.compile(model, strategy=s, max_batch=min(wl.max_batch, max(batches)),
-                                 input_shape=wl.input_shape) for s in strategies}
+            cms = {s: rt.compile(model, strategy=s, max_batch=max_batch, input_shape=wl.input_shape)
+                   for s in strategies}
             try:
                 for b in batches:
                     impls = dict(built)
-                    impls.update({("shmrt", s): (_shmrt_impl(cm, wl, xs[b], b), False) for s, cm in cms.items()})
+                    for s, cm in cms.items():
+                        impls[("shmrt", s)] = (_shmrt_impl(cm, wl, xs[b], b), False)
+                    impls[("shmrt", control + report.AA)] = impls[("shmrt", control)]
                     timed, group = {}, []
                     for (name, s), (impl, spins) in impls.items():
-                        _progress(f"{wl.name}: N={n} batch {b}: checking {name} {s}")
                         with impl.scope():
                             err = rel_err(np.asarray(impl.run(xs[b])), refs[b])
                         row = dict(common, impl=name, workers=n, strategy=s, batch=b, rel_err=err, ok=err <= 1e-5)
                         if name == "shmrt":
-                            row["plan"] = cms[s].plan.strategy_for(s, min(b, cms[s].max_batch))
+                            cm = cms[s.removesuffix(report.AA)]
+                            row["plan"] = "+".join(dict.fromkeys(cm.plan.strategy_for(cm.strategy, k)
+                                                                 for k in call_sizes(wl, b, cm.max_batch)))
                         if row["ok"]:
                             timed[(name, s)] = (impl, spins)
                         group.append(row)
-                    _progress(f"{wl.name}: N={n} batch {b}: timing {len(timed)} implementations interleaved")
-                    ts = interleaved(timed, xs[b], reps, min_time, rounds, pause)
-                    base = float(np.median(ts[("numpy (1 process)", "-")])) if ("numpy (1 process)", "-") in ts else None
+                    progress(f"{wl.name}: N={n} batch {b:,}: {len(timed)} implementations")
+                    ts = interleaved(timed, xs[b], rounds, min_time, rng, 0.2 if mode == "full" else 0.05)
+                    base = ts.get(("numpy (1 process)", "-"), ts.get((f"numpy ({max(n, 1)} thr)", "-")))
+                    base = float(np.median(base)) if base is not None else None
                     for row in group:
                         t = ts.get((row["impl"], row["strategy"]))
                         if t is not None:
-                            p50 = float(np.median(t))
-                            row.update(p50_ms=p50 * 1e3, p90_ms=float(np.percentile(t, 90)) * 1e3, items_per_s=b / p50,
-                                       calls=len(t), speedup=base / p50 if base else float("nan"))
-                        if row["impl"] == "shmrt" and n > 0 and row["ok"]:
-                            row["breakdown"] = breakdown(cms[row["strategy"]], xs[b], 5 if quick else 15,
-                                                         0.2 if quick else 1.0)
+                            row.update(report.stats(t), items_per_s=b / float(np.median(t)),
+                                       speedup=base / float(np.median(t)) if base else float("nan"))
+                        if row["impl"] == "shmrt" and n > 0 and row["ok"] and not row["strategy"].endswith(report.AA):
+                            row["breakdown"] = breakdown(cms[row["strategy"]], wl, xs[b], reps, prof_time)
                     rows += group
                 rows += [dict(r, batch=b) for r in skipped for b in batches]
             finally:
@@ -306,180 +335,55 @@ def run_workload(wl, workers, strategies, batches, quick=False, peers=False):
                     cm.close()
                 for impl, _ in built.values():
                     impl.close()
-    return dict(rows=rows, roundtrip_us={str(k): {"p50": v[0], "p90": v[1]} for k, v in roundtrips.items()},
-                resources={str(k): v for k, v in resources.items()},
-                description=f"{wl.description}, {nbytes / 2**20:.1f} MiB float32 weights")
+    extra = {k: {str(n): v for n, v in d.items()} for k, d in extra.items()}
+    extra["roundtrip_us"] = {n: {"p50": v[0], "p90": v[1]} for n, v in extra["roundtrip_us"].items()}
+    return dict(rows=rows, description=f"{wl.description}, {nbytes / 2**20:.1f} MiB float32 weights", **extra)
 
 
-def run(workloads, workers, strategies, batches=None, quick=False, peers=False):
-    result = dict(machine=machine(), rows=[], roundtrip_us={}, resources={}, workloads={}, ceilings={})
-    for n in workers:
-        _progress(f"ceilings at {max(n, 1)} thread(s)")
-        result["ceilings"][str(max(n, 1))] = ceilings.measure(max(n, 1), quick)
+def plan_runs(workloads, batches, mode) -> dict:
+    """{workload: batches}: the given batches, else the workload's own (all of
+    them with --full; its latency and throughput batch by default)."""
+    out = {}
     for name in workloads:
         wl = WORKLOADS[name]()
-        r = run_workload(wl, workers, strategies, batches if not name.startswith("logreg") else None, quick, peers)
-        result["rows"] += r["rows"]
-        result["roundtrip_us"].update(r["roundtrip_us"])
-        result["resources"].update(r["resources"])
-        result["workloads"][name] = r["description"]
-    _versus_best_peer(result["rows"])
-    result["goals"] = goals(result)
-    return result
-
-
-def _versus_best_peer(rows):
-    """shmrt rows get best peer p50 / shmrt p50, at the same workers (= peer threads) and batch."""
-    for r in rows:
-        if r["impl"] != "shmrt" or "p50_ms" not in r:
-            continue
-        peers = [p["p50_ms"] for p in rows if p["workload"] == r["workload"] and p["batch"] == r["batch"]
-                 and p["workers"] == r["workers"] and p["impl"] not in ("shmrt", "numpy (1 process)")
-                 and "p50_ms" in p]
-        if peers:
-            r["vs_best_peer"] = min(peers) / r["p50_ms"]
-
-
-# The goals of issue 4, set for 16 cores (and ">= 1.0x the best peer on every
-# workload" for 2 cores): (workload, batch, goal, compare with, target).
-# "latency": shmrt p50 / reference p50, at most target; "throughput":
-# reference p50 / shmrt p50, at least target; "ms": shmrt p50 at most
-# target; "read bound": (bytes / read GB/s) / shmrt p50, at least target.
-GOALS = [
-    ("mlp", 1, "latency", "best peer", 0.8),
-    ("mlp", 256, "throughput", "best peer", 1.2),
-    ("cnn", 1, "latency", "onnxruntime", 1.0),
-    ("cnn", 64, "throughput", "onnxruntime", 1.0),
-    ("lstm", 1, "ms", None, 1.0),
-    ("lstm", 32, "throughput", "best peer", 1.5),
-    ("logreg", 1_000_000, "read bound", None, 0.9),
-]
-
-
-def goals(result) -> list:
-    """Where shmrt stands against each goal, at the largest worker count run,
-    for the auto strategy and for the best strategy measured."""
-    rows = [r for r in result["rows"] if "p50_ms" in r]
-    shm = [r for r in rows if r["impl"] == "shmrt"]
-    if not shm:
-        return []
-    n = max(r["workers"] for r in shm)
-    out = []
-
-    def peer_p50(wl, b, which):
-        ps = [r for r in rows if r["workload"] == wl and r["batch"] == b and r["workers"] == n
-              and r["impl"] not in ("shmrt", "numpy (1 process)")
-              and (which == "best peer" or r["impl"].startswith(which))]
-        return min(ps, key=lambda r: r["p50_ms"]) if ps else None
-
-    def figure(kind, r, ref, wl, b):
-        if kind == "latency":
-            return r["p50_ms"] / ref["p50_ms"]
-        if kind == "throughput":
-            return ref["p50_ms"] / r["p50_ms"]
-        if kind == "ms":
-            return r["p50_ms"]
-        read = result.get("ceilings", {}).get(str(max(n, 1)), {}).get("read_gbs")
-        if not read:
-            return None
-        nbytes = b * int(np.prod(WORKLOADS[wl]().input_shape)) * 4
-        return nbytes / read / 1e9 / (r["p50_ms"] / 1e3)
-
-    cases = [(wl, b, kind, which, target, "16-core goal") for wl, b, kind, which, target in GOALS]
-    cases += [(wl, b, "throughput", "best peer", 1.0, "2-core goal")
-              for wl, b in dict.fromkeys((r["workload"], r["batch"]) for r in shm)]
-    for wl, b, kind, which, target, label in cases:
-        mine = [r for r in shm if r["workload"] == wl and r["batch"] == b and r["workers"] == n]
-        ref = peer_p50(wl, b, which) if which else None
-        if not mine or (which and ref is None):
-            continue
-        auto = next((r for r in mine if r["strategy"] == "auto"), None)
-        best = min(mine, key=lambda r: r["p50_ms"])
-        f_auto = figure(kind, auto, ref, wl, b) if auto else None
-        f_best = figure(kind, best, ref, wl, b)
-        if f_best is None:
-            continue
-        lower = kind in ("latency", "ms")
-        met = (f_best <= target) if lower else (f_best >= target)
-        out.append(dict(label=label, workload=wl, batch=b, workers=n, kind=kind, versus=which or "", target=target,
-                        auto=f_auto, best=f_best, best_strategy=best["strategy"], met=met,
-                        reference=f"{ref['impl']} {ref['p50_ms']:.3f} ms" if ref else ""))
+        own = wl.batches if mode == "full" else wl.subset
+        out[name] = list(batches) if batches and not wl.fixed_batch else list(own)
     return out
 
 
-def gap_table(result) -> str:
-    """Where shmrt's time goes (profiled calls) for each workload and batch,
-    largest gap to the best peer first: the auto strategy at the largest N."""
-    shm = [r for r in result["rows"] if r["impl"] == "shmrt" and "breakdown" in r and r["strategy"] == "auto"]
-    if not shm:
-        return ""
-    n = max(r["workers"] for r in shm)
-    shm = sorted((r for r in shm if r["workers"] == n), key=lambda r: r.get("vs_best_peer", float("inf")))
-    out = [f"where the time goes at {n} worker(s), auto strategy (medians of profiled calls, us; "
-           f"largest gap to the best peer first):",
-           f"  {'workload':<13} {'batch':>8} {'vs best':>8} {'total':>10} {'copies':>10} {'kernels':>10} "
-           f"{'coord.':>10} {'of which barrier':>17} {'dispatch':>9} {'return':>9}"]
-    for r in shm:
-        b = r["breakdown"]
-        vs = f"{r['vs_best_peer']:.2f}x" if "vs_best_peer" in r else "-"
-        out.append(f"  {r['workload']:<13} {b['rows']:>8} {vs:>8} {b['total_us']:10.1f} {b['copy_us']:10.1f} "
-                   f"{b['kernel_us']:10.1f} {b['coordination_us']:10.1f} {b['barrier_wait_us']:17.1f} "
-                   f"{b['dispatch_us']:9.1f} {b['return_us']:9.1f}")
-    return "\n".join(out)
+def run(workloads, workers, strategies, batches=None, quick=False, peers=False, mode=None, seed=None):
+    """Measure; returns the result dict that bench_report prints.  mode:
+    "quick", "default" or "full" (quick=True is mode "quick")."""
+    t0 = time.perf_counter()
+    mode = mode or ("quick" if quick else "full")
+    seed = random.SystemRandom().randrange(2**32) if seed is None else seed
+    rng = random.Random(seed)
+    todo = plan_runs(workloads, batches, mode)
+    progress = Progress(len(workers) * (1 + sum(len(b) for b in todo.values())))
+    result = dict(machine=machine(), mode=mode, order_seed=seed, rows=[], roundtrip_us={}, barrier_us={},
+                  resources={}, workloads={}, ceilings={}, row_bytes={})
+    try:
+        for n in workers:
+            progress(f"ceilings at {max(n, 1)} thread(s)")
+            result["ceilings"][str(max(n, 1))] = ceilings.measure(max(n, 1), mode == "quick")
+        for name, bs in todo.items():
+            wl = WORKLOADS[name]()
+            r = run_workload(wl, workers, strategies, bs, mode, peers, progress, rng)
+            result["rows"] += r.pop("rows")
+            result["workloads"][name] = r.pop("description")
+            for k, v in r.items():
+                result[k].update(v)
+            result["row_bytes"][name] = int(np.prod(wl.input_shape)) * 4
+    finally:
+        progress.close()
+    report.versus_best_peer(result["rows"])
+    result["goals"] = report.goals(result)
+    result["wall_s"] = time.perf_counter() - t0
+    return result
 
 
-def goals_table(gs) -> str:
-    if not gs:
-        return ""
-    what = {"latency": "p50 / {v} p50 <= {t}", "throughput": "{v} p50 / p50 >= {t}", "ms": "p50 ms <= {t}",
-            "read bound": "read-bandwidth bound / p50 >= {t}"}
-    out = [f"goals at {gs[0]['workers']} worker(s) (16-core goals are meant for 16 workers):"]
-    for g in gs:
-        auto = f"{g['auto']:.3g}" if g["auto"] is not None else "-"
-        out.append(f"  {g['label']:<12} {g['workload']:<13} b={g['batch']:<8} "
-                   f"{what[g['kind']].format(v=g['versus'], t=g['target']):<42} auto {auto:>7}  "
-                   f"best {g['best']:.3g} ({g['best_strategy']})  {'met' if g['met'] else 'NOT met'}"
-                   f"{'  [' + g['reference'] + ']' if g['reference'] else ''}")
-    return "\n".join(out)
-
-
-def table(result) -> str:
-    m = result["machine"]
-    out = [f"machine: {m.get('cpu', '?')}, {m.get('cores_logical')} logical cores, caches {m.get('caches', '?')}, "
-           f"BLAS {m.get('blas', '?')}"]
-    for n, c in result.get("ceilings", {}).items():
-        sgemm = (f"{c['sgemm_gflops']:.0f} GFLOP/s" if "sgemm_gflops" in c
-                 else "n/a (threadpoolctl is needed to hold BLAS to N threads)")
-        out.append(f"  ceilings at {n} thread(s): sgemm {sgemm}, read {c['read_gbs']:.1f} GB/s, "
-                   f"copy {c['copy_gbs']:.1f} GB/s (read + write)")
-    out += [f"  {k}: {v}" for k, v in result["workloads"].items()]
-    out += ["", f"{'workload':<13} {'impl':<20} {'workers':>7} {'strategy':>8} {'plan':>5} {'batch':>7} {'p50 ms':>9} "
-                f"{'p90 ms':>9} {'items/s':>11} {'vs numpy':>8} {'vs best peer':>12} {'rel err':>8}"]
-    for r in result["rows"]:
-        if "skipped" in r:
-            timing = f"skipped: {r['skipped']}"
-        elif "p50_ms" in r:
-            peer = f"{r['vs_best_peer']:11.2f}x" if "vs_best_peer" in r else f"{'-':>12}"
-            timing = (f"{r['p50_ms']:9.3f} {r['p90_ms']:9.3f} {r['items_per_s']:11.1f} {r['speedup']:7.2f}x {peer} "
-                      f"{r['rel_err']:8.1e}")
-        else:
-            timing = f"FAILED numeric check (rel err {r['rel_err']:.1e}), not timed"
-        out.append(f"{r['workload']:<13} {r['impl']:<20} {r['workers']:>7} {r['strategy']:>8} {r.get('plan', '-'):>5} "
-                   f"{r['batch']:>7} {timing}")
-    out.append("")
-    if result.get("goals"):
-        out += [goals_table(result["goals"]), ""]
-    gaps = gap_table(result)
-    if gaps:
-        out += [gaps, ""]
-    for n, v in result["roundtrip_us"].items():
-        out.append(f"empty-command round trip parent -> {n} worker(s) -> parent: "
-                   f"p50 {v['p50']:.2f} us, p90 {v['p90']:.2f} us")
-    for n, v in result.get("resources", {}).items():
-        mem = (f"workers' PSS {v['workers_pss_mib']:.0f} MiB (+ {v.get('template_pss_mib', 0):.0f} MiB template) "
-               f"for {v['weights_mib']:.0f} MiB of weights" if "workers_pss_mib" in v else "PSS not available")
-        out.append(f"{n} worker(s): {mem}; idle CPU 200 ms after the last call: {v['idle_cpu_pct']:.3f} % of a core")
-    return "\n".join(out)
+table = report.table  # the public names of the report, kept here for callers of shmrt.bench
+plot = report.plot
 
 
 def _ints(text):
@@ -495,21 +399,31 @@ def _ints(text):
 def main(argv=None) -> int:
     default_n = shmrt.pool.default_workers()
     ap = argparse.ArgumentParser(prog="python -m shmrt.bench", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--workers", type=_ints, default=sorted({1, default_n}),
-                    help=f"comma-separated worker counts (default: 1,{default_n})")
-    ap.add_argument("--strategies", "--strategy", default="data,model,hybrid,pipeline,auto",
-                    help="comma-separated strategies among auto,data,model,hybrid,pipeline (default: all)")
+    ap.add_argument("--full", action="store_true",
+                    help=f"the whole matrix: workers 1,{default_n}, every strategy, every batch (default: a "
+                         f"representative subset in about a minute)")
+    ap.add_argument("--workers", type=_ints, default=None,
+                    help=f"comma-separated worker counts (default: {default_n}; with --full 1,{default_n})")
+    ap.add_argument("--strategies", "--strategy", default=None,
+                    help="comma-separated strategies among auto,data,model,hybrid,pipeline (default: auto; with "
+                         "--full all)")
     ap.add_argument("--workloads", default=",".join(WORKLOADS),
                     help=f"comma-separated, among {','.join(WORKLOADS)} (default: all)")
     ap.add_argument("--batches", type=_ints, default=None,
                     help="comma-separated batch sizes (default: each workload's own; logreg always runs 1M rows)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
     ap.add_argument("--peers", action="store_true",
-                    help="also run numpy, onnxruntime and torch at the same thread counts, where installed")
+                    help="with --full: also run onnxruntime, torch and numpy at N threads, where installed "
+                         "(the default run always includes the installed peers)")
+    ap.add_argument("--no-peers", action="store_true", help="run no peer, only shmrt and numpy in one process")
+    ap.add_argument("--seed", type=int, default=None, help="the seed of the random order (default: a fresh one)")
     ap.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     ap.add_argument("--plot", metavar="PATH.png", help="also plot throughput against workers (needs matplotlib)")
     args = ap.parse_args(argv)
-    strategies = [s.strip() for s in args.strategies.split(",") if s.strip()]
+    mode = "quick" if args.quick else "full" if args.full else "default"
+    workers = args.workers or (sorted({1, default_n}) if args.full else [default_n])
+    strategies = [s.strip() for s in (args.strategies or ("data,model,hybrid,pipeline,auto" if args.full else "auto"))
+                  .split(",") if s.strip()]
     bad = [s for s in strategies if s not in shmrt.plan.STRATEGIES]
     if bad:
         ap.error(f"unknown strategy {bad[0]!r}; expected some of {', '.join(shmrt.plan.STRATEGIES)}")
@@ -519,11 +433,8 @@ def main(argv=None) -> int:
     bad = [w for w in workloads if w not in WORKLOADS]
     if bad:
         ap.error(f"unknown workload {bad[0]!r}; expected some of {', '.join(WORKLOADS)}")
-    _start_progress()
-    try:
-        result = run(workloads, args.workers, strategies, args.batches, args.quick, args.peers)
-    finally:
-        _stop_progress()
+    peers = not args.no_peers and (args.peers or not args.full)
+    result = run(workloads, workers, strategies, args.batches, peers=peers, mode=mode, seed=args.seed)
     print(table(result))
     if args.json:
         with open(args.json, "w") as f:

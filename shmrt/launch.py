@@ -156,6 +156,9 @@ class ForkLauncher:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
+        self.reader.join(2.0)  # it reads to the end of the template's output, then the pipe can go
+        if not self.reader.is_alive():
+            self.proc.stdout.close()
 
 
 def launcher(common_args: list):

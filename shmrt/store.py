@@ -111,10 +111,12 @@ def unlink(name: str, shm=None, registered: bool = False) -> None:
         elif sys.platform != "win32":
             import _posixshmem
             _posixshmem.shm_unlink("/" + name)
-            if registered:
-                resource_tracker.unregister("/" + name, "shared_memory")
     except FileNotFoundError:
-        pass
+        pass  # a worker that saw its parent go, or the other owner, removed it first
+    if registered and shm is None and sys.platform != "win32":
+        # Always, even when the name was gone: a registration left behind makes the tracker
+        # report a "leaked" segment at exit and fail to unlink it again (gh-82300's symptom).
+        resource_tracker.unregister("/" + name, "shared_memory")
 
 
 class WeightStore:

@@ -25,6 +25,12 @@ class Workload:
     unit: str = "items"  # what one row is
     zero_copy: bool = False  # rows live in the shared input buffer; run_in_place, no copies
     chunk: int = 0  # > 0: stream the rows through the zero-copy tier, chunk rows at a time
+    fixed_batch: bool = False  # always runs its own batch (the bench's --batches does not apply)
+
+    @property
+    def subset(self) -> tuple:
+        """The default bench's batches: one latency and one throughput batch."""
+        return (min(self.batches), max(self.batches)) if len(self.batches) > 1 else self.batches
 
 
 def mlp():
@@ -58,7 +64,7 @@ def deep():
     for _ in range(12):
         layers += [L.Linear(256, 256), L.ReLU()]
     return Workload("deep", "deep MLP: 12 x (Linear 256-256 + ReLU), the pipeline's case", L.Sequential(layers),
-                    (256,), (4096,), 4096)
+                    (256,), (1, 4096), 4096)
 
 
 def _logreg_model():
@@ -70,13 +76,13 @@ def _logreg_model():
 def logreg():
     return Workload("logreg", "logistic regression, 64 features, 1,000,000 rows already in shared memory "
                     "(zero-copy tier: computed in place)", _logreg_model(), (64,), (1_000_000,), 1_000_000, "rows",
-                    zero_copy=True)
+                    zero_copy=True, fixed_batch=True)
 
 
 def logreg_stream():
     return Workload("logreg-stream", "the same, 1,000,000 rows streamed through the zero-copy tier in chunks of "
                     "65,536 (each chunk written into the shared input buffer, as a reader would)",
-                    _logreg_model(), (64,), (1_000_000,), 65_536, "rows", chunk=65_536)
+                    _logreg_model(), (64,), (1_000_000,), 65_536, "rows", chunk=65_536, fixed_batch=True)
 
 
 WORKLOADS = {"mlp": mlp, "cnn": cnn, "lstm": lstm, "deep": deep, "logreg": logreg, "logreg-stream": logreg_stream}

@@ -25,26 +25,32 @@ def test_peer_matches_float64(workload, peer):
 
 def test_bench_run_with_peers_reports_goals_ceilings_and_breakdown(tmp_path):
     """One quick interleaved run of the harness: every row checked, the
-    ceilings measured, each shmrt row profiled, the goals computed, and the
-    JSON and the table written (the plot when matplotlib is there)."""
-    pytest.importorskip("threadpoolctl")
+    ceilings measured, an A/A control timed, each shmrt row profiled in the
+    tier it was timed in, the goals judged on auto, and the table and the
+    machine record (commit, date, versions) written."""
     from shmrt import bench
-    result = bench.run(["cnn"], [1], ["data", "auto"], batches=[1], quick=True, peers=True)
+    result = bench.run(["cnn", "logreg"], [1], ["data", "auto"], batches=[1], quick=True, peers=True, seed=3)
     rows = result["rows"]
     assert all(r["ok"] for r in rows)
     impls = {r["impl"] for r in rows}
-    assert {"numpy (1 process)", "numpy (1 thr)", "shmrt"} <= impls
+    assert {"numpy (1 thr)", "shmrt"} <= impls
+    assert {r["strategy"] for r in rows if r["impl"] == "shmrt"} == {"data", "auto", "auto A/A"}
     timed = [r for r in rows if "p50_ms" in r]
-    assert timed and all(r["p50_ms"] > 0 and r["p90_ms"] >= r["p50_ms"] for r in timed)
+    assert timed and all(0 < r["p10_ms"] <= r["p50_ms"] <= r["p90_ms"] for r in timed)
+    assert all(r["ci_lo_ms"] <= r["p50_ms"] <= r["ci_hi_ms"] for r in timed)
     c = result["ceilings"]["1"]
-    assert c["read_gbs"] > 0 and c["copy_gbs"] > 0
-    for r in (r for r in rows if r["impl"] == "shmrt"):
+    assert c["read_gbs"] > 0 and c["copy_gbs"] > 0 and c["sgemm_gflops"] > 0
+    for r in (r for r in rows if r["impl"] == "shmrt" and not r["strategy"].endswith("A/A")):
         b = r["breakdown"]
-        parts = b["copy_us"] + b["kernel_us"] + b["coordination_us"]  # medians of each part: close to the total's
-        assert b["kernel_us"] > 0 and abs(parts - b["total_us"]) <= 0.3 * b["total_us"], b
-    goals = {(g["workload"], g["batch"], g["label"]) for g in result["goals"]}
-    assert ("cnn", 1, "2-core goal") in goals
-    if "onnxruntime (1 thr)" in impls:
-        assert ("cnn", 1, "16-core goal") in goals  # latency against onnxruntime
+        assert b["tier"] == ("in place" if r["workload"] == "logreg" else "cm(x)"), b
+        parts = b["copy_us"] + b["kernel_us"] + b["coordination_us"] + b["python_us"] + b["unaccounted_us"]
+        assert b["kernel_us"] > 0 and abs(parts - b["total_us"]) <= 0.3 * b["total_us"], b  # medians of parts
+        assert r["plan"] in ("data", "model", "hybrid", "pipeline"), r
+    m = result["machine"]
+    assert m["commit"] and m["date"] and m["versions"]["numpy"] and m["cpu"]
+    goals = {(g["workload"], g["batch"]) for g in result["goals"]}
+    assert ("logreg", 1_000_000) in goals
     text = bench.table(result)
-    assert "ceilings at 1 thread(s)" in text and "goals at 1 worker(s)" in text and "where the time goes" in text
+    for part in ("ceilings at 1 thread(s)", "A/A control", "goals (issue 14's targets)", "where the time goes",
+                 f"at commit {m['commit']}"):
+        assert part in text, part
