@@ -5,6 +5,7 @@
     python bench/onnx_conformance.py --strategies data,model --workers 2 -v
     python bench/onnx_conformance.py --list               # the cases, their inputs and outputs; runs nothing
     python bench/onnx_conformance.py --opset-cap 22       # what-if: lower opsets 23-25 to 22 before import
+    python bench/onnx_conformance.py --write-floors       # record today's PASS counts as the per-op floors
 
 The cases are the ONNX backend node tests that ship with the ``onnx``
 package (``onnx.backend.test.loader.load_model_tests(kind="node")``; older
@@ -36,12 +37,24 @@ first input's shape without the batch axis, run, and compared:
   is an internal error leaking out: FAIL) with a message that names
   something of the graph (an op type, node, attribute, input or output name)
   or what was expected (a shape, dtype, axis, opset ...).
-- FAIL: a wrong answer, another exception (or one at call time), a refusal
-  with an unclear message, a hang, or a graph that cannot be fed (no input,
+- FAIL: a wrong answer, another exception (ONNXImporterBug, a bug in the
+  importer, included; or one at call time), a refusal with an unclear
+  message, a hang, or a graph that cannot be fed (no input,
   a sequence input) that was imported rather than refused.
 
-The exit status is 1 when any case FAILs (2 when shmrt.onnx_import is absent).
-tests/test_onnx_nodes.py runs the same cases through ``run_case``.
+Floors: bench/results/onnx-floors.json holds, per op, how many of its cases
+must PASS (strategy data, every case as loaded by default: variants and
+expanded forms included, opsets as shipped), in each of the two batch modes
+(every size fixed as shipped, and the batch axis symbolic).  The table shows
+them in a "floor" column when the run is such a run (any batch mode), and an
+op that passes fewer cases than its floor is listed.  ``--write-floors`` runs
+both batch modes and writes each op's smaller PASS count; it refuses to lower
+a floor unless ``--allow-lower`` is given.  Floors go up by a reviewed
+change to that file, never by themselves.
+
+The exit status is 1 when any case FAILs or an op falls below its floor (2
+when shmrt.onnx_import is absent).  tests/test_onnx_nodes.py runs the same
+cases through ``run_case`` and checks the same floors.
 """
 from __future__ import annotations
 
@@ -50,9 +63,12 @@ import dataclasses
 import glob
 import importlib
 import importlib.util
+import json
 import os
+import platform
 import re
 import signal
+import subprocess
 import sys
 import time
 import traceback
@@ -71,6 +87,8 @@ SUPPORTED_OPS = ("Gemm", "MatMul", "Add", "Relu", "Sigmoid", "Tanh", "Gelu", "Er
 PLUMBING = frozenset(("Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Constant", "Shape", "Gather",
                       "Concat", "Expand"))
 REFUSAL_TYPES = (ValueError, TypeError, NotImplementedError)
+FLOORS_PATH = os.path.join(_ROOT, "bench", "results", "onnx-floors.json")
+BATCH_AXES = ("fixed", "symbolic")  # as shipped; the input's batch axis made symbolic (run_case's dynamic_batch)
 RTOL = 1e-5
 CASE_TIMEOUT_S = 60
 # words that make a refusal message specific even when it names nothing of the graph
@@ -566,23 +584,132 @@ def _refusal(res, stage, e, model, graph_desc):
                                       f"or output of the graph, nor a shape, dtype or axis): {msg}")
 
 
+# -- floors ------------------------------------------------------------------------
+
+def pass_counts(results) -> dict:
+    """op -> how many of its cases PASS (every op of ``results``, in their order)."""
+    counts = {}
+    for r in results:
+        counts[r.op] = counts.get(r.op, 0) + (r.status == "PASS")
+    return counts
+
+
+def load_floors(path=FLOORS_PATH) -> dict:
+    """op -> the number of its cases that must PASS (see the module's docstring)."""
+    with open(path) as f:
+        data = json.load(f)
+    floors = data.get("floors") if isinstance(data, dict) else None
+    if not isinstance(floors, dict) or not all(isinstance(v, int) and v >= 0 for v in floors.values()):
+        raise ValueError(f"{path}: expected {{\"floors\": {{op: int >= 0, ...}}, ...}}, got {str(data)[:200]}")
+    return floors
+
+
+def floors_note(path=FLOORS_PATH) -> str:
+    """'' if the floors were recorded with the onnx installed now, else a note saying with which."""
+    with open(path) as f:
+        rec = json.load(f).get("recorded_with", "")
+    now = f"onnx {_onnx_version()}"
+    return "" if rec.split(",")[0] == now else f" [note: the floors were recorded with {rec!r}; this is {now}]"
+
+
+def floor_problems(results, floors, mode="", path=FLOORS_PATH) -> list:
+    """What breaks the floors: an op that passes fewer cases than its floor (by how much, and its
+    failing cases), an op of the floors with no case, an op of the cases with no floor."""
+    counts, out = pass_counts(results), []
+    tag = f" ({mode} batch axis)" if mode else ""
+    for op, floor in floors.items():
+        if op not in counts:
+            out.append(f"{op}: has a floor of {floor} in {path} but no case is filed under it (a renamed op, or "
+                       f"cases lost by the loader?)")
+        elif counts[op] < floor:
+            bad = {st: [r.case for r in results if r.op == op and r.status == st] for st in ("FAIL", "REFUSED")}
+            out.append(f"{op}{tag}: {counts[op]} of {counts[op] + len(bad['FAIL']) + len(bad['REFUSED'])} cases PASS, "
+                       f"floor {floor}: fell by {floor - counts[op]}; "
+                       + "; ".join(f"{st} ({len(names)}): {', '.join(names)}" for st, names in bad.items() if names))
+    for op in counts:
+        if op not in floors:
+            out.append(f"{op}: {counts[op]} cases PASS but it has no floor in {path}; add one "
+                       f"(python bench/onnx_conformance.py --write-floors, then review the diff)")
+    return out
+
+
+def write_floors(results_by_mode, path=FLOORS_PATH, allow_lower=False) -> list:
+    """Write each op's smallest PASS count over the batch modes as its floor.  Returns the ops whose
+    floor would go down (and writes nothing) unless ``allow_lower``."""
+    counts = {}
+    for results in results_by_mode.values():
+        for op, n in pass_counts(results).items():
+            counts[op] = min(counts.get(op, n), n)
+    old = load_floors(path) if os.path.exists(path) else {}
+    lower = [f"{op}: {old[op]} -> {counts.get(op, 'no cases')}" for op in old
+             if old[op] > counts.get(op, -1)]
+    if lower and not allow_lower:
+        return lower
+    data = {"about": "Per-op floors of bench/onnx_conformance.py: how many ONNX backend node-test cases of each op "
+                     "must PASS (strategy data, default case set), in each batch mode (fixed, symbolic). "
+                     "tests/test_onnx_nodes.py fails if an op passes fewer. Written by --write-floors; raise "
+                     "floors only by a reviewed change of this file.",
+            "recorded_with": _versions(), "floors": counts}
+    with open(path, "w") as f:
+        json.dump(data, f, indent=1)
+        f.write("\n")
+    return []
+
+
+def _versions() -> str:
+    parts = [f"onnx {_onnx_version()}"]
+    for name in ("onnxruntime", "numpy"):
+        try:
+            parts.append(f"{name} {importlib.import_module(name).__version__}")
+        except ImportError:
+            parts.append(f"{name} absent")
+    return ", ".join(parts)
+
+
+def header(argv) -> str:
+    """# the command line (commit, date, versions, machine): the first line of a results file."""
+    def git(*args):
+        try:
+            return subprocess.run(["git", *args], cwd=_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    commit = git("rev-parse", "--short", "HEAD") or "unknown"
+    if git("status", "--porcelain", "--", "shmrt", "bench", "tests"):
+        commit += " + uncommitted changes"
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return (f"# python bench/onnx_conformance.py {' '.join(argv)}".rstrip() + f"   (commit {commit}, "
+            f"{time.strftime('%Y-%m-%d')}, {_versions()}, Python {platform.python_version()}, "
+            f"{os.cpu_count()} CPUs: {cpu})")
+
+
 # -- the script --------------------------------------------------------------------
 
-def table(results) -> str:
+def table(results, floors=None) -> str:
+    """The per-op table; with ``floors``, a floor column and a "<" mark where an op passes fewer."""
     ops = []
     for r in results:
         if r.op not in ops:
             ops.append(r.op)
-    rows = [("op", "cases", "passed", "reshaped", "refused", "failed")]
-    tot = [0, 0, 0, 0, 0]
+    rows = [("op", "cases", "passed", "reshaped", "refused", "failed") + (("floor",) if floors is not None else ())]
+    tot = [0, 0, 0, 0, 0, 0]
     for op in ops:
         rs = [r for r in results if r.op == op]
         c = [len(rs), sum(r.status == "PASS" for r in rs),
              sum(r.status == "PASS" and any("reshaped" in n for n in r.notes) for r in rs),
              sum(r.status == "REFUSED" for r in rs), sum(r.status == "FAIL" for r in rs)]
+        f = []
+        if floors is not None:
+            fl = floors.get(op)
+            f = ["-" if fl is None else f"{fl}{' <' if c[1] < fl else ''}"]
+            c.append(fl or 0)
         tot = [a + b for a, b in zip(tot, c)]
-        rows.append((op, *map(str, c)))
-    rows.append(("total", *map(str, tot)))
+        rows.append((op, *map(str, c[:5]), *f))
+    rows.append(("total", *map(str, tot[:5 if floors is None else 6])))
     w = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(v.ljust(w[i]) if i == 0 else v.rjust(w[i]) for i, v in enumerate(r)) for r in rows]
     lines.insert(1, "-" * len(lines[0]))
@@ -607,7 +734,18 @@ def main(argv=None) -> int:
                     help="make the first input's batch axis symbolic (N) before import, as exporters do")
     ap.add_argument("--opset-cap", type=int, default=None,
                     help="what-if: lower each case's default-domain opset to at most this (e.g. 22) before import")
+    ap.add_argument("--write-floors", action="store_true",
+                    help=f"run both batch modes and write each op's PASS count as its floor to {FLOORS_PATH}")
+    ap.add_argument("--allow-lower", action="store_true", help="let --write-floors lower a floor")
     a = ap.parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    strategies = tuple(s.strip() for s in a.strategies.split(",") if s.strip())
+    # the floors are about the default case set and strategy, as shipped (either batch mode)
+    floor_run = (a.ops is None and a.cases is None and not a.no_variants and not a.no_expanded
+                 and a.opset_cap is None and strategies == ("data",))
+    if a.write_floors and not floor_run:
+        ap.error("--write-floors needs the default cases and strategy: no --ops, -k, --no-variants, "
+                 "--no-expanded, --opset-cap or --strategies")
 
     cases = load_cases(a.ops.split(",") if a.ops else None, a.cases, variants=not a.no_variants,
                        expanded=not a.no_expanded)
@@ -623,28 +761,48 @@ def main(argv=None) -> int:
     if from_onnx is None:
         print("shmrt.onnx_import.from_onnx does not exist yet; nothing to check", file=sys.stderr)
         return 2
-    strategies = tuple(s.strip() for s in a.strategies.split(",") if s.strip())
     holder = RuntimeHolder(a.workers)
     t0 = time.monotonic()
-    results = []
+    modes = BATCH_AXES if a.write_floors else ("symbolic" if a.dynamic_batch else "fixed",)
+    by_mode = {}
     try:
         holder.get()
         t_rt = time.monotonic() - t0
-        for c in cases:
-            r = run_case(c, holder, from_onnx, strategies, a.timeout, a.opset_cap, a.dynamic_batch)
-            results.append(r)
-            if a.verbose:
-                print(r.report() if r.status == "FAIL" else f"{r.case} [{r.op}] {r.status}"
-                      + (f" at {r.stage}: {r.reason}" if r.status == "REFUSED" else "")
-                      + "".join(f"\n  note: {n}" for n in r.notes), flush=True)
+        for mode in modes:
+            results = by_mode[mode] = []
+            for c in cases:
+                r = run_case(c, holder, from_onnx, strategies, a.timeout, a.opset_cap, mode == "symbolic")
+                results.append(r)
+                if a.verbose:
+                    print(r.report() if r.status == "FAIL" else f"{r.case} [{r.op}] {r.status}"
+                          + (f" at {r.stage}: {r.reason}" if r.status == "REFUSED" else "")
+                          + "".join(f"\n  note: {n}" for n in r.notes), flush=True)
     finally:
         holder.close()
     wall = time.monotonic() - t0
+    print(header(argv))
+    lower = write_floors(by_mode, allow_lower=a.allow_lower) if a.write_floors else []
+    floors = load_floors() if floor_run and os.path.exists(FLOORS_PATH) else None
+    below = []
+    for mode, results in by_mode.items():
+        below += floor_problems(results, floors, mode) if floors is not None else []
+    below = list(dict.fromkeys(below))
+    results = by_mode[modes[-1]]
     cap = (f", opsets capped at {a.opset_cap}" if a.opset_cap is not None else "") + \
-        (", symbolic batch axis" if a.dynamic_batch else "")
+        (", symbolic batch axis" if modes == ("symbolic",) else "" if len(modes) == 1 else
+         f", batch axis {' and '.join(modes)} (the tables below)")
     print(f"\nONNX {_onnx_version()} backend node tests, {len(cases)} cases{cap}, strategies {','.join(strategies)}, "
           f"{a.workers} workers; {wall:.1f} s (runtime start {t_rt:.1f} s, {holder.restarts} restarts)\n")
-    print(table(results))
+    for mode in modes[:-1]:  # --write-floors: the fixed run's table, then the symbolic one's with the details
+        print(f"fixed batch axis:\n{table(by_mode[mode], floors)}\n\nsymbolic batch axis:")
+    print(table(results, floors))
+    if floors is None:
+        print(f"\n(floors not checked: {'no ' + FLOORS_PATH if floor_run else 'not the default cases and strategy'})")
+    elif below:
+        print(f"\nBELOW THE FLOORS of {os.path.relpath(FLOORS_PATH)} ({len(below)}){floors_note()}:\n  "
+              + "\n  ".join(below))
+    else:
+        print(f"\nevery op at or above its floor ({os.path.relpath(FLOORS_PATH)})")
     refused = [r for r in results if r.status == "REFUSED"]
     if refused:
         print(f"\nREFUSED ({len(refused)}):")
@@ -665,8 +823,15 @@ def main(argv=None) -> int:
         print(f"\nFAIL ({len(failed)}):")
         for r in failed:
             print("\n" + r.report())
-    print(f"\n{sum(r.status == 'PASS' for r in results)} passed, {len(refused)} refused, {len(failed)} failed")
-    return 1 if failed else 0
+    print(f"\n{sum(r.status == 'PASS' for r in results)} passed, {len(refused)} refused, {len(failed)} failed"
+          + (f", {len(below)} below the floors" if below else ""))
+    if lower:
+        print(f"\n--write-floors: NOT written: it would lower the floors of {'; '.join(lower)} "
+              f"(fix the importer, or pass --allow-lower after review)")
+    elif a.write_floors:
+        print(f"\nfloors written to {os.path.relpath(FLOORS_PATH)} (per op, the smaller PASS count of the "
+              f"{' and '.join(BATCH_AXES)} batch axis); review the diff before committing it")
+    return 1 if lower or below or any(r.status == "FAIL" for rs in by_mode.values() for r in rs) else 0
 
 
 def _case(cases, name):

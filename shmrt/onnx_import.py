@@ -10,7 +10,9 @@ per ONNX axis, which axis of shmrt's batch-first activation it is (or None
 for an inserted size-1 axis).  Nodes that compute on the stream append shmrt
 layers; nodes that only re-label it (Transpose, Reshape, Squeeze, ...) make
 a new view.  Anything that cannot be expressed as a chain of shmrt layers is
-refused with a ValueError that names the node, its op and the attribute.
+refused with a ValueError (UnsupportedONNX) that names the node, its op and
+the attribute.  Only deliberate checks refuse: any other exception inside the
+importer is re-raised as ONNXImporterBug (a bug in shmrt, not in the model).
 
 ``load_onnx_file(path)`` reads a .onnx file and resolves external-data
 tensors itself, refusing locations that leave the model's folder.
@@ -19,11 +21,13 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import numpy as np
 
 from . import layers as L
-from .onnx_patterns import UnsupportedONNX, attrs, rewrite_gelu, rewrite_layernorm, tensor_array
+from .onnx_patterns import (ONNXImporterBug, UnsupportedONNX, attrs, check_node, raised_on_purpose,  # noqa: F401
+                            refusals_only, rewrite_gelu, rewrite_layernorm, tensor_array)
 
 _B = 1_000_003          # the batch-size sentinel in folded shape arithmetic (a prime)
 _MIN_OPSET, _MAX_OPSET = 13, 22
@@ -118,8 +122,9 @@ def _resolve_external(model, base_dir):
         if t.data_type != onnx.TensorProto.STRING:
             try:
                 itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
-            except Exception:
-                raise ValueError(f"{where}: unsupported data type {t.data_type}") from None
+            except KeyError:  # a data type onnx does not know: the model's bytes
+                raise ValueError(f"{where}: unsupported data type {t.data_type}; expected one of "
+                                 f"onnx.TensorProto's data types") from None
             need = int(np.prod(t.dims, dtype=np.int64)) * itemsize
             if len(data) != need:
                 raise ValueError(f"{where}: data file {full!r} gives {len(data)} bytes, the tensor "
@@ -207,28 +212,21 @@ class _Converter:
         self.input_shape = self.input_dims(inp)
         self.ir = self.input_shape
         self.values[inp.name] = _View((_B,) + self.input_shape, range(len(self.input_shape) + 1), 0)
-        nodes = list(enumerate(g.node))
-        for rewrite in (rewrite_gelu, rewrite_layernorm):
-            try:
+        nodes = self.live(list(enumerate(g.node)))
+        for rewrite in (rewrite_gelu, rewrite_layernorm):  # a pattern that does not fit returns the nodes as they are
+            with self.bugs(f"ONNX graph: the pattern rewrite {rewrite.__name__}"):
                 nodes = rewrite(self.onnx, g, nodes)
-            except Exception:  # a pattern that does not fit is left to the node-by-node walk
-                pass
         nodes = self.live(nodes)
         self.consumed = {o.name for o in g.output} | {x for _, n in nodes for x in n.input if x}
         for idx, node in nodes:
-            try:
+            with self.bugs(self.where(node, idx)):
                 self.step(idx, node)
-            except UnsupportedONNX:
-                raise
-            except Exception as e:  # a layer's own check, or malformed attributes/inputs: name the node
-                raise UnsupportedONNX(f"{self.where(node, idx)}: cannot convert it: {type(e).__name__}: {e}") from None
-        try:
+        with self.bugs(f"ONNX graph outputs {[o.name for o in g.output]} (building the model)"):
             return self.finish()
-        except UnsupportedONNX:
-            raise
-        except Exception as e:
-            raise UnsupportedONNX(f"ONNX graph outputs {[o.name for o in g.output]}: cannot build the model: "
-                                  f"{type(e).__name__}: {e}") from None
+
+    def bugs(self, where):
+        """Refusals pass, and a shmrt layer's own argument checks refuse; anything else is ONNXImporterBug."""
+        return refusals_only(where, L)
 
     def check_opsets(self):
         default = [o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")]
@@ -267,13 +265,7 @@ class _Converter:
         return tuple(rest)
 
     def to_array(self, t, what):
-        try:
-            a = tensor_array(self.onnx, t)
-        except UnsupportedONNX:
-            raise
-        except Exception as e:
-            raise ValueError(f"ONNX {what}: cannot read tensor data ({type(e).__name__}: {e})") from None
-        return a
+        return tensor_array(self.onnx, t, what)
 
     def live(self, nodes):
         """Drop nodes whose outputs reach no graph output; keep the order."""
@@ -359,6 +351,9 @@ class _Converter:
     # -- one node ----------------------------------------------------------------------------------
     def step(self, idx, node):
         op = node.op_type
+        bad = check_node(self.onnx, node, self.opset)
+        if bad:
+            self.fail(node, idx, f"{bad} (not a valid {op} node)")
         ins = [self.values.get(x) if x else None for x in node.input]
         for k, x in enumerate(node.input):
             if x and x not in self.values:
@@ -377,6 +372,10 @@ class _Converter:
         if handler is None:
             self.fail(node, idx, f"op {op} on the model input is not supported; supported ops: "
                                  f"{', '.join(sorted(n[3:] for n in dir(self) if n.startswith('op_')))}")
+        if not isinstance(ins[0], _View) and op not in ("Add", "Sub", "Mul", "Div", "Gemm", "MatMul"):
+            at = [k for k, v in enumerate(ins) if isinstance(v, _View)]
+            self.fail(node, idx, f"input 0 is a constant and input(s) {at} depend on the model input; expected the "
+                                 f"activation as input 0 of {op}")
         outs = handler(node, idx, ins, self.attrs(node))
         self.set(node, outs if isinstance(outs, list) else [outs])
 
@@ -384,6 +383,12 @@ class _Converter:
         for name, v in zip(node.output, outs):
             if name:
                 self.values[name] = v
+
+    def axis(self, node, idx, ax, r, what="axis"):
+        """An axis (attribute or input value) of an input of rank r, as 0..r-1; refused if out of range."""
+        if not -r <= int(ax) < r:
+            self.fail(node, idx, f"{what} {int(ax)} is out of range for an input of rank {r} (expected {-r}..{r - 1})")
+        return int(ax) % r
 
     def constant(self, node, idx):
         a = self.attrs(node)
@@ -402,10 +407,14 @@ class _Converter:
         a = self.attrs(node)
         try:
             out = self._fold(node, idx, op, ins, a)
-        except UnsupportedONNX:
-            raise
-        except Exception as e:
-            self.fail(node, idx, f"cannot fold it at load time: {type(e).__name__}: {e}")
+        except (ValueError, IndexError) as e:
+            if isinstance(e, UnsupportedONNX):
+                raise
+            if raised_on_purpose(e, sys.modules[__name__]):  # _reshape_target's or _slices' own check
+                self.fail(node, idx, f"cannot fold it at load time: {e}")
+            if all(v is None or v.size < _B for v in ins):  # numpy's error: are the graph's constants invalid?
+                self.reference(node, idx, op, ins)  # refuses if onnx's reference implementation rejects them too
+            raise  # numpy failed where onnx does not: a bug in _fold (bugs() reports it)
         out = out if isinstance(out, list) else [out]
         for o in out:
             if o is not None and not _is_uniform(o) and o.nbytes > _MAX_CONST_BYTES:
@@ -461,10 +470,10 @@ class _Converter:
             return np.expand_dims(x, tuple(sorted(ax % r for ax in axes)))
         if op == "Squeeze":
             if len(ins) > 1 and ins[1] is not None:
-                return np.squeeze(x, tuple(ax % x.ndim for ax in ints(ins[1])))
+                return np.squeeze(x, tuple(self.axis(node, idx, ax, x.ndim, "axes value") for ax in ints(ins[1])))
             return np.squeeze(x)
         if op == "Gather":
-            ax = a.get("axis", 0) % x.ndim
+            ax = self.axis(node, idx, a.get("axis", 0), x.ndim)
             ind = np.asarray(ins[1]).astype(np.int64)
             ind = np.where(ind < 0, ind + x.shape[ax], ind)
             if ind.ndim == 0:
@@ -477,7 +486,9 @@ class _Converter:
             return x[sl]
         if op == "Concat":
             parts = [p for p in ins if p is not None]
-            ax = a["axis"] % parts[0].ndim
+            if len({p.ndim for p in parts}) != 1:
+                self.fail(node, idx, f"inputs of ranks {[p.ndim for p in parts]}: Concat needs inputs of one rank")
+            ax = self.axis(node, idx, a["axis"], parts[0].ndim)
             if all(_is_uniform(p) or p.size == 0 for p in parts):
                 vals = {p[(0,) * p.ndim].item() for p in parts if p.size}
                 if len(vals) == 1:
@@ -504,17 +515,21 @@ class _Converter:
         # anything else: the ONNX reference implementation, on small constants only
         if any(v is not None and v.size >= _B for v in ins):
             self.fail(node, idx, "a folded constant grows with the batch size (not supported)")
-        try:
-            from onnx.reference import ReferenceEvaluator
-            helper = self.onnx.helper
-            names = [f"i{k}" if n else "" for k, n in enumerate(node.input)]
-            n2 = helper.make_node(op, names, [f"o{k}" for k in range(len(node.output))], domain=node.domain)
-            n2.attribute.extend(node.attribute)
-            feeds = {nm: v for nm, v in zip(names, ins) if nm}
-            g = helper.make_graph([n2], "fold", [helper.make_tensor_value_info(nm, helper.np_dtype_to_tensor_dtype(
-                v.dtype), v.shape) for nm, v in feeds.items()],
-                [helper.make_tensor_value_info(f"o{k}", 0, None) for k in range(len(node.output))])
-            m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)])
+        return self.reference(node, idx, op, ins)
+
+    def reference(self, node, idx, op, ins):
+        """The node run by onnx's reference implementation on its constant inputs."""
+        from onnx.reference import ReferenceEvaluator
+        helper = self.onnx.helper
+        names = [f"i{k}" if n else "" for k, n in enumerate(node.input)]
+        n2 = helper.make_node(op, names, [f"o{k}" for k in range(len(node.output))], domain=node.domain)
+        n2.attribute.extend(node.attribute)
+        feeds = {nm: v for nm, v in zip(names, ins) if nm}
+        g = helper.make_graph([n2], "fold", [helper.make_tensor_value_info(nm, helper.np_dtype_to_tensor_dtype(
+            v.dtype), v.shape) for nm, v in feeds.items()],
+            [helper.make_tensor_value_info(f"o{k}", 0, None) for k in range(len(node.output))])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", self.opset)])
+        try:  # onnx's reference implementation, on the graph's constants: it raises what it raises
             res = ReferenceEvaluator(m).run(None, {k: np.ascontiguousarray(v) for k, v in feeds.items()})
         except Exception as e:
             self.fail(node, idx, f"op {op} on constants could not be folded ({type(e).__name__}: {e})")
@@ -557,7 +572,8 @@ class _Converter:
         v = ins[0]
         r = len(v.shape)
         if len(ins) > 1 and ins[1] is not None:
-            axes = {int(t) % r for t in np.asarray(self.const(node, idx, 1, "axes")).reshape(-1)}
+            axes = {self.axis(node, idx, t, r, "axes value")
+                    for t in np.asarray(self.const(node, idx, 1, "axes")).reshape(-1)}
         else:
             axes = {k for k, n in enumerate(v.shape) if n == 1}
         if any(v.shape[k] != 1 for k in axes):
@@ -626,7 +642,7 @@ class _Converter:
         v = ins[0]
         if isinstance(ins[1], _View):
             self.fail(node, idx, "indices that depend on the model input are not supported")
-        ax = a.get("axis", 0) % len(v.shape)
+        ax = self.axis(node, idx, a.get("axis", 0), len(v.shape))
         ind = np.asarray(ins[1]).astype(np.int64)
         n = v.shape[ax]
         if np.any((ind < -n) | (ind >= n)):
@@ -639,7 +655,10 @@ class _Converter:
         for k in range(1, len(ins)):
             if isinstance(ins[k], _View):
                 self.fail(node, idx, "starts/ends/axes/steps that depend on the model input are not supported")
-        sl = _slices(v.shape, ins)
+        try:
+            sl = _slices(v.shape, ins)
+        except ValueError as e:  # _slices' own check
+            self.fail(node, idx, str(e))
         out = v
         for ax, s in enumerate(sl):
             r = np.arange(v.shape[ax])[s] if v.shape[ax] != _B else None
@@ -888,6 +907,9 @@ class _Converter:
 
     # convolution and pooling
     def _pads(self, node, idx, a, k, s, d, hw):
+        if not len(k) == len(s) == len(d) == 2 or min(*k, *s, *d) < 1:
+            self.fail(node, idx, f"kernel {list(k)}, strides {list(s)}, dilations {list(d)}: expected two ints >= 1 "
+                                 f"each (2-D)")
         auto = a.get("auto_pad", "NOTSET")
         if auto == "VALID":
             return (0, 0)
@@ -925,11 +947,8 @@ class _Converter:
         if Cg * g != C:
             self.fail(node, idx, f"W {W.shape} with group={g} does not match {C} input channels")
         bias = self.const(node, idx, 2, "B") if len(ins) > 2 and ins[2] is not None else False
-        try:
-            layer = L.Conv2d(C, O, (kh, kw), stride=s, padding=pads, dilation=dl, groups=g, bias=bias, weight=W)
-            ir = layer.output_shape(self.ir)
-        except ValueError as e:
-            self.fail(node, idx, str(e))
+        layer = L.Conv2d(C, O, (kh, kw), stride=s, padding=pads, dilation=dl, groups=g, bias=bias, weight=W)
+        ir = layer.output_shape(self.ir)  # the layer's own checks refuse (see bugs())
         self.emit(layer, ir)
         return _View((_B,) + ir, (0, 1, 2, 3), self.version)
 
@@ -949,14 +968,11 @@ class _Converter:
         if not is_max and dl != (1, 1):
             self.fail(node, idx, f"attribute dilations={list(dl)} is not supported for AveragePool")
         pads = self._pads(node, idx, a, k, s, dl, self.ir[1:])
-        try:
-            if is_max:
-                layer = L.MaxPool2d(k, stride=s, padding=pads, dilation=dl)
-            else:
-                layer = L.AvgPool2d(k, stride=s, padding=pads, count_include_pad=bool(a.get("count_include_pad", 0)))
-            ir = layer.output_shape(self.ir)
-        except ValueError as e:
-            self.fail(node, idx, str(e))
+        if is_max:
+            layer = L.MaxPool2d(k, stride=s, padding=pads, dilation=dl)
+        else:
+            layer = L.AvgPool2d(k, stride=s, padding=pads, count_include_pad=bool(a.get("count_include_pad", 0)))
+        ir = layer.output_shape(self.ir)  # the layer's own checks refuse (see bugs())
         self.emit(layer, ir)
         return _View((_B,) + ir, (0, 1, 2, 3), self.version)
 
@@ -1178,10 +1194,15 @@ def _slices(shape, ins):
     r = len(shape)
     starts = [int(t) for t in np.asarray(ins[1]).reshape(-1)]
     ends = [int(t) for t in np.asarray(ins[2]).reshape(-1)]
-    axes = [int(t) % r for t in np.asarray(ins[3]).reshape(-1)] if len(ins) > 3 and ins[3] is not None \
+    axes = [int(t) for t in np.asarray(ins[3]).reshape(-1)] if len(ins) > 3 and ins[3] is not None \
         else list(range(len(starts)))
     steps = [int(t) for t in np.asarray(ins[4]).reshape(-1)] if len(ins) > 4 and ins[4] is not None \
         else [1] * len(starts)
+    if not len(starts) == len(ends) == len(axes) == len(steps) or any(not -r <= t < r for t in axes) \
+            or len({t % r for t in axes}) != len(axes):
+        raise ValueError(f"starts {starts}, ends {ends}, axes {axes}, steps {steps} do not fit an input of rank {r} "
+                         f"(expected one value each per distinct axis in {-r}..{r - 1})")
+    axes = [t % r for t in axes]
     sl = [slice(None)] * r
     big = 2 ** 62
     for s, e, ax, st in zip(starts, ends, axes, steps):

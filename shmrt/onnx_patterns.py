@@ -1,24 +1,69 @@
-"""Graph rewrites the ONNX importer runs before its node-by-node walk: the multi-node
-forms exporters write for exact GELU and (before opset 17) LayerNorm, each turned
-back into one node.  A pattern that does not fit exactly is left alone."""
+"""Helpers of the ONNX importer: its error classes, reading tensors and attributes, checking a
+node against its ONNX schema, and the graph rewrites it runs before its node-by-node walk (the
+multi-node forms exporters write for exact GELU and, before opset 17, LayerNorm, each turned back
+into one node).  A rewrite decides with explicit checks whether a pattern fits; it never relies on
+an exception, and one that raises is a bug in shmrt (the importer reports it as ONNXImporterBug)."""
 from __future__ import annotations
 
+import contextlib
+import linecache
 import math
+import os
 
 import numpy as np
 
 
 class UnsupportedONNX(NotImplementedError, ValueError):
-    """An ONNX construct shmrt cannot express (a ValueError)."""
+    """An ONNX construct shmrt cannot express, or a malformed model (a ValueError)."""
 
 
-def tensor_array(onnx, t) -> np.ndarray:
+class ONNXImporterBug(RuntimeError):
+    """shmrt's ONNX importer failed in an unexpected way: a bug in shmrt, not a refusal of the model."""
+
+
+def raised_on_purpose(e, module) -> bool:
+    """Did ``module``'s own code raise ``e`` with a ``raise`` statement (an argument check of a shmrt
+    layer, say), rather than numpy or Python inside it?"""
+    tb = e.__traceback__
+    if tb is None:
+        return False
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    path = tb.tb_frame.f_code.co_filename
+    if os.path.abspath(path) != os.path.abspath(module.__file__):
+        return False
+    return linecache.getline(path, tb.tb_lineno).lstrip().startswith("raise")
+
+
+@contextlib.contextmanager
+def refusals_only(where, checks):
+    """Refusals pass: UnsupportedONNX, and a ValueError that the module ``checks`` (shmrt.layers) raises on
+    purpose (a layer's argument check: a constructor, output_shape, Sequential), re-raised as UnsupportedONNX
+    named by ``where``.  Any other exception (AttributeError, KeyError, numpy's errors, ...) is a bug in the
+    importer: ONNXImporterBug, chained to it."""
+    try:
+        yield
+    except UnsupportedONNX:
+        raise
+    except Exception as e:
+        if isinstance(e, ValueError) and raised_on_purpose(e, checks):
+            raise UnsupportedONNX(f"{where}: {e}") from None
+        raise ONNXImporterBug(f"{where}: {type(e).__name__}: {e} -- this is a bug in shmrt's ONNX importer, not a "
+                              f"problem of the model; please report it (with the model, or this message)") from e
+
+
+def tensor_array(onnx, t, what=None) -> np.ndarray:
     """A TensorProto's values; external data must have been read (from inside the model's folder)
     before, so that onnx never resolves a location against the current directory."""
+    what = what or f"tensor {t.name!r}"
     if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
-        raise UnsupportedONNX(f"ONNX tensor {t.name!r} keeps its data in an external file that was not read from "
+        raise UnsupportedONNX(f"ONNX {what} keeps its data in an external file that was not read from "
                               f"the model's folder; load the model with shmrt.load(path)")
-    return onnx.numpy_helper.to_array(t)
+    try:
+        return onnx.numpy_helper.to_array(t)
+    except Exception as e:  # the model's bytes: a data type onnx does not know, raw data of the wrong size, ...
+        raise UnsupportedONNX(f"ONNX {what}: cannot read tensor data ({type(e).__name__}: {e}); expected data "
+                              f"of data type {t.data_type} that fills dims {list(t.dims)}") from None
 
 
 def attrs(onnx, node) -> dict:
@@ -27,6 +72,9 @@ def attrs(onnx, node) -> dict:
     for a in node.attribute:
         if a.ref_attr_name:
             raise UnsupportedONNX(f"ONNX node {node.name or node.op_type}: attribute references are not supported")
+        if a.type not in _ATTR_TYPES:
+            raise UnsupportedONNX(f"ONNX node {node.name or node.op_type} (op {node.op_type}): attribute {a.name!r} "
+                                  f"has an unknown type {a.type}; expected one of ONNX's attribute types")
         v = onnx.helper.get_attribute_value(a)
         if isinstance(v, bytes):
             v = v.decode()
@@ -36,85 +84,147 @@ def attrs(onnx, node) -> dict:
     return out
 
 
-# -- the GELU (erf) pattern ----------------------------------------------------------------
-def rewrite_gelu(onnx, graph, pairs):
-    nodes = [n for _, n in pairs]
-    consumers = {}
+_ATTR_TYPES = frozenset(range(15))  # AttributeProto.UNDEFINED .. TYPE_PROTOS
+
+
+def check_node(onnx, node, opset) -> str:
+    """'' if the node fits its op's schema at ``opset`` (input and output counts, required inputs and
+    attributes, attribute types), else what does not fit.  An op without a schema there (one shmrt's
+    rewrites make, or an unknown op, which the walk refuses) is not checked."""
+    try:
+        schema = onnx.defs.get_schema(node.op_type, max_inclusive_version=opset, domain="")
+    except onnx.defs.SchemaError:
+        return ""
+    n_in, n_out = len(node.input), len(node.output)
+    if not schema.min_input <= n_in <= schema.max_input:
+        return f"has {n_in} inputs; {node.op_type}-{schema.since_version} takes {schema.min_input}..{schema.max_input}"
+    if not schema.min_output <= n_out <= schema.max_output:
+        return (f"has {n_out} outputs; {node.op_type}-{schema.since_version} gives "
+                f"{schema.min_output}..{schema.max_output}")
+    single = onnx.defs.OpSchema.FormalParameterOption.Single
+    for k, (formal, name) in enumerate(zip(schema.inputs, node.input)):
+        if formal.option == single and not name:
+            return f"required input {k} ({formal.name}) is empty"
+    given = {a.name: a.type for a in node.attribute if not a.ref_attr_name}
+    for name, sa in schema.attributes.items():
+        if sa.required and name not in given:
+            return f"required attribute {name} is missing"
+        if name in given and given[name] != int(sa.type):
+            names = {v: k for k, v in onnx.AttributeProto.AttributeType.items()}
+            return (f"attribute {name} has type {names.get(given[name], given[name])}; "
+                    f"expected {names.get(int(sa.type), int(sa.type))}")
+    return ""
+
+
+def _out0(n):
+    return n.output[0] if len(n.output) else None
+
+
+def _const_tensor(n):
+    """The value tensor of a Constant node, or None."""
+    if n.op_type == "Constant" and len(n.output) and len(n.attribute) == 1 and n.attribute[0].name == "value" \
+            and n.attribute[0].type == 4:  # AttributeProto.TENSOR
+        return n.attribute[0].t
+    return None
+
+
+def _consumers(nodes):
+    out = {}
     for n in nodes:
         for x in n.input:
-            consumers.setdefault(x, []).append(n)
-    const = {t.name for t in graph.initializer}
-    const_val = {}
-    for n in nodes:
-        if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value":
-            const.add(n.output[0])
-            const_val[n.output[0]] = tensor_array(onnx, n.attribute[0].t)
+            if x:
+                out.setdefault(x, []).append(n)
+    return out
+
+
+def _other(n, name):
+    """The other input of a two-input node that takes ``name``, or None."""
+    ins = list(n.input)
+    if len(ins) != 2 or name not in ins:
+        return None
+    return ins[1] if ins[0] == name else ins[0]
+
+
+def _reader(onnx, graph, nodes):
+    """name -> the constant's array (initializers and Constant nodes), or None; read on first use."""
+    protos = {t.name: t for t in graph.initializer}
+    protos.update({n.output[0]: t for n in nodes for t in [_const_tensor(n)] if t is not None})
+    cache = {}
 
     def cval(name):
-        if name in const_val:
-            return const_val[name]
-        for t in graph.initializer:
-            if t.name == name:
-                return tensor_array(onnx, t)
+        if name not in cache:
+            cache[name] = tensor_array(onnx, protos[name]) if name in protos else None
+        return cache[name]
+    return cval
+
+
+def _number(v):
+    """The one real value of a constant array, or None."""
+    if v is None or v.size != 1 or v.dtype.kind not in "biuf":
         return None
+    return float(v.reshape(-1)[0])
+
+
+# -- the GELU (erf) pattern ----------------------------------------------------------------
+def rewrite_gelu(onnx, graph, pairs):
+    """Div sqrt(2) (or Mul 1/sqrt(2)), Erf, Add 1, Mul x, Mul 0.5 (in any of the orders exporters write) -> Gelu."""
+    nodes = [n for _, n in pairs]
+    consumers = _consumers(nodes)
+    cval = _reader(onnx, graph, nodes)
 
     def scalar(name, target):
-        v = cval(name)
-        return v is not None and v.size == 1 and abs(float(v.reshape(-1)[0]) - target) <= 1e-4 * abs(target)
-
-    def other(n, name):
-        ins = list(n.input)
-        if len(ins) != 2 or name not in ins:
-            return None
-        return ins[1] if ins[0] == name else ins[0]
+        v = _number(cval(name)) if name else None
+        return v is not None and abs(v - target) <= 1e-4 * abs(target)
 
     def only(name):
-        c = consumers.get(name, [])
+        c = consumers.get(name, []) if name else []
         return c[0] if len(c) == 1 else None
 
     drop, repl = set(), {}
     for erf in nodes:
-        if erf.op_type != "Erf":
+        if erf.op_type != "Erf" or len(erf.input) != 1 or len(erf.output) != 1:
             continue
         scaled = erf.input[0]
         prod = [n for n in nodes if scaled in n.output]
-        if len(prod) != 1:
+        if len(prod) != 1 or len(prod[0].input) != 2:
             continue
         a = prod[0]
+        inv = 1 / math.sqrt(2.0)
         if a.op_type == "Div" and scalar(a.input[1], math.sqrt(2.0)):
             x = a.input[0]
-        elif a.op_type == "Mul" and (scalar(a.input[1], 1 / math.sqrt(2.0)) or scalar(a.input[0], 1 / math.sqrt(2.0))):
-            x = a.input[0] if scalar(a.input[1], 1 / math.sqrt(2.0)) else a.input[1]
+        elif a.op_type == "Mul" and (scalar(a.input[1], inv) or scalar(a.input[0], inv)):
+            x = a.input[0] if scalar(a.input[1], inv) else a.input[1]
         else:
             continue
         add = only(erf.output[0])
-        if add is None or add.op_type != "Add" or not scalar(other(add, erf.output[0]) or "", 1.0):
+        if add is None or add.op_type != "Add" or not scalar(_other(add, erf.output[0]), 1.0):
             continue
-        m1 = only(add.output[0])
+        m1 = only(_out0(add))
         if m1 is None or m1.op_type != "Mul":
             continue
-        o1 = other(m1, add.output[0])
+        o1 = _other(m1, add.output[0])
         found = None
         if o1 == x:                                  # x * (1 + erf) then * 0.5
-            m2 = only(m1.output[0])
-            if m2 is not None and m2.op_type == "Mul" and scalar(other(m2, m1.output[0]) or "", 0.5):
+            m2 = only(_out0(m1))
+            if m2 is not None and m2.op_type == "Mul" and scalar(_other(m2, m1.output[0]), 0.5):
                 found = (m2, [a, erf, add, m1, m2])
         elif o1 is not None and scalar(o1, 0.5):     # (1 + erf) * 0.5 then * x
-            m2 = only(m1.output[0])
-            if m2 is not None and m2.op_type == "Mul" and other(m2, m1.output[0]) == x:
+            m2 = only(_out0(m1))
+            if m2 is not None and m2.op_type == "Mul" and _other(m2, m1.output[0]) == x:
                 found = (m2, [a, erf, add, m1, m2])
-        else:                                        # (x * 0.5) * (1 + erf)
+        elif o1 is not None:                         # (x * 0.5) * (1 + erf)
             half = [n for n in nodes if o1 in n.output]
-            if len(half) == 1 and half[0].op_type == "Mul" and other(half[0], x) is not None \
-                    and scalar(other(half[0], x), 0.5) and len(consumers.get(o1, [])) == 1:
+            if len(half) == 1 and half[0].op_type == "Mul" and scalar(_other(half[0], x), 0.5) \
+                    and len(consumers.get(o1, [])) == 1:
                 found = (m1, [a, erf, add, m1, half[0]])
         if found is None:
             continue
         last, group = found
-        if any(len(consumers.get(n.output[0], [])) != 1 for n in group if n is not last):
+        if len(last.output) != 1 or any(len(n.output) != 1 or len(consumers.get(n.output[0], [])) != 1
+                                        for n in group if n is not last):
             continue
         gelu = onnx.helper.make_node("Gelu", [x], [last.output[0]], name=f"{erf.name or 'Erf'}(gelu)",
-                                          approximate="none")
+                                     approximate="none")
         drop.update(id(n) for n in group)
         repl[id(last)] = gelu
     if not repl:
@@ -128,45 +238,29 @@ def rewrite_gelu(onnx, graph, pairs):
     # the Gelu stands where the last node of its group stood: every input is made before it
     return out
 
+
 # -- the LayerNorm decomposition (opsets < 17) ----------------------------------------------
 def rewrite_layernorm(onnx, graph, pairs):
     """ReduceMean, Sub, Pow 2, ReduceMean, Add eps, Sqrt, Div [, Mul w [, Add b]] -> LayerNormalization."""
     helper, nh = onnx.helper, onnx.numpy_helper
     nodes = [n for _, n in pairs]
-    consumers, producer, cval = {}, {}, {}
-    for n in nodes:
-        for x in n.input:
-            consumers.setdefault(x, []).append(n)
-        for o in n.output:
-            producer[o] = n
-        if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value":
-            cval[n.output[0]] = tensor_array(onnx, n.attribute[0].t)
-    for t in graph.initializer:
-        cval.setdefault(t.name, None)
-
-    def const(name):
-        if name not in cval:
-            return None
-        if cval[name] is None:
-            cval[name] = tensor_array(onnx, next(t for t in graph.initializer if t.name == name))
-        return cval[name]
+    consumers = _consumers(nodes)
+    cval = _reader(onnx, graph, nodes)
+    inits = {t.name for t in graph.initializer}
 
     def only(name, op):
-        c = consumers.get(name, [])
-        return c[0] if len(c) == 1 and c[0].op_type == op else None
+        c = consumers.get(name, []) if name else []
+        return c[0] if len(c) == 1 and c[0].op_type == op and len(c[0].output) == 1 else None
 
     def last_axis_mean(n):
-        if n is None or n.op_type != "ReduceMean":
+        if n is None or n.op_type != "ReduceMean" or len(n.input) not in (1, 2) or len(n.output) != 1:
             return False
         a = attrs(onnx, n)
         axes = a.get("axes")
         if axes is None and len(n.input) > 1 and n.input[1]:
-            v = const(n.input[1])
-            axes = None if v is None else [int(t) for t in np.asarray(v).reshape(-1)]
+            v = cval(n.input[1])
+            axes = None if v is None or v.dtype.kind not in "iu" else [int(t) for t in v.reshape(-1)]
         return axes == [-1] and a.get("keepdims", 1) == 1
-
-    def other(n, name):
-        return n.input[1] if n.input[0] == name else n.input[0] if n.input[1] == name else None
 
     drop, repl, extra = set(), {}, {}
     for rm1 in nodes:
@@ -179,38 +273,38 @@ def rewrite_layernorm(onnx, graph, pairs):
         cs = consumers.get(sub.output[0], [])
         pw = [n for n in cs if n.op_type == "Pow"]
         dv = [n for n in cs if n.op_type == "Div"]
-        if len(cs) != 2 or len(pw) != 1 or len(dv) != 1 or pw[0].input[0] != sub.output[0]:
+        if len(cs) != 2 or len(pw) != 1 or len(dv) != 1 or len(pw[0].input) != 2 or pw[0].input[0] != sub.output[0]:
             continue
-        two = const(pw[0].input[1])
-        if two is None or two.size != 1 or float(two.reshape(-1)[0]) != 2.0:
+        if _number(cval(pw[0].input[1])) != 2.0 or len(pw[0].output) != 1:
             continue
         rm2 = only(pw[0].output[0], "ReduceMean")
         if not last_axis_mean(rm2):
             continue
         add = only(rm2.output[0], "Add")
-        eps = const(other(add, rm2.output[0]) or "") if add is not None else None
-        if eps is None or eps.size != 1:
+        eps = _number(cval(_other(add, rm2.output[0]) or "")) if add is not None else None
+        if eps is None:
             continue
         sq = only(add.output[0], "Sqrt")
         div = dv[0]
-        if sq is None or list(div.input) != [sub.output[0], sq.output[0]] or only(sq.output[0], "Div") is not div:
+        if sq is None or len(div.output) != 1 or list(div.input) != [sub.output[0], sq.output[0]] \
+                or only(sq.output[0], "Div") is not div:
             continue
         group, last = [rm1, sub, pw[0], rm2, add, sq, div], div
         one = f"{div.output[0]}__shmrt_one"
         ins = [x, one]
         mul = only(div.output[0], "Mul")
-        w = other(mul, div.output[0]) if mul is not None else None
-        if w is not None and const(w) is not None and w in {t.name for t in graph.initializer}:
+        w = _other(mul, div.output[0]) if mul is not None else None
+        if w in inits:
             ins[1], last = w, mul
             group.append(mul)
             ad = only(mul.output[0], "Add")
-            b = other(ad, mul.output[0]) if ad is not None else None
-            if b is not None and const(b) is not None and b in {t.name for t in graph.initializer}:
+            b = _other(ad, mul.output[0]) if ad is not None else None
+            if b in inits:
                 ins.append(b)
                 last = ad
                 group.append(ad)
         ln = helper.make_node("LayerNormalization", ins, [last.output[0]], name=f"{rm1.name or 'ReduceMean'}(layernorm)",
-                              axis=-1, epsilon=float(np.asarray(eps).reshape(-1)[0]))
+                              axis=-1, epsilon=eps)
         drop.update(id(n) for n in group)
         repl[id(last)] = ln
         if ins[1] == one:
@@ -226,5 +320,3 @@ def rewrite_layernorm(onnx, graph, pairs):
         elif id(n) not in drop:
             out.append((i, n))
     return out
-
-# -- values ----------------------------------------------------------------------------------

@@ -1,8 +1,10 @@
 """ONNX backend node tests through shmrt.onnx_import.from_onnx: every case PASSes or is REFUSED
-with a clear error; a wrong answer, a crash or an unclear refusal fails.
+with a clear error; a wrong answer, a crash, an importer bug or an unclear refusal fails.  And no
+op may pass fewer cases than its floor in bench/results/onnx-floors.json (test_floors), in either
+batch mode: a handler that starts refusing what it used to run fails here too.
 
-The cases, the harness and the comparison live in bench/onnx_conformance.py (one copy);
-``python bench/onnx_conformance.py`` prints the same cases as a per-op table.
+The cases, the harness, the comparison and the floors live in bench/onnx_conformance.py (one copy);
+``python bench/onnx_conformance.py`` prints the same cases as a per-op table with the floors.
 """
 import importlib.util
 import os
@@ -21,11 +23,13 @@ _spec.loader.exec_module(conformance)
 CASES = conformance.load_cases()
 
 
+RESULTS = {}  # (batch_axis, case name) -> Result of test_node, for test_floors
+
+
 @pytest.fixture(scope="module")
 def from_onnx():
     fn = conformance.get_importer()  # a module that is there but does not import raises here
-    if fn is None:
-        pytest.skip("shmrt.onnx_import.from_onnx does not exist yet")
+    assert fn is not None, "shmrt.onnx_import.from_onnx is missing: the ONNX importer must be there"
     return fn
 
 
@@ -73,9 +77,27 @@ def test_harness_tells_outcomes_apart(runtime, name, status, stage):
     assert (r.status, r.stage) == (status, stage), r.report()
 
 
-@pytest.mark.parametrize("batch_axis", ["fixed", "symbolic"])
+def _run(case, batch_axis, from_onnx, runtime):
+    return conformance.run_case(case, runtime, from_onnx, strategies=("data",),
+                                dynamic_batch=batch_axis == "symbolic")
+
+
+@pytest.mark.parametrize("batch_axis", conformance.BATCH_AXES)
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_node(case, batch_axis, from_onnx, runtime):
     """As shipped (every size fixed), and with the input's batch axis made symbolic as exporters do."""
-    r = conformance.run_case(case, runtime, from_onnx, strategies=("data",), dynamic_batch=batch_axis == "symbolic")
+    r = RESULTS[batch_axis, case.name] = _run(case, batch_axis, from_onnx, runtime)
     assert r.status in ("PASS", "REFUSED"), r.report()
+
+
+def test_floors(from_onnx, runtime):
+    """Per op, at least its floor of cases PASS, with the batch axis fixed and with it symbolic (each
+    counted on its own); every op of the floors has cases and every op of the cases has a floor.
+    Reuses test_node's results (it runs first); a case test_node did not run (-k, a subset) runs here."""
+    floors = conformance.load_floors()
+    problems = []
+    for axis in conformance.BATCH_AXES:
+        results = [RESULTS.get((axis, c.name)) or _run(c, axis, from_onnx, runtime) for c in CASES]
+        problems += [p for p in conformance.floor_problems(results, floors, axis) if p not in problems]
+    assert not problems, (f"{len(problems)} floor problem(s) with {conformance.FLOORS_PATH} (a fallen op passes "
+                          f"fewer cases than it used to){conformance.floors_note()}:\n  " + "\n  ".join(problems))
