@@ -65,10 +65,8 @@ import importlib
 import importlib.util
 import json
 import os
-import platform
 import re
 import signal
-import subprocess
 import sys
 import time
 import traceback
@@ -668,23 +666,10 @@ def _versions() -> str:
 
 def header(argv) -> str:
     """# the command line (commit, date, versions, machine): the first line of a results file."""
-    def git(*args):
-        try:
-            return subprocess.run(["git", *args], cwd=_ROOT, capture_output=True, text=True, timeout=10).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return ""
-    commit = git("rev-parse", "--short", "HEAD") or "unknown"
-    if git("status", "--porcelain", "--", "shmrt", "bench", "tests"):
-        commit += " + uncommitted changes"
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return (f"# python bench/onnx_conformance.py {' '.join(argv)}".rstrip() + f"   (commit {commit}, "
-            f"{time.strftime('%Y-%m-%d')}, {_versions()}, Python {platform.python_version()}, "
-            f"{os.cpu_count()} CPUs: {cpu})")
+    from shmrt.bench import machine  # the same record the benchmark writes
+    m = machine()
+    return (f"# python bench/onnx_conformance.py {' '.join(argv)}".rstrip() + f"   (commit {m['commit']}, "
+            f"{m['date']}, {_versions()}, Python {m['versions']['python']}, {m['cores_logical']} CPUs: {m['cpu']})")
 
 
 # -- the script --------------------------------------------------------------------
