@@ -12,6 +12,9 @@ SHMRT_CPUS             the CPUs to pin workers to, in order: worker w gets
                        refuses leaves that worker unpinned, with one
                        RuntimeWarning per Runtime naming it and why
 SHMRT_START_TIMEOUT_S  how long to wait for workers to start (default 120)
+SHMRT_COMPILE_JOBS     processes that compile the kernels on a cold Numba cache
+                       (default: 2 when this process may use 2 CPUs or more;
+                       1 compiles everything in this process; see warmup.py)
 """
 import os
 
@@ -53,6 +56,7 @@ BLOCK_MS = _num("SHMRT_BLOCK_MS", 100.0)
 PIN = os.environ.get("SHMRT_PIN", "1") not in ("0", "false", "no")
 CPUS = _cpus("SHMRT_CPUS")
 START_TIMEOUT_S = _num("SHMRT_START_TIMEOUT_S", 120.0)
+COMPILE_JOBS = _num("SHMRT_COMPILE_JOBS", None, int)
 
 # Set in every worker before numpy is imported: the pool is the only parallelism.
 SINGLE_THREAD_ENV = {k: "1" for k in (

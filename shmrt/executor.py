@@ -311,6 +311,9 @@ def serve(ctrl, wid, model, progs, weights, arena, gen, spin_ns, idle_spin_ns, b
     idle_spin_ns.  Returns the generation of the first command it cannot
     handle (the caller handles it), or ABORTED when the parent is gone."""
     no_prof = np.zeros(0, np.int64)
+    # run_steps' first step and stop_at_barrier as values, not constants: Numba would type the
+    # literals 0 and False apart and compile run_steps a second time (a quarter of a cold start)
+    first, no_stop = np.int64(0), wid < 0
     while True:
         op = ctrl[C.C_OP]
         if op == C.OP_RUN and ctrl[C.C_MODEL] == model:
@@ -324,8 +327,8 @@ def serve(ctrl, wid, model, progs, weights, arena, gen, spin_ns, idle_spin_ns, b
             if ctrl[C.C_PROF] >= 0:  # a profiled call: this worker's record of step times
                 rec = progs.shape[2] + 1
                 prof = arena[ctrl[C.C_PROF] + 2 * wid * rec:ctrl[C.C_PROF] + 2 * (wid + 1) * rec].view(np.int64)
-            run_steps(progs[ctrl[C.C_PROG], wid], 0, weights, arena, np.int64(ctrl[C.C_N]), ctrl,
-                      C.WORKER0 + wid * C.LINE + C.W_STEP, spin_ns, block_ns, ppid, False, prof)
+            run_steps(progs[ctrl[C.C_PROG], wid], first, weights, arena, np.int64(ctrl[C.C_N]), ctrl,
+                      C.WORKER0 + wid * C.LINE + C.W_STEP, spin_ns, block_ns, ppid, no_stop, prof)
         elif op != C.OP_NOP:
             return gen
         C.finish(ctrl, wid, gen)
