@@ -166,10 +166,12 @@ def table(result) -> str:
     out += ["", f"{'workload':<13} {'impl':<20} {'workers':>7} {'strategy':>12} {'plan':>8} {'batch':>9} "
                 f"{'p50 ms':>9} {'[p10 - p90]':>19} {'p50 95% CI':>19} {'items/s':>11} {'vs numpy':>8} "
                 f"{'vs best peer':>12} {'rel err':>8}"]
+    skipped = {}
     for r in result["rows"]:
         if "skipped" in r:
-            timing = f"skipped: {r['skipped']}"
-        elif "p50_ms" in r:
+            skipped.setdefault(r["skipped"], set()).add(r["workload"])
+            continue
+        if "p50_ms" in r:
             peer = f"{r['vs_best_peer']:11.2f}x" if "vs_best_peer" in r else f"{'-':>12}"
             timing = (f"{r['p50_ms']:9.3f} [{r['p10_ms']:8.3f} - {r['p90_ms']:8.3f}] [{r['ci_lo_ms']:8.3f} - "
                       f"{r['ci_hi_ms']:8.3f}] {r['items_per_s']:11.1f} {r['speedup']:7.2f}x {peer} {r['rel_err']:8.1e}")
@@ -177,6 +179,7 @@ def table(result) -> str:
             timing = f"FAILED numeric check (rel err {r['rel_err']:.1e}), not timed"
         out.append(f"{r['workload']:<13} {r['impl']:<20} {r['workers']:>7} {r['strategy']:>12} {r.get('plan', '-'):>8} "
                    f"{r['batch']:>9,} {timing}")
+    out += [f"not run: {why} ({', '.join(sorted(wls))})" for why, wls in skipped.items()]
     out += ["", aa_summary(result), ""]
     if result.get("goals"):
         out += [goals_table(result["goals"]), ""]
