@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-AA = " A/A"  # suffix of the control's strategy name: the same implementation timed twice
+AA = " A/A"  # suffix of the control's strategy name: the same implementation, compiled twice, timed twice
 
 
 def stats(ts, seed=0) -> dict:
@@ -205,8 +205,8 @@ def aa_summary(result) -> str:
     spread = aa_spread(result["rows"])
     if not spread:
         return "A/A control: none timed"
-    out = ["A/A control (shmrt auto timed twice under two names, interleaved): |difference| of the two p50s; "
-           "a ratio closer to 1.00 than this is no difference:"]
+    out = ["A/A control (shmrt auto compiled twice, timed under two names, interleaved): |difference| of the two "
+           "p50s; a ratio closer to 1.00 than this is no difference:"]
     for (wl, n, b), v in spread.items():
         r = next((r for r in result["rows"] if r["impl"] == "shmrt" and r["strategy"] == "auto"
                   and (r["workload"], r["workers"], r["batch"]) == (wl, n, b)), {})
