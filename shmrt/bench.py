@@ -32,6 +32,7 @@ import shmrt
 from . import bench_report as report
 from . import ceilings
 from .ceilings import timeit
+from .cost import cpu_model
 from .peers import PEERS, Impl, Skip
 from .workloads import WORKLOADS, numpy_forward
 
@@ -122,12 +123,7 @@ def machine() -> dict:
     import psutil
     info["cores_physical"] = psutil.cpu_count(logical=False)
     info["cores_logical"] = psutil.cpu_count()
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")),
-                               platform.processor())
-    except OSError:
-        info["cpu"] = platform.processor()
+    info["cpu"] = cpu_model()
     info["caches"] = caches()
     from threadpoolctl import threadpool_info
     info["blas"] = [f"{d.get('internal_api')} {d.get('version')} ({d.get('architecture')}, "

@@ -87,9 +87,8 @@ def goals(result) -> list:
     for wl, b, kind, which, target in GOALS:
         mine = [r for r in shm if r["workload"] == wl and r["batch"] == b and r["workers"] == n]
         auto = next((r for r in mine if r["strategy"] == "auto"), None)
-        refs = [r for r in rows if r["workload"] == wl and r["batch"] == b and r["workers"] == n
-                and r["impl"] not in ("shmrt", "numpy (1 process)") and (which == "best peer" or
-                                                                       r["impl"].startswith(str(which)))]
+        refs = [r for r in _peers(rows, auto) if which == "best peer" or r["impl"].startswith(str(which))] \
+            if auto else []
         ref = min(refs, key=lambda r: r["p50_ms"]) if refs else None
         if auto is None or (which and ref is None):
             continue

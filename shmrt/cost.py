@@ -142,14 +142,19 @@ def _cache_path() -> str:
     return os.path.join(base, "shmrt", "calibration.json")
 
 
-def machine_key() -> str:
+def cpu_model() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux; what platform knows elsewhere)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
             cpu = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), cpu)
     except OSError:
         pass
-    return f"{cpu} x{os.cpu_count()}"
+    return cpu
+
+
+def machine_key() -> str:
+    return f"{cpu_model()} x{os.cpu_count()}"
 
 
 def code_key() -> str:
@@ -213,8 +218,7 @@ def kernel_rates(rt) -> dict:
     rows = 128
     with rt.compile(linear(1024, 1024), strategy="data", max_batch=rows * P) as cm:
         cm.input_buffer()[...] = 1.0
-        per = [(rows * P * (w + 1)) // P - (rows * P * w) // P for w in range(P)]
-        out["gflops"] = _per_worker(cm, rows * P, lambda w: 2.0 * per[w] * 1024 * 1024) / 1e9 * (rows + 16) / rows
+        out["gflops"] = _per_worker(cm, rows * P, lambda w: 2.0 * rows * 1024 * 1024) / 1e9 * (rows + 16) / rows
     with rt.compile(linear(4096, 4096), strategy="model", max_batch=1) as cm:
         cm.input_buffer(1)[...] = 1.0
         prog = cm.plan.programs["model"]

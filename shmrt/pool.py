@@ -64,6 +64,13 @@ def compact_cpus(cpus) -> str:
     return ",".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
+def pin_failure(code: int, with_errno: bool = False) -> str:
+    """Why a worker's pin failed, from its W_PIN word (< 0: -errno, or PIN_FAILED without one)."""
+    if code == C.PIN_FAILED:
+        return "refused"
+    return f"{os.strerror(-code)} (errno {-code})" if with_errno else os.strerror(-code)
+
+
 def cpu_order() -> list:
     """CPUs this process may use, one per physical core first, SMT siblings last."""
     try:
@@ -162,8 +169,8 @@ class Pool:
         for w in wids:
             code = int(C.get_word(self.ctrl, C.wline(w) + C.W_PIN))
             if code < 0:
-                why = "refused" if code == C.PIN_FAILED else f"{os.strerror(-code)} (errno {-code})"
-                failed.append(f"worker {w} (pid {self.procs[w].pid}) to CPU {self.pin_cpu[w]}: {why}")
+                failed.append(f"worker {w} (pid {self.procs[w].pid}) to CPU {self.pin_cpu[w]}: "
+                              f"{pin_failure(code, True)}")
         if config.PIN and config.CPUS and self.n > len(config.CPUS):
             failed.append(f"SHMRT_CPUS lists {len(config.CPUS)} CPU(s) for {self.n} workers (expected one "
                           f"per worker), so no worker was pinned")
@@ -195,8 +202,7 @@ class Pool:
                 cpus = "unknown (the process has exited)"
             code = int(C.get_word(self.ctrl, C.wline(w) + C.W_PIN))
             note = ("" if code == C.PIN_OK else " (not pinned)" if code == C.PIN_NONE else
-                    f" (pinning to CPU {self.pin_cpu[w]} failed: "
-                    f"{'refused' if code == C.PIN_FAILED else os.strerror(-code)})")
+                    f" (pinning to CPU {self.pin_cpu[w]} failed: {pin_failure(code)})")
             parts.append(f"w{w} pid {p.pid} cpus {cpus}{note}")
         return "workers: " + ", ".join(parts)
 
