@@ -2,7 +2,7 @@
 
 Each run is a new interpreter with an empty Numba cache folder of its own
 (NUMBA_CACHE_DIR, which kernels/_cache.py respects): "cold" times
-``import shmrt.warmup; compile_all()`` there, "warm" the same again on the
+``import shmrt.exec.warmup; compile_all()`` there, "warm" the same again on the
 cache it left.  Variants run interleaved, round by round, so that a busy
 machine slows them alike; medians are reported.
 
@@ -44,7 +44,7 @@ if baseline:  # an older warmup.py, loaded as a module of the shmrt package
     sys.modules[spec.name] = w
     spec.loader.exec_module(w)
 else:
-    import shmrt.warmup as w
+    import shmrt.exec.warmup as w
 t1 = time.perf_counter()
 w.compile_all()
 t2 = time.perf_counter()
@@ -56,8 +56,8 @@ for name, mod in list(sys.modules.items()):
     for attr, d in list(vars(mod).items()):
         if isinstance(d, CPUDispatcher) and d.py_func.__module__ == name and len(d.signatures) > 1:
             multi[name + "." + attr] = len(d.signatures)
-from shmrt.executor import run_steps
-import shmrt.warmup as new
+from shmrt.exec.executor import run_steps
+import shmrt.exec.warmup as new
 owned = set(getattr(new, "_CHILD_OWNS", ()))
 compiled = sorted(n for n, d in new._dispatchers().items() if d.stats.cache_misses)  # here, not loaded
 print(json.dumps({"import": t1 - t0, "compile_all": t2 - t1, "multi": multi, "compiled": compiled,

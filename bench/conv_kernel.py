@@ -11,8 +11,8 @@ import numpy as np
 from numba import njit
 from threadpoolctl import threadpool_limits
 
-from kernels.conv import conv2d, scratch_floats
-from shmrt.ceilings import timeit
+from shmrt.kernels.conv import conv2d, scratch_floats
+from shmrt.compile.tune import timeit
 
 
 @njit(cache=True, fastmath=True)

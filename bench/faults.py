@@ -19,8 +19,8 @@ import numpy as np
 import psutil
 
 import shmrt
-from shmrt.bench import rel_err
-from shmrt.workloads import mlp as mlp_workload, numpy_forward
+from shmrt.bench.harness import rel_err
+from shmrt.bench.workloads import mlp as mlp_workload, numpy_forward
 
 
 def segments(pid):

@@ -9,7 +9,7 @@ fewer rows amortise OpenBLAS's packing of the weights worse.
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from shmrt.ceilings import timeit
+from shmrt.compile.tune import timeit
 
 rng = np.random.default_rng(0)
 W = [rng.standard_normal((o, i), dtype=np.float32) for i, o in [(1024, 4096), (4096, 4096), (4096, 1024)]]

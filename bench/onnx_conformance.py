@@ -303,8 +303,8 @@ def describe_graph(model) -> str:
 
 # -- the runtime ---------------------------------------------------------------------
 
-def get_importer(module="shmrt.onnx_import"):
-    """shmrt.onnx_import.from_onnx, or None if the module or the function is not there yet.
+def get_importer(module="shmrt.frontends.onnx_import"):
+    """shmrt.frontends.onnx_import.from_onnx, or None if the module or the function is not there yet.
     A module that is there but fails to import raises."""
     import shmrt  # noqa: F401
     try:
@@ -666,7 +666,7 @@ def _versions() -> str:
 
 def header(argv) -> str:
     """# the command line (commit, date, versions, machine): the first line of a results file."""
-    from shmrt.bench import machine  # the same record the benchmark writes
+    from shmrt.bench.harness import machine  # the same record the benchmark writes
     m = machine()
     return (f"# python bench/onnx_conformance.py {' '.join(argv)}".rstrip() + f"   (commit {m['commit']}, "
             f"{m['date']}, {_versions()}, Python {m['versions']['python']}, {m['cores_logical']} CPUs: {m['cpu']})")
@@ -744,7 +744,7 @@ def main(argv=None) -> int:
         return 0
     from_onnx = get_importer()
     if from_onnx is None:
-        print("shmrt.onnx_import.from_onnx does not exist yet; nothing to check", file=sys.stderr)
+        print("shmrt.frontends.onnx_import.from_onnx does not exist yet; nothing to check", file=sys.stderr)
         return 2
     holder = RuntimeHolder(a.workers)
     t0 = time.monotonic()

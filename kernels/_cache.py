@@ -1,5 +1,6 @@
 """Where Numba caches shmrt's compiled code: a folder named after a hash of
-every source file of ``shmrt`` and ``kernels``.
+every source file that is compiled (the kernels, and shmrt's exec, parallel
+and compile subpackages, walked recursively).
 
 Numba invalidates a cached function only when *its own* file changes, not
 when a function it inlines from another file does: after an edit to a
@@ -11,21 +12,37 @@ function is defined; an explicit NUMBA_CACHE_DIR is respected.
 """
 import hashlib
 import os
+import sys
 
 
 _hash = []
+# What the compiled code is made of: the kernels, the interpreter and the
+# primitives it calls, and the instruction set whose constants Numba folds
+# into it.  Frontends, the IR, the runtime's Python and the benchmark are not
+# compiled, so editing them keeps the cache.
+COMPILED = ("exec", "parallel", "compile", "config.py", "version.py")
+
+
+def _files(root):
+    for dirpath, dirnames, names in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d != "__pycache__")
+        for name in sorted(names):
+            if name.endswith(".py"):
+                yield os.path.join(dirpath, name)
 
 
 def source_hash() -> str:
-    """A hash of every source file of ``kernels`` and ``shmrt`` (16 hex digits), computed once."""
+    """A hash of every source file of shmrt's kernels and of the shmrt
+    subpackages in COMPILED, walked recursively (16 hex digits), computed once."""
     if not _hash:
         here = os.path.dirname(os.path.abspath(__file__))
+        shmrt_dir = os.path.dirname(os.path.abspath(sys.modules["shmrt"].__file__))
         h = hashlib.sha1()
-        for pkg in (here, os.path.join(os.path.dirname(here), "shmrt")):
-            for name in sorted(os.listdir(pkg)):
-                if name.endswith(".py"):
-                    with open(os.path.join(pkg, name), "rb") as f:
-                        h.update(name.encode() + f.read())
+        roots = [here] + [os.path.join(shmrt_dir, part) for part in COMPILED]
+        for root in roots:
+            for path in (_files(root) if os.path.isdir(root) else [root]):
+                with open(path, "rb") as f:
+                    h.update(os.path.relpath(path, os.path.dirname(root)).encode() + f.read())
         _hash.append(h.hexdigest()[:16])
     return _hash[0]
 

@@ -1,33 +1,47 @@
 """Elementwise activations, by code, and the fused bias + activation epilogue.
 
-Codes (shared with the planner): 0 identity, 1 ReLU, 2 Sigmoid, 3 Tanh,
-4 GELU (erf, exact), 5 GELU (tanh approximation).  Math is done in float64
-and rounded once to float32.
+Codes: the index of the activation's name in ACT_NAMES -- the one table
+of them; the instruction set (shmrt/compile/isa.py) and the layers name
+activations from it.  LeakyReLU takes its negative slope as ``alpha``
+(ACT steps only; the others ignore it, so the fused epilogues pass 0).
+Math is done in float64 and rounded once to float32.
 """
 import math
 
 import numpy as np
 from numba import njit
 
-IDENTITY, RELU, SIGMOID, TANH, GELU, GELU_TANH = range(6)
+ACT_NAMES = ("identity", "relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "silu", "hardswish", "leaky_relu")
+IDENTITY, RELU, SIGMOID, TANH, GELU, GELU_TANH, SILU, HARDSWISH, LEAKY_RELU = range(len(ACT_NAMES))
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
 @njit(cache=True, inline="always")
-def act1(v, act):
+def _sigmoid(v):
+    if v >= 0.0:
+        return 1.0 / (1.0 + math.exp(-v))
+    e = math.exp(v)
+    return e / (1.0 + e)
+
+
+@njit(cache=True, inline="always")
+def act1(v, act, alpha=0.0):
     if act == RELU:
         return 0.0 if v <= 0.0 else v  # NaN stays NaN, as in IEEE arithmetic and PyTorch
     if act == SIGMOID:
-        if v >= 0.0:
-            return 1.0 / (1.0 + math.exp(-v))
-        e = math.exp(v)
-        return e / (1.0 + e)
+        return _sigmoid(v)
     if act == TANH:
         return math.tanh(v)
     if act == GELU:
         return 0.5 * v * (1.0 + math.erf(v / math.sqrt(2.0)))
     if act == GELU_TANH:
         return 0.5 * v * (1.0 + math.tanh(_SQRT_2_OVER_PI * (v + 0.044715 * v * v * v)))
+    if act == SILU:
+        return v * _sigmoid(v)
+    if act == HARDSWISH:  # x * relu6(x + 3) / 6, as in PyTorch
+        return v * min(max(v + 3.0, 0.0), 6.0) / 6.0
+    if act == LEAKY_RELU:
+        return v if v >= 0.0 else v * alpha  # NaN: the comparison fails, NaN * alpha is NaN
     return v
 
 
@@ -64,9 +78,10 @@ def bias_act(out, b, act):
 
 
 @njit(cache=True)
-def apply_act(x, out, act):
-    """out = act(x), elementwise over 2-D views (out may be x)."""
+def apply_act(x, out, act, alpha):
+    """out = act(x), elementwise over 2-D views (out may be x); alpha: LeakyReLU's slope."""
     n, m = x.shape
+    a = float(alpha)
     for i in range(n):
         for j in range(m):
-            out[i, j] = act1(float(x[i, j]), act)
+            out[i, j] = act1(float(x[i, j]), act, a)

@@ -1,19 +1,25 @@
 """shmrt: run model inference on every core of one machine, from plain Python.
 
-Re-exports only; see README.md and runtime.py.
+Re-exports only; see README.md and runtime.py.  The subpackages follow the
+one-way data flow: ir (layers, serialisation) <- frontends (ONNX, torch,
+scikit-learn, files) -> compile (instruction set, plans, cost model) ->
+exec (the interpreter the workers run) on parallel (processes, shared
+memory, atomics; it knows no models); kernels are the Numba kernels the
+interpreter calls, bench the benchmark (the runtime never imports it).
 """
-import kernels  # noqa: F401  (first: it points Numba's cache at a folder keyed on every source file)
-from .layers import (GELU, GRU, LSTM, RNN, ArgMax, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout, Flatten,
-                     GlobalAvgPool, Layer, LayerNorm, Linear, LogSoftmax, MaxPool2d, MinMaxScale, ReLU, Select,
-                     Sequential, Sigmoid, Softmax, Standardize, Tanh, TopK, linear_regression, logistic_regression,
-                     manual_seed)
-from .load import load
-from .pool import CommandError, WorkerError
-from .runtime import CompiledModel, Runtime, run
+from shmrt import _kernels_path  # noqa: F401  (first: makes shmrt.kernels importable from a source checkout)
+from shmrt import kernels  # noqa: F401  (next: it points Numba's cache at a folder keyed on the compiled sources)
+from shmrt.ir.layers import (GELU, GRU, LSTM, RNN, ArgMax, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, Dropout,
+                             Flatten, GlobalAvgPool, Hardswish, Layer, LayerNorm, LeakyReLU, Linear, LogSoftmax, MaxPool2d,
+                             MinMaxScale, ReLU, Select, Sequential, Sigmoid, SiLU, Softmax, Standardize, Tanh, TopK,
+                             linear_regression, logistic_regression, manual_seed)
+from shmrt.frontends.load import load
+from shmrt.parallel.pool import CommandError, WorkerError
+from shmrt.runtime import CompiledModel, Runtime, run
+from shmrt.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["Runtime", "CompiledModel", "run", "load", "WorkerError", "CommandError", "Layer", "Sequential", "Linear", "ReLU",
            "Sigmoid", "Tanh", "GELU", "Softmax", "LogSoftmax", "ArgMax", "TopK", "manual_seed", "Standardize",
            "MinMaxScale", "Select", "Dropout", "BatchNorm1d", "LayerNorm", "RNN", "LSTM", "GRU",
            "linear_regression", "logistic_regression", "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool",
-           "Flatten", "BatchNorm2d"]
+           "Flatten", "BatchNorm2d", "LeakyReLU", "SiLU", "Hardswish"]

@@ -17,13 +17,14 @@ import weakref
 
 import numpy as np
 
-from . import control as C
-from . import plan as planner
-from .executor import OP_NAMES, run_in_process
-from .pool import Pool, default_workers
-from .profile import Profile
-from .profile import build as build_profile
-from .store import Segment, WeightStore, align
+from shmrt.parallel import control as C
+from shmrt.compile import plan as planner
+from shmrt.compile.isa import LABELS, OP
+from shmrt.exec.executor import run_in_process
+from shmrt.parallel.pool import Pool, default_workers
+from shmrt.exec.profile import Profile
+from shmrt.exec.profile import build as build_profile
+from shmrt.parallel.store import Segment, WeightStore, align
 
 _model_ids = itertools.count()
 _live_runtimes: "weakref.WeakSet[Runtime]" = weakref.WeakSet()
@@ -58,7 +59,7 @@ class Runtime:
         self._closed = False
         self.pool = None
         self._rates = None
-        from . import warmup
+        from shmrt.exec import warmup
         warmup.compile_all()  # workers then load the kernels from Numba's disk cache
         if self.workers > 0:
             self.pool = Pool(self.workers)
@@ -89,7 +90,7 @@ class Runtime:
         cm.classes, cm.output_1d = classes, getattr(model, "output_1d", False)
         if autotune and len(plan.programs) > 1:
             try:
-                from .tune import autotune as tune
+                from shmrt.compile.tune import autotune as tune
                 plan.tuned = tune(cm, model)
             except BaseException:
                 cm.close()
@@ -99,7 +100,7 @@ class Runtime:
     def rates(self):
         """The cost model's rates for this runtime (measured once; see shmrt.cost)."""
         if self._rates is None:
-            from . import cost
+            from shmrt.compile import cost
             with self._lock:
                 self._rates = cost.calibrate(self) if self.pool is not None else \
                     cost.Rates(source="defaults (not measured: workers=0 runs in process, one program)")
@@ -122,7 +123,18 @@ class Runtime:
         C.set_word(self.pool.ctrl, C.wline(worker) + C.W_FAULT, kind)
 
     def pids(self) -> list:
+        """The worker processes' pids (empty when workers=0)."""
         return self.pool.pids() if self.pool is not None else []
+
+    def template_pid(self):
+        """The pid of the idle template process the workers are forked from (None: none)."""
+        proc = getattr(self.pool.launcher, "proc", None) if self.pool is not None else None
+        return proc.pid if proc is not None else None
+
+    @staticmethod
+    def default_workers() -> int:
+        """How many workers ``Runtime(workers=None)`` starts: SHMRT_WORKERS, else every physical core."""
+        return default_workers()
 
     def _check_open(self):
         if self._closed:
@@ -379,7 +391,7 @@ class CompiledModel:
             short = r.get("short") or r["layer"].split("(")[0]
             for w, (a, z) in r["steps"].items():
                 for i in range(a, z):
-                    op = OP_NAMES[int(self._programs[prog_index][w, i, 0])]
+                    op = LABELS[int(self._programs[prog_index][w, i, OP])]
                     labels[w][i] = f"{op}: layer {','.join(map(str, r['layers']))} {short}"
         return build_profile(self._programs[prog_index], stamps, labels, n, name, t_in, t_copied, call_stamps,
                              t_done, t_out)
@@ -392,7 +404,7 @@ class CompiledModel:
         layer its partition, worker group, slices, flops, bytes, barriers
         and predicted time -- next to the same layer's predicted time in
         the other plans, which is why it was chosen."""
-        from .cost import Rates, op_us
+        from shmrt.compile.cost import Rates, op_us
         n = self.max_batch if batch is None else self._check_n(batch)
         plan = self.plan
         chosen = plan.strategy_for(self.strategy, max(n, 1))

@@ -15,6 +15,12 @@ def act(h, layer):
         return 1.0 / (1.0 + np.exp(-h))
     if isinstance(layer, shmrt.Tanh):
         return np.tanh(h)
+    if isinstance(layer, shmrt.SiLU):
+        return h / (1.0 + np.exp(-h))
+    if isinstance(layer, shmrt.Hardswish):
+        return h * np.clip(h + 3.0, 0.0, 6.0) / 6.0
+    if isinstance(layer, shmrt.LeakyReLU):
+        return np.where(h >= 0, h, h * layer.negative_slope)
     if isinstance(layer, shmrt.GELU):
         if layer.approximate == "tanh":
             return 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h ** 3)))

@@ -3,7 +3,7 @@ explain(), and are cached per machine, worker count, shmrt version and code (nev
 import numpy as np
 
 import shmrt
-from shmrt import cost, tune
+from shmrt.compile import cost, tune
 from models import small_mlp
 
 

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 import shmrt
-from shmrt import control as C
-from shmrt.plan import build
-from shmrt.pool import CommandError, WorkerError, compact_cpus
+from shmrt.parallel import control as C
+from shmrt.compile.plan import build
+from shmrt.parallel.pool import CommandError, WorkerError, compact_cpus
 from reference import forward, rel_err
 from test_lifecycle import child  # noqa: F401 -- the child-interpreter fixture
 

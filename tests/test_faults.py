@@ -105,7 +105,7 @@ def test_an_error_report_is_one_short_line(message):
     a cut line would swallow the template's next "dead" line, and the call would wait for ever."""
     import json
 
-    from shmrt.worker import _report
+    from shmrt.parallel.worker import _report
     r, w = os.pipe()
     _report(w, "3", ValueError(message))
     os.close(w)

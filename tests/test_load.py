@@ -11,7 +11,7 @@ import pytest
 
 import shmrt
 from models import rnd  # noqa: E402
-from shmrt import native
+from shmrt.ir import native
 
 
 def models():

@@ -15,7 +15,7 @@ torch = pytest.importorskip("torch")
 import shmrt  # noqa: E402
 from models import rnd  # noqa: E402
 from reference import rel_err  # noqa: E402
-from shmrt.onnx_import import from_onnx  # noqa: E402
+from shmrt.frontends.onnx_import import from_onnx  # noqa: E402
 from test_onnx_import import ort_run, run_all  # noqa: E402
 
 

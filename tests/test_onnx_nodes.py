@@ -1,4 +1,4 @@
-"""ONNX backend node tests through shmrt.onnx_import.from_onnx: every case PASSes or is REFUSED
+"""ONNX backend node tests through shmrt.frontends.onnx_import.from_onnx: every case PASSes or is REFUSED
 with a clear error; a wrong answer, a crash, an importer bug or an unclear refusal fails.  And no
 op may pass fewer cases than its floor in bench/results/onnx-floors.json (test_floors), in either
 batch mode: a handler that starts refusing what it used to run fails here too.
@@ -29,7 +29,7 @@ RESULTS = {}  # (batch_axis, case name) -> Result of test_node, for test_floors
 @pytest.fixture(scope="module")
 def from_onnx():
     fn = conformance.get_importer()  # a module that is there but does not import raises here
-    assert fn is not None, "shmrt.onnx_import.from_onnx is missing: the ONNX importer must be there"
+    assert fn is not None, "shmrt.frontends.onnx_import.from_onnx is missing: the ONNX importer must be there"
     return fn
 
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from reference import forward, rel_err
-from shmrt.peers import PEERS, Skip
-from shmrt.workloads import WORKLOADS
+from shmrt.bench.peers import PEERS, Skip
+from shmrt.bench.workloads import WORKLOADS
 
 
 @pytest.mark.parametrize("workload", ["mlp", "cnn", "lstm", "logreg"])
@@ -28,7 +28,7 @@ def test_bench_run_with_peers_reports_goals_ceilings_and_breakdown(tmp_path):
     ceilings measured, an A/A control timed, each shmrt row profiled in the
     tier it was timed in, the goals judged on auto, and the table and the
     machine record (commit, date, versions) written."""
-    from shmrt import bench
+    from shmrt.bench import harness as bench
     result = bench.run(["cnn", "logreg"], [1], ["data", "auto"], batches=[1], quick=True, peers=True, seed=3)
     rows = result["rows"]
     assert all(r["ok"] for r in rows)

@@ -55,7 +55,7 @@ def test_workers_map_the_weights_read_only(placed):
 WRITE_THROUGH_A_WORKER_MAPPING = """
 import ctypes, sys
 import numpy as np
-from shmrt.store import Segment
+from shmrt.parallel.store import Segment
 seg = Segment(sys.argv[1], int(sys.argv[2]), create=False, readonly=True)  # as a worker attaches the weights
 flat = np.frombuffer(seg.buf, dtype=np.float32)
 print("read", float(flat[0]), flush=True)

@@ -7,16 +7,16 @@ import textwrap
 import numpy as np
 import pytest
 
-from shmrt import control as C
-from shmrt.store import Segment
-from shmrt.sync import ABORTED, LINE, TIMEOUT, barrier, bump, wait_change
+from shmrt.parallel import control as C
+from shmrt.parallel.store import Segment
+from shmrt.parallel.sync import ABORTED, LINE, TIMEOUT, barrier, bump, wait_change
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CHILD = textwrap.dedent("""
     import sys, numpy as np
-    from shmrt.store import Segment
-    from shmrt.sync import barrier, fetch_add, load_acquire, LINE
+    from shmrt.parallel.store import Segment
+    from shmrt.parallel.sync import barrier, fetch_add, load_acquire, LINE
     from numba import njit
     name, nbytes, me, parties, rounds = sys.argv[1], int(sys.argv[2]), *map(int, sys.argv[3:6])
     seg = Segment(name, nbytes, create=False)

@@ -1,4 +1,4 @@
-"""shmrt.torch_import.from_torch: live torch modules against a float64 torch forward, every strategy."""
+"""shmrt.frontends.torch_import.from_torch: live torch modules against a float64 torch forward, every strategy."""
 import copy
 import sys
 
@@ -12,7 +12,7 @@ F = torch.nn.functional
 import shmrt  # noqa: E402
 from models import rnd, STRATEGIES  # noqa: E402
 from reference import forward, rel_err  # noqa: E402
-from shmrt.torch_import import from_torch  # noqa: E402
+from shmrt.frontends.torch_import import from_torch  # noqa: E402
 
 def torch_ref(m, x):
     """The module's own forward in float64 (eval mode), on a copy."""

@@ -264,7 +264,7 @@ def test_hybrid_splits_each_layer_the_cheaper_way():
     """With the runtime's rates, each layer of a hybrid plan takes the split the
     cost model predicts cheaper for it, and says so; without rates (the
     planner alone) large layers go by model, the rest by batch rows."""
-    from shmrt.plan import build
+    from shmrt.compile.plan import build
     bare = build(deep_odd_model(), 2, "hybrid", 4, (3, 11, 9)).explain_rows["hybrid"]
     parts = {r["layer"].split(", bias")[0]: r["partition"] for r in bare}
     assert parts["Linear(112, 1031"] == "batch rows"  # 0.44 MiB

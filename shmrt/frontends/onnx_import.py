@@ -25,9 +25,10 @@ import sys
 
 import numpy as np
 
-from . import layers as L
-from .onnx_patterns import (ONNXImporterBug, UnsupportedONNX, attrs, check_node, raised_on_purpose,  # noqa: F401
-                            refusals_only, rewrite_gelu, rewrite_layernorm, tensor_array)
+from shmrt.ir import layers as L
+from shmrt.frontends.onnx_patterns import (ONNXImporterBug, UnsupportedONNX, attrs, check_node, raised_on_purpose,  # noqa: F401
+                            refusals_only, rewrite_gelu, rewrite_layernorm, rewrite_silu,
+                                             tensor_array)
 
 _B = 1_000_003          # the batch-size sentinel in folded shape arithmetic (a prime)
 _MIN_OPSET, _MAX_OPSET = 13, 22
@@ -88,7 +89,7 @@ def _resolve_external(model, base_dir):
         return model
     if base_dir is None:
         raise ValueError(f"ONNX model: tensor {ext[0].name!r} keeps its data in an external file; "
-                         f"load it with shmrt.onnx_import.load_onnx_file(path) or pass base_dir=")
+                         f"load it with shmrt.frontends.onnx_import.load_onnx_file(path) or pass base_dir=")
     model = onnx.ModelProto.FromString(model.SerializeToString())  # do not modify the caller's proto
     base = os.path.realpath(base_dir)
     for t in _tensors(model.graph):
@@ -213,7 +214,7 @@ class _Converter:
         self.ir = self.input_shape
         self.values[inp.name] = _View((_B,) + self.input_shape, range(len(self.input_shape) + 1), 0)
         nodes = self.live(list(enumerate(g.node)))
-        for rewrite in (rewrite_gelu, rewrite_layernorm):  # a pattern that does not fit returns the nodes as they are
+        for rewrite in (rewrite_silu, rewrite_gelu, rewrite_layernorm):  # a pattern that does not fit returns the nodes as they are
             with self.bugs(f"ONNX graph: the pattern rewrite {rewrite.__name__}"):
                 nodes = rewrite(self.onnx, g, nodes)
         nodes = self.live(nodes)
@@ -722,6 +723,15 @@ class _Converter:
 
     def op_Tanh(self, node, idx, ins, a):
         return self._act(node, idx, ins, L.Tanh())
+
+    def op_SiLU(self, node, idx, ins, a):  # rewrite_silu's node for Sigmoid(x) * x
+        return self._act(node, idx, ins, L.SiLU())
+
+    def op_HardSwish(self, node, idx, ins, a):
+        return self._act(node, idx, ins, L.Hardswish())
+
+    def op_LeakyRelu(self, node, idx, ins, a):
+        return self._act(node, idx, ins, L.LeakyReLU(negative_slope=float(a.get("alpha", 0.01))))
 
     def op_Gelu(self, node, idx, ins, a):
         appr = a.get("approximate", "none")

@@ -29,12 +29,13 @@ import numpy as np
 
 import shmrt
 
-from . import bench_report as report
-from . import ceilings
-from .ceilings import timeit
-from .cost import cpu_model
-from .peers import PEERS, Impl, Skip
-from .workloads import WORKLOADS, numpy_forward
+from shmrt.bench import ceilings
+from shmrt.bench import report
+from shmrt.compile.tune import timeit
+from shmrt.compile.cost import cpu_model
+from shmrt.compile.plan import STRATEGIES
+from shmrt.bench.peers import PEERS, Impl, Skip
+from shmrt.bench.workloads import WORKLOADS, numpy_forward
 
 
 def rel_err(y, ref) -> float:
@@ -51,7 +52,7 @@ def barrier_us(rt, calls=300) -> dict:
     model-parallel model (8 Linear 32x32 layers, a barrier after each), the
     time from the last worker's arrival at a barrier to every worker's
     leaving it (shmrt.profile)."""
-    from . import layers as L
+    from shmrt.ir import layers as L
     tiny = L.Sequential([L.Linear(32, 32) for _ in range(8)])
     with rt.compile(tiny, strategy="model", max_batch=2) as cm:
         cm.input_buffer(2)[...] = 1.0
@@ -72,9 +73,9 @@ def footprint(rt, weights_bytes) -> dict:
     out = {"weights_mib": weights_bytes / 2**20}
     try:
         out["workers_pss_mib"] = sum(p.memory_full_info().pss for p in procs) / 2**20
-        template = getattr(rt.pool.launcher, "proc", None)
+        template = rt.template_pid()
         if template is not None:
-            out["template_pss_mib"] = psutil.Process(template.pid).memory_full_info().pss / 2**20
+            out["template_pss_mib"] = psutil.Process(template).memory_full_info().pss / 2**20
     except (AttributeError, psutil.Error):
         pass  # no PSS on this OS
     time.sleep(0.2)
@@ -396,7 +397,7 @@ def _ints(text):
 
 
 def main(argv=None) -> int:
-    default_n = shmrt.pool.default_workers()
+    default_n = shmrt.Runtime.default_workers()
     ap = argparse.ArgumentParser(prog="python -m shmrt.bench", description=__doc__.split("\n\n")[0])
     ap.add_argument("--full", action="store_true",
                     help=f"the whole matrix: workers 1,{default_n}, every strategy, every batch (default: a "
@@ -423,9 +424,9 @@ def main(argv=None) -> int:
     workers = args.workers or (sorted({1, default_n}) if args.full else [default_n])
     strategies = [s.strip() for s in (args.strategies or ("data,model,hybrid,pipeline,auto" if args.full else "auto"))
                   .split(",") if s.strip()]
-    bad = [s for s in strategies if s not in shmrt.plan.STRATEGIES]
+    bad = [s for s in strategies if s not in STRATEGIES]
     if bad:
-        ap.error(f"unknown strategy {bad[0]!r}; expected some of {', '.join(shmrt.plan.STRATEGIES)}")
+        ap.error(f"unknown strategy {bad[0]!r}; expected some of {', '.join(STRATEGIES)}")
     if args.batches and 0 in args.batches:
         ap.error("batch sizes must be >= 1")
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]

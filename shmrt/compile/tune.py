@@ -7,11 +7,24 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 
 import numpy as np
 
-from .ceilings import timeit
-from .cost import _cache_path, code_key, load, machine_key, store
+from shmrt.compile.cost import _cache_path, code_key, load, machine_key, store
+
+
+def timeit(fn, reps: int, min_time: float = 0.0, warmup: int = 1) -> np.ndarray:
+    """Per-call seconds: ``warmup`` calls excluded, then ``reps`` calls or
+    until ``min_time`` has passed, whichever is later (at most 20 x reps)."""
+    for _ in range(warmup):
+        fn()
+    ts, t_end = [], time.perf_counter() + min_time
+    while len(ts) < reps or (time.perf_counter() < t_end and len(ts) < 20 * reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    return np.array(ts)
 
 
 def batch_sizes(max_batch: int) -> list:

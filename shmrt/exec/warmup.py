@@ -73,7 +73,7 @@ def _types():
 
 def _compile_parent_group() -> None:
     """Every kernel but the recurrent ones, softmax and topk: about half of the kernels' compile time."""
-    from kernels import (affine, apply_act, argmax, conv2d, gather, global_avg_pool, layernorm, linear, pool2d,
+    from shmrt.kernels import (affine, apply_act, argmax, conv2d, gather, global_avg_pool, layernorm, linear, pool2d,
                          reduce_partials)
     t = _types()
     i64, b1, mat, wvec, vec, ivec = t["i64"], t["b1"], t["mat"], t["wvec"], t["vec"], t["ivec"]
@@ -81,7 +81,7 @@ def _compile_parent_group() -> None:
     conv2d.compile((vec, t["wcmat"], wvec, vec, ivec, i64, i64, i64, i64, vec, i64))
     pool2d.compile((vec, vec, ivec, i64, i64, b1, b1))
     reduce_partials.compile((mat, i64, i64, wvec, mat, i64))
-    apply_act.compile((mat, mat, i64))
+    apply_act.compile((mat, mat, i64, types.float32))
     affine.compile((mat, wvec, wvec, mat))
     gather.compile((mat, wvec, mat))
     layernorm.compile((mat, wvec, wvec, t["f32"], mat))
@@ -91,11 +91,11 @@ def _compile_parent_group() -> None:
 
 def _compile_child_group() -> None:
     """The recurrent layer, softmax and top-k, the synchronisation and the control words."""
-    from kernels import softmax, topk
+    from shmrt.kernels import softmax, topk
 
-    from . import control as C
-    from .executor import _recurrent
-    from .sync import wait_change, wait_reach
+    from shmrt.parallel import control as C
+    from shmrt.exec.executor import _recurrent
+    from shmrt.parallel.sync import wait_change, wait_reach
     t = _types()
     i64, mat, ctrl = t["i64"], t["mat"], t["ctrl"]
     _recurrent.compile((t["ivec"], t["wvec"], t["vec"], i64, i64, ctrl, i64, i64, i64))
@@ -114,7 +114,7 @@ def _dispatchers():
     from numba.core.registry import CPUDispatcher
     found = {}
     for name, mod in list(sys.modules.items()):
-        if mod is None or not (name.startswith("shmrt.") or name.startswith("kernels.")):
+        if mod is None or not name.startswith("shmrt."):
             continue
         for attr, obj in list(vars(mod).items()):
             if isinstance(obj, CPUDispatcher) and obj.py_func.__module__ == name \
@@ -141,7 +141,7 @@ def _saving_only(owned):
 
 def _child_main() -> None:
     """The child process's work (``python -c``): the child group, saved to the cache."""
-    from . import executor  # noqa: F401  (defines every dispatcher before _saving_only lists them)
+    from shmrt.exec import executor  # noqa: F401  (defines every dispatcher before _saving_only lists them)
     with _saving_only(set(_CHILD_OWNS)):
         _compile_child_group()
 
@@ -149,7 +149,7 @@ def _child_main() -> None:
 def _jobs() -> int:
     """SHMRT_COMPILE_JOBS, or the CPUs this process may use: above 1, a cold
     cache is compiled in two processes (there are two groups)."""
-    from . import config
+    from shmrt import config
     if config.COMPILE_JOBS is not None:
         if config.COMPILE_JOBS < 1:
             raise ValueError(f"SHMRT_COMPILE_JOBS must be a positive int, got {config.COMPILE_JOBS}")
@@ -162,12 +162,12 @@ def _jobs() -> int:
 
 def _compile_kernels_in_parallel() -> None:
     """The parent group here while a child process compiles the child group; raises if the child fails."""
-    from .launch import worker_env
+    from shmrt.parallel.launch import worker_env
     env = worker_env()  # as a worker's: this package first on the path, one thread
     if numba.config.CACHE_DIR:  # the very folder this process uses, even if a source changed since
         env["NUMBA_CACHE_DIR"] = numba.config.CACHE_DIR
     with tempfile.TemporaryFile() as err:  # the child's stdout and stderr
-        proc = subprocess.Popen([sys.executable, "-c", "from shmrt import warmup; warmup._child_main()"],
+        proc = subprocess.Popen([sys.executable, "-c", "from shmrt.exec import warmup; warmup._child_main()"],
                                 env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
         try:
             with _saving_only(set(_dispatchers()) - set(_CHILD_OWNS)):
@@ -193,12 +193,12 @@ def compile_all() -> None:
 
 
 def _compile_all() -> None:
-    from . import control as C
-    from . import layers as L
-    from . import plan as planner
-    from .executor import run_in_process, serve
-    from .store import Segment, WeightStore
-    from .sync import barrier, wait_change
+    from shmrt.parallel import control as C
+    from shmrt.ir import layers as L
+    from shmrt.compile import plan as planner
+    from shmrt.exec.executor import run_in_process, serve
+    from shmrt.parallel.store import Segment, WeightStore
+    from shmrt.parallel.sync import barrier, wait_change
 
     i64 = types.int64
     ctrl_t = types.Array(types.int32, 1, "C")

@@ -27,8 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .executor import (ACT, AFFINE, ARGMAX, BARRIER, CONV, END, FRAC, GAP, GATHER, LAYERNORM, LINEAR, MICRO,
-                       MICRO_ROWS, NEXT, POOL, RECUR, REDUCE, SIGNAL, SOFTMAX, TOPK, WAIT, micro_batches)
+from shmrt.compile.isa import (ACT, AFFINE, ARGMAX, BARRIER, CONV, CONV_GEOM, END, FRAC, GAP, GATES, GATHER, LAYERNORM,
+                               LINEAR, MICRO, MICRO_ROWS, NEXT, OP, OPS, POOL, POOL_GEOM, RECUR, REDUCE, SIGNAL, SOFTMAX, TOPK, WAIT)
+from shmrt.exec.executor import micro_batches
 
 
 @dataclass
@@ -55,42 +56,45 @@ def _gemm_us(flops, weight_bytes, act_bytes, r, rates):
                weight_bytes / (wbw * 1e3) + act_bytes / (rates.read_gbs * 1e3))
 
 
+def _act_us(s, op, cnt, rates, read=8.0):
+    """A streaming step over its rows lo:hi of width columns: read bytes a float."""
+    return read * _rows(cnt, s[op.lo], s[op.hi]) * s[op.width] / (rates.read_gbs * 1e3)
+
+
 def step_us(s, cnt, n, rates) -> float:
-    """Predicted microseconds of one step for a window of cnt rows (batch n)."""
-    op = s[0]
-    if op == LINEAR:
-        r, k, m = _rows(cnt, s[14], s[15]), s[4], s[12]
+    """Predicted microseconds of one step (a program row, fields in isa.py) for a window of cnt rows (batch n)."""
+    op = s[OP]
+    if op == LINEAR.code:
+        r, k, m = _rows(cnt, s[LINEAR.lo], s[LINEAR.hi]), s[LINEAR.k], s[LINEAR.m]
         return _gemm_us(2.0 * r * k * m, 4.0 * k * m, 4.0 * r * (k + m), r, rates) if r > 0 else 0.0
-    if op == REDUCE:
-        return 4.0 * n * (s[6] - s[5]) * (s[2] + 1) / (rates.read_gbs * 1e3)
-    if op == CONV:
-        r = _rows(cnt, s[12], s[13])
-        g = s[15:29]
+    if op == REDUCE.code:
+        return 4.0 * n * (s[REDUCE.c1] - s[REDUCE.c0]) * (s[REDUCE.P] + 1) / (rates.read_gbs * 1e3)
+    if op == CONV.code:
+        r = _rows(cnt, s[CONV.lo], s[CONV.hi])
+        g = s[CONV.geom:CONV.geom + CONV_GEOM]
         K = g[0] // g[11] * g[3] * g[4]
-        co, oh = s[9] - s[8], s[11] - s[10]
+        co, oh = s[CONV.co1] - s[CONV.co0], s[CONV.oh1] - s[CONV.oh0]
         per_image = 2.0 * co * oh * g[13] * K
         # im2col: about K floats written per output pixel, read back by the GEMM
         return r * (per_image / (rates.gflops * 1e3 * (co / (co + 16.0))) + 8.0 * K * oh * g[13] / (rates.read_gbs * 1e3))
-    if op == RECUR:
-        r, T, F, H = _rows(cnt, s[15], s[16]), s[3], s[4], s[6]
-        hs, G = s[14] - s[13], {0: 1, 1: 1, 2: 4, 3: 3}[int(s[21])]
+    if op == RECUR.code:
+        r, T, F, H = _rows(cnt, s[RECUR.lo], s[RECUR.hi]), s[RECUR.T], s[RECUR.F], s[RECUR.H]
+        hs, G = s[RECUR.u1] - s[RECUR.u0], GATES[int(s[RECUR.mode])]
         if r <= 0 or hs <= 0:
             return 0.0
         proj = _gemm_us(2.0 * r * T * F * G * hs, 4.0 * G * hs * F, 4.0 * r * T * (F + G * hs), r * T, rates)
         step = _gemm_us(2.0 * r * H * G * hs, 4.0 * G * hs * H, 4.0 * r * (H + G * hs), r, rates)
-        return proj + T * (step + (rates.barrier_us if s[22] > 1 else 0.0))
-    if op in (ACT, AFFINE):
-        return 8.0 * _rows(cnt, *((s[6], s[7]) if op == ACT else (s[9], s[10]))) * s[4] / (rates.read_gbs * 1e3)
-    if op in (SOFTMAX, ARGMAX, TOPK, LAYERNORM, GATHER):
-        lo_hi = {SOFTMAX: (7, 8), ARGMAX: (5, 6), TOPK: (7, 8), LAYERNORM: (8, 9), GATHER: (6, 7)}[op]
-        width = s[3] if op != GATHER else s[5]
-        return 12.0 * _rows(cnt, s[lo_hi[0]], s[lo_hi[1]]) * width / (rates.read_gbs * 1e3)
-    if op == POOL:
-        g = s[11:24]
-        return 4.0 * _rows(cnt, s[9], s[10]) * (s[6] - s[5]) * g[1] * g[2] * 2 / (rates.read_gbs * 1e3)
-    if op == GAP:
-        return 4.0 * _rows(cnt, s[8], s[9]) * (s[7] - s[6]) * s[5] / (rates.read_gbs * 1e3)
-    if op == BARRIER:
+        return proj + T * (step + (rates.barrier_us if s[RECUR.parties] > 1 else 0.0))
+    if op in (ACT.code, AFFINE.code):
+        return _act_us(s, OPS[op], cnt, rates)
+    if op in (SOFTMAX.code, ARGMAX.code, TOPK.code, LAYERNORM.code, GATHER.code):
+        return _act_us(s, OPS[op], cnt, rates, read=12.0)
+    if op == POOL.code:
+        g = s[POOL.geom:POOL.geom + POOL_GEOM]
+        return 4.0 * _rows(cnt, s[POOL.lo], s[POOL.hi]) * (s[POOL.c1] - s[POOL.c0]) * g[1] * g[2] * 2 / (rates.read_gbs * 1e3)
+    if op == GAP.code:
+        return 4.0 * _rows(cnt, s[GAP.lo], s[GAP.hi]) * (s[GAP.c1] - s[GAP.c0]) * s[GAP.hw] / (rates.read_gbs * 1e3)
+    if op == BARRIER.code:
         return rates.barrier_us
     return 0.0
 
@@ -111,13 +115,13 @@ def predict_us(prog, n: int, rates: Rates) -> float:
     worst, stage_body = 0.0, {}
     for w in range(prog.shape[0]):
         t, i, steps = 0.0, 0, prog[w]
-        while steps[i, 0] != END:
+        while steps[i, OP] != END.code:
             s = steps[i]
-            if s[0] == MICRO:  # a pipeline stage: its loop body, once per micro-batch
-                m = micro_batches(n, int(s[1]), int(s[4]))
+            if s[OP] == MICRO.code:  # a pipeline stage: its loop body, once per micro-batch
+                m = micro_batches(n, int(s[MICRO.most]), int(s[MICRO.rows]))
                 j, body = i + 1, 0.0
-                while steps[j, 0] != NEXT:
-                    if steps[j, 0] in (WAIT, SIGNAL):
+                while steps[j, OP] != NEXT.code:
+                    if steps[j, OP] in (WAIT.code, SIGNAL.code):
                         body += rates.barrier_us / 2
                     else:
                         body += step_us(steps[j], max(n // m, 1), n, rates)
@@ -160,8 +164,8 @@ def machine_key() -> str:
 def code_key() -> str:
     """shmrt's version and a hash of the sources of the code that measurements time (the kernels,
     the interpreter, the runtime): an upgrade or an edit never reuses stale timings."""
-    from kernels._cache import source_hash
-    from . import __version__
+    from shmrt.kernels._cache import source_hash
+    from shmrt.version import __version__
     return f"shmrt {__version__} code {source_hash()}"
 
 
@@ -207,7 +211,7 @@ def kernel_rates(rt) -> dict:
     model's r / (r + 16)), read GB/s of a weight slice streamed from memory
     (a 4096 x 4096 model-parallel GEMV), and from the worker's own L2 (a
     weight that fits there, re-read by every worker)."""
-    from . import layers as L
+    from shmrt.ir import layers as L
     P, rng = rt.workers, np.random.default_rng(0)
 
     def linear(k, m):
@@ -222,7 +226,7 @@ def kernel_rates(rt) -> dict:
     with rt.compile(linear(4096, 4096), strategy="model", max_batch=1) as cm:
         cm.input_buffer(1)[...] = 1.0
         prog = cm.plan.programs["model"]
-        wbytes = [4.0 * sum(int(s[4]) * int(s[12]) for s in prog[w] if s[0] == LINEAR) for w in range(P)]
+        wbytes = [4.0 * sum(int(s[LINEAR.k]) * int(s[LINEAR.m]) for s in prog[w] if s[OP] == LINEAR.code) for w in range(P)]
         out["read_gbs"] = _per_worker(cm, 1, lambda w: wbytes[w]) / 1e9
     k = 512
     m = max(16, min(256, l2_bytes() // 4 // (4 * k)))  # a quarter of the L2 at most
@@ -246,11 +250,11 @@ def calibrate(rt) -> Rates:
                                              "dispatch_us")},
                      source=f"measured on this machine on {rt.workers} workers, {got['date']} (cached)")
     rates = kernel_rates(rt)
-    from . import layers as L
+    from shmrt.ir import layers as L
     tiny = L.Sequential([L.Linear(32, 32, weight=np.eye(32), bias=np.zeros(32)) for _ in range(8)])
     cms = {s: rt.compile(tiny, strategy=s, max_batch=2) for s in ("data", "model")}
     try:
-        nb = int(np.sum(cms["model"].plan.programs["model"][0, :, 0] == BARRIER))
+        nb = int(np.sum(cms["model"].plan.programs["model"][0, :, OP] == BARRIER.code))
         ts = {s: [] for s in cms}
         for i in range(150):  # interleaved, so that both see the same machine
             for s, cm in cms.items():

@@ -39,7 +39,7 @@ import json
 import numpy as np
 from numba import njit
 
-from .sync import LINE, TIMEOUT, bump, load_acquire, store_release, wait_change
+from shmrt.parallel.sync import LINE, TIMEOUT, bump, load_acquire, store_release, wait_change
 
 GEN, GEN_SLEEP, CMD, DONE, DONE_SLEEP, ABORT, ZERO, BARRIER = (i * LINE for i in range(8))
 WORKER0 = 10 * LINE

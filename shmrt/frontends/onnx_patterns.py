@@ -1,6 +1,6 @@
 """Helpers of the ONNX importer: its error classes, reading tensors and attributes, checking a
 node against its ONNX schema, and the graph rewrites it runs before its node-by-node walk (the
-multi-node forms exporters write for exact GELU and, before opset 17, LayerNorm, each turned back
+multi-node forms exporters write for SiLU, exact GELU and, before opset 17, LayerNorm, each turned back
 into one node).  A rewrite decides with explicit checks whether a pattern fits; it never relies on
 an exception, and one that raises is a bug in shmrt (the importer reports it as ONNXImporterBug)."""
 from __future__ import annotations
@@ -37,7 +37,7 @@ def raised_on_purpose(e, module) -> bool:
 
 @contextlib.contextmanager
 def refusals_only(where, checks):
-    """Refusals pass: UnsupportedONNX, and a ValueError that the module ``checks`` (shmrt.layers) raises on
+    """Refusals pass: UnsupportedONNX, and a ValueError that the module ``checks`` (shmrt.ir.layers) raises on
     purpose (a layer's argument check: a constructor, output_shape, Sequential), re-raised as UnsupportedONNX
     named by ``where``.  Any other exception (AttributeError, KeyError, numpy's errors, ...) is a bug in the
     importer: ONNXImporterBug, chained to it."""
@@ -163,6 +163,32 @@ def _number(v):
     if v is None or v.size != 1 or v.dtype.kind not in "biuf":
         return None
     return float(v.reshape(-1)[0])
+
+
+# -- the SiLU pattern -----------------------------------------------------------------------
+def rewrite_silu(onnx, graph, pairs):
+    """Sigmoid(x) then Mul by the same x (either operand order) -> one node "SiLU", which ONNX has
+    no op for: the name is shmrt's own, read by the importer's op_SiLU."""
+    nodes = [n for _, n in pairs]
+    consumers = _consumers(nodes)
+    drop, repl = set(), {}
+    for sig in nodes:
+        if sig.op_type != "Sigmoid" or len(sig.input) != 1 or len(sig.output) != 1:
+            continue
+        users = consumers.get(sig.output[0], [])
+        if len(users) != 1:
+            continue
+        mul = users[0]
+        if mul.op_type != "Mul" or len(mul.input) != 2 or len(mul.output) != 1 or id(mul) in repl \
+                or _other(mul, sig.output[0]) != sig.input[0]:
+            continue
+        drop.add(id(sig))
+        repl[id(mul)] = onnx.helper.make_node("SiLU", [sig.input[0]], [mul.output[0]],
+                                              name=f"{sig.name or 'Sigmoid'}(silu)")
+    if not repl:
+        return pairs
+    # the SiLU stands where its Mul stood: its input is made before the Sigmoid, so before it
+    return [(i, repl.get(id(n), n)) for i, n in pairs if id(n) not in drop]
 
 
 # -- the GELU (erf) pattern ----------------------------------------------------------------

@@ -34,11 +34,11 @@ import warnings
 
 import numpy as np
 
-from . import config
-from . import control as C
-from . import launch
-from .store import Segment
-from .sync import LINE, TIMEOUT, wake_all
+from shmrt import config
+from shmrt.parallel import control as C
+from shmrt.parallel import launch
+from shmrt.parallel.store import Segment
+from shmrt.parallel.sync import LINE, TIMEOUT, wake_all
 
 
 class WorkerError(RuntimeError):
@@ -230,7 +230,7 @@ class Pool:
             if stamps is None:
                 r = C.call(self.ctrl, op, model, n, prog, self.n, self.wait_spin_ns, self.block_ns)
             else:
-                from .profile import call_stamped
+                from shmrt.exec.profile import call_stamped
                 r = call_stamped(self.ctrl, op, model, n, prog, self.n, self.wait_spin_ns, self.block_ns, stamps)
             while r == TIMEOUT:
                 dead = [w for w, p in enumerate(self.procs) if p.poll() is not None]
@@ -292,7 +292,7 @@ class Pool:
         cls = getattr(builtins, name, None) if module == "builtins" else None
         if isinstance(cls, type) and issubclass(cls, Exception) and not issubclass(cls, WorkerError):
             try:  # both: `except ZeroDivisionError` and `except shmrt.WorkerError` catch it
-                return type(name, (WorkerError, cls), {"__module__": "shmrt.pool"})(text)
+                return type(name, (WorkerError, cls), {"__module__": "shmrt.parallel.pool"})(text)
             except TypeError:  # a base with its own layout (OSError and kin)
                 pass
         return WorkerError(text)

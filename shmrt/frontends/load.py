@@ -14,8 +14,8 @@ import sys
 import urllib.parse
 import urllib.request
 
-from . import layers as L
-from . import native
+from shmrt.ir import layers as L
+from shmrt.ir import native
 
 _URL_SCHEMES = ("http", "https", "file")
 _SUFFIXES = (".onnx", ".safetensors", ".npz", ".shmrt")
@@ -46,14 +46,14 @@ def load(source, **options) -> L.Sequential:
         return _load_path(source, **options)
     if mod.startswith("onnx") and type(source).__name__ == "ModelProto":
         _no_options(options, "an onnx.ModelProto")
-        from .onnx_import import from_onnx
+        from shmrt.frontends.onnx_import import from_onnx
         return from_onnx(source)
     if _is_torch_module(source):
-        from .torch_import import from_torch
+        from shmrt.frontends.torch_import import from_torch
         return from_torch(source, **options)
     if mod.startswith("sklearn") or (hasattr(source, "get_params") and hasattr(source, "fit")):
         _no_options(options, "a scikit-learn estimator")
-        from .sklearn_import import from_sklearn
+        from shmrt.frontends.sklearn_import import from_sklearn
         return from_sklearn(source)
     raise TypeError(f"shmrt.load: cannot load a {type(source).__module__}.{type(source).__name__}; "
                     f"expected {SOURCES}")
@@ -107,7 +107,7 @@ def load_file(path) -> L.Sequential:
         head = f.read(9)  # a zip's "PK", or safetensors' 8-byte header length and its JSON's "{"
     lower = path.lower()
     if lower.endswith(".onnx"):
-        from .onnx_import import load_onnx_file
+        from shmrt.frontends.onnx_import import load_onnx_file
         return load_onnx_file(path)
     if lower.endswith(".safetensors"):
         return native.load_safetensors(path)

@@ -23,15 +23,17 @@ import operator
 
 import numpy as np
 
-from . import layers as L
+from shmrt.ir import layers as L
 
 SUPPORTED_MODULES = (
     "nn.Linear, nn.Conv2d (padding_mode='zeros'), nn.BatchNorm1d, nn.BatchNorm2d (track_running_stats=True), "
-    "nn.ReLU, nn.Sigmoid, nn.Tanh, nn.GELU, nn.Softmax, nn.LogSoftmax, nn.Dropout, nn.Identity, "
+    "nn.ReLU, nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.Softmax, nn.LogSoftmax, "
+    "nn.Dropout, nn.Identity, "
     "nn.Flatten(1, -1), nn.MaxPool2d, nn.AvgPool2d (ceil_mode=False), nn.AdaptiveAvgPool2d(1) followed by a "
     "flatten, nn.LayerNorm (last dim), nn.RNN, nn.LSTM, nn.GRU (batch_first=True, one direction, proj_size=0)")
 SUPPORTED_FUNCTIONS = (
-    "torch.relu / F.relu / x.relu(), torch.sigmoid / x.sigmoid(), torch.tanh / x.tanh(), F.gelu, "
+    "torch.relu / F.relu / x.relu(), torch.sigmoid / x.sigmoid(), torch.tanh / x.tanh(), F.gelu, F.silu, "
+    "F.hardswish, F.leaky_relu, "
     "torch.softmax / F.softmax / x.softmax(dim), F.log_softmax / x.log_softmax(dim) over the last dim, "
     "torch.flatten(x, 1) / x.flatten(1), x.view(x.size(0), -1) / x.reshape(x.shape[0], -1), "
     "x.mean((2, 3)) (global average pooling), F.dropout (eval), x.contiguous(), and after a recurrent "
@@ -129,7 +131,8 @@ def _module_kind(nn, m):
 
 def _module_table(nn):
     return {nn.Linear: "linear", nn.Conv2d: "conv2d", nn.BatchNorm1d: "bn", nn.BatchNorm2d: "bn",
-            nn.ReLU: "act", nn.Sigmoid: "act", nn.Tanh: "act", nn.GELU: "act", nn.Softmax: "softmax",
+            nn.ReLU: "act", nn.Sigmoid: "act", nn.Tanh: "act", nn.GELU: "act", nn.SiLU: "act", nn.Hardswish: "act",
+            nn.LeakyReLU: "act", nn.Softmax: "softmax",
             nn.LogSoftmax: "softmax", nn.Dropout: "dropout", nn.Identity: "identity", nn.Flatten: "flatten",
             nn.MaxPool2d: "pool", nn.AvgPool2d: "pool", nn.AdaptiveAvgPool2d: "adaptive", nn.LayerNorm: "layernorm",
             nn.RNN: "rnn", nn.LSTM: "rnn", nn.GRU: "rnn"}
@@ -172,7 +175,8 @@ class _Converter:
         fn = lambda *names: {f for f in (getattr(torch, n, None) for n in names) if f is not None} | {  # noqa: E731
             f for f in (getattr(F, n, None) for n in names) if f is not None}
         self.fn_act = {}
-        for names, cls in ((("relu",), L.ReLU), (("sigmoid",), L.Sigmoid), (("tanh",), L.Tanh)):
+        for names, cls in ((("relu",), L.ReLU), (("sigmoid",), L.Sigmoid), (("tanh",), L.Tanh), (("silu",), L.SiLU),
+                           (("hardswish",), L.Hardswish)):
             for f in fn(*names):
                 self.fn_act[f] = cls
         self.fn_softmax = {f: L.Softmax for f in fn("softmax")} | {f: L.LogSoftmax for f in fn("log_softmax")}
@@ -372,8 +376,11 @@ class _Converter:
         nn = self.nn
         if kind is nn.GELU:
             layer = self.make(node, L.GELU, approximate=m.approximate)
+        elif kind is nn.LeakyReLU:
+            layer = self.make(node, L.LeakyReLU, negative_slope=m.negative_slope)
         else:
-            layer = {nn.ReLU: L.ReLU, nn.Sigmoid: L.Sigmoid, nn.Tanh: L.Tanh}[kind]()
+            layer = {nn.ReLU: L.ReLU, nn.Sigmoid: L.Sigmoid, nn.Tanh: L.Tanh, nn.SiLU: L.SiLU,
+                     nn.Hardswish: L.Hardswish}[kind]()
         self.emit(node, layer)
 
     def mod_softmax(self, node, m, kind):
@@ -490,6 +497,10 @@ class _Converter:
             a = self.bind(node, ("input", "inplace"), {"inplace": False})
             self.take(node, a["input"])
             self.emit(node, self.fn_act[t]())
+        elif t is self.F.leaky_relu:
+            a = self.bind(node, ("input", "negative_slope", "inplace"), {"negative_slope": 0.01, "inplace": False})
+            self.take(node, a["input"])
+            self.emit(node, self.make(node, L.LeakyReLU, negative_slope=a["negative_slope"]))
         elif t is self.F.gelu:
             a = self.bind(node, ("input", "approximate"), {"approximate": "none"})
             self.take(node, a["input"])

@@ -10,7 +10,7 @@ float32 arrays named ``"{layer index}.{PyTorch name}"``.  The containers:
 - ``.safetensors``: the tensors, with the JSON in the header's metadata
   under ``"shmrt"`` (safetensors' numpy API; extra ``shmrt[safetensors]``).
 
-Only the layer classes of ``shmrt.layers`` can be named by a file; a
+Only the layer classes of ``shmrt.ir.layers`` can be named by a file; a
 round trip is bit-exact (the arrays are stored as they are).
 """
 from __future__ import annotations
@@ -22,7 +22,7 @@ import zipfile
 
 import numpy as np
 
-from . import layers as L
+from shmrt.ir import layers as L
 
 FORMAT = "shmrt-model"
 VERSION = 1
@@ -32,7 +32,7 @@ _KEY = "__shmrt__"
 _CLASSES = {c.__name__: c for c in (
     L.Linear, L.ReLU, L.Sigmoid, L.Tanh, L.GELU, L.Softmax, L.LogSoftmax, L.ArgMax, L.TopK, L.Standardize,
     L.MinMaxScale, L.BatchNorm1d, L.BatchNorm2d, L.Select, L.Dropout, L.LayerNorm, L.RNN, L.LSTM, L.GRU,
-    L.Conv2d, L.MaxPool2d, L.AvgPool2d, L.GlobalAvgPool, L.Flatten)}
+    L.Conv2d, L.MaxPool2d, L.AvgPool2d, L.GlobalAvgPool, L.Flatten, L.SiLU, L.Hardswish, L.LeakyReLU)}
 
 
 def _config(layer) -> dict:
@@ -44,6 +44,8 @@ def _config(layer) -> dict:
                                              "dilation", "groups")}
     elif isinstance(layer, L.GELU):
         c = {"approximate": layer.approximate}
+    elif isinstance(layer, L.LeakyReLU):
+        c = {"negative_slope": layer.negative_slope}
     elif isinstance(layer, L.TopK):
         c = {"k": layer.k, "dim": layer.dim}
     elif isinstance(layer, L.LayerNorm):

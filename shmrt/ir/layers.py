@@ -16,6 +16,8 @@ import itertools
 
 import numpy as np
 
+from shmrt.kernels.recurrent import CELLS, GATES
+
 _seed_counter = itertools.count()
 _base_seed = [0]
 
@@ -100,19 +102,22 @@ class Linear(Layer):
 
 
 class _Elementwise(Layer):
-    act: int = 0
+    """An activation: act names the kernels' function (shmrt.kernels.activations.ACT_NAMES);
+    alpha is its one parameter where it has one (fused into the layer before only when None)."""
+    act = "identity"
+    alpha = None
 
 
 class ReLU(_Elementwise):
-    act = 1
+    act = "relu"
 
 
 class Sigmoid(_Elementwise):
-    act = 2
+    act = "sigmoid"
 
 
 class Tanh(_Elementwise):
-    act = 3
+    act = "tanh"
 
 
 class GELU(_Elementwise):
@@ -123,10 +128,35 @@ class GELU(_Elementwise):
         if approximate not in ("none", "tanh"):
             raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
         self.approximate = approximate
-        self.act = 4 if approximate == "none" else 5
+        self.act = "gelu" if approximate == "none" else "gelu_tanh"
 
     def __repr__(self):
         return f"GELU(approximate={self.approximate!r})"
+
+
+class SiLU(_Elementwise):
+    """x * sigmoid(x) (also called swish), as PyTorch's nn.SiLU."""
+    act = "silu"
+
+
+class Hardswish(_Elementwise):
+    """x * relu6(x + 3) / 6, as PyTorch's nn.Hardswish."""
+    act = "hardswish"
+
+
+class LeakyReLU(_Elementwise):
+    """x where x >= 0, else negative_slope * x, as PyTorch's nn.LeakyReLU."""
+    act = "leaky_relu"
+
+    def __init__(self, negative_slope=0.01):
+        super().__init__()
+        if isinstance(negative_slope, bool) or not isinstance(negative_slope, (int, float, np.floating, np.integer)) \
+                or not np.isfinite(negative_slope):
+            raise ValueError(f"LeakyReLU: negative_slope must be a finite number, got {negative_slope!r}")
+        self.negative_slope = self.alpha = float(negative_slope)
+
+    def __repr__(self):
+        return f"LeakyReLU(negative_slope={self.negative_slope!r})"
 
 
 class _RowWise(Layer):
@@ -232,7 +262,7 @@ class Sequential(Layer):
     def save(self, path) -> None:
         """Write the model to ``path``: ``.safetensors`` by that suffix, else shmrt's native file (an
         uncompressed .npz); ``shmrt.load(path)`` reads it back bit-exact.  See shmrt/native.py."""
-        from . import native
+        from shmrt.ir import native
         native.save(self, path)
 
     def __iter__(self):
@@ -416,8 +446,16 @@ class _Recurrent(Layer):
     (LSTM) and r, z, n (GRU).  h0 / c0: optional initial state
     [num_layers, H], the same for every sequence (zeros if left out)."""
 
-    gates = 1
-    mode = 0  # 0 RNN tanh, 1 RNN relu, 2 LSTM, 3 GRU
+    cell = "rnn_tanh"  # the kernels' name of the cell (shmrt.kernels.recurrent.CELLS)
+
+    @property
+    def mode(self) -> int:
+        """The cell's code: 0 RNN tanh, 1 RNN relu, 2 LSTM, 3 GRU."""
+        return CELLS.index(self.cell)
+
+    @property
+    def gates(self) -> int:
+        return GATES[self.mode]
 
     def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=True,
                  return_sequences=True, h0=None, c0=None, **params):
@@ -444,7 +482,7 @@ class _Recurrent(Layer):
         if h0 is not None:
             self.params["h0"] = _param(h0, (self.num_layers, H), "h0", name, 1)
         if c0 is not None:
-            if self.mode != 2:
+            if self.cell != "lstm":
                 raise ValueError(f"{name}: c0 is for LSTM only")
             self.params["c0"] = _param(c0, (self.num_layers, H), "c0", name, 1)
 
@@ -465,16 +503,16 @@ class RNN(_Recurrent):
     def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", **kw):
         if nonlinearity not in ("tanh", "relu"):
             raise ValueError(f"RNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
-        self.mode = 0 if nonlinearity == "tanh" else 1
+        self.cell = "rnn_tanh" if nonlinearity == "tanh" else "rnn_relu"
         super().__init__(input_size, hidden_size, num_layers, **kw)
 
 
 class LSTM(_Recurrent):
-    gates, mode = 4, 2
+    cell = "lstm"
 
 
 class GRU(_Recurrent):
-    gates, mode = 3, 3
+    cell = "gru"
 
 
 def linear_regression(coef, intercept=0.0):

@@ -27,9 +27,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
-from . import control as C
-from .executor import BARRIER, END, OP_NAMES, WAIT
-from .sync import TIMEOUT, monotonic_ns
+from shmrt.parallel import control as C
+from shmrt.compile.isa import BARRIER, END, LABELS, OP, WAIT
+from shmrt.parallel.sync import TIMEOUT, monotonic_ns
 
 
 @njit(cache=True)
@@ -120,20 +120,20 @@ def build(prog, stamps, labels, n, strategy, t_in, t_copied, call_stamps, t_done
     t_post, t_seen = int(call_stamps[0]), int(call_stamps[1])
     kernel, wait, dispatch, per_worker, ends, step_ends = [], [], [], [], [], []
     for w in range(P):
-        ops = prog[w, :, 0]
-        last = int(np.argmax(ops == END))  # steps 0..last-1 ran
+        ops = prog[w, :, OP]
+        last = int(np.argmax(ops == END.code))  # steps 0..last-1 ran
         d = stamps[w, 1:last + 1]
         dispatch.append((stamps[w, 0] - t_post) / 1e3)
-        waits = np.isin(ops[:last], (BARRIER, WAIT))
+        waits = np.isin(ops[:last], (BARRIER.code, WAIT.code))
         kernel.append(float(d[~waits].sum()) / 1e3)
         wait.append(float(d[waits].sum()) / 1e3)
         step_ends.append(stamps[w, 0] + np.cumsum(d))
         ends.append(int(stamps[w, 0] + d.sum()))
-        per_worker.append([(labels[w].get(i, OP_NAMES[int(ops[i])]), float(d[i]) / 1e3) for i in range(last)])
+        per_worker.append([(labels[w].get(i, LABELS[int(ops[i])]), float(d[i]) / 1e3) for i in range(last)])
     barrier_us = []
-    ops0 = prog[0, :, 0]
-    if all(np.array_equal(prog[w, :, 0], ops0) for w in range(P)) and P > 1:
-        for i in np.flatnonzero(ops0 == BARRIER):
+    ops0 = prog[0, :, OP]
+    if all(np.array_equal(prog[w, :, OP], ops0) for w in range(P)) and P > 1:
+        for i in np.flatnonzero(ops0 == BARRIER.code):
             out = [int(step_ends[w][i]) for w in range(P)]
             arrive = [out[w] - int(stamps[w, 1 + i]) for w in range(P)]
             barrier_us.append((max(out) - max(arrive)) / 1e3)

@@ -30,7 +30,7 @@ import sys
 import threading
 import time
 
-from . import config
+from shmrt import config
 
 
 def worker_env() -> dict:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from . import layers as L
+from shmrt.ir import layers as L
 
 
 @dataclass

@@ -14,8 +14,8 @@ from typing import Callable
 
 import numpy as np
 
-from . import layers as L
-from .workloads import numpy_forward
+from shmrt.ir import layers as L
+from shmrt.bench.workloads import numpy_forward
 
 
 class Skip(Exception):

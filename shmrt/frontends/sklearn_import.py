@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import layers as L
+from shmrt.ir import layers as L
 
 SUPPORTED = ("LinearRegression, Ridge, LogisticRegression, MLPClassifier, MLPRegressor, and a Pipeline of "
              "StandardScaler / MinMaxScaler steps ending in one of them")

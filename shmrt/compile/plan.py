@@ -31,14 +31,15 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from kernels.conv import scratch_floats as conv_scratch_floats
+from shmrt.kernels.conv import scratch_floats as conv_scratch_floats
 
-from . import layers as L
-from .control import barrier_line
-from .executor import (ACT, AFFINE, ARGMAX, BARRIER, CONV, END, FRAC, GAP, GATHER, LAYERNORM, LINEAR, MICRO,
-                       MICRO_ROWS, NEXT, POOL, RECUR, REDUCE, ROW, SIGNAL, SOFTMAX, TOPK, WAIT)
-from .store import align
-from .sync import LINE
+from shmrt.ir import layers as L
+from shmrt.parallel.control import barrier_line
+from shmrt.compile.isa import (ACT, AFFINE, ARGMAX, BARRIER, CELLS, CONV, END, FRAC, GAP, GATHER, LAYERNORM, LINEAR,
+                               MICRO, MICRO_ROWS, NEXT, POOL, RECUR, REDUCE, ROW, SIGNAL, SOFTMAX, TOPK, WAIT, act_code,
+                               encode)
+from shmrt.parallel.store import align
+from shmrt.parallel.sync import LINE
 
 STRATEGIES = ("auto", "data", "model", "hybrid", "pipeline")
 # hybrid, without a cost model (no rates): layers whose parameters are at
@@ -114,7 +115,7 @@ class Plan:
 
     def predictions(self, n: int) -> dict:
         """Predicted microseconds of a call of n rows, per program (cost.py)."""
-        from .cost import Rates, predict_us
+        from shmrt.compile.cost import Rates, predict_us
         rates = self.rates or Rates()
         return {name: predict_us(prog, n, rates) for name, prog in self.programs.items()}
 
@@ -142,8 +143,8 @@ def _fuse(model) -> list:
         if isinstance(l, (L.Dropout, L.Flatten)):
             continue  # identity at inference / a free reshape
         if prev is not None and isinstance(prev.layer, (L.Linear, L.Conv2d)) and prev.act == 0:
-            if isinstance(l, L._Elementwise):
-                prev.act = l.act
+            if isinstance(l, L._Elementwise) and l.alpha is None:  # fused into the epilogue (it takes no parameter)
+                prev.act = act_code(l.act)
                 prev.members.append(i)
                 prev.fused.append(l)
                 continue
@@ -185,6 +186,8 @@ def _tensors(ops) -> dict:
         elif isinstance(l, L.LayerNorm):
             t[f"{i}.weight"], t[f"{i}.bias"] = l.params["weight"], l.params["bias"]
             t[f"{i}.eps"] = np.array([l.eps], np.float32)
+        elif isinstance(l, L._Elementwise) and l.alpha is not None:
+            t[f"{i}.alpha"] = np.array([l.alpha], np.float32)
         else:
             for k, v in l.params.items():
                 t[f"{i}.{k}"] = v
@@ -208,6 +211,12 @@ def _conv_geom(l, in_shape, out_shape):
 
 def _rows_of(w, P):
     return w * FRAC // P, (w + 1) * FRAC // P
+
+
+def _rows(w, P) -> dict:
+    """Worker w's batch rows of P, as a step's lo and hi fields."""
+    lo, hi = _rows_of(w, P)
+    return dict(lo=lo, hi=hi)
 
 
 def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, input_shape=None, rates=None) -> Plan:
@@ -349,14 +358,13 @@ class _Builder:
         self.split_model = strategy == "model" and P > 1
 
     # -- emitting ----------------------------------------------------------
-    def emit(self, w, *vals):
-        r = np.zeros(ROW, np.int64)
-        r[:len(vals)] = vals
-        self.steps[w].append(r)
+    def emit(self, w, op, /, **fields):
+        """Worker w's next step: op (an isa op) with every field by name."""
+        self.steps[w].append(encode(op, **fields))
 
     def barrier(self):
         for w in range(self.P):
-            self.emit(w, BARRIER, self.bline, self.P)
+            self.emit(w, BARRIER, line=self.bline, parties=self.P)
         self.barriers += 1
 
     def need_all(self):
@@ -421,8 +429,8 @@ class _Builder:
         if not self.split_model:
             self.need_rows()
             for w in range(P):
-                self.emit(w, LINEAR, x_off, x_ld, 0, k, w_off, k, 0, b_off, out.off, m, 0, m, op.act,
-                          *_rows_of(w, P))
+                self.emit(w, LINEAR, x=x_off, x_ld=x_ld, x_col=0, k=k, w=w_off, w_ld=k, w_col=0, b=b_off, out=out.off,
+                          out_ld=m, out_col=0, m=m, act=op.act, **_rows(w, P))
             info["partition"] = "batch rows"
             info["slices"] = [f"rows {w}/{P}..{w + 1}/{P}" for w in range(P)]
             info["read_per_worker"] = info["weight_bytes"]
@@ -436,12 +444,13 @@ class _Builder:
             self.row_layers += 1
             c = self.bounds
             for w in range(P):
-                self.emit(w, LINEAR, x_off, x_ld, c[w], c[w + 1] - c[w], w_off, k, c[w], -1, parts, P * m, w * m, m,
-                          0, 0, FRAC)
+                self.emit(w, LINEAR, x=x_off, x_ld=x_ld, x_col=c[w], k=c[w + 1] - c[w], w=w_off, w_ld=k, w_col=c[w],
+                          b=-1, out=parts, out_ld=P * m, out_col=w * m, m=m, act=0, lo=0, hi=FRAC)
             self.barrier()
             d = split(m, P)
             for w in range(P):
-                self.emit(w, REDUCE, parts, P, 0, m, d[w], d[w + 1], b_off, op.act, out.off, m)
+                self.emit(w, REDUCE, parts=parts, P=P, m=m, c0=d[w], c1=d[w + 1], b=b_off, act=op.act, out=out.off,
+                          out_ld=m)
             info["partition"] = "rows (input features) + reduce-scatter"
             info["slices"] = [f"in {c[w]}:{c[w + 1]} -> reduce out {d[w]}:{d[w + 1]}" for w in range(P)]
             info["read_per_worker"] = 4 * m * max(c[w + 1] - c[w] for w in range(P))
@@ -451,8 +460,9 @@ class _Builder:
             self.need_all()
             c = split(m, P)
             for w in range(P):
-                self.emit(w, LINEAR, x_off, x_ld, 0, k, w_off + c[w] * k, k, 0, b_off + c[w] if b_off >= 0 else -1,
-                          out.off, m, c[w], c[w + 1] - c[w], op.act, 0, FRAC)
+                self.emit(w, LINEAR, x=x_off, x_ld=x_ld, x_col=0, k=k, w=w_off + c[w] * k, w_ld=k, w_col=0,
+                          b=b_off + c[w] if b_off >= 0 else -1, out=out.off, out_ld=m, out_col=c[w],
+                          m=c[w + 1] - c[w], act=op.act, lo=0, hi=FRAC)
             info["partition"] = "columns (output features)"
             info["slices"] = [f"out {c[w]}:{c[w + 1]}" for w in range(P)]
             info["read_per_worker"] = 4 * k * max(c[w + 1] - c[w] for w in range(P))
@@ -467,14 +477,15 @@ class _Builder:
         W = self.cur_w
         for w in range(P):
             if self.state == "cols":
-                c0, cw, rows = self.bounds[w], self.bounds[w + 1] - self.bounds[w], (0, FRAC)
+                c0, cw, rows = self.bounds[w], self.bounds[w + 1] - self.bounds[w], dict(lo=0, hi=FRAC)
             else:
-                c0, cw, rows = 0, W, _rows_of(w, P)
+                c0, cw, rows = 0, W, _rows(w, P)
             if isinstance(l, L._Affine):
-                self.emit(w, AFFINE, self.cur_off, self.cur_ld, c0, cw, self.w(f"{i}.scale"), self.w(f"{i}.shift"),
-                          out.off, W, *rows)
+                self.emit(w, AFFINE, x=self.cur_off, x_ld=self.cur_ld, col=c0, width=cw, scale=self.w(f"{i}.scale"),
+                          shift=self.w(f"{i}.shift"), out=out.off, out_ld=W, **rows)
             else:
-                self.emit(w, ACT, self.cur_off, self.cur_ld, c0, cw, l.act, *rows, out.off, W)
+                self.emit(w, ACT, x=self.cur_off, x_ld=self.cur_ld, col=c0, width=cw, act=act_code(l.act), out=out.off, out_ld=W,
+                          alpha=self.w(f"{i}.alpha"), **rows)
         if self.state == "cols":
             info["partition"] = "columns (follows producer)"
             info["slices"] = [f"cols {self.bounds[w]}:{self.bounds[w + 1]}" for w in range(P)]
@@ -491,18 +502,19 @@ class _Builder:
         out = self.outs[i]
         x, ld, W = self.cur_off, self.cur_ld, self.cur_w
         for w in range(P):
-            r = _rows_of(w, P)
+            r = _rows(w, P)
             if isinstance(l, (L.Softmax, L.LogSoftmax)):
-                self.emit(w, SOFTMAX, x, ld, W, out.off, W, int(isinstance(l, L.LogSoftmax)), *r)
+                self.emit(w, SOFTMAX, x=x, x_ld=ld, width=W, out=out.off, out_ld=W, log=int(isinstance(l, L.LogSoftmax)),
+                          **r)
             elif isinstance(l, L.ArgMax):
-                self.emit(w, ARGMAX, x, ld, W, out.off, *r)
+                self.emit(w, ARGMAX, x=x, x_ld=ld, width=W, out=out.off, **r)
             elif isinstance(l, L.TopK):
-                self.emit(w, TOPK, x, ld, W, l.k, out.off, out.idx_off, *r)
+                self.emit(w, TOPK, x=x, x_ld=ld, width=W, k=l.k, values=out.off, indices=out.idx_off, **r)
             elif isinstance(l, L.LayerNorm):
-                self.emit(w, LAYERNORM, x, ld, W, self.w(f"{i}.weight"), self.w(f"{i}.bias"), self.w(f"{i}.eps"),
-                          out.off, *r)
+                self.emit(w, LAYERNORM, x=x, x_ld=ld, width=W, weight=self.w(f"{i}.weight"), bias=self.w(f"{i}.bias"),
+                          eps=self.w(f"{i}.eps"), out=out.off, **r)
             elif isinstance(l, L.Select):
-                self.emit(w, GATHER, x, ld, self.w(f"{i}.index"), out.off, out.width, *r)
+                self.emit(w, GATHER, x=x, x_ld=ld, index=self.w(f"{i}.index"), out=out.off, width=out.width, **r)
             else:
                 raise NotImplementedError(f"no plan for {l!r}")
         info["partition"] = "batch rows (whole feature rows)"
@@ -526,11 +538,12 @@ class _Builder:
             c0 = self.w(f"{i}.c0") + k * H if f"{i}.c0" in self.woff else -1
             for w in range(P):
                 u0, u1 = (u[w], u[w + 1]) if split_units else (0, H)
-                rows = (0, FRAC) if split_units else _rows_of(w, P)
-                self.emit(w, RECUR, x_off, T * F, T, F, out.seqs[k], H, self.w(f"{i}.weight_ih_l{k}"),
-                          self.w(f"{i}.weight_hh_l{k}"), self.w(f"{i}.bias_ih_l{k}"), self.w(f"{i}.bias_hh_l{k}"),
-                          h0, c0, u0, u1, *rows, sc["gates"], sc["gstride"], sc["aux"], sc["hinit"], l.mode,
-                          P if split_units else 1, self.bline)
+                rows = dict(lo=0, hi=FRAC) if split_units else _rows(w, P)
+                self.emit(w, RECUR, x=x_off, T=T, F=F, out=out.seqs[k], H=H, w_ih=self.w(f"{i}.weight_ih_l{k}"),
+                          w_hh=self.w(f"{i}.weight_hh_l{k}"), b_ih=self.w(f"{i}.bias_ih_l{k}"),
+                          b_hh=self.w(f"{i}.bias_hh_l{k}"), h0=h0, c0=c0, u0=u0, u1=u1, gates=sc["gates"],
+                          gate_stride=sc["gstride"], aux=sc["aux"], hinit=sc["hinit"], mode=CELLS.index(l.cell),
+                          parties=P if split_units else 1, line=self.bline, **rows)
             if split_units:
                 self.barriers += T + 1
             x_off = out.seqs[k]
@@ -582,8 +595,10 @@ class _Builder:
             info["slices"] = [f"rows {r[w]}:{r[w + 1]}" for w in range(P)]
             state, bounds = "spatial", None
         for w, ((c0, c1), (h0, h1), rows) in enumerate(slices):
-            self.emit(w, CONV, self.cur_off, self.cur_ld, out.off, out.width, w_off, b_off, op.act, c0, c1, h0, h1,
-                      *rows, sc["conv"] + self.wids[w] * sc["conv_per"], *geom, Cout, sc["conv_per"])
+            self.emit(w, CONV, x=self.cur_off, x_ld=self.cur_ld, out=out.off, out_ld=out.width, w=w_off, b=b_off,
+                      act=op.act, co0=c0, co1=c1, oh0=h0, oh1=h1, lo=rows[0], hi=rows[1],
+                      scratch=sc["conv"] + self.wids[w] * sc["conv_per"], geom=geom, cout=Cout,
+                      scratch_floats=sc["conv_per"])
         info["read_per_worker"] = info["weight_bytes"]
         self.set_cur(out, state, bounds)
 
@@ -600,13 +615,14 @@ class _Builder:
         ohw = 1 if isinstance(l, L.GlobalAvgPool) else out.shape[1] * out.shape[2]
         for w in range(P):
             c0, c1 = (cb[w], cb[w + 1]) if follow else (0, C)
-            rows = (0, FRAC) if follow else _rows_of(w, P)
+            rows = dict(lo=0, hi=FRAC) if follow else _rows(w, P)
             if isinstance(l, L.GlobalAvgPool):
-                self.emit(w, GAP, self.cur_off, self.cur_ld, out.off, out.width, hw, c0, c1, *rows)
+                self.emit(w, GAP, x=self.cur_off, x_ld=self.cur_ld, out=out.off, out_ld=out.width, hw=hw, c0=c0, c1=c1,
+                          **rows)
             else:
                 geom = (C, H, W, *l.kernel_size, *l.stride, *l.padding, *l.dilation, out.shape[1], out.shape[2])
-                self.emit(w, POOL, self.cur_off, self.cur_ld, out.off, out.width, c0, c1, int(l.is_max),
-                          int(l.count_include_pad), *rows, *geom)
+                self.emit(w, POOL, x=self.cur_off, x_ld=self.cur_ld, out=out.off, out_ld=out.width, c0=c0, c1=c1,
+                          is_max=int(l.is_max), count_include_pad=int(l.count_include_pad), geom=geom, **rows)
         info["flops"] = C * hw
         if follow:
             info["partition"] = "channels (follows producer)"
@@ -661,7 +677,7 @@ def _layer_splits(ops, data, model, maxb, rates):
     max_batch rows, of its steps in the batch-row plan and in the
     model-parallel plan ((program, explain rows) each) as the cost model
     prices them (barriers included)."""
-    from .cost import op_us
+    from shmrt.compile.cost import op_us
     out = {}
     for op, rd, rm in zip(ops, data[1], model[1]):
         t_model, t_data = (op_us(prog, r["steps"], maxb, rates) for prog, r in ((model[0], rm), (data[0], rd)))
@@ -695,14 +711,11 @@ def _pipeline(ops, P, woff, outs, parts, scratch, inp, counters_off, splits=None
             r["micro"] = MICRO_PER_STAGE * S
         rows += b.rows
         for local, w in enumerate(wids):
-            head = [[MICRO, MICRO_PER_STAGE * S, counters_off, P, MICRO_ROWS]]
+            head = [encode(MICRO, most=MICRO_PER_STAGE * S, counters=counters_off, workers=P, rows=MICRO_ROWS)]
             if s > 0:
-                head.append([WAIT, first - groups[s - 1], groups[s - 1]])
-            tail = ([[SIGNAL, w]] if s < S - 1 else []) + [[NEXT], [END]]
-            for vals in head + [list(v) for v in b.steps[local]] + tail:
-                r = np.zeros(ROW, np.int64)
-                r[:len(vals)] = vals
-                steps[w].append(r)
+                head.append(encode(WAIT, first=first - groups[s - 1], producers=groups[s - 1]))
+            tail = ([encode(SIGNAL, worker=w)] if s < S - 1 else []) + [encode(NEXT), encode(END)]
+            steps[w] += head + b.steps[local] + tail
         cur = Output("dense", b.cur_off, b.cur_w, shape=b.cur_shape, ld=b.cur_ld if b.cur_ld != b.cur_w else 0)
         first, start = first + size, end
     n = max(len(x) for x in steps)

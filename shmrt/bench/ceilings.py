@@ -10,23 +10,11 @@ fastest possible implementation of a workload is bounded by.
 """
 from __future__ import annotations
 
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
-
-def timeit(fn, reps: int, min_time: float = 0.0, warmup: int = 1) -> np.ndarray:
-    """Per-call seconds: ``warmup`` calls excluded, then ``reps`` calls or
-    until ``min_time`` has passed, whichever is later (at most 20 x reps)."""
-    for _ in range(warmup):
-        fn()
-    ts, t_end = [], time.perf_counter() + min_time
-    while len(ts) < reps or (time.perf_counter() < t_end and len(ts) < 20 * reps):
-        t0 = time.perf_counter()
-        fn()
-        ts.append(time.perf_counter() - t0)
-    return np.array(ts)
+from shmrt.compile.tune import timeit
 
 
 def best_time(fn, reps: int) -> float:

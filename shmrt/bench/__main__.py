@@ -1,0 +1,5 @@
+import sys
+
+from shmrt.bench.harness import main
+
+sys.exit(main())

@@ -1,0 +1,137 @@
+"""The instruction set: every op a program can hold, and its fields by name.
+
+A program is an int64 table [steps, ROW] per worker; column OP of a row is
+the op's code, the others its fields.  This module is the one place that
+says which column holds what: the planner writes rows with ``encode`` (by
+field name), and the interpreter (exec/executor.py), the cost model, the
+profiler and explain() read them by name, ``s[LINEAR.x]``.  Each op is a
+namedtuple of ints -- ``LINEAR.code`` its code, ``LINEAR.x`` the column of
+its field ``x`` -- which Numba freezes as constants, so a named read costs
+what a literal index did.
+
+Conventions shared by the fields:
+- a buffer is (offset, leading dimension[, first column]) into the flat
+  float32 weight store (w, b, scale, ...) or the activation arena (x, out);
+  an offset of -1 means "none" (no bias);
+- ``lo``, ``hi`` are the worker's batch rows as fractions of the call's
+  batch n in units of 1/FRAC (of the current micro-batch inside a pipeline
+  stage), so one program serves every n up to max_batch;
+- ``act`` is an activation code of shmrt.kernels.activations (ACTIVATIONS).
+"""
+from __future__ import annotations
+
+from collections import namedtuple
+
+import numpy as np
+
+from shmrt.kernels.activations import ACT_NAMES
+from shmrt.kernels.recurrent import CELLS, GATES, GRU_CELL, LSTM_CELL, RNN_RELU, RNN_TANH  # noqa: F401 (re-exported)
+
+ROW = 32  # columns of a program row
+OP = 0  # the column of the op's code
+FRAC = 1 << 20  # batch-row fractions are in units of 1/FRAC
+MICRO_ROWS = 8  # a pipeline's micro-batches have at least this many rows
+CONV_GEOM = 14  # conv2d's geometry (kernels/conv.py): C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, groups, OH, OW
+POOL_GEOM = 13  # pool2d's geometry: C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW
+
+# Recurrent cells (a RECUR step's mode) and activations (an ``act`` field) are
+# coded by the kernels' own tables, CELLS / GATES and ACT_NAMES, re-exported here.
+
+# name, label (profile and explain), fields in column order: a name, or (name, width) for an array
+_DECLARED = (
+    ("END", "end", ()),
+    ("BARRIER", "barrier", ("line", "parties")),  # barrier at control line `line` of `parties` workers
+    # out[rows, out_col:out_col+m] = act(x[rows, x_col:x_col+k] @ w[0:m, w_col:w_col+k].T + b)
+    ("LINEAR", "linear", ("x", "x_ld", "x_col", "k", "w", "w_ld", "w_col", "b", "out", "out_ld", "out_col", "m",
+                          "act", "lo", "hi")),
+    # out[all rows, c0:c1] = act(sum over p < P of parts[:, p*m + c0 : p*m + c1] + b[c0:c1]); parts is [n, P*m]
+    ("REDUCE", "reduce", ("parts", "P", "m", "c0", "c1", "b", "act", "out", "out_ld")),
+    # out[rows, col:col+width] = act(x[rows, col:col+width]) (out may be x)
+    ("ACT", "act", ("x", "x_ld", "col", "width", "act", "lo", "hi", "out", "out_ld", "alpha")),
+    ("SOFTMAX", "softmax", ("x", "x_ld", "width", "out", "out_ld", "log", "lo", "hi")),
+    ("ARGMAX", "argmax", ("x", "x_ld", "width", "out", "lo", "hi")),  # out: int64 indices
+    ("TOPK", "topk", ("x", "x_ld", "width", "k", "values", "indices", "lo", "hi")),  # indices: int64
+    # out[rows, col:col+width] = x[rows, col:col+width] * scale[col:...] + shift[col:...]
+    ("AFFINE", "affine", ("x", "x_ld", "col", "width", "scale", "shift", "out", "out_ld", "lo", "hi")),
+    ("GATHER", "gather", ("x", "x_ld", "index", "out", "width", "lo", "hi")),  # out = x[:, index]
+    ("LAYERNORM", "layernorm", ("x", "x_ld", "width", "weight", "bias", "eps", "out", "lo", "hi")),
+    # one RNN/LSTM/GRU layer, its whole time loop (executor._recurrent): x [N, T, F], out [N, T, H];
+    # this worker's hidden units u0:u1; gates: [G, maxb*T, H] regions gate_stride apart; aux [maxb, H]
+    # (LSTM cell state, GRU W_hn h); hinit [maxb, H]; a barrier per step at `line` when parties > 1
+    ("RECUR", "recurrent", ("x", "T", "F", "out", "H", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0", "u0", "u1",
+                            "lo", "hi", "gates", "gate_stride", "aux", "hinit", "mode", "parties", "line")),
+    # output channels co0:co1, output rows oh0:oh1 of images lo:hi; scratch: this worker's im2col buffer
+    ("CONV", "conv", ("x", "x_ld", "out", "out_ld", "w", "b", "act", "co0", "co1", "oh0", "oh1", "lo", "hi",
+                      "scratch", ("geom", CONV_GEOM), "cout", "scratch_floats")),
+    ("POOL", "pool", ("x", "x_ld", "out", "out_ld", "c0", "c1", "is_max", "count_include_pad", "lo", "hi",
+                      ("geom", POOL_GEOM))),
+    ("GAP", "global avg pool", ("x", "x_ld", "out", "out_ld", "hw", "c0", "c1", "lo", "hi")),
+    # Pipeline stages: a stage's worker loops over micro-batches.  MICRO: the call runs
+    # min(most, n // rows) micro-batches (at least 1) of at least `rows` rows; counters: int32
+    # words in the arena, worker w's count of finished micro-batches at w * 2 * LINE, its
+    # sleepers LINE after it (the parent zeroes them before each call).
+    ("MICRO", "micro-batch", ("most", "counters", "workers", "rows")),
+    ("WAIT", "wait for stage", ("first", "producers")),  # until workers first.. have finished this micro-batch
+    ("SIGNAL", "signal stage", ("worker",)),  # this worker finished its part of the micro-batch
+    ("NEXT", "next micro-batch", ()),  # back to after MICRO for the next micro-batch, if any
+)
+
+
+def _declare(code, name, fields):
+    names, cols, col = ["code"], [code], 1
+    widths = {}
+    for f in fields:
+        fname, width = (f, 1) if isinstance(f, str) else f
+        names.append(fname)
+        cols.append(col)
+        widths[fname] = width
+        col += width
+    assert col <= ROW, f"{name} needs {col} columns, a row has {ROW}"
+    return namedtuple(name.title(), names)(*cols), widths
+
+
+OPS = []  # by code
+LABELS = tuple(label for _, label, _ in _DECLARED)
+_WIDTHS = []
+for _code, (_name, _label, _fields) in enumerate(_DECLARED):
+    _op, _w = _declare(_code, _name, _fields)
+    globals()[_name] = _op
+    OPS.append(_op)
+    _WIDTHS.append(_w)
+OPS = tuple(OPS)
+BY_NAME = {name: OPS[code] for code, (name, _, _) in enumerate(_DECLARED)}
+(END, BARRIER, LINEAR, REDUCE, ACT, SOFTMAX, ARGMAX, TOPK, AFFINE, GATHER, LAYERNORM, RECUR, CONV, POOL, GAP,
+ MICRO, WAIT, SIGNAL, NEXT) = OPS  # the names, for readers and linters (the loop above defined them too)
+
+
+def encode(op, /, **fields) -> np.ndarray:
+    """One program row of op, every declared field given by name."""
+    widths = _WIDTHS[op.code]
+    missing, unknown = sorted(set(widths) - set(fields)), sorted(set(fields) - set(widths))
+    if missing or unknown:
+        raise TypeError(f"{LABELS[op.code]} step: expected fields {list(widths)}"
+                        + (f"; missing {missing}" if missing else "") + (f"; unknown {unknown}" if unknown else ""))
+    row = np.zeros(ROW, np.int64)
+    row[OP] = op.code
+    for name, width in widths.items():
+        col = getattr(op, name)
+        row[col:col + width] = fields[name]
+    return row
+
+
+def decode(row) -> dict:
+    """{field: value} of one program row (arrays for array fields), with "op" its label."""
+    op = OPS[int(row[OP])]
+    out = {"op": LABELS[op.code]}
+    for name, width in _WIDTHS[op.code].items():
+        col = getattr(op, name)
+        out[name] = int(row[col]) if width == 1 else [int(v) for v in row[col:col + width]]
+    return out
+
+
+def act_code(name: str) -> int:
+    """The kernels' code of an activation named as in ACT_NAMES ("relu", "gelu_tanh", ...)."""
+    try:
+        return ACT_NAMES.index(name)
+    except ValueError:
+        raise ValueError(f"unknown activation {name!r}; expected one of {ACT_NAMES}") from None

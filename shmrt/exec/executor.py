@@ -1,0 +1,329 @@
+"""Executing a plan: the step interpreter every worker runs, and the
+sequential in-process executor that runs the same plan in the caller.
+
+A program is an int64 table, one row per step, ending in an END row; each
+worker has its own (its slice bounds differ).  The ops and their fields are
+declared in shmrt/compile/isa.py, and read here by name (``s[LINEAR.x]``).
+
+Pipeline stages: a stage's worker loops over micro-batches between MICRO
+and NEXT; the rows of the steps in between are then fractions of the
+current micro-batch's rows, not of n.  WAIT blocks until the previous
+stage's workers have finished this micro-batch, SIGNAL says this worker has.
+"""
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from shmrt.kernels import (affine, apply_act, argmax, conv2d, gather, gemm_nt, global_avg_pool, gru_cell, layernorm, linear,
+                     lstm_cell, pool2d, reduce_partials, rnn_cell, softmax, topk)
+
+from shmrt.compile.isa import (ACT, AFFINE, ARGMAX, BARRIER, CONV, CONV_GEOM, END, FRAC, GAP, GATES, GATHER, GRU_CELL,
+                               LAYERNORM, LINEAR, LSTM_CELL, MICRO, NEXT, OP, POOL, POOL_GEOM, RECUR, REDUCE,
+                               RNN_RELU, SIGNAL, SOFTMAX, TOPK, WAIT)
+from shmrt.parallel import control as C
+from shmrt.parallel.sync import ABORTED, LINE, barrier, bump, monotonic_ns, wait_change, wait_reach
+
+
+
+@njit(cache=True, inline="always")
+def micro_batches(n, most, rows):
+    """How many micro-batches a pipeline call of n rows runs: at most
+    ``most``, of at least ``rows`` rows each, and at least one."""
+    return max(1, min(most, n // max(rows, 1)))
+
+
+@njit(cache=True, inline="always")
+def _micro_rows(n, k, m):
+    """(first row, rows) of micro-batch k of m over n rows."""
+    lo = (n * k) // m
+    return lo, (n * (k + 1)) // m - lo
+
+
+@njit(cache=True, inline="always")
+def _rows(base, cnt, lo, hi):
+    """Rows lo/FRAC..hi/FRAC of the cnt rows from base (the batch, or a micro-batch)."""
+    return base + (cnt * lo) // FRAC, base + (cnt * hi) // FRAC
+
+
+@njit(cache=True, inline="always")
+def _view(flat, off, ld, r0, r1, col, ncols):
+    """Rows r0:r1, columns col:col+ncols of the row-major [*, ld] matrix at off."""
+    return flat[off + r0 * ld:off + r1 * ld].reshape((r1 - r0, ld))[:, col:col + ncols]
+
+
+@njit(cache=True)
+def _bias_rows(out, b):
+    for i in range(out.shape[0]):
+        for j in range(out.shape[1]):
+            out[i, j] += b[j]
+
+
+@njit(cache=True)
+def _recurrent(s, weights, arena, base, cnt, ctrl, spin_ns, block_ns, ppid):
+    """One recurrent layer (a RECUR step s, fields in isa.py) for this
+    worker's rows and hidden units u0:u1.  Returns 0, or -2 if aborted.
+
+    The input projection of every step is one GEMM per gate up front; each
+    step then multiplies the full h(t-1) by this worker's rows of W_hh,
+    applies the cell to its own units, writes them into h(t), and meets the
+    others at the barrier -- the whole loop stays in this function.
+    """
+    T, F, H = s[RECUR.T], s[RECUR.F], s[RECUR.H]
+    u0, u1 = s[RECUR.u0], s[RECUR.u1]
+    r0, r1 = _rows(base, cnt, s[RECUR.lo], s[RECUR.hi])
+    mode, parties = s[RECUR.mode], s[RECUR.parties]
+    G = GATES[mode]
+    hs, R = u1 - u0, r1 - r0
+    go, gstride, aux, hinit = s[RECUR.gates], s[RECUR.gate_stride], s[RECUR.aux], s[RECUR.hinit]
+    w_ih, w_hh, b_ih, b_hh, out = s[RECUR.w_ih], s[RECUR.w_hh], s[RECUR.b_ih], s[RECUR.b_hh], s[RECUR.out]
+    TH = T * H
+    if R > 0 and hs > 0:
+        x2 = arena[s[RECUR.x] + r0 * T * F:s[RECUR.x] + r1 * T * F].reshape((R * T, F))  # [N, T, F] rows are contiguous
+        for g in range(G):
+            gv = _view(arena, go + g * gstride, H, r0 * T, r1 * T, u0, hs)
+            gemm_nt(x2, _view(weights, w_ih, F, g * H + u0, g * H + u1, 0, F), gv, False)
+            if b_ih >= 0:
+                _bias_rows(gv, weights[b_ih + g * H + u0:b_ih + g * H + u1])
+            if b_hh >= 0 and not (mode == GRU_CELL and g == 2):
+                _bias_rows(gv, weights[b_hh + g * H + u0:b_hh + g * H + u1])
+        # initial state: this worker's rectangle of h-init (and of c)
+        hin = _view(arena, hinit, H, r0, r1, u0, hs)
+        cst = _view(arena, aux, H, r0, r1, u0, hs)
+        for i in range(R):
+            for u in range(hs):
+                hin[i, u] = weights[s[RECUR.h0] + u0 + u] if s[RECUR.h0] >= 0 else 0.0
+                if mode == LSTM_CELL:
+                    cst[i, u] = weights[s[RECUR.c0] + u0 + u] if s[RECUR.c0] >= 0 else 0.0
+    bline = s[RECUR.line]
+    if parties > 1 and barrier(ctrl, bline, parties, C.ABORT, spin_ns, block_ns, ppid) == ABORTED:
+        return -2
+    empty = weights[0:0]
+    for t in range(T):
+        if R > 0 and hs > 0:
+            if t == 0:
+                hp = _view(arena, hinit, H, r0, r1, 0, H)
+            else:
+                hp = _view(arena, out + (t - 1) * H, TH, r0, r1, 0, H)
+            ht = _view(arena, out + t * H, TH, r0, r1, u0, hs)
+            for g in range(G):
+                gt = _view(arena, go + g * gstride + t * H, TH, r0, r1, u0, hs)
+                whh = _view(weights, w_hh, H, g * H + u0, g * H + u1, 0, H)
+                if mode == GRU_CELL and g == 2:
+                    hn = _view(arena, aux, H, r0, r1, u0, hs)
+                    gemm_nt(hp, whh, hn, False)
+                else:
+                    gemm_nt(hp, whh, gt, True)
+            g0 = _view(arena, go + t * H, TH, r0, r1, u0, hs)
+            if mode == LSTM_CELL:
+                lstm_cell(g0, _view(arena, go + gstride + t * H, TH, r0, r1, u0, hs),
+                          _view(arena, go + 2 * gstride + t * H, TH, r0, r1, u0, hs),
+                          _view(arena, go + 3 * gstride + t * H, TH, r0, r1, u0, hs),
+                          _view(arena, aux, H, r0, r1, u0, hs), ht)
+            elif mode == GRU_CELL:
+                bhn = weights[b_hh + 2 * H + u0:b_hh + 2 * H + u1] if b_hh >= 0 else empty
+                gru_cell(g0, _view(arena, go + gstride + t * H, TH, r0, r1, u0, hs),
+                         _view(arena, go + 2 * gstride + t * H, TH, r0, r1, u0, hs),
+                         _view(arena, aux, H, r0, r1, u0, hs), bhn, hp[:, u0:u1], ht)
+            else:
+                rnn_cell(g0, ht, mode == RNN_RELU)
+        if parties > 1 and barrier(ctrl, bline, parties, C.ABORT, spin_ns, block_ns, ppid) == ABORTED:
+            return -2
+    return 0
+
+
+@njit(cache=True)
+def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, ppid, stop_at_barrier, prof):
+    """Run prog[start:] for a batch of n rows, recording each step index in
+    ctrl[status] (status < 0: don't), so a stuck worker can be located.
+    prof (int64, empty: don't): prof[0] the monotonic ns at start, prof[i + 1]
+    the ns spent in step i, summed over a micro-batch loop's passes.
+
+    Returns -1 when the program ended, the index after a barrier when
+    stop_at_barrier (the in-process executor interleaves workers that way),
+    or -2 when a barrier was aborted.
+    """
+    empty = weights[0:0]
+    timing = prof.shape[0] > 0
+    last_t = np.int64(0)
+    if timing:
+        prof[:] = 0
+        last_t = prof[0] = monotonic_ns()
+    base, cnt = np.int64(0), n  # the rows steps split: the batch, or the current micro-batch
+    ctr = arena[0:0].view(np.int32)
+    mb_k, mb_m, mb_top = 0, 1, 0
+    i = start  # the program counter: no loop below may reuse the name
+    while True:
+        s = prog[i]
+        op = s[OP]
+        nxt = i + 1  # the step after this one (NEXT may loop back)
+        if status >= 0:
+            ctrl[status] = i
+        if op == END.code:
+            return -1
+        if op == BARRIER.code:
+            if stop_at_barrier:
+                return i + 1
+            if barrier(ctrl, s[BARRIER.line], s[BARRIER.parties], C.ABORT, spin_ns, block_ns, ppid) == ABORTED:
+                return -2
+        elif op == LINEAR.code:
+            r0, r1 = _rows(base, cnt, s[LINEAR.lo], s[LINEAR.hi])
+            if r1 > r0:
+                m, k, bo = s[LINEAR.m], s[LINEAR.k], s[LINEAR.b]
+                x = _view(arena, s[LINEAR.x], s[LINEAR.x_ld], r0, r1, s[LINEAR.x_col], k)
+                w = _view(weights, s[LINEAR.w], s[LINEAR.w_ld], 0, m, s[LINEAR.w_col], k)
+                b = weights[bo:bo + m] if bo >= 0 else empty
+                out = _view(arena, s[LINEAR.out], s[LINEAR.out_ld], r0, r1, s[LINEAR.out_col], m)
+                linear(x, w, b, out, s[LINEAR.act])
+        elif op == REDUCE.code:
+            P, m, c0, c1, bo = s[REDUCE.P], s[REDUCE.m], s[REDUCE.c0], s[REDUCE.c1], s[REDUCE.b]
+            if c1 > c0:
+                parts = _view(arena, s[REDUCE.parts], P * m, base, base + cnt, 0, P * m)
+                b = weights[bo + c0:bo + c1] if bo >= 0 else empty
+                out = _view(arena, s[REDUCE.out], s[REDUCE.out_ld], base, base + cnt, c0, c1 - c0)
+                reduce_partials(parts, m, c0, b, out, s[REDUCE.act])
+        elif op == ACT.code:
+            r0, r1 = _rows(base, cnt, s[ACT.lo], s[ACT.hi])
+            c, w = s[ACT.col], s[ACT.width]
+            alpha = weights[s[ACT.alpha]] if s[ACT.alpha] >= 0 else np.float32(0.0)
+            apply_act(_view(arena, s[ACT.x], s[ACT.x_ld], r0, r1, c, w),
+                      _view(arena, s[ACT.out], s[ACT.out_ld], r0, r1, c, w), s[ACT.act], alpha)
+        elif op == AFFINE.code:
+            r0, r1 = _rows(base, cnt, s[AFFINE.lo], s[AFFINE.hi])
+            c, w, sc, sh = s[AFFINE.col], s[AFFINE.width], s[AFFINE.scale], s[AFFINE.shift]
+            affine(_view(arena, s[AFFINE.x], s[AFFINE.x_ld], r0, r1, c, w), weights[sc + c:sc + c + w],
+                   weights[sh + c:sh + c + w], _view(arena, s[AFFINE.out], s[AFFINE.out_ld], r0, r1, c, w))
+        elif op == GATHER.code:
+            r0, r1 = _rows(base, cnt, s[GATHER.lo], s[GATHER.hi])
+            m, ld = s[GATHER.width], s[GATHER.x_ld]
+            gather(_view(arena, s[GATHER.x], ld, r0, r1, 0, ld), weights[s[GATHER.index]:s[GATHER.index] + m],
+                   _view(arena, s[GATHER.out], m, r0, r1, 0, m))
+        elif op == LAYERNORM.code:
+            r0, r1 = _rows(base, cnt, s[LAYERNORM.lo], s[LAYERNORM.hi])
+            m, wo, bo = s[LAYERNORM.width], s[LAYERNORM.weight], s[LAYERNORM.bias]
+            layernorm(_view(arena, s[LAYERNORM.x], s[LAYERNORM.x_ld], r0, r1, 0, m), weights[wo:wo + m],
+                      weights[bo:bo + m], float(weights[s[LAYERNORM.eps]]), _view(arena, s[LAYERNORM.out], m, r0, r1, 0, m))
+        elif op == CONV.code:
+            r0, r1 = _rows(base, cnt, s[CONV.lo], s[CONV.hi])
+            g = s[CONV.geom:CONV.geom + CONV_GEOM]
+            cout, xo, xld, oo, old = s[CONV.cout], s[CONV.x], s[CONV.x_ld], s[CONV.out], s[CONV.out_ld]
+            K = g[0] // g[11] * g[3] * g[4]
+            wmat = weights[s[CONV.w]:s[CONV.w] + cout * K].reshape((cout, K))
+            b = weights[s[CONV.b]:s[CONV.b] + cout] if s[CONV.b] >= 0 else empty
+            insz, outsz = g[0] * g[1] * g[2], cout * g[12] * g[13]
+            scratch = arena[s[CONV.scratch]:s[CONV.scratch] + s[CONV.scratch_floats]]
+            for img in range(r0, r1):
+                conv2d(arena[xo + img * xld:xo + img * xld + insz], wmat, b, arena[oo + img * old:oo + img * old + outsz],
+                       g, s[CONV.co0], s[CONV.co1], s[CONV.oh0], s[CONV.oh1], scratch, s[CONV.act])
+        elif op == POOL.code:
+            r0, r1 = _rows(base, cnt, s[POOL.lo], s[POOL.hi])
+            g = s[POOL.geom:POOL.geom + POOL_GEOM]
+            xo, xld, oo, old = s[POOL.x], s[POOL.x_ld], s[POOL.out], s[POOL.out_ld]
+            insz, outsz = g[0] * g[1] * g[2], g[0] * g[11] * g[12]
+            for img in range(r0, r1):
+                pool2d(arena[xo + img * xld:xo + img * xld + insz], arena[oo + img * old:oo + img * old + outsz],
+                       g, s[POOL.c0], s[POOL.c1], s[POOL.is_max] != 0, s[POOL.count_include_pad] != 0)
+        elif op == GAP.code:
+            r0, r1 = _rows(base, cnt, s[GAP.lo], s[GAP.hi])
+            xo, xld, oo, old = s[GAP.x], s[GAP.x_ld], s[GAP.out], s[GAP.out_ld]
+            for img in range(r0, r1):
+                global_avg_pool(arena[xo + img * xld:xo + (img + 1) * xld], arena[oo + img * old:oo + (img + 1) * old],
+                                s[GAP.hw], s[GAP.c0], s[GAP.c1])
+        elif op == MICRO.code:
+            ctr = arena[s[MICRO.counters]:s[MICRO.counters] + 2 * LINE * s[MICRO.workers]].view(np.int32)
+            mb_m, mb_k, mb_top = micro_batches(n, s[MICRO.most], s[MICRO.rows]), 0, i + 1
+            base, cnt = _micro_rows(n, 0, mb_m)
+        elif op == WAIT.code:
+            for p in range(s[WAIT.first], s[WAIT.first] + s[WAIT.producers]):
+                if wait_reach(ctr, 2 * LINE * p, mb_k + 1, 2 * LINE * p + LINE, ctrl, C.ABORT, spin_ns,
+                              ppid) == ABORTED:
+                    return -2
+        elif op == SIGNAL.code:
+            bump(ctr, 2 * LINE * s[SIGNAL.worker], 2 * LINE * s[SIGNAL.worker] + LINE)
+        elif op == NEXT.code:
+            mb_k += 1
+            if mb_k < mb_m:
+                base, cnt = _micro_rows(n, mb_k, mb_m)
+                nxt = mb_top
+            else:
+                base, cnt = np.int64(0), n
+        elif op == RECUR.code:
+            if _recurrent(s, weights, arena, base, cnt, ctrl, spin_ns, block_ns, ppid) != 0:
+                return -2
+        elif op == SOFTMAX.code:
+            r0, r1 = _rows(base, cnt, s[SOFTMAX.lo], s[SOFTMAX.hi])
+            m = s[SOFTMAX.width]
+            softmax(_view(arena, s[SOFTMAX.x], s[SOFTMAX.x_ld], r0, r1, 0, m),
+                    _view(arena, s[SOFTMAX.out], s[SOFTMAX.out_ld], r0, r1, 0, m), s[SOFTMAX.log] != 0)
+        elif op == ARGMAX.code:
+            r0, r1 = _rows(base, cnt, s[ARGMAX.lo], s[ARGMAX.hi])
+            out = arena[s[ARGMAX.out]:s[ARGMAX.out] + 2 * n].view(np.int64)[r0:r1]
+            argmax(_view(arena, s[ARGMAX.x], s[ARGMAX.x_ld], r0, r1, 0, s[ARGMAX.width]), out)
+        elif op == TOPK.code:
+            r0, r1 = _rows(base, cnt, s[TOPK.lo], s[TOPK.hi])
+            k = s[TOPK.k]
+            vals = _view(arena, s[TOPK.values], k, r0, r1, 0, k)
+            idx = arena[s[TOPK.indices]:s[TOPK.indices] + 2 * n * k].view(np.int64).reshape((n, k))[r0:r1]
+            topk(_view(arena, s[TOPK.x], s[TOPK.x_ld], r0, r1, 0, s[TOPK.width]), vals, idx)
+        if timing:
+            t = monotonic_ns()
+            prof[i + 1] += t - last_t
+            last_t = t
+        i = nxt
+
+
+@njit(cache=True)
+def serve(ctrl, wid, model, progs, weights, arena, gen, spin_ns, idle_spin_ns, block_ns, ppid):
+    """A worker's hot loop: run RUN (for ``model``) and NOP commands without
+    leaving Numba.  Barriers spin spin_ns, the wait between commands
+    idle_spin_ns.  Returns the generation of the first command it cannot
+    handle (the caller handles it), or ABORTED when the parent is gone."""
+    no_prof = np.zeros(0, np.int64)
+    # run_steps' first step and stop_at_barrier as values, not constants: Numba would type the
+    # literals 0 and False apart and compile run_steps a second time (a quarter of a cold start)
+    first, no_stop = np.int64(0), wid < 0
+    while True:
+        op = ctrl[C.C_OP]
+        if op == C.OP_RUN and ctrl[C.C_MODEL] == model:
+            fault = ctrl[C.WORKER0 + wid * C.LINE + C.W_FAULT]
+            if fault != 0:  # the fault-injection hook of the tests (Runtime._inject_fault)
+                ctrl[C.WORKER0 + wid * C.LINE + C.W_FAULT] = 0
+                if fault == 1:
+                    raise ZeroDivisionError("injected fault: float division by zero")
+                raise ValueError("injected fault: a kernel refused its input")
+            prof = no_prof
+            if ctrl[C.C_PROF] >= 0:  # a profiled call: this worker's record of step times
+                rec = progs.shape[2] + 1
+                prof = arena[ctrl[C.C_PROF] + 2 * wid * rec:ctrl[C.C_PROF] + 2 * (wid + 1) * rec].view(np.int64)
+            run_steps(progs[ctrl[C.C_PROG], wid], first, weights, arena, np.int64(ctrl[C.C_N]), ctrl,
+                      C.WORKER0 + wid * C.LINE + C.W_STEP, spin_ns, block_ns, ppid, no_stop, prof)
+        elif op != C.OP_NOP:
+            return gen
+        C.finish(ctrl, wid, gen)
+        g = wait_change(ctrl, C.GEN, gen, C.GEN_SLEEP, C.ZERO, idle_spin_ns, block_ns, ppid)
+        if g == ABORTED:
+            return g
+        gen = g
+
+
+_NO_PROF = np.zeros(0, np.int64)
+
+
+def run_in_process(programs, weights, arena, n):
+    """Run every worker's program in this process, interleaved at barriers.
+
+    programs: int64 [P, steps, ROW].  Workers only meet at barriers, so
+    running each one up to its next barrier in turn is a valid schedule.
+    """
+    if programs.shape[0] > 1 and np.any(programs[:, :, OP] == WAIT.code):
+        raise ValueError("a pipeline plan runs its stages on different workers at once; "
+                         "run it on a pool (workers >= 1), not in process")
+    if programs.shape[0] > 1 and np.any((programs[:, :, OP] == RECUR.code) & (programs[:, :, RECUR.parties] > 1)):
+        raise ValueError("a recurrent layer split across workers meets them at every time step; "
+                         "run it on a pool (workers >= 1), not in process")
+    ctrl = np.zeros(C.WORKER0 + C.LINE, np.int32)
+    pos = [0] * programs.shape[0]
+    while any(p >= 0 for p in pos):
+        for w, p in enumerate(pos):
+            if p >= 0:
+                pos[w] = run_steps(programs[w], p, weights, arena, n, ctrl, -1, 0, 0, 0, True, _NO_PROF)
