@@ -10,6 +10,7 @@ and ``cm.run_in_place(n)`` hand out views of the shared arena itself.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import itertools
 import threading
 import time
@@ -17,13 +18,13 @@ import weakref
 
 import numpy as np
 
-from shmrt.parallel import control as C
 from shmrt.compile import plan as planner
-from shmrt.compile.isa import LABELS, OP
 from shmrt.exec.executor import run_in_process
-from shmrt.parallel.pool import Pool, default_workers
 from shmrt.exec.profile import Profile
 from shmrt.exec.profile import build as build_profile
+from shmrt.exec.profile import step_labels
+from shmrt.parallel import control as C
+from shmrt.parallel.pool import Pool, default_workers
 from shmrt.parallel.store import Segment, WeightStore, align
 
 _model_ids = itertools.count()
@@ -91,7 +92,7 @@ class Runtime:
         if autotune and len(plan.programs) > 1:
             try:
                 from shmrt.compile.tune import autotune as tune
-                plan.tuned = tune(cm, model)
+                cm.plan = dataclasses.replace(plan, tuned=tune(cm, model))  # the plan itself is never changed
             except BaseException:
                 cm.close()
                 raise
@@ -296,10 +297,14 @@ class CompiledModel:
         """Run on the first n rows of ``input_buffer`` and return views of the
         output in the arena (valid until the next call): an array, or
         (values, indices) for TopK."""
+        return self._run_in_place(n)
+
+    def _run_in_place(self, n, program=None):
+        """run_in_place, with the program named (autotune times each one) or the plan's choice for n."""
         n = self._check_n(n)
         self._check_open()
         rt, plan = self.runtime, self.plan
-        name = plan.strategy_for(self.strategy, n)
+        name = program or plan.strategy_for(self.strategy, n)
         if n > 0:
             with rt._lock:
                 rt._check_open()
@@ -386,15 +391,9 @@ class CompiledModel:
             t_out = time.monotonic_ns()
             stamps = record[:P * rec].reshape(P, rec).copy()
             call_stamps = record[P * rec:].copy()
-        labels = [{} for _ in range(P)]
-        for r in self.plan.explain_rows[name]:
-            short = r.get("short") or r["layer"].split("(")[0]
-            for w, (a, z) in r["steps"].items():
-                for i in range(a, z):
-                    op = LABELS[int(self._programs[prog_index][w, i, OP])]
-                    labels[w][i] = f"{op}: layer {','.join(map(str, r['layers']))} {short}"
-        return build_profile(self._programs[prog_index], stamps, labels, n, name, t_in, t_copied, call_stamps,
-                             t_done, t_out)
+        prog = self._programs[prog_index]
+        return build_profile(prog, stamps, step_labels(prog, self.plan.explain_rows[name]), n, name, t_in,
+                             t_copied, call_stamps, t_done, t_out)
 
     # -- explain -----------------------------------------------------------
     def explain(self, batch=None) -> str:
@@ -404,48 +403,11 @@ class CompiledModel:
         layer its partition, worker group, slices, flops, bytes, barriers
         and predicted time -- next to the same layer's predicted time in
         the other plans, which is why it was chosen."""
-        from shmrt.compile.cost import Rates, op_us
+        from shmrt.compile.explain import explain
         n = self.max_batch if batch is None else self._check_n(batch)
-        plan = self.plan
-        chosen = plan.strategy_for(self.strategy, max(n, 1))
-        rates = plan.rates or Rates()
-        lines = [f"shmrt plan: {plan.workers} worker(s), strategy={self.strategy!r}, max_batch={plan.max_batch}, "
-                 f"weights {self.weights.nbytes / 2**20:.2f} MiB (one shared copy), "
-                 f"arena {plan.arena_floats * 4 / 2**20:.2f} MiB"]
-        if len(plan.programs) > 1:
-            pred = plan.predictions(max(n, 1))
-            lines.append(f"cost model (rates {rates.source}; per worker: GEMM {rates.gflops:.0f} GFLOP/s, read "
-                         f"{rates.read_gbs:.1f} GB/s from memory and {rates.cache_gbs:.1f} from its "
-                         f"{rates.l2_bytes >> 10} KiB L2; barrier {rates.barrier_us:.1f} us, dispatch "
-                         f"{rates.dispatch_us:.1f} us), predicted at batch {n}: " +
-                         ", ".join(f"{k} {v:,.0f} us" for k, v in sorted(pred.items(), key=lambda kv: kv[1])))
-            how = (f"measured fastest near batch {n} (autotune: {dict(sorted(plan.tuned.items()))})" if plan.tuned
-                   else "predicted fastest")
-            lines.append(f"auto at batch {n} -> {chosen!r}, {how}")
-
-        def layer_us(name, members):
-            for r in plan.explain_rows[name]:
-                if r["layers"] == members:
-                    return op_us(plan.programs[name], r["steps"], n, rates, r.get("micro", 1))
-            return None
-
         pool = self.runtime.pool  # each worker's CPUs, as the OS has them now
-        lines.append(pool.describe() if pool is not None else "workers: in process (workers=0)")
-        lines.append(f"[{chosen}] at batch {n}:")
-        for r in plan.explain_rows[chosen]:
-            flops = r.get("flops", 0) * n
-            moved = r.get("read_per_worker", 0) + r.get("moved_per_row", 0) * n
-            mine = layer_us(chosen, r["layers"])
-            others = {k: layer_us(k, r["layers"]) for k in plan.programs if k != chosen}
-            alt = ", ".join(f"{k} {v:,.0f} us" for k, v in others.items() if v is not None)
-            lines.append(f"  layer {','.join(map(str, r['layers']))}: {r['layer']}")
-            lines.append(f"    partition: {r['partition']}; {r['workers']}; barriers: {r['barriers']}; "
-                         f"flops: {flops:,}; bytes read per worker: {moved:,}")
-            lines.append(f"    predicted {mine:,.0f} us" + (f" (in the other plans: {alt})" if alt else ""))
-            if "why" in r:
-                lines.append(f"    {r['why']}")
-            lines.append("    slices: " + " | ".join(f"w{w}: {sl}" for w, sl in enumerate(r["slices"])))
-        return "\n".join(lines)
+        workers = pool.describe() if pool is not None else "workers: in process (workers=0)"
+        return explain(self.plan, self.strategy, n, self.weights.nbytes, workers)
 
     # -- lifetime ----------------------------------------------------------
     def close(self) -> None:

@@ -1,13 +1,9 @@
 """The planner's cost model: a program's predicted time at batch n.
 
-Each step is priced from its own row of the program (executor.py's
-layouts) with a roofline -- the larger of its flops at the machine's
-GEMM rate and its bytes at the read bandwidth, both per worker -- and a
-GEMM's rate falls with few rows (r / (r + 16) of the peak: a GEMM of few
-rows cannot reuse its weights).  A worker's slice of weights that fits
-its L2 (size from sysfs) is read at the L2 rate: it stays there between
-calls.  Barriers cost the measured barrier time;
-a call pays one dispatch.  A worker's time is the sum of its steps, the
+Each step is priced by the op module that emits it (compile/ops/) with the
+roofline of roofline.py -- the larger of its flops at the machine's GEMM
+rate and its bytes at the read bandwidth, both per worker.  Barriers cost
+the measured barrier time; a call pays one dispatch.  A worker's time is the sum of its steps, the
 program's the slowest worker's.  A pipeline program runs its loop body
 once per micro-batch on n / m rows, plus the fill and drain of its stages.
 
@@ -23,80 +19,24 @@ import json
 import os
 import platform
 import time
-from dataclasses import dataclass
 
 import numpy as np
 
-from shmrt.compile.isa import (ACT, AFFINE, ARGMAX, BARRIER, CONV, CONV_GEOM, END, FRAC, GAP, GATES, GATHER, LAYERNORM,
-                               LINEAR, MICRO, MICRO_ROWS, NEXT, OP, OPS, POOL, POOL_GEOM, RECUR, REDUCE, SIGNAL, SOFTMAX, TOPK, WAIT)
+from shmrt.compile.isa import BARRIER, END, LINEAR, MICRO, MICRO_ROWS, NEXT, OP, SIGNAL, WAIT
+from shmrt.compile.ops import COSTS
+from shmrt.compile.roofline import Rates  # noqa: F401 (the cost model's rates, re-exported)
 from shmrt.exec.executor import micro_batches
 
 
-@dataclass
-class Rates:
-    gflops: float = 50.0  # one worker's GEMM rate at many rows
-    read_gbs: float = 10.0  # one worker's read bandwidth from memory
-    cache_gbs: float = 40.0  # one worker's read bandwidth from its own L2
-    l2_bytes: int = 1 << 20  # per-core L2 (sysfs); weights that fit stay there between calls
-    barrier_us: float = 5.0  # one barrier, or one hand-off between stages
-    dispatch_us: float = 5.0  # one command's round trip
-    source: str = "defaults (not measured: this plan was not compiled with strategy auto, hybrid or pipeline)"
-
-
-def _rows(cnt, lo, hi):
-    return (cnt * hi) // FRAC - (cnt * lo) // FRAC
-
-
-def _gemm_us(flops, weight_bytes, act_bytes, r, rates):
-    """A GEMM of r rows: its flops at the rate r rows allow, or its bytes --
-    weights from L2 when this worker's slice fits there, else from memory."""
-    eff = r / (r + 16.0)
-    wbw = rates.cache_gbs if weight_bytes <= rates.l2_bytes else rates.read_gbs
-    return max(flops / (rates.gflops * 1e3 * max(eff, 1e-3)),
-               weight_bytes / (wbw * 1e3) + act_bytes / (rates.read_gbs * 1e3))
-
-
-def _act_us(s, op, cnt, rates, read=8.0):
-    """A streaming step over its rows lo:hi of width columns: read bytes a float."""
-    return read * _rows(cnt, s[op.lo], s[op.hi]) * s[op.width] / (rates.read_gbs * 1e3)
-
-
 def step_us(s, cnt, n, rates) -> float:
-    """Predicted microseconds of one step (a program row, fields in isa.py) for a window of cnt rows (batch n)."""
-    op = s[OP]
-    if op == LINEAR.code:
-        r, k, m = _rows(cnt, s[LINEAR.lo], s[LINEAR.hi]), s[LINEAR.k], s[LINEAR.m]
-        return _gemm_us(2.0 * r * k * m, 4.0 * k * m, 4.0 * r * (k + m), r, rates) if r > 0 else 0.0
-    if op == REDUCE.code:
-        return 4.0 * n * (s[REDUCE.c1] - s[REDUCE.c0]) * (s[REDUCE.P] + 1) / (rates.read_gbs * 1e3)
-    if op == CONV.code:
-        r = _rows(cnt, s[CONV.lo], s[CONV.hi])
-        g = s[CONV.geom:CONV.geom + CONV_GEOM]
-        K = g[0] // g[11] * g[3] * g[4]
-        co, oh = s[CONV.co1] - s[CONV.co0], s[CONV.oh1] - s[CONV.oh0]
-        per_image = 2.0 * co * oh * g[13] * K
-        # im2col: about K floats written per output pixel, read back by the GEMM
-        return r * (per_image / (rates.gflops * 1e3 * (co / (co + 16.0))) + 8.0 * K * oh * g[13] / (rates.read_gbs * 1e3))
-    if op == RECUR.code:
-        r, T, F, H = _rows(cnt, s[RECUR.lo], s[RECUR.hi]), s[RECUR.T], s[RECUR.F], s[RECUR.H]
-        hs, G = s[RECUR.u1] - s[RECUR.u0], GATES[int(s[RECUR.mode])]
-        if r <= 0 or hs <= 0:
-            return 0.0
-        proj = _gemm_us(2.0 * r * T * F * G * hs, 4.0 * G * hs * F, 4.0 * r * T * (F + G * hs), r * T, rates)
-        step = _gemm_us(2.0 * r * H * G * hs, 4.0 * G * hs * H, 4.0 * r * (H + G * hs), r, rates)
-        return proj + T * (step + (rates.barrier_us if s[RECUR.parties] > 1 else 0.0))
-    if op in (ACT.code, AFFINE.code):
-        return _act_us(s, OPS[op], cnt, rates)
-    if op in (SOFTMAX.code, ARGMAX.code, TOPK.code, LAYERNORM.code, GATHER.code):
-        return _act_us(s, OPS[op], cnt, rates, read=12.0)
-    if op == POOL.code:
-        g = s[POOL.geom:POOL.geom + POOL_GEOM]
-        return 4.0 * _rows(cnt, s[POOL.lo], s[POOL.hi]) * (s[POOL.c1] - s[POOL.c0]) * g[1] * g[2] * 2 / (rates.read_gbs * 1e3)
-    if op == GAP.code:
-        return 4.0 * _rows(cnt, s[GAP.lo], s[GAP.hi]) * (s[GAP.c1] - s[GAP.c0]) * s[GAP.hw] / (rates.read_gbs * 1e3)
+    """Predicted microseconds of one step (a program row) for a window of cnt
+    rows (batch n): the price its op module gives (compile/ops/); barriers
+    cost the measured barrier time; control steps nothing."""
+    op = int(s[OP])
     if op == BARRIER.code:
         return rates.barrier_us
-    return 0.0
+    price = COSTS.get(op)
+    return price(s, cnt, n, rates) if price is not None else 0.0
 
 
 def op_us(prog, steps: dict, n: int, rates: Rates, micro: int = 1) -> float:

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from numba import njit
 
-from shmrt.parallel import control as C
 from shmrt.compile.isa import BARRIER, END, LABELS, OP, WAIT
+from shmrt.parallel import control as C
 from shmrt.parallel.sync import TIMEOUT, monotonic_ns
 
 
@@ -109,6 +109,17 @@ class Profile:
                 lines += [f"    {f'{j:>3} {name}'[:44]:<44}{us:10.1f}" for j, (name, us) in enumerate(steps)]
         lines.append(f"  return to the parent: {self.return_us:.1f} us after the last worker")
         return "\n".join(lines)
+
+
+def step_labels(prog, explain_rows) -> list:
+    """Per worker, {step index: "linear: layer 0,1 Linear + ReLU"}: each step
+    named by its op and the layers it computes (the builder's explain rows)."""
+    labels = [{} for _ in range(prog.shape[0])]
+    for r in explain_rows:
+        for w, (a, z) in r["steps"].items():
+            for i in range(a, z):
+                labels[w][i] = f"{LABELS[int(prog[w, i, OP])]}: layer {','.join(map(str, r['layers']))} {r['short']}"
+    return labels
 
 
 def build(prog, stamps, labels, n, strategy, t_in, t_copied, call_stamps, t_done, t_out) -> Profile:

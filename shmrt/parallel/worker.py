@@ -24,8 +24,8 @@ import sys
 import numpy as np
 
 from shmrt import config
-from shmrt.parallel import control as C
 from shmrt.exec.executor import serve
+from shmrt.parallel import control as C
 from shmrt.parallel.store import Segment, WeightStore, unlink
 from shmrt.parallel.sync import ABORTED, wait_change
 

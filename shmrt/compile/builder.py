@@ -1,0 +1,118 @@
+"""The builder: emits one strategy's per-worker programs, layer by layer.
+
+It tracks where the current activation is and which worker wrote which part
+of it, and places a barrier only where data crosses workers; each layer's
+own partition and steps come from its op module (shmrt/compile/ops/)."""
+from __future__ import annotations
+
+import numpy as np
+
+from shmrt.compile.isa import BARRIER, END, ROW, encode
+from shmrt.compile.layout import Output
+from shmrt.compile.ops import emitter_for
+from shmrt.ir import layers as L
+from shmrt.parallel.control import barrier_line
+
+# hybrid, without a cost model (no rates): layers whose parameters are at
+# least this large are split by model (columns/rows, hidden units), the
+# rest by batch rows.  With rates, each layer takes the split the cost
+# model predicts cheaper for it at max_batch.
+HYBRID_MODEL_BYTES = 1 << 20
+
+
+def _hybrid_by_size(op) -> bool:
+    """Without rates: does the hybrid plan split this op by model (else by batch rows)?"""
+    l = op.layer
+    if isinstance(l, (L.Linear, L._Recurrent)):
+        return 4 * sum(v.size for v in l.params.values()) >= HYBRID_MODEL_BYTES
+    return isinstance(l, (L._Pool2d, L.GlobalAvgPool))  # pools follow a channel split where there is one
+
+
+def _fused_name(l) -> str:
+    """A layer fused into the one before it: "ReLU", "GELU(approximate='tanh')", "BatchNorm2d(4) folded"."""
+    name = repr(l).removesuffix("()")
+    return f"{name} folded" if isinstance(l, L.BatchNorm1d) else name
+
+
+class Builder:
+    """Emits one strategy's per-worker programs, layer by layer, tracking
+    where the current activation is and which worker wrote which part:
+    "all" (complete for everyone), "rows" (each worker its own batch rows),
+    "cols" (each worker its own feature columns, ``bounds``)."""
+
+    def __init__(self, strategy, P, woff, outs, parts, scratch, inp, wids=None, bline=None, splits=None):
+        self.strategy, self.P, self.woff, self.outs = strategy, P, woff, outs
+        self.parts, self.scratch = parts, scratch
+        self.wids = list(wids) if wids is not None else list(range(P))  # global worker ids (per-worker scratch)
+        self.bline = barrier_line(P) if bline is None else bline  # this group's barrier
+        self.splits = splits  # hybrid: op index -> split by model
+        self.steps = [[] for _ in range(P)]
+        self.rows = []
+        self.cur_off, self.cur_ld, self.cur_w, self.cur_shape = inp.off, inp.ld or inp.width, inp.width, inp.shape
+        self.state, self.bounds = "all", None
+        self.barriers = 0
+        self.row_layers = 0
+        self.split_model = strategy == "model" and P > 1
+
+    # -- emitting ----------------------------------------------------------
+    def emit(self, w, op, /, **fields):
+        """Worker w's next step: op (an isa op) with every field by name."""
+        self.steps[w].append(encode(op, **fields))
+
+    def barrier(self):
+        for w in range(self.P):
+            self.emit(w, BARRIER, line=self.bline, parties=self.P)
+        self.barriers += 1
+
+    def need_all(self):
+        """Every row complete for every worker: a barrier unless already so."""
+        if self.P > 1 and self.state != "all":
+            self.barrier()
+            self.state = "all"
+
+    def need_rows(self):
+        """Each worker its own batch rows complete."""
+        if self.P > 1 and self.state not in ("all", "rows"):
+            self.barrier()
+            self.state = "all"
+
+    def w(self, name):
+        return self.woff.get(name, -1)
+
+    def set_cur(self, out: Output, state, bounds=None):
+        self.cur_off, self.cur_ld, self.cur_w, self.cur_shape = out.off, out.ld or out.width, out.width, out.shape
+        self.state, self.bounds = state, bounds
+
+    # -- layers ------------------------------------------------------------
+    def add(self, op):
+        """Emit the steps of op (a plan._Op: a layer and what was fused into it) on every worker."""
+        b0 = self.barriers
+        before = [len(st) for st in self.steps]
+        l = op.layer
+        if self.strategy == "hybrid":
+            self.split_model = self.P > 1 and (self.splits[op.index][0] if self.splits else _hybrid_by_size(op))
+        # "layer": as the user wrote it, "Linear(784, 256, bias=True) + ReLU"; "short": "Linear + ReLU"
+        info = {"layers": op.members, "layer": " + ".join([repr(l)] + [_fused_name(f) for f in op.fused]),
+                "short": " + ".join(type(f).__name__ for f in [l, *op.fused]), "partition": "", "slices": [],
+                "flops": 0}
+        emit = emitter_for(l)
+        if emit is None:
+            raise NotImplementedError(f"no plan for {l!r}: no emitter in shmrt.compile.ops for {type(l).__name__}")
+        emit(self, op, info)
+        info["barriers"] = self.barriers - b0
+        if self.strategy == "hybrid" and self.P > 1:
+            info["why"] = (f"split by {'model' if self.split_model else 'batch rows'}: " +
+                           (self.splits[op.index][1] if self.splits else
+                            f"parameters {'>=' if self.split_model else '<'} {HYBRID_MODEL_BYTES >> 20} MiB"))
+        info["steps"] = {self.wids[w]: (before[w], len(self.steps[w])) for w in range(self.P)}
+        info["workers"] = f"workers {self.wids[0]}..{self.wids[-1]}" if self.P > 1 else f"worker {self.wids[0]}"
+        self.rows.append(info)
+
+    def finish(self):
+        for w in range(self.P):
+            self.emit(w, END)
+        n = max(len(s) for s in self.steps)
+        prog = np.zeros((self.P, n, ROW), np.int64)
+        for w in range(self.P):
+            prog[w, :len(self.steps[w])] = self.steps[w]
+        return prog, self.rows

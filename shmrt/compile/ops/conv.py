@@ -1,0 +1,113 @@
+"""Convolutions and pooling.  Conv2d: batch rows (whole images), or by model
+its output channels -- or the output rows of each image when there are
+fewer than 2 channels per worker.  Pools are per channel: they follow a
+channel split, else take batch rows.  Steps: CONV, POOL, GAP."""
+from __future__ import annotations
+
+from shmrt.compile.isa import CONV, CONV_GEOM, FRAC, GAP, POOL, POOL_GEOM
+from shmrt.compile.layout import rows_of, split
+from shmrt.compile.roofline import rows
+from shmrt.ir import layers as L
+
+
+def geometry(l, in_shape, out_shape):
+    """conv2d's geometry row (kernels/conv.py) for layer l."""
+    (C, H, W), (_, OH, OW) = in_shape, out_shape
+    return (C, H, W, *l.kernel_size, *l.stride, *l.padding, *l.dilation, l.groups, OH, OW)
+
+
+def conv(b, op, info):
+    """Batch rows (data); output channels, or output rows of each image when
+    there are fewer than 2 channels per worker (model)."""
+    P, l, i, sc = b.P, op.layer, op.index, b.scratch
+    out = b.outs[i]
+    C, H, W = b.cur_shape
+    Cout, OH, OW = out.shape
+    geom = geometry(l, b.cur_shape, out.shape)
+    w_off, b_off = b.w(f"{i}.weight"), b.w(f"{i}.bias")
+    K = C // l.groups * l.kernel_size[0] * l.kernel_size[1]
+    info["flops"] = 2 * Cout * OH * OW * K
+    info["weight_bytes"] = 4 * (Cout * K + (Cout if b_off >= 0 else 0))
+    if not b.split_model:
+        b.need_rows()
+        slices = [((0, Cout), (0, OH), tuple(rows_of(w, P).values())) for w in range(P)]
+        info["partition"] = "batch rows (whole images)"
+        info["slices"] = [f"images {w}/{P}..{w + 1}/{P}" for w in range(P)]
+        state, bounds = ("rows" if P > 1 else "all"), None
+    elif Cout >= 2 * P:
+        b.need_all()
+        c = split(Cout, P, grain=1)
+        slices = [((c[w], c[w + 1]), (0, OH), (0, FRAC)) for w in range(P)]
+        info["partition"] = "output channels"
+        info["slices"] = [f"channels {c[w]}:{c[w + 1]}" for w in range(P)]
+        state, bounds = "cols", [v * OH * OW for v in c]
+    else:
+        b.need_all()
+        r = split(OH, P, grain=1)
+        slices = [((0, Cout), (r[w], r[w + 1]), (0, FRAC)) for w in range(P)]
+        halo = (l.kernel_size[0] - 1) * l.dilation[0]
+        info["partition"] = f"output rows of each image (spatial; input halo {halo} rows)"
+        info["slices"] = [f"rows {r[w]}:{r[w + 1]}" for w in range(P)]
+        state, bounds = "spatial", None
+    for w, ((c0, c1), (h0, h1), rr) in enumerate(slices):
+        b.emit(w, CONV, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.width, w=w_off, b=b_off,
+               act=op.act, co0=c0, co1=c1, oh0=h0, oh1=h1, lo=rr[0], hi=rr[1],
+               scratch=sc["conv"] + b.wids[w] * sc["conv_per"], geom=geom, cout=Cout,
+               scratch_floats=sc["conv_per"])
+    info["read_per_worker"] = info["weight_bytes"]
+    b.set_cur(out, state, bounds)
+
+
+def pool(b, op, info):
+    """Pooling is per channel: it follows a channel split, else batch rows."""
+    P, l, i = b.P, op.layer, op.index
+    out = b.outs[i]
+    C, H, W = b.cur_shape
+    hw = H * W
+    follow = b.split_model and b.state == "cols" and all(v % hw == 0 for v in b.bounds)
+    if not follow:
+        b.need_rows()
+    cb = [v // hw for v in b.bounds] if follow else None
+    ohw = 1 if isinstance(l, L.GlobalAvgPool) else out.shape[1] * out.shape[2]
+    for w in range(P):
+        c0, c1 = (cb[w], cb[w + 1]) if follow else (0, C)
+        where = dict(lo=0, hi=FRAC) if follow else rows_of(w, P)
+        if isinstance(l, L.GlobalAvgPool):
+            b.emit(w, GAP, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.width, hw=hw, c0=c0, c1=c1,
+                   **where)
+        else:
+            geom = (C, H, W, *l.kernel_size, *l.stride, *l.padding, *l.dilation, out.shape[1], out.shape[2])
+            b.emit(w, POOL, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.width, c0=c0, c1=c1,
+                   is_max=int(l.is_max), count_include_pad=int(l.count_include_pad), geom=geom, **where)
+    info["flops"] = C * hw
+    if follow:
+        info["partition"] = "channels (follows producer)"
+        info["slices"] = [f"channels {cb[w]}:{cb[w + 1]}" for w in range(P)]
+        b.set_cur(out, "cols", [c * ohw for c in cb])
+    else:
+        info["partition"] = "batch rows (whole images)"
+        info["slices"] = [f"images {w}/{P}..{w + 1}/{P}" for w in range(P)]
+        b.set_cur(out, "rows" if P > 1 else "all")
+
+
+def conv_us(s, cnt, n, rates) -> float:
+    """im2col: about K floats written per output pixel, read back by the GEMM."""
+    r = rows(cnt, s[CONV.lo], s[CONV.hi])
+    g = s[CONV.geom:CONV.geom + CONV_GEOM]
+    K = g[0] // g[11] * g[3] * g[4]
+    co, oh = s[CONV.co1] - s[CONV.co0], s[CONV.oh1] - s[CONV.oh0]
+    per_image = 2.0 * co * oh * g[13] * K
+    return r * (per_image / (rates.gflops * 1e3 * (co / (co + 16.0))) + 8.0 * K * oh * g[13] / (rates.read_gbs * 1e3))
+
+
+def pool_us(s, cnt, n, rates) -> float:
+    g = s[POOL.geom:POOL.geom + POOL_GEOM]
+    return 4.0 * rows(cnt, s[POOL.lo], s[POOL.hi]) * (s[POOL.c1] - s[POOL.c0]) * g[1] * g[2] * 2 / (rates.read_gbs * 1e3)
+
+
+def gap_us(s, cnt, n, rates) -> float:
+    return 4.0 * rows(cnt, s[GAP.lo], s[GAP.hi]) * (s[GAP.c1] - s[GAP.c0]) * s[GAP.hw] / (rates.read_gbs * 1e3)
+
+
+EMITTERS = {L.Conv2d: conv, L._Pool2d: pool, L.GlobalAvgPool: pool}
+COSTS = {CONV.code: conv_us, POOL.code: pool_us, GAP.code: gap_us}

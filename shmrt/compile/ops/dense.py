@@ -1,0 +1,82 @@
+"""Linear layers (Megatron's column- and row-parallel split): the three
+partitions, the steps they emit (LINEAR, REDUCE) and what those cost.
+
+- batch rows: every worker multiplies its own rows by the whole weight;
+- columns: worker w computes output features c0:c1 of every row (reads only
+  rows c0:c1 of the weight, writes its own columns of the activation);
+- rows: worker w multiplies its input features c0:c1 -- the columns it wrote
+  in the layer before, so no barrier between the two -- into its own block
+  of partial sums; one barrier; then a reduce-scatter: worker w sums every
+  block for output columns d0:d1 and adds bias and activation.
+"""
+from __future__ import annotations
+
+from shmrt.compile.isa import FRAC, LINEAR, REDUCE
+from shmrt.compile.layout import rows_of, split
+from shmrt.compile.roofline import gemm_us, rows
+from shmrt.ir import layers as L
+
+
+def linear(b, op, info):
+    P, l, i = b.P, op.layer, op.index
+    k, m = l.in_features, l.out_features
+    w_off, b_off = b.w(f"{i}.weight"), b.w(f"{i}.bias")
+    out = b.outs[i]
+    info["flops"] = 2 * k * m
+    info["weight_bytes"] = 4 * (k * m + (m if b_off >= 0 else 0))
+    x_off, x_ld = b.cur_off, b.cur_ld
+    if not b.split_model:
+        b.need_rows()
+        for w in range(P):
+            b.emit(w, LINEAR, x=x_off, x_ld=x_ld, x_col=0, k=k, w=w_off, w_ld=k, w_col=0, b=b_off, out=out.off,
+                   out_ld=m, out_col=0, m=m, act=op.act, **rows_of(w, P))
+        info["partition"] = "batch rows"
+        info["slices"] = [f"rows {w}/{P}..{w + 1}/{P}" for w in range(P)]
+        info["read_per_worker"] = info["weight_bytes"]
+        b.set_cur(out, "rows")
+    elif b.state == "cols" and b.bounds[-1] == k:
+        # row parallel: this worker's input features are the columns it
+        # wrote.  The two partial regions alternate: this layer's barrier
+        # orders the previous layer's reduce (reads) before the next
+        # layer's partial writes into the same region.
+        parts = b.parts[b.row_layers % 2]
+        b.row_layers += 1
+        c = b.bounds
+        for w in range(P):
+            b.emit(w, LINEAR, x=x_off, x_ld=x_ld, x_col=c[w], k=c[w + 1] - c[w], w=w_off, w_ld=k, w_col=c[w],
+                   b=-1, out=parts, out_ld=P * m, out_col=w * m, m=m, act=0, lo=0, hi=FRAC)
+        b.barrier()
+        d = split(m, P)
+        for w in range(P):
+            b.emit(w, REDUCE, parts=parts, P=P, m=m, c0=d[w], c1=d[w + 1], b=b_off, act=op.act, out=out.off,
+                   out_ld=m)
+        info["partition"] = "rows (input features) + reduce-scatter"
+        info["slices"] = [f"in {c[w]}:{c[w + 1]} -> reduce out {d[w]}:{d[w + 1]}" for w in range(P)]
+        info["read_per_worker"] = 4 * m * max(c[w + 1] - c[w] for w in range(P))
+        info["moved_per_row"] = 4 * P * m * 2  # partials written, then read
+        b.set_cur(out, "cols", d)
+    else:
+        b.need_all()
+        c = split(m, P)
+        for w in range(P):
+            b.emit(w, LINEAR, x=x_off, x_ld=x_ld, x_col=0, k=k, w=w_off + c[w] * k, w_ld=k, w_col=0,
+                   b=b_off + c[w] if b_off >= 0 else -1, out=out.off, out_ld=m, out_col=c[w],
+                   m=c[w + 1] - c[w], act=op.act, lo=0, hi=FRAC)
+        info["partition"] = "columns (output features)"
+        info["slices"] = [f"out {c[w]}:{c[w + 1]}" for w in range(P)]
+        info["read_per_worker"] = 4 * k * max(c[w + 1] - c[w] for w in range(P))
+        b.set_cur(out, "cols", c)
+
+
+def linear_us(s, cnt, n, rates) -> float:
+    r, k, m = rows(cnt, s[LINEAR.lo], s[LINEAR.hi]), s[LINEAR.k], s[LINEAR.m]
+    return gemm_us(2.0 * r * k * m, 4.0 * k * m, 4.0 * r * (k + m), r, rates) if r > 0 else 0.0
+
+
+def reduce_us(s, cnt, n, rates) -> float:
+    """Reads P partial blocks and writes one, for its columns of every row."""
+    return 4.0 * n * (s[REDUCE.c1] - s[REDUCE.c0]) * (s[REDUCE.P] + 1) / (rates.read_gbs * 1e3)
+
+
+EMITTERS = {L.Linear: linear}
+COSTS = {LINEAR.code: linear_us, REDUCE.code: reduce_us}

@@ -1,0 +1,67 @@
+"""Recurrent layers (RNN, LSTM, GRU): split by batch rows (whole sequences),
+or by hidden units -- worker w owns the gate rows of units u0:u1, computes
+them from the full h(t-1), writes its units of h(t), with one barrier per
+time step.  One RECUR step runs a layer's whole time loop
+(exec/executor.py's _recurrent)."""
+from __future__ import annotations
+
+from shmrt.compile.isa import CELLS, FRAC, GATES, RECUR
+from shmrt.compile.layout import rows_of, split
+from shmrt.compile.roofline import gemm_us, rows
+from shmrt.ir import layers as L
+
+
+def recurrent(b, op, info):
+    P, l, i, sc = b.P, op.layer, op.index, b.scratch
+    out = b.outs[i]
+    T = b.cur_w // l.input_size
+    H = l.hidden_size
+    x_off = b.cur_off
+    split_units = b.split_model
+    if split_units:
+        b.need_all()
+    u = split(H, P) if split_units else None
+    for k in range(l.num_layers):
+        F = l.input_size if k == 0 else H
+        h0 = b.w(f"{i}.h0") + k * H if f"{i}.h0" in b.woff else -1
+        c0 = b.w(f"{i}.c0") + k * H if f"{i}.c0" in b.woff else -1
+        for w in range(P):
+            u0, u1 = (u[w], u[w + 1]) if split_units else (0, H)
+            where = dict(lo=0, hi=FRAC) if split_units else rows_of(w, P)
+            b.emit(w, RECUR, x=x_off, T=T, F=F, out=out.seqs[k], H=H, w_ih=b.w(f"{i}.weight_ih_l{k}"),
+                   w_hh=b.w(f"{i}.weight_hh_l{k}"), b_ih=b.w(f"{i}.bias_ih_l{k}"),
+                   b_hh=b.w(f"{i}.bias_hh_l{k}"), h0=h0, c0=c0, u0=u0, u1=u1, gates=sc["gates"],
+                   gate_stride=sc["gstride"], aux=sc["aux"], hinit=sc["hinit"], mode=CELLS.index(l.cell),
+                   parties=P if split_units else 1, line=b.bline, **where)
+        if split_units:
+            b.barriers += T + 1
+        x_off = out.seqs[k]
+    G = l.gates
+    info["flops"] = 2 * G * H * (l.input_size + H + (l.num_layers - 1) * 2 * H) * T
+    info["weight_bytes"] = 4 * sum(v.size for v in l.params.values())
+    if split_units:
+        info["partition"] = f"hidden units, one barrier per time step ({T} steps x {l.num_layers} layer(s))"
+        info["slices"] = [f"units {u[w]}:{u[w + 1]}" for w in range(P)]
+        info["read_per_worker"] = info["weight_bytes"] // P
+        b.set_cur(out, "all")
+    else:
+        info["partition"] = "batch rows (whole sequences)"
+        info["slices"] = [f"rows {w}/{P}..{w + 1}/{P}" for w in range(P)]
+        info["read_per_worker"] = info["weight_bytes"]
+        b.set_cur(out, "rows" if P > 1 else "all")
+
+
+def recurrent_us(s, cnt, n, rates) -> float:
+    """The input projection of every step as one GEMM, then per step the
+    recurrent GEMM of this worker's units (and a barrier when split)."""
+    r, T, F, H = rows(cnt, s[RECUR.lo], s[RECUR.hi]), s[RECUR.T], s[RECUR.F], s[RECUR.H]
+    hs, G = s[RECUR.u1] - s[RECUR.u0], GATES[int(s[RECUR.mode])]
+    if r <= 0 or hs <= 0:
+        return 0.0
+    proj = gemm_us(2.0 * r * T * F * G * hs, 4.0 * G * hs * F, 4.0 * r * T * (F + G * hs), r * T, rates)
+    step = gemm_us(2.0 * r * H * G * hs, 4.0 * G * hs * H, 4.0 * r * (H + G * hs), r, rates)
+    return proj + T * (step + (rates.barrier_us if s[RECUR.parties] > 1 else 0.0))
+
+
+EMITTERS = {L._Recurrent: recurrent}
+COSTS = {RECUR.code: recurrent_us}

@@ -1,0 +1,48 @@
+"""Layers that need whole feature rows (Softmax, LogSoftmax, ArgMax, TopK,
+LayerNorm, Select): a barrier unless each worker already holds its rows
+complete, then a batch-row split.  Steps: SOFTMAX, ARGMAX, TOPK, LAYERNORM,
+GATHER."""
+from __future__ import annotations
+
+from shmrt.compile.isa import ARGMAX, GATHER, LAYERNORM, SOFTMAX, TOPK
+from shmrt.compile.layout import rows_of
+from shmrt.compile.roofline import rows, stream_us
+from shmrt.ir import layers as L
+
+
+def rowwise(b, op, info):
+    P, l, i = b.P, op.layer, op.index
+    b.need_rows()
+    out = b.outs[i]
+    x, ld, W = b.cur_off, b.cur_ld, b.cur_w
+    for w in range(P):
+        r = rows_of(w, P)
+        if isinstance(l, (L.Softmax, L.LogSoftmax)):
+            b.emit(w, SOFTMAX, x=x, x_ld=ld, width=W, out=out.off, out_ld=W, log=int(isinstance(l, L.LogSoftmax)),
+                   **r)
+        elif isinstance(l, L.ArgMax):
+            b.emit(w, ARGMAX, x=x, x_ld=ld, width=W, out=out.off, **r)
+        elif isinstance(l, L.TopK):
+            b.emit(w, TOPK, x=x, x_ld=ld, width=W, k=l.k, values=out.off, indices=out.idx_off, **r)
+        elif isinstance(l, L.LayerNorm):
+            b.emit(w, LAYERNORM, x=x, x_ld=ld, width=W, weight=b.w(f"{i}.weight"), bias=b.w(f"{i}.bias"),
+                   eps=b.w(f"{i}.eps"), out=out.off, **r)
+        elif isinstance(l, L.Select):
+            b.emit(w, GATHER, x=x, x_ld=ld, index=b.w(f"{i}.index"), out=out.off, width=out.width, **r)
+        else:
+            raise NotImplementedError(f"no plan for {l!r}")
+    info["partition"] = "batch rows (whole feature rows)"
+    info["slices"] = [f"rows {w}/{P}..{w + 1}/{P}" for w in range(P)]
+    info["flops"] = 5 * W
+    b.set_cur(out, "rows" if P > 1 else "all")
+
+
+def rowwise_us(s, cnt, n, rates) -> float:
+    """Reads a row, writes it (or less), with a pass or two over it: 12 bytes a float."""
+    op = {SOFTMAX.code: SOFTMAX, ARGMAX.code: ARGMAX, TOPK.code: TOPK, LAYERNORM.code: LAYERNORM,
+          GATHER.code: GATHER}[int(s[0])]
+    return stream_us(rows(cnt, s[op.lo], s[op.hi]), s[op.width], rates, read=12.0)
+
+
+EMITTERS = {cls: rowwise for cls in (L.Softmax, L.LogSoftmax, L.ArgMax, L.TopK, L.LayerNorm, L.Select)}
+COSTS = {op.code: rowwise_us for op in (SOFTMAX, ARGMAX, TOPK, LAYERNORM, GATHER)}

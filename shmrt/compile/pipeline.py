@@ -1,0 +1,100 @@
+"""Pipeline plans and the hybrid plan's per-layer choice.
+
+A pipeline runs stages of consecutive ops, each on its own group of
+workers, split within the group as the hybrid plan splits; micro-batches
+flow from stage to stage, each stage counting the micro-batches it finished
+(MICRO, WAIT, SIGNAL, NEXT).  Stages are balanced on a relative cost."""
+from __future__ import annotations
+
+import numpy as np
+
+from shmrt.compile.builder import Builder
+from shmrt.compile.isa import END, MICRO, MICRO_ROWS, NEXT, ROW, SIGNAL, WAIT, encode
+from shmrt.compile.layout import Output
+from shmrt.parallel.control import barrier_line
+
+# at most this many micro-batches per stage per call, of at least
+# MICRO_ROWS rows each (each micro-batch reads the stage's weights again)
+MICRO_PER_STAGE = 4
+
+
+def stage_costs(ops, woff, outs, parts, scratch, inp):
+    """Per op, a relative cost for balancing stages: flops per row, plus
+    weight bytes (read once per micro-batch) at 4 flops a byte."""
+    b = Builder("data", 1, woff, outs, parts, scratch, inp)
+    costs = []
+    for op in ops:
+        b.add(op)
+        r = b.rows[-1]
+        costs.append(r.get("flops", 0) + 4 * r.get("weight_bytes", 0) / 16)
+    return costs
+
+
+def balance(costs, groups):
+    """Cut costs (in order) into len(groups) consecutive non-empty stages,
+    minimising the largest cost / group size (exhaustive DP; few ops)."""
+    n, S = len(costs), len(groups)
+    pre = np.concatenate([[0.0], np.cumsum(costs)])
+    best = {(0, 0): (0.0, [])}
+    for s in range(S):
+        nxt = {}
+        for (i, _), (worst, cuts) in best.items():
+            for j in range(i + 1, n - (S - s - 1) + 1):
+                w = max(worst, (pre[j] - pre[i]) / groups[s])
+                if (j, s + 1) not in nxt or w < nxt[(j, s + 1)][0]:
+                    nxt[(j, s + 1)] = (w, cuts + [j])
+        best = nxt
+    return best[(n, S)][1]
+
+
+def layer_splits(ops, data, model, maxb, rates):
+    """Per op, whether the hybrid plan splits it by model: the cheaper, at
+    max_batch rows, of its steps in the batch-row plan and in the
+    model-parallel plan ((program, explain rows) each) as the cost model
+    prices them (barriers included)."""
+    from shmrt.compile.cost import op_us
+    out = {}
+    for op, rd, rm in zip(ops, data[1], model[1]):
+        t_model, t_data = (op_us(prog, r["steps"], maxb, rates) for prog, r in ((model[0], rm), (data[0], rd)))
+        out[op.index] = (t_model < t_data, f"predicted at batch {maxb}: {t_model:.1f} us by model "
+                                           f"(as the model plan splits it: {rm['partition']}), {t_data:.1f} us "
+                                           f"by batch rows")
+    return out
+
+
+def pipeline(ops, P, woff, outs, parts, scratch, inp, counters_off, splits=None):
+    """Stages of consecutive ops, each on its own group of workers, split
+    within the group as the hybrid plan splits (large layers by model, with
+    the group's own barrier); micro-batches flow from stage to stage,
+    each stage counting the micro-batches it finished (executor: MICRO,
+    WAIT, SIGNAL, NEXT).  A micro-batch's rows have their own place in
+    every activation, so a stage never waits for room, only for data."""
+    S = min(P if P <= 3 else P // 2, len(ops))  # from 4 workers on, groups of 2 or more
+    groups = [P // S + (1 if s < P % S else 0) for s in range(S)]
+    cuts = balance(stage_costs(ops, woff, outs, parts, scratch, inp), groups)
+    steps = [[] for _ in range(P)]
+    rows, first, start, cur = [], 0, 0, inp
+    for s, (size, end) in enumerate(zip(groups, cuts)):
+        wids = list(range(first, first + size))
+        b = Builder("hybrid", size, woff, outs, parts, scratch, cur, wids, barrier_line(P, s), splits)
+        for op in ops[start:end]:
+            b.add(op)
+        head_len = 2 if s > 0 else 1
+        for r in b.rows:
+            r["workers"] = f"stage {s}: " + r["workers"]
+            r["steps"] = {w: (a + head_len, z + head_len) for w, (a, z) in r["steps"].items()}
+            r["micro"] = MICRO_PER_STAGE * S
+        rows += b.rows
+        for local, w in enumerate(wids):
+            head = [encode(MICRO, most=MICRO_PER_STAGE * S, counters=counters_off, workers=P, rows=MICRO_ROWS)]
+            if s > 0:
+                head.append(encode(WAIT, first=first - groups[s - 1], producers=groups[s - 1]))
+            tail = ([encode(SIGNAL, worker=w)] if s < S - 1 else []) + [encode(NEXT), encode(END)]
+            steps[w] += head + b.steps[local] + tail
+        cur = Output("dense", b.cur_off, b.cur_w, shape=b.cur_shape, ld=b.cur_ld if b.cur_ld != b.cur_w else 0)
+        first, start = first + size, end
+    n = max(len(x) for x in steps)
+    prog = np.zeros((P, n, ROW), np.int64)
+    for w in range(P):
+        prog[w, :len(steps[w])] = steps[w]
+    return prog, rows
