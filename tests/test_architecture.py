@@ -127,6 +127,17 @@ def test_layering(layer, forbidden):
     assert not bad, f"{layer} must not import {forbidden}: " + ", ".join(f"{m} imports {i}" for m, i in bad)
 
 
+def test_every_package_is_installed():
+    """pyproject.toml lists its packages by hand (kernels/ installs as shmrt.kernels): a new
+    subpackage left out of the list would be missing from every installed copy."""
+    import tomllib
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+    packages = {m for m, p in modules().items() if p.endswith("__init__.py")}
+    assert packages == listed, f"in the tree, not in pyproject.toml: {sorted(packages - listed)}; " \
+                               f"listed, not in the tree: {sorted(listed - packages)}"
+
+
 def test_files_are_short():
     long = {m: n for m, p in modules().items() if (n := sum(1 for _ in open(p))) > MAX_LINES}
     assert not long, f"files over {MAX_LINES} lines: {long}"
