@@ -37,6 +37,8 @@ import numpy as np
 from shmrt.compile.builder import Builder
 from shmrt.compile.isa import act_code
 from shmrt.compile.layout import Arena, Output
+from shmrt.compile.ops import output as family_output
+from shmrt.compile.ops import tensors as family_tensors
 from shmrt.compile.ops.conv import geometry
 from shmrt.compile.pipeline import layer_splits, pipeline
 from shmrt.ir import layers as L
@@ -131,35 +133,6 @@ def _fuse(model) -> list:
     return ops
 
 
-def _tensors(ops) -> dict:
-    """Every float32 tensor the programs read, by name (folds applied)."""
-    t = {}
-    for op in ops:
-        i, l = op.index, op.layer
-        if isinstance(l, (L.Linear, L.Conv2d)):
-            w = l.params["weight"].astype(np.float64)
-            b = l.params["bias"].astype(np.float64) if "bias" in l.params else None
-            if op.fold is not None:
-                s, sh = op.fold
-                w = w * s.reshape((-1,) + (1,) * (w.ndim - 1))
-                b = (b if b is not None else 0.0) * s + sh
-            t[f"{i}.weight"] = w.astype(np.float32)
-            if b is not None:
-                t[f"{i}.bias"] = np.asarray(b, np.float32)
-        elif isinstance(l, L._Affine):
-            s, sh = l.affine()
-            t[f"{i}.scale"], t[f"{i}.shift"] = s.astype(np.float32), sh.astype(np.float32)
-        elif isinstance(l, L.LayerNorm):
-            t[f"{i}.weight"], t[f"{i}.bias"] = l.params["weight"], l.params["bias"]
-            t[f"{i}.eps"] = np.array([l.eps], np.float32)
-        elif isinstance(l, L._Elementwise) and l.alpha is not None:
-            t[f"{i}.alpha"] = np.array([l.alpha], np.float32)
-        else:
-            for k, v in l.params.items():
-                t[f"{i}.{k}"] = v
-    return t
-
-
 def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, input_shape=None, rates=None) -> Plan:
     """The plan of ``model`` for ``workers`` workers.  rates (cost.Rates):
     the machine's, for the per-layer choices of hybrid plans and pipeline
@@ -184,15 +157,10 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
         raise ValueError(f"input_shape must be (F,), (T, F) or (C, H, W) with positive sizes, got {in_shape}")
     shapes = model.shapes(in_shape)
     ops = _fuse(model)
-    tensors = _tensors(ops)
+    tensors = {}  # every float32 tensor the programs read, by name "<op index>.<name>" (folds applied)
     for op in ops:
         before = shapes[op.index - 1] if op.index > 0 else in_shape
-        if isinstance(op.layer, L.Select):
-            tensors[f"{op.index}.index"] = op.layer.resolve(before[0]).astype(np.float32)
-        elif isinstance(op.layer, L.BatchNorm2d):  # per channel -> per feature of [C, H, W]
-            hw = before[1] * before[2]
-            for k in ("scale", "shift"):
-                tensors[f"{op.index}.{k}"] = np.repeat(tensors[f"{op.index}.{k}"], hw)
+        tensors.update({f"{op.index}.{k}": v for k, v in family_tensors(op, before).items()})
     woff, off = {}, 0
     for name, arr in tensors.items():
         woff[name] = off
@@ -203,25 +171,7 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
     arena = Arena()
     in_w = int(np.prod(in_shape))
     input_off = arena.alloc(maxb * in_w)
-    outs = {}
-    for op in ops:
-        shape = shapes[op.members[-1]]
-        width = int(np.prod(shape)) if shape else 1
-        l = op.layer
-        if isinstance(l, L.ArgMax):
-            outs[op.index] = Output("argmax", arena.alloc(2 * maxb), 1, shape=())
-        elif isinstance(l, L.TopK):
-            outs[op.index] = Output("topk", arena.alloc(maxb * l.k), l.k, arena.alloc(2 * maxb * l.k), (l.k,))
-        elif isinstance(l, L._Recurrent):
-            T, H = in_shape[0], l.hidden_size
-            seqs = [arena.alloc(maxb * T * H) for _ in range(l.num_layers)]
-            o = Output("dense", seqs[-1], T * H, shape=(T, H))
-            if not l.return_sequences:
-                o = Output("dense", seqs[-1] + (T - 1) * H, H, shape=(H,), ld=T * H)
-            o.seqs = seqs
-            outs[op.index] = o
-        else:
-            outs[op.index] = Output("dense", arena.alloc(maxb * width), width, shape=tuple(shape))
+    outs = {op.index: family_output(op, shapes[op.members[-1]], in_shape, maxb, arena) for op in ops}
     recs = [op.layer for op in ops if isinstance(op.layer, L._Recurrent)]
     scratch = {}
     if recs:

@@ -1,24 +1,54 @@
 """One module per family of layers: how each layer splits across workers,
 the instruction-set steps it emits (by field name, shmrt/compile/isa.py),
-and what each of those steps costs.  The builder finds a layer's emitter
-here, the cost model a step's price; adding an op means its IR class
-(shmrt/ir), its module here, its kernel and interpreter branch (kernels/,
+what each of those steps costs, the tensors it packs into the weight store
+and, where it is not a dense [N, width], its output buffer.  The planner
+finds a layer's family here; adding an op means its IR class (shmrt/ir),
+its family here, its kernel and interpreter branch (kernels/,
 exec/executor.py), and its float64 reference.
 
-Each module declares EMITTERS ({IR class: emit(builder, op, info)}) and
-COSTS ({isa code: price(step, rows, n, rates) in microseconds})."""
+A family module declares:
+  LAYERS   the IR classes it plans (subclasses included)
+  emit(builder, op, info)         the steps of op on every worker
+  COSTS    {isa code: price(step, rows, n, rates)} in microseconds
+  tensors(op, input shape) -> {name: float32 array}   (optional: default, the layer's params)
+  output(op, shape, model input shape, max_batch, arena) -> Output | None   (optional: dense)"""
 from __future__ import annotations
 
-from shmrt.compile.ops import conv, dense, featurewise, recurrent, rowwise
+import numpy as np
 
-FAMILIES = (dense, featurewise, rowwise, recurrent, conv)
-EMITTERS = {cls: fn for fam in FAMILIES for cls, fn in fam.EMITTERS.items()}
+from shmrt.compile.layout import Output
+from shmrt.compile.ops import conv, dense, featurewise, pool, recurrent, rowwise
+
+FAMILIES = (dense, featurewise, rowwise, recurrent, conv, pool)
+_BY_CLASS = {cls: fam for fam in FAMILIES for cls in fam.LAYERS}
 COSTS = {code: fn for fam in FAMILIES for code, fn in fam.COSTS.items()}
 
 
-def emitter_for(layer):
-    """The emit function of layer's class (or its nearest registered base), or None."""
+def family(layer):
+    """The family module of layer's class (or of its nearest registered base), or None."""
     for cls in type(layer).__mro__:
-        if cls in EMITTERS:
-            return EMITTERS[cls]
+        if cls in _BY_CLASS:
+            return _BY_CLASS[cls]
     return None
+
+
+def emitter_for(layer):
+    fam = family(layer)
+    return fam.emit if fam is not None else None
+
+
+def tensors(op, before) -> dict:
+    """{name: float32 array} op packs into the weight store; before: its input's per-sample shape."""
+    fam = family(op.layer)
+    hook = getattr(fam, "tensors", None)
+    return hook(op, before) if hook is not None else dict(op.layer.params)
+
+
+def output(op, shape, in_shape, maxb, arena) -> Output:
+    """op's output buffer in the arena: its family's, or a dense [max_batch, width] one."""
+    hook = getattr(family(op.layer), "output", None)
+    got = hook(op, shape, in_shape, maxb, arena) if hook is not None else None
+    if got is not None:
+        return got
+    width = int(np.prod(shape)) if shape else 1
+    return Output("dense", arena.alloc(maxb * width), width, shape=tuple(shape))

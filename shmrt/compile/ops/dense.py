@@ -11,6 +11,8 @@ partitions, the steps they emit (LINEAR, REDUCE) and what those cost.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from shmrt.compile.isa import FRAC, LINEAR, REDUCE
 from shmrt.compile.layout import rows_of, split
 from shmrt.compile.roofline import gemm_us, rows
@@ -78,5 +80,25 @@ def reduce_us(s, cnt, n, rates) -> float:
     return 4.0 * n * (s[REDUCE.c1] - s[REDUCE.c0]) * (s[REDUCE.P] + 1) / (rates.read_gbs * 1e3)
 
 
-EMITTERS = {L.Linear: linear}
+def folded(op) -> dict:
+    """weight and bias of a Linear or Conv2d, with a BatchNorm folded into them (op.fold) applied in float64."""
+    l = op.layer
+    w = l.params["weight"].astype(np.float64)
+    b = l.params["bias"].astype(np.float64) if "bias" in l.params else None
+    if op.fold is not None:
+        s, sh = op.fold
+        w = w * s.reshape((-1,) + (1,) * (w.ndim - 1))
+        b = (b if b is not None else 0.0) * s + sh
+    out = {"weight": w.astype(np.float32)}
+    if b is not None:
+        out["bias"] = np.asarray(b, np.float32)
+    return out
+
+
+def tensors(op, before) -> dict:
+    return folded(op)
+
+
+LAYERS = (L.Linear,)
+emit = linear
 COSTS = {LINEAR.code: linear_us, REDUCE.code: reduce_us}

@@ -5,6 +5,8 @@ right after a Linear or Conv2d is fused into its epilogue instead, by
 plan._fuse).  Steps: ACT, AFFINE."""
 from __future__ import annotations
 
+import numpy as np
+
 from shmrt.compile.isa import ACT, AFFINE, FRAC, act_code
 from shmrt.compile.layout import rows_of
 from shmrt.compile.roofline import rows, stream_us
@@ -45,5 +47,18 @@ def featurewise_us(s, cnt, n, rates) -> float:
     return stream_us(rows(cnt, s[op.lo], s[op.hi]), s[op.width], rates)
 
 
-EMITTERS = {L._Elementwise: featurewise, L._Affine: featurewise}
+def tensors(op, before) -> dict:
+    """An affine layer's scale and shift (a BatchNorm2d's per channel repeated over H x W: per
+    feature of [C, H, W]); an activation's parameter (LeakyReLU's slope) as alpha."""
+    l = op.layer
+    if isinstance(l, L._Affine):
+        s, sh = (v.astype(np.float32) for v in l.affine())
+        if isinstance(l, L.BatchNorm2d):
+            s, sh = (np.repeat(v, before[1] * before[2]) for v in (s, sh))
+        return {"scale": s, "shift": sh}
+    return {"alpha": np.array([l.alpha], np.float32)} if l.alpha is not None else {}
+
+
+LAYERS = (L._Elementwise, L._Affine)
+emit = featurewise
 COSTS = {ACT.code: featurewise_us, AFFINE.code: featurewise_us}

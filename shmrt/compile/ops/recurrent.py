@@ -6,6 +6,7 @@ time step.  One RECUR step runs a layer's whole time loop
 from __future__ import annotations
 
 from shmrt.compile.isa import CELLS, FRAC, GATES, RECUR
+from shmrt.compile.layout import Output
 from shmrt.compile.layout import rows_of, split
 from shmrt.compile.roofline import gemm_us, rows
 from shmrt.ir import layers as L
@@ -63,5 +64,19 @@ def recurrent_us(s, cnt, n, rates) -> float:
     return proj + T * (step + (rates.barrier_us if s[RECUR.parties] > 1 else 0.0))
 
 
-EMITTERS = {L._Recurrent: recurrent}
+def output(op, shape, in_shape, maxb, arena):
+    """One [N, T, H] sequence per stacked layer (the next layer's input); the layer's output is the
+    last one, or its last step ([N, H], leading dimension T*H) without return_sequences."""
+    l = op.layer
+    T, H = in_shape[0], l.hidden_size
+    seqs = [arena.alloc(maxb * T * H) for _ in range(l.num_layers)]
+    o = Output("dense", seqs[-1], T * H, shape=(T, H))
+    if not l.return_sequences:
+        o = Output("dense", seqs[-1] + (T - 1) * H, H, shape=(H,), ld=T * H)
+    o.seqs = seqs
+    return o
+
+
+LAYERS = (L._Recurrent,)
+emit = recurrent
 COSTS = {RECUR.code: recurrent_us}

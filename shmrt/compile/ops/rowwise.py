@@ -4,7 +4,10 @@ complete, then a batch-row split.  Steps: SOFTMAX, ARGMAX, TOPK, LAYERNORM,
 GATHER."""
 from __future__ import annotations
 
+import numpy as np
+
 from shmrt.compile.isa import ARGMAX, GATHER, LAYERNORM, SOFTMAX, TOPK
+from shmrt.compile.layout import Output
 from shmrt.compile.layout import rows_of
 from shmrt.compile.roofline import rows, stream_us
 from shmrt.ir import layers as L
@@ -44,5 +47,26 @@ def rowwise_us(s, cnt, n, rates) -> float:
     return stream_us(rows(cnt, s[op.lo], s[op.hi]), s[op.width], rates, read=12.0)
 
 
-EMITTERS = {cls: rowwise for cls in (L.Softmax, L.LogSoftmax, L.ArgMax, L.TopK, L.LayerNorm, L.Select)}
+def tensors(op, before) -> dict:
+    """LayerNorm's weight, bias and eps; Select's feature indices (resolved against its input width)."""
+    l = op.layer
+    if isinstance(l, L.LayerNorm):
+        return {"weight": l.params["weight"], "bias": l.params["bias"], "eps": np.array([l.eps], np.float32)}
+    if isinstance(l, L.Select):
+        return {"index": l.resolve(before[0]).astype(np.float32)}
+    return dict(l.params)
+
+
+def output(op, shape, in_shape, maxb, arena):
+    """ArgMax writes int64 indices; TopK values and int64 indices; the rest a dense [N, width]."""
+    l = op.layer
+    if isinstance(l, L.ArgMax):
+        return Output("argmax", arena.alloc(2 * maxb), 1, shape=())
+    if isinstance(l, L.TopK):
+        return Output("topk", arena.alloc(maxb * l.k), l.k, arena.alloc(2 * maxb * l.k), (l.k,))
+    return None
+
+
+LAYERS = (L.Softmax, L.LogSoftmax, L.ArgMax, L.TopK, L.LayerNorm, L.Select)
+emit = rowwise
 COSTS = {op.code: rowwise_us for op in (SOFTMAX, ARGMAX, TOPK, LAYERNORM, GATHER)}

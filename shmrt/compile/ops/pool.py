@@ -1,0 +1,55 @@
+"""Pooling (MaxPool2d, AvgPool2d, GlobalAvgPool): per channel, so it follows
+a channel split where there is one, else takes batch rows.  Steps: POOL,
+GAP."""
+from __future__ import annotations
+
+from shmrt.compile.isa import FRAC, GAP, POOL, POOL_GEOM
+from shmrt.compile.layout import rows_of
+from shmrt.compile.roofline import rows
+from shmrt.ir import layers as L
+
+
+def pool(b, op, info):
+    """Pooling is per channel: it follows a channel split, else batch rows."""
+    P, l, i = b.P, op.layer, op.index
+    out = b.outs[i]
+    C, H, W = b.cur_shape
+    hw = H * W
+    follow = b.split_model and b.state == "cols" and all(v % hw == 0 for v in b.bounds)
+    if not follow:
+        b.need_rows()
+    cb = [v // hw for v in b.bounds] if follow else None
+    ohw = 1 if isinstance(l, L.GlobalAvgPool) else out.shape[1] * out.shape[2]
+    for w in range(P):
+        c0, c1 = (cb[w], cb[w + 1]) if follow else (0, C)
+        where = dict(lo=0, hi=FRAC) if follow else rows_of(w, P)
+        if isinstance(l, L.GlobalAvgPool):
+            b.emit(w, GAP, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.width, hw=hw, c0=c0, c1=c1,
+                   **where)
+        else:
+            geom = (C, H, W, *l.kernel_size, *l.stride, *l.padding, *l.dilation, out.shape[1], out.shape[2])
+            b.emit(w, POOL, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.width, c0=c0, c1=c1,
+                   is_max=int(l.is_max), count_include_pad=int(l.count_include_pad), geom=geom, **where)
+    info["flops"] = C * hw
+    if follow:
+        info["partition"] = "channels (follows producer)"
+        info["slices"] = [f"channels {cb[w]}:{cb[w + 1]}" for w in range(P)]
+        b.set_cur(out, "cols", [c * ohw for c in cb])
+    else:
+        info["partition"] = "batch rows (whole images)"
+        info["slices"] = [f"images {w}/{P}..{w + 1}/{P}" for w in range(P)]
+        b.set_cur(out, "rows" if P > 1 else "all")
+
+
+def pool_us(s, cnt, n, rates) -> float:
+    g = s[POOL.geom:POOL.geom + POOL_GEOM]
+    return 4.0 * rows(cnt, s[POOL.lo], s[POOL.hi]) * (s[POOL.c1] - s[POOL.c0]) * g[1] * g[2] * 2 / (rates.read_gbs * 1e3)
+
+
+def gap_us(s, cnt, n, rates) -> float:
+    return 4.0 * rows(cnt, s[GAP.lo], s[GAP.hi]) * (s[GAP.c1] - s[GAP.c0]) * s[GAP.hw] / (rates.read_gbs * 1e3)
+
+
+LAYERS = (L._Pool2d, L.GlobalAvgPool)
+emit = pool
+COSTS = {POOL.code: pool_us, GAP.code: gap_us}
