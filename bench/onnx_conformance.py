@@ -1,4 +1,4 @@
-"""ONNX backend node-test conformance of shmrt.onnx_import.from_onnx.
+"""ONNX backend node-test conformance of shmrt.frontends.onnx_import.from_onnx.
 
     python bench/onnx_conformance.py                      # every supported op, strategy "data", 2 workers
     python bench/onnx_conformance.py --ops Relu,Conv      # some ops only
@@ -78,8 +78,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-SUPPORTED_OPS = ("Gemm", "MatMul", "Add", "Relu", "Sigmoid", "Tanh", "Gelu", "Erf", "Softmax", "LogSoftmax",
-                 "ArgMax", "TopK", "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization",
+SUPPORTED_OPS = ("Gemm", "MatMul", "Add", "Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSwish", "Gelu", "Erf",
+                 "Softmax", "LogSoftmax", "ArgMax", "TopK", "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization",
                  "Flatten", "LSTM", "GRU", "RNN", "LayerNormalization", "Reshape", "Squeeze", "Unsqueeze",
                  "Transpose", "Identity", "Constant", "Shape", "Gather", "Concat", "Expand")
 PLUMBING = frozenset(("Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Constant", "Shape", "Gather",
