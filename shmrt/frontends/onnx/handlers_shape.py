@@ -71,7 +71,7 @@ class ShapeOps:
     def op_Reshape(self, node, idx, ins, a):
         v = ins[0]
         target = [int(t) for t in np.asarray(self.const(node, idx, 1, "shape")).reshape(-1)]
-        sb = getattr(self, "static_batch", 0)
+        sb = self.static_batch
         if sb and target and target[0] == sb and v.shape[0] == B:  # exported with a fixed batch size
             target[0] = B
         try:

@@ -80,7 +80,8 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, RowwiseOps, DenseOps
         self.graph = self.model.graph
         self.chain = Chain(error=UnsupportedONNX)  # the layers and the activation; shaped by convert()
         self.values = {}      # ONNX value name -> numpy constant, View of the stream, or Poison
-        self.static_batch = 0
+        self.static_batch = 0   # the graph input's fixed batch size, 0 if dynamic (set by input_dims)
+        self.topk_outputs = None  # (values, indices) output names of a TopK node (set by op_TopK)
 
     @property
     def ir(self):
@@ -229,7 +230,7 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, RowwiseOps, DenseOps
                 raise UnsupportedONNX(v.msg)
             if not isinstance(v, View):
                 raise UnsupportedONNX(f"ONNX graph output {n!r} is a constant (does not depend on the input)")
-        topk = getattr(self, "topk_outputs", None)
+        topk = self.topk_outputs
         if topk is not None and isinstance(self.chain.layers[-1], L.TopK) and tuple(outs) != topk:
             raise UnsupportedONNX(f"ONNX graph outputs {outs}: a final TopK must output both its values and indices, "
                                   f"in that order ({list(topk)}): shmrt's TopK returns (values, indices)")
