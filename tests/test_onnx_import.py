@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import shmrt  # noqa: E402
 import shmrt.frontends.onnx_import as onnx_import  # noqa: E402
-import shmrt.frontends.onnx_patterns as onnx_patterns  # noqa: E402
+import shmrt.frontends.onnx.patterns as onnx_patterns  # noqa: E402
 from models import rnd, STRATEGIES  # noqa: E402
 from reference import rel_err  # noqa: E402
 from shmrt.frontends.onnx_import import ONNXImporterBug, UnsupportedONNX, from_onnx, load_onnx_file  # noqa: E402

@@ -46,10 +46,10 @@ def load(source, **options) -> L.Sequential:
         return _load_path(source, **options)
     if mod.startswith("onnx") and type(source).__name__ == "ModelProto":
         _no_options(options, "an onnx.ModelProto")
-        from shmrt.frontends.onnx_import import from_onnx
+        from shmrt.frontends.onnx import from_onnx
         return from_onnx(source)
     if _is_torch_module(source):
-        from shmrt.frontends.torch_import import from_torch
+        from shmrt.frontends.torch import from_torch
         return from_torch(source, **options)
     if mod.startswith("sklearn") or (hasattr(source, "get_params") and hasattr(source, "fit")):
         _no_options(options, "a scikit-learn estimator")
@@ -107,7 +107,7 @@ def load_file(path) -> L.Sequential:
         head = f.read(9)  # a zip's "PK", or safetensors' 8-byte header length and its JSON's "{"
     lower = path.lower()
     if lower.endswith(".onnx"):
-        from shmrt.frontends.onnx_import import load_onnx_file
+        from shmrt.frontends.onnx import load_onnx_file
         return load_onnx_file(path)
     if lower.endswith(".safetensors"):
         return native.load_safetensors(path)

@@ -1,119 +1,14 @@
-"""Helpers of the ONNX importer: its error classes, reading tensors and attributes, checking a
-node against its ONNX schema, and the graph rewrites it runs before its node-by-node walk (the
-multi-node forms exporters write for SiLU, exact GELU and, before opset 17, LayerNorm, each turned back
-into one node).  A rewrite decides with explicit checks whether a pattern fits; it never relies on
-an exception, and one that raises is a bug in shmrt (the importer reports it as ONNXImporterBug)."""
+"""The graph rewrites the ONNX importer runs before its node-by-node walk: the multi-node forms
+exporters write for SiLU, exact GELU and, before opset 17, LayerNorm, each turned back into one node.
+A rewrite decides with explicit checks whether a pattern fits; it never relies on an exception, and
+one that raises is a bug in shmrt (the importer reports it as ONNXImporterBug)."""
 from __future__ import annotations
 
-import contextlib
-import linecache
 import math
-import os
 
 import numpy as np
 
-
-class UnsupportedONNX(NotImplementedError, ValueError):
-    """An ONNX construct shmrt cannot express, or a malformed model (a ValueError)."""
-
-
-class ONNXImporterBug(RuntimeError):
-    """shmrt's ONNX importer failed in an unexpected way: a bug in shmrt, not a refusal of the model."""
-
-
-def raised_on_purpose(e, module) -> bool:
-    """Did ``module``'s own code raise ``e`` with a ``raise`` statement (an argument check of a shmrt
-    layer, say), rather than numpy or Python inside it?"""
-    tb = e.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    path = tb.tb_frame.f_code.co_filename
-    if os.path.abspath(path) != os.path.abspath(module.__file__):
-        return False
-    return linecache.getline(path, tb.tb_lineno).lstrip().startswith("raise")
-
-
-@contextlib.contextmanager
-def refusals_only(where, checks):
-    """Refusals pass: UnsupportedONNX, and a ValueError that the module ``checks`` (shmrt.ir.layers) raises on
-    purpose (a layer's argument check: a constructor, output_shape, Sequential), re-raised as UnsupportedONNX
-    named by ``where``.  Any other exception (AttributeError, KeyError, numpy's errors, ...) is a bug in the
-    importer: ONNXImporterBug, chained to it."""
-    try:
-        yield
-    except UnsupportedONNX:
-        raise
-    except Exception as e:
-        if isinstance(e, ValueError) and raised_on_purpose(e, checks):
-            raise UnsupportedONNX(f"{where}: {e}") from None
-        raise ONNXImporterBug(f"{where}: {type(e).__name__}: {e} -- this is a bug in shmrt's ONNX importer, not a "
-                              f"problem of the model; please report it (with the model, or this message)") from e
-
-
-def tensor_array(onnx, t, what=None) -> np.ndarray:
-    """A TensorProto's values; external data must have been read (from inside the model's folder)
-    before, so that onnx never resolves a location against the current directory."""
-    what = what or f"tensor {t.name!r}"
-    if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
-        raise UnsupportedONNX(f"ONNX {what} keeps its data in an external file that was not read from "
-                              f"the model's folder; load the model with shmrt.load(path)")
-    try:
-        return onnx.numpy_helper.to_array(t)
-    except Exception as e:  # the model's bytes: a data type onnx does not know, raw data of the wrong size, ...
-        raise UnsupportedONNX(f"ONNX {what}: cannot read tensor data ({type(e).__name__}: {e}); expected data "
-                              f"of data type {t.data_type} that fills dims {list(t.dims)}") from None
-
-
-def attrs(onnx, node) -> dict:
-    """A node's attributes as Python values (strings decoded)."""
-    out = {}
-    for a in node.attribute:
-        if a.ref_attr_name:
-            raise UnsupportedONNX(f"ONNX node {node.name or node.op_type}: attribute references are not supported")
-        if a.type not in _ATTR_TYPES:
-            raise UnsupportedONNX(f"ONNX node {node.name or node.op_type} (op {node.op_type}): attribute {a.name!r} "
-                                  f"has an unknown type {a.type}; expected one of ONNX's attribute types")
-        v = onnx.helper.get_attribute_value(a)
-        if isinstance(v, bytes):
-            v = v.decode()
-        elif isinstance(v, list):
-            v = [x.decode() if isinstance(x, bytes) else x for x in v]
-        out[a.name] = v
-    return out
-
-
-_ATTR_TYPES = frozenset(range(15))  # AttributeProto.UNDEFINED .. TYPE_PROTOS
-
-
-def check_node(onnx, node, opset) -> str:
-    """'' if the node fits its op's schema at ``opset`` (input and output counts, required inputs and
-    attributes, attribute types), else what does not fit.  An op without a schema there (one shmrt's
-    rewrites make, or an unknown op, which the walk refuses) is not checked."""
-    try:
-        schema = onnx.defs.get_schema(node.op_type, max_inclusive_version=opset, domain="")
-    except onnx.defs.SchemaError:
-        return ""
-    n_in, n_out = len(node.input), len(node.output)
-    if not schema.min_input <= n_in <= schema.max_input:
-        return f"has {n_in} inputs; {node.op_type}-{schema.since_version} takes {schema.min_input}..{schema.max_input}"
-    if not schema.min_output <= n_out <= schema.max_output:
-        return (f"has {n_out} outputs; {node.op_type}-{schema.since_version} gives "
-                f"{schema.min_output}..{schema.max_output}")
-    single = onnx.defs.OpSchema.FormalParameterOption.Single
-    for k, (formal, name) in enumerate(zip(schema.inputs, node.input)):
-        if formal.option == single and not name:
-            return f"required input {k} ({formal.name}) is empty"
-    given = {a.name: a.type for a in node.attribute if not a.ref_attr_name}
-    for name, sa in schema.attributes.items():
-        if sa.required and name not in given:
-            return f"required attribute {name} is missing"
-        if name in given and given[name] != int(sa.type):
-            names = {v: k for k, v in onnx.AttributeProto.AttributeType.items()}
-            return (f"attribute {name} has type {names.get(given[name], given[name])}; "
-                    f"expected {names.get(int(sa.type), int(sa.type))}")
-    return ""
+from shmrt.frontends.onnx.reading import attrs, tensor_array
 
 
 def _out0(n):

@@ -1,0 +1,130 @@
+"""Handlers of the layers with weights or windows: Gemm and MatMul (Linear), Conv, pooling."""
+from __future__ import annotations
+
+import numpy as np
+
+from shmrt.frontends.onnx.layout import B, View
+from shmrt.ir import layers as L
+
+
+class DenseOps:
+    """Gemm, MatMul, Conv, MaxPool, AveragePool, GlobalAveragePool."""
+
+    def op_Gemm(self, node, idx, ins, a):
+        if not isinstance(ins[0], View) or isinstance(ins[1], View):
+            self.fail(node, idx, "only A = the activation and B = a constant weight are supported")
+        if a.get("transA", 0) != 0:
+            self.fail(node, idx, "attribute transA=1 is not supported (transA=0 only)")
+        W = np.asarray(self.const(node, idx, 1, "B"), dtype=np.float64)
+        if W.ndim != 2:
+            self.fail(node, idx, f"weight B must be 2-D, got shape {W.shape}")
+        W = W if a.get("transB", 0) else W.T
+        W = W * a.get("alpha", 1.0)
+        self.dense(node, idx, ins[0])
+        out, fin = W.shape
+        if self.ir != (fin,):
+            self.fail(node, idx, f"weight expects {fin} input features, the activation has {self.ir}")
+        bias = None
+        if len(ins) > 2 and ins[2] is not None:
+            C = np.asarray(self.const(node, idx, 2, "C"), dtype=np.float64)
+            try:
+                bias = np.broadcast_to(C, (1, out)).reshape(out) * a.get("beta", 1.0)
+            except ValueError:
+                self.fail(node, idx, f"bias C of shape {C.shape} is not one value per output feature ({out})")
+        self.chain.emit(L.Linear(fin, out, weight=W, bias=bias if bias is not None else False), (out,))
+        return View((B, out), (0, 1), self.chain.version)
+
+    def op_MatMul(self, node, idx, ins, a):
+        if not isinstance(ins[0], View) or isinstance(ins[1], View):
+            self.fail(node, idx, "only the activation @ a constant weight is supported")
+        W = np.asarray(self.const(node, idx, 1, "B"), dtype=np.float64)
+        if W.ndim != 2:
+            self.fail(node, idx, f"weight must be 2-D, got shape {W.shape}")
+        self.dense(node, idx, ins[0])
+        fin, out = W.shape
+        if self.ir != (fin,):
+            self.fail(node, idx, f"weight expects {fin} input features, the activation has {self.ir}")
+        self.chain.emit(L.Linear(fin, out, weight=W.T, bias=False), (out,))
+        return View((B, out), (0, 1), self.chain.version)
+
+    def _pads(self, node, idx, a, k, s, d, hw):
+        if not len(k) == len(s) == len(d) == 2 or min(*k, *s, *d) < 1:
+            self.fail(node, idx, f"kernel {list(k)}, strides {list(s)}, dilations {list(d)}: expected two ints >= 1 "
+                                 f"each (2-D)")
+        auto = a.get("auto_pad", "NOTSET")
+        if auto == "VALID":
+            return (0, 0)
+        if auto in ("SAME_UPPER", "SAME_LOWER"):
+            pads = []
+            for i in range(2):
+                out = -(-hw[i] // s[i])
+                tot = max((out - 1) * s[i] + d[i] * (k[i] - 1) + 1 - hw[i], 0)
+                if tot % 2:
+                    self.fail(node, idx, f"attribute auto_pad={auto} needs asymmetric padding here (total {tot} on "
+                                         f"axis {i}); only symmetric padding is supported")
+                pads.append(tot // 2)
+            return tuple(pads)
+        if auto != "NOTSET":
+            self.fail(node, idx, f"attribute auto_pad={auto!r} is not supported")
+        p = a.get("pads", [0, 0, 0, 0])
+        if len(p) != 4 or p[0] != p[2] or p[1] != p[3]:
+            self.fail(node, idx, f"attribute pads={p} is asymmetric; only symmetric padding "
+                                 f"[top, left, top, left] is supported")
+        return (p[0], p[1])
+
+    def op_Conv(self, node, idx, ins, a):
+        self.image(node, idx, ins[0])
+        W = np.asarray(self.const(node, idx, 1, "W"), dtype=np.float32)
+        if W.ndim != 4:
+            self.fail(node, idx, f"only 2-D convolution is supported (W of rank 4), got W of shape {W.shape}")
+        O, Cg, kh, kw = W.shape
+        if a.get("kernel_shape", [kh, kw]) != [kh, kw]:
+            self.fail(node, idx, f"attribute kernel_shape={a['kernel_shape']} does not match W {W.shape}")
+        g = a.get("group", 1)
+        s = tuple(a.get("strides", [1, 1]))
+        dl = tuple(a.get("dilations", [1, 1]))
+        pads = self._pads(node, idx, a, (kh, kw), s, dl, self.ir[1:])
+        C = self.ir[0]
+        if Cg * g != C:
+            self.fail(node, idx, f"W {W.shape} with group={g} does not match {C} input channels")
+        bias = self.const(node, idx, 2, "B") if len(ins) > 2 and ins[2] is not None else False
+        layer = L.Conv2d(C, O, (kh, kw), stride=s, padding=pads, dilation=dl, groups=g, bias=bias, weight=W)
+        ir = layer.output_shape(self.ir)  # the layer's own checks refuse (see bugs())
+        self.chain.emit(layer, ir)
+        return View((B,) + ir, (0, 1, 2, 3), self.chain.version)
+
+    def _pool(self, node, idx, ins, a, is_max):
+        self.image(node, idx, ins[0])
+        if any(o for o in node.output[1:]):
+            self.fail(node, idx, "the Indices output is not supported")
+        if a.get("ceil_mode", 0):
+            self.fail(node, idx, "attribute ceil_mode=1 is not supported (ceil_mode=0 only)")
+        if a.get("storage_order", 0):
+            self.fail(node, idx, "attribute storage_order=1 is not supported")
+        k = tuple(a["kernel_shape"])
+        if len(k) != 2:
+            self.fail(node, idx, f"only 2-D pooling is supported, got kernel_shape={list(k)}")
+        s = tuple(a.get("strides", [1, 1]))
+        dl = tuple(a.get("dilations", [1, 1]))
+        if not is_max and dl != (1, 1):
+            self.fail(node, idx, f"attribute dilations={list(dl)} is not supported for AveragePool")
+        pads = self._pads(node, idx, a, k, s, dl, self.ir[1:])
+        if is_max:
+            layer = L.MaxPool2d(k, stride=s, padding=pads, dilation=dl)
+        else:
+            layer = L.AvgPool2d(k, stride=s, padding=pads, count_include_pad=bool(a.get("count_include_pad", 0)))
+        ir = layer.output_shape(self.ir)  # the layer's own checks refuse (see bugs())
+        self.chain.emit(layer, ir)
+        return View((B,) + ir, (0, 1, 2, 3), self.chain.version)
+
+    def op_MaxPool(self, node, idx, ins, a):
+        return self._pool(node, idx, ins, a, True)
+
+    def op_AveragePool(self, node, idx, ins, a):
+        return self._pool(node, idx, ins, a, False)
+
+    def op_GlobalAveragePool(self, node, idx, ins, a):
+        self.image(node, idx, ins[0])
+        C = self.ir[0]
+        self.chain.emit(L.GlobalAvgPool(), (C,))
+        return View((B, C, 1, 1), (0, 1, None, None), self.chain.version)

@@ -1,0 +1,110 @@
+"""Handlers of elementwise ops on the stream: activations, and arithmetic with a constant (folded
+into the previous layer's bias, or a per-feature scale and shift)."""
+from __future__ import annotations
+
+import numpy as np
+
+from shmrt.frontends.onnx.folding import compact
+from shmrt.frontends.onnx.layout import View, fmt
+from shmrt.ir import layers as L
+
+
+class ElementwiseOps:
+    """Relu, Sigmoid, Tanh, SiLU, HardSwish, LeakyRelu, Gelu; Add, Sub, Mul, Div with a constant; BatchNormalization."""
+
+    def _act(self, node, idx, ins, layer):
+        v = self.stream(node, idx, ins[0])
+        self.chain.emit(layer, self.ir)
+        return View(v.shape, v.src, self.chain.version)
+
+    def op_Relu(self, node, idx, ins, a):
+        return self._act(node, idx, ins, L.ReLU())
+
+    def op_Sigmoid(self, node, idx, ins, a):
+        return self._act(node, idx, ins, L.Sigmoid())
+
+    def op_Tanh(self, node, idx, ins, a):
+        return self._act(node, idx, ins, L.Tanh())
+
+    def op_SiLU(self, node, idx, ins, a):  # rewrite_silu's node for Sigmoid(x) * x
+        return self._act(node, idx, ins, L.SiLU())
+
+    def op_HardSwish(self, node, idx, ins, a):
+        return self._act(node, idx, ins, L.Hardswish())
+
+    def op_LeakyRelu(self, node, idx, ins, a):
+        return self._act(node, idx, ins, L.LeakyReLU(negative_slope=float(a.get("alpha", 0.01))))
+
+    def op_Gelu(self, node, idx, ins, a):
+        appr = a.get("approximate", "none")
+        if appr not in ("none", "tanh"):
+            self.fail(node, idx, f"attribute approximate={appr!r} is not supported ('none' or 'tanh')")
+        return self._act(node, idx, ins, L.GELU(approximate=appr))
+
+    def _affine(self, node, idx, ins, op):
+        vk = 0 if isinstance(ins[0], View) else 1
+        if isinstance(ins[1 - vk], View):
+            self.fail(node, idx, "both inputs depend on the model input (residual/branching graphs are not supported)")
+        v = self.stream(node, idx, ins[vk])
+        c = np.asarray(ins[1 - vk], dtype=np.float64)
+        if op == "Div" and vk == 1:
+            self.fail(node, idx, "constant / activation is not supported")
+        r = len(v.shape)
+        if c.ndim > r:
+            self.fail(node, idx, f"constant of shape {c.shape} broadcasts beyond the activation {fmt(v.shape)}")
+        cc = compact(c).reshape((1,) * (r - c.ndim) + compact(c).shape)
+        # which ONNX axis carries the per-feature (per-channel) values?
+        if not self.identical(v):
+            self.fail(node, idx, f"elementwise {op} with a constant needs a batch-first activation, got ONNX shape "
+                                 f"{fmt(v.shape)}")
+        feat_ax = [k for k, s in enumerate(v.src) if s == 1]
+        varying = [k for k in range(r) if cc.shape[k] != 1]
+        if any(k not in feat_ax for k in varying) or len(self.ir) not in (1, 3):
+            self.fail(node, idx, f"{op} with a constant of shape {c.shape} on ONNX shape {fmt(v.shape)}: only a "
+                                 f"scalar or one value per feature ([N, F]) / per channel ([N, C, H, W]) is supported")
+        n = self.ir[0]
+        vec = cc.reshape(-1) if varying else np.full(n, cc.reshape(-1)[0])
+        if vec.shape != (n,):
+            self.fail(node, idx, f"constant of shape {c.shape} does not match {n} features/channels")
+        if op in ("Add", "Sub"):
+            scale, shift = np.ones(n), (vec if op == "Add" else -vec)
+            if op == "Sub" and vk == 1:
+                scale, shift = -np.ones(n), vec
+            last = self.chain.layers[-1] if self.chain.layers else None
+            if isinstance(last, (L.Linear, L.Conv2d)) and np.all(scale == 1):
+                b = last.params.get("bias")
+                last.params["bias"] = ((b.astype(np.float64) if b is not None else 0) + shift).astype(np.float32)
+                self.chain.changed()
+                return View(v.shape, v.src, self.chain.version)
+        else:
+            scale, shift = (vec if op == "Mul" else 1.0 / vec), np.zeros(n)
+        cls = L.BatchNorm1d if len(self.ir) == 1 else L.BatchNorm2d
+        self.chain.emit(cls(n, eps=0.0, weight=scale, bias=shift), self.ir)
+        return View(v.shape, v.src, self.chain.version)
+
+    def op_Add(self, node, idx, ins, a):
+        return self._affine(node, idx, ins, "Add")
+
+    def op_Sub(self, node, idx, ins, a):
+        return self._affine(node, idx, ins, "Sub")
+
+    def op_Mul(self, node, idx, ins, a):
+        return self._affine(node, idx, ins, "Mul")
+
+    def op_Div(self, node, idx, ins, a):
+        return self._affine(node, idx, ins, "Div")
+
+    def op_BatchNormalization(self, node, idx, ins, a):
+        if a.get("training_mode", 0):
+            self.fail(node, idx, "attribute training_mode=1 is not supported (inference only)")
+        if any(o for o in node.output[1:]):
+            self.fail(node, idx, "the running mean/var outputs are not supported (inference only)")
+        v = self.stream(node, idx, ins[0])
+        if not self.identical(v) or len(self.ir) not in (1, 3) or len(v.shape) not in (2, 4):
+            self.fail(node, idx, f"needs [N, C] or [N, C, H, W], got ONNX shape {fmt(v.shape)}")
+        n = self.ir[0]
+        p = [self.vec(node, idx, k, n, w) for k, w in ((1, "scale"), (2, "B"), (3, "input_mean"), (4, "input_var"))]
+        cls = L.BatchNorm1d if len(self.ir) == 1 else L.BatchNorm2d
+        self.chain.emit(cls(n, eps=a.get("epsilon", 1e-5), weight=p[0], bias=p[1], running_mean=p[2], running_var=p[3]),
+                  self.ir)
+        return View(v.shape, v.src, self.chain.version)

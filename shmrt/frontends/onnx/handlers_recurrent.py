@@ -1,0 +1,114 @@
+"""Handlers of the recurrent ops: one direction, PyTorch's semantics, weights moved to PyTorch's
+gate order by the chain builder's reorder_gates."""
+from __future__ import annotations
+
+import numpy as np
+
+from shmrt.frontends.chain import reorder_gates
+from shmrt.frontends.onnx.folding import compact
+from shmrt.frontends.onnx.layout import B, Poison, View, fmt
+from shmrt.ir import layers as L
+
+
+class RecurrentOps:
+    """LSTM, GRU, RNN (one direction, batch-first or time-first input)."""
+
+    def op_LSTM(self, node, idx, ins, a):
+        return self._recurrent(node, idx, ins, a, "LSTM", 4)
+
+    def op_GRU(self, node, idx, ins, a):
+        if a.get("linear_before_reset", 0) != 1:
+            self.fail(node, idx, f"attribute linear_before_reset={a.get('linear_before_reset', 0)} is not supported: "
+                                 f"shmrt's GRU has PyTorch's semantics (linear_before_reset=1)")
+        return self._recurrent(node, idx, ins, a, "GRU", 3)
+
+    def op_RNN(self, node, idx, ins, a):
+        return self._recurrent(node, idx, ins, a, "RNN", 1)
+
+    def _recurrent(self, node, idx, ins, a, kind, G):
+        defaults = {"LSTM": ["Sigmoid", "Tanh", "Tanh"], "GRU": ["Sigmoid", "Tanh"], "RNN": ["Tanh"]}[kind]
+        acts = a.get("activations", defaults)
+        nonlin = "tanh"
+        if kind == "RNN" and acts in (["Relu"], ["Tanh"]):
+            nonlin = acts[0].lower()
+        elif [x.lower() for x in acts] != [x.lower() for x in defaults]:
+            self.fail(node, idx, f"attribute activations={acts} is not supported (only {defaults}"
+                                 f"{' or [Relu]' if kind == 'RNN' else ''})")
+        for bad in ("activation_alpha", "activation_beta", "clip"):
+            if bad in a:
+                self.fail(node, idx, f"attribute {bad} is not supported")
+        if a.get("direction", "forward") != "forward":
+            self.fail(node, idx, f"attribute direction={a['direction']!r} is not supported (forward only)")
+        if a.get("input_forget", 0):
+            self.fail(node, idx, "attribute input_forget=1 is not supported")
+        layout = a.get("layout", 0)
+        if layout not in (0, 1):
+            self.fail(node, idx, f"attribute layout={layout} is not supported")
+        if len(ins) > 4 and ins[4] is not None:
+            self.fail(node, idx, "input sequence_lens is not supported (every sequence runs all time steps)")
+        if kind == "LSTM" and len(ins) > 7 and ins[7] is not None:
+            self.fail(node, idx, "input P (peepholes) is not supported")
+        v = self.stream(node, idx, ins[0])
+        want = (1, 0, 2) if layout == 0 else (0, 1, 2)
+        if len(v.shape) != 3 or v.src != want or len(self.ir) != 2:
+            self.fail(node, idx, f"input X of ONNX shape {fmt(v.shape)} is not the batch-first sequence "
+                                 f"{'transposed to [T, N, F]' if layout == 0 else '[N, T, F]'} (shmrt layout "
+                                 f"{fmt(self.full())})")
+        T, F = self.ir
+        H = a.get("hidden_size")
+        W = np.asarray(self.const(node, idx, 1, "W"), dtype=np.float32)
+        R = np.asarray(self.const(node, idx, 2, "R"), dtype=np.float32)
+        if H is None:
+            H = R.shape[-1]
+        if W.shape != (1, G * H, F) or R.shape != (1, G * H, H):
+            self.fail(node, idx, f"W {W.shape} / R {R.shape} do not match hidden_size={H}, {F} input features, "
+                                 f"one direction")
+
+        def reorder(m):  # ONNX's gate order (LSTM i, o, f, c; GRU z, r, n) -> PyTorch's, which shmrt's layers take
+            return reorder_gates(m, kind, src="onnx", dst="torch")
+
+        p = {"weight_ih_l0": reorder(W[0]), "weight_hh_l0": reorder(R[0])}
+        bias = len(ins) > 3 and ins[3] is not None
+        if bias:
+            Bv = np.asarray(self.const(node, idx, 3, "B"), dtype=np.float32)
+            if Bv.shape != (1, 2 * G * H):
+                self.fail(node, idx, f"B {Bv.shape} does not match hidden_size={H}")
+            p["bias_ih_l0"] = reorder(Bv[0, :G * H])
+            p["bias_hh_l0"] = reorder(Bv[0, G * H:])
+        kw = {}
+        for k, name in ((5, "h0"), (6, "c0")):
+            if k < len(ins) and ins[k] is not None and (kind == "LSTM" or k == 5):
+                st = self.state(node, idx, k, H, layout, name)
+                if st is not None:
+                    kw[name] = st
+        cls = {"LSTM": L.LSTM, "GRU": L.GRU, "RNN": L.RNN}[kind]
+        if kind == "RNN":
+            kw["nonlinearity"] = nonlin
+        layer = cls(F, H, num_layers=1, bias=bias, return_sequences=True, **kw, **p)
+        self.chain.emit(layer, (T, H))
+        me = len(self.chain.layers) - 1
+        if layout == 0:
+            Y = View((T, 1, B, H), (1, None, 0, 2), self.chain.version)
+            Yh = View((1, B, H), (None, 0, 1), self.chain.version, last_of=me)
+        else:
+            Y = View((B, T, 1, H), (0, 1, None, 2), self.chain.version)
+            Yh = View((B, 1, H), (0, None, 1), self.chain.version, last_of=me)
+        outs = [Y, Yh]
+        if kind == "LSTM":
+            outs.append(Poison(f"{self.where(node, idx)}: output Y_c (the last cell state) is not supported"))
+        return outs
+
+    def state(self, node, idx, k, H, layout, name):
+        s = np.asarray(self.const(node, idx, k, name))
+        bax, dax = (1, 0) if layout == 0 else (0, 1)
+        c = compact(s)
+        if s.ndim == 3 and c.shape[bax] > 1 and np.all(c == c.take([0], axis=bax)):
+            c = c.take([0], axis=bax)  # a fixed-batch export: the same state for every sequence
+        if s.ndim != 3 or s.shape[dax] != 1 or s.shape[2] != H or c.shape[bax] != 1:
+            self.fail(node, idx, f"initial state {name} of shape {s.shape} is not supported: it must be the same for "
+                                 f"every sequence (one direction, broadcast from one [{H}] vector)")
+        vec = c.reshape(-1)
+        vec = np.broadcast_to(vec, (H,)) if vec.size == 1 else vec
+        if not np.any(vec):
+            return None
+        return np.asarray(vec, np.float32).reshape(1, H)

@@ -1,0 +1,256 @@
+"""ONNX -> shmrt.Sequential: the walk.
+
+``from_onnx(model_proto)`` walks the graph's nodes in topological order.
+Every value is either a numpy constant (initializers, Constant nodes and
+everything computed only from them: the shape arithmetic that exporters
+emit is folded at load time, folding.py) or a *view* of the one dynamic
+tensor, the stream (layout.py).  Nodes that compute on the stream append
+shmrt layers to the importer's ``Chain``; nodes that only re-label it
+(Transpose, Reshape, Squeeze, ...) make a new view; the op handlers are
+grouped by kind in handlers_*.py.  Anything that cannot be expressed as a
+chain of shmrt layers is refused with a ValueError (UnsupportedONNX) that
+names the node, its op and the attribute.  Only deliberate checks refuse:
+any other exception inside the importer is re-raised as ONNXImporterBug (a
+bug in shmrt, not in the model), see errors.py.
+
+``load_onnx_file(path)`` reads a .onnx file and resolves external-data
+tensors itself, refusing locations that leave the model's folder
+(external.py).
+"""
+from __future__ import annotations
+
+import os
+
+from shmrt.frontends.chain import Chain
+from shmrt.frontends.onnx import patterns
+from shmrt.frontends.onnx.errors import UnsupportedONNX, refusals_only
+from shmrt.frontends.onnx.external import resolve_external
+from shmrt.frontends.onnx.folding import Folding
+from shmrt.frontends.onnx.handlers_dense import DenseOps
+from shmrt.frontends.onnx.handlers_elementwise import ElementwiseOps
+from shmrt.frontends.onnx.handlers_recurrent import RecurrentOps
+from shmrt.frontends.onnx.handlers_rowwise import RowwiseOps
+from shmrt.frontends.onnx.handlers_shape import ShapeOps
+from shmrt.frontends.onnx.layout import B, Layout, Poison, View, fmt
+from shmrt.frontends.onnx.reading import MAX_OPSET, MIN_OPSET, attrs, check_node, onnx_module, tensor_array
+from shmrt.ir import layers as L
+
+
+def from_onnx(model, base_dir=None) -> L.Sequential:
+    """Convert an ``onnx.ModelProto`` into a ``shmrt.Sequential``.
+
+    base_dir: the folder that external-data locations are relative to (set
+    by ``load_onnx_file``); tensors with external data need it."""
+    onnx = onnx_module()
+    if isinstance(model, (bytes, bytearray)):
+        try:
+            model = onnx.load_from_string(bytes(model))
+        except Exception as e:
+            raise ValueError(f"not an ONNX model: {type(e).__name__}: {e}") from None
+    if not isinstance(model, onnx.ModelProto):
+        raise TypeError(f"from_onnx expects an onnx.ModelProto, got {type(model).__name__}")
+    return _Converter(model, base_dir).convert()
+
+
+def load_onnx_file(path) -> L.Sequential:
+    """Read an .onnx file (never unpickles anything) and convert it.
+
+    External-data tensors are read from files next to the model: a location
+    must be a relative path that stays inside the model's folder."""
+    onnx = onnx_module()
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise ValueError(f"ONNX file {path!r} does not exist or is not a file")
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as e:  # protobuf DecodeError, truncated files, ...
+        raise ValueError(f"ONNX file {path!r} is truncated or not an ONNX model: {type(e).__name__}: {e}") from None
+    if not isinstance(model, onnx.ModelProto) or not model.HasField("graph") or not model.opset_import:
+        raise ValueError(f"ONNX file {path!r} is truncated or not an ONNX model: no graph or no opset_import")
+    return from_onnx(model, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, RowwiseOps, DenseOps, RecurrentOps):
+    """One conversion: the graph's values, the chain of layers, and the walk over the nodes.  An op
+    ``X`` on the stream is handled by the method ``op_X`` (found by name, from the handler mixins)."""
+
+    def __init__(self, model, base_dir):
+        self.onnx = onnx_module()
+        self.model = resolve_external(model, base_dir)
+        self.graph = self.model.graph
+        self.chain = Chain(error=UnsupportedONNX)  # the layers and the activation; shaped by convert()
+        self.values = {}      # ONNX value name -> numpy constant, View of the stream, or Poison
+        self.static_batch = 0   # the graph input's fixed batch size, 0 if dynamic (set by input_dims)
+        self.topk_outputs = None  # (values, indices) output names of a TopK node (set by op_TopK)
+
+    @property
+    def ir(self):
+        """shmrt's per-sample shape of the stream after the layers so far."""
+        return self.chain.shape
+
+    def where(self, node, idx):
+        return f"ONNX node {idx} ({node.name or 'unnamed'}, op {node.op_type})"
+
+    def fail(self, node, idx, msg):
+        if self.static_batch and ("batch" in msg or "reshape" in msg):
+            msg += (f" [note: the graph input has a fixed batch size {self.static_batch}; export it with a dynamic "
+                    f"batch axis, e.g. torch.onnx.export(..., dynamic_axes={{'x': {{0: 'N'}}}}) or dynamic_shapes]")
+        raise self.chain.refusal(self.where(node, idx), msg)
+
+    def attrs(self, node):
+        return attrs(self.onnx, node)
+
+    def convert(self):
+        g = self.graph
+        self.check_opsets()
+        init_names = {t.name for t in g.initializer}
+        for t in g.initializer:
+            self.values[t.name] = self.to_array(t, f"initializer {t.name!r}")
+        inputs = [i for i in g.input if i.name not in init_names]
+        overrides = [i.name for i in g.input if i.name in init_names]
+        if overrides:
+            raise UnsupportedONNX(f"ONNX graph: initializer(s) {overrides[:5]} are also graph inputs (overridable "
+                                  f"initializers); shmrt needs fixed weights: export with keep_initializers_as_inputs=False")
+        if len(inputs) != 1:
+            raise UnsupportedONNX(f"ONNX graph: shmrt needs exactly one dynamic input, got {len(inputs)}: "
+                                  f"{[i.name for i in inputs]}")
+        inp = inputs[0]
+        self.input_shape = self.input_dims(inp)
+        self.chain = Chain(error=UnsupportedONNX, shape=self.input_shape)
+        self.values[inp.name] = View((B,) + self.input_shape, range(len(self.input_shape) + 1), 0)
+        nodes = self.live(list(enumerate(g.node)))
+        # a pattern that does not fit returns the nodes as they are
+        for rewrite in (patterns.rewrite_silu, patterns.rewrite_gelu, patterns.rewrite_layernorm):
+            with self.bugs(f"ONNX graph: the pattern rewrite {rewrite.__name__}"):
+                nodes = rewrite(self.onnx, g, nodes)
+        nodes = self.live(nodes)
+        self.consumed = {o.name for o in g.output} | {x for _, n in nodes for x in n.input if x}
+        for idx, node in nodes:
+            with self.bugs(self.where(node, idx)):
+                self.step(idx, node)
+        with self.bugs(f"ONNX graph outputs {[o.name for o in g.output]} (building the model)"):
+            return self.finish()
+
+    def bugs(self, where):
+        """Refusals pass, and a shmrt layer's own argument checks refuse; anything else is ONNXImporterBug."""
+        return refusals_only(where, L)
+
+    def check_opsets(self):
+        default = [o.version for o in self.model.opset_import if o.domain in ("", "ai.onnx")]
+        if not default:
+            raise UnsupportedONNX("ONNX model: no default-domain opset in opset_import")
+        v = default[0]
+        if not MIN_OPSET <= v <= MAX_OPSET:
+            raise UnsupportedONNX(f"ONNX model: default-domain opset {v} is not supported; shmrt reads opsets "
+                                  f"{MIN_OPSET}-{MAX_OPSET} (re-export with opset_version={MIN_OPSET}..{MAX_OPSET})")
+        self.opset = v
+        for n in self.graph.node:
+            if n.domain not in ("", "ai.onnx"):
+                raise UnsupportedONNX(f"ONNX node {n.name or 'unnamed'} (op {n.op_type}): domain {n.domain!r} is "
+                                      f"not supported; only the default ONNX domain is")
+
+    def input_dims(self, inp):
+        tt = inp.type.tensor_type if inp.type.HasField("tensor_type") else None
+        if tt is None or not tt.HasField("shape"):
+            raise UnsupportedONNX(f"ONNX graph input {inp.name!r}: needs a tensor type with a known shape")
+        if tt.elem_type not in (1, 10, 11, 16):
+            raise UnsupportedONNX(f"ONNX graph input {inp.name!r}: element type {tt.elem_type} is not a float type")
+        dims = list(tt.shape.dim)
+        if len(dims) < 2:
+            raise UnsupportedONNX(f"ONNX graph input {inp.name!r}: needs a batch axis and at least one more, got "
+                                  f"rank {len(dims)}")
+        self.static_batch = int(dims[0].dim_value) if dims[0].HasField("dim_value") else 0
+        rest = []
+        for k, d in enumerate(dims[1:], 1):
+            if not d.HasField("dim_value") or d.dim_value < 1:
+                raise UnsupportedONNX(f"ONNX graph input {inp.name!r}: dimension {k} must be static (only the batch "
+                                      f"axis 0 may be dynamic), got {d.dim_param or d}")
+            rest.append(int(d.dim_value))
+        if len(rest) > 3:
+            raise UnsupportedONNX(f"ONNX graph input {inp.name!r}: per-sample rank {len(rest)} is not supported "
+                                  f"(shmrt takes (F,), (T, F) or (C, H, W))")
+        return tuple(rest)
+
+    def to_array(self, t, what):
+        return tensor_array(self.onnx, t, what)
+
+    def live(self, nodes):
+        """Drop nodes whose outputs reach no graph output; keep the order."""
+        need = {o.name for o in self.graph.output}
+        keep = [False] * len(nodes)
+        for i in range(len(nodes) - 1, -1, -1):
+            n = nodes[i][1]
+            if any(o and o in need for o in n.output):
+                keep[i] = True
+                need.update(x for x in n.input if x)
+        return [p for p, k in zip(nodes, keep) if k]
+
+    def step(self, idx, node):
+        op = node.op_type
+        bad = check_node(self.onnx, node, self.opset)
+        if bad:
+            self.fail(node, idx, f"{bad} (not a valid {op} node)")
+        ins = [self.values.get(x) if x else None for x in node.input]
+        for k, x in enumerate(node.input):
+            if x and x not in self.values:
+                self.get(node, idx, k)
+        for v in ins:
+            if isinstance(v, Poison):
+                raise UnsupportedONNX(v.msg)
+        dynamic = [v for v in ins if isinstance(v, View)]
+        if op == "Constant":
+            self.set(node, [self.constant(node, idx)])
+            return
+        if not dynamic:
+            self.set(node, self.fold(node, idx, ins))
+            return
+        handler = getattr(self, "op_" + op, None)
+        if handler is None:
+            self.fail(node, idx, f"op {op} on the model input is not supported; supported ops: "
+                                 f"{', '.join(sorted(n[3:] for n in dir(self) if n.startswith('op_')))}")
+        if not isinstance(ins[0], View) and op not in ("Add", "Sub", "Mul", "Div", "Gemm", "MatMul"):
+            at = [k for k, v in enumerate(ins) if isinstance(v, View)]
+            self.fail(node, idx, f"input 0 is a constant and input(s) {at} depend on the model input; expected the "
+                                 f"activation as input 0 of {op}")
+        outs = handler(node, idx, ins, self.attrs(node))
+        self.set(node, outs if isinstance(outs, list) else [outs])
+
+    def set(self, node, outs):
+        for name, v in zip(node.output, outs):
+            if name:
+                self.values[name] = v
+
+    def finish(self):
+        outs = [o.name for o in self.graph.output]
+        vals = [self.values.get(n) for n in outs]
+        for n, v in zip(outs, vals):
+            if v is None:
+                raise UnsupportedONNX(f"ONNX graph output {n!r} is not produced by any node")
+            if isinstance(v, Poison):
+                raise UnsupportedONNX(v.msg)
+            if not isinstance(v, View):
+                raise UnsupportedONNX(f"ONNX graph output {n!r} is a constant (does not depend on the input)")
+        topk = self.topk_outputs
+        if topk is not None and isinstance(self.chain.layers[-1], L.TopK) and tuple(outs) != topk:
+            raise UnsupportedONNX(f"ONNX graph outputs {outs}: a final TopK must output both its values and indices, "
+                                  f"in that order ({list(topk)}): shmrt's TopK returns (values, indices)")
+        if len(outs) == 2 and topk is not None and tuple(outs) == topk:
+            pass
+        elif len(outs) != 1:
+            raise UnsupportedONNX(f"ONNX graph: shmrt models have one output (or TopK's values and indices), got "
+                                  f"{len(outs)}: {outs}")
+        for n, v in zip(outs, vals):
+            if v.last_of is not None:
+                if v.version != self.chain.version or v.last_of != len(self.chain.layers) - 1:
+                    raise UnsupportedONNX(f"ONNX graph output {n!r}: not the output of the last layer")
+                self.take_last_step(self.graph.node[0], 0)
+                v = View(v.shape, v.src, self.chain.version)
+            if v.version != self.chain.version:
+                raise UnsupportedONNX(f"ONNX graph output {n!r} is not the output of the last layer (branches are "
+                                      f"not supported)")
+            if not self.identical(v):
+                raise UnsupportedONNX(f"ONNX graph output {n!r} of shape {fmt(v.shape)} is not in batch-first "
+                                      f"order (shmrt layout {fmt(self.full())}); add a Transpose back to batch-first")
+        if not self.chain.layers:
+            raise UnsupportedONNX("ONNX graph: computes nothing (no layer)")
+        return self.chain.sequential(self.input_shape, merge_recurrent=True)

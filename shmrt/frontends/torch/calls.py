@@ -1,0 +1,184 @@
+"""The torch functions and Tensor methods shmrt imports (activations, softmax, flatten and
+reshape that keep the batch axis, global average pooling by mean, and indexing a recurrent
+module's outputs), bound by argument name like PyTorch binds them."""
+from __future__ import annotations
+
+import operator
+
+from shmrt.ir import layers as L
+
+
+class Calls:
+    """call_function and call_method nodes."""
+
+    def bind(self, node, names, defaults=None, method=False):
+        """node's arguments by name: names[0] is the input tensor."""
+        vals = dict(defaults or {})
+        if len(node.args) > len(names):
+            raise self.fail(node, f"unexpected arguments {node.args[len(names):]!r}")
+        vals.update(zip(names, node.args))
+        for k, v in node.kwargs.items():
+            if k not in names or (method and k == names[0]):
+                raise self.fail(node, f"unexpected argument {k}={v!r}")
+            vals[k] = v
+        return vals
+
+    def on_call_function(self, node):
+        t = node.target
+        if t is getattr and node.args[1:2] == ("shape",):
+            self.kind[node] = "shape"
+        elif t is operator.getitem:
+            self.getitem(node)
+        elif t in self.fn_act:
+            a = self.bind(node, ("input", "inplace"), {"inplace": False})
+            self.take(node, a["input"])
+            self.emit(node, self.fn_act[t]())
+        elif t is self.F.leaky_relu:
+            a = self.bind(node, ("input", "negative_slope", "inplace"), {"negative_slope": 0.01, "inplace": False})
+            self.take(node, a["input"])
+            self.emit(node, self.make(node, L.LeakyReLU, negative_slope=a["negative_slope"]))
+        elif t is self.F.gelu:
+            a = self.bind(node, ("input", "approximate"), {"approximate": "none"})
+            self.take(node, a["input"])
+            self.emit(node, self.make(node, L.GELU, approximate=a["approximate"]))
+        elif t in self.fn_softmax:
+            names = ("input", "dim", "_stacklevel", "dtype") if t in (self.F.softmax, self.F.log_softmax) else (
+                "input", "dim", "dtype")
+            a = self.bind(node, names, {"dim": None, "dtype": None})
+            self.softmax_call(node, self.fn_softmax[t], a)
+        elif t in self.fn_flatten:
+            a = self.bind(node, ("input", "start_dim", "end_dim"), {"start_dim": 0, "end_dim": -1})
+            self.take(node, a["input"])
+            self.flatten(node, a["start_dim"], a["end_dim"])
+        elif t in self.fn_reshape:
+            a = self.bind(node, ("input", "shape"))
+            self.take(node, a["input"])
+            self.reshape(node, a["shape"])
+        elif t in self.fn_mean:
+            a = self.bind(node, ("input", "dim", "keepdim", "dtype"), {"keepdim": False, "dtype": None})
+            self.take(node, a["input"])
+            self.mean(node, a)
+        elif t in self.fn_squeeze:
+            a = self.bind(node, ("input", "dim"), {"dim": None})
+            self.squeeze(node, a)
+        elif t is self.F.dropout:
+            a = self.bind(node, ("input", "p", "training", "inplace"), {"p": 0.5, "training": True})
+            if a["training"] is not False:
+                raise self.fail(node, "F.dropout is supported only with training=False (or training=self.training, "
+                                      "which is False while from_torch traces)")
+            self.take(node, a["input"])
+            self.emit(node, None)
+        else:
+            raise self.unsupported(node)
+
+    def on_call_method(self, node):
+        t = node.target
+        if t == "size":
+            a = self.bind(node, ("self", "dim"), {"dim": None}, method=True)
+            self.kind[node] = "batch" if a["dim"] == 0 else ("shape" if a["dim"] is None else "size")
+            return
+        acts = {"relu": L.ReLU, "sigmoid": L.Sigmoid, "tanh": L.Tanh, "relu_": L.ReLU, "sigmoid_": L.Sigmoid,
+                "tanh_": L.Tanh}
+        if t in acts:
+            self.bind(node, ("self",), method=True)
+            self.take(node, node.args[0])
+            self.emit(node, acts[t]())
+        elif t in ("softmax", "log_softmax"):
+            a = self.bind(node, ("self", "dim", "dtype"), {"dim": None, "dtype": None}, method=True)
+            a["input"] = a["self"]
+            self.softmax_call(node, L.Softmax if t == "softmax" else L.LogSoftmax, a)
+        elif t == "flatten":
+            a = self.bind(node, ("self", "start_dim", "end_dim"), {"start_dim": 0, "end_dim": -1}, method=True)
+            self.take(node, node.args[0])
+            self.flatten(node, a["start_dim"], a["end_dim"])
+        elif t in ("view", "reshape"):
+            if node.kwargs or len(node.args) < 2:
+                raise self.fail(node, f"unexpected arguments {node.args[1:]!r} {node.kwargs!r}")
+            self.take(node, node.args[0])
+            shape = node.args[1] if len(node.args) == 2 else node.args[1:]
+            self.reshape(node, shape)
+        elif t == "mean":
+            a = self.bind(node, ("self", "dim", "keepdim", "dtype"), {"dim": None, "keepdim": False, "dtype": None},
+                          method=True)
+            self.take(node, node.args[0])
+            self.mean(node, a)
+        elif t == "squeeze":
+            a = self.bind(node, ("self", "dim"), {"dim": None}, method=True)
+            a["input"] = a["self"]
+            self.squeeze(node, a)
+        elif t == "contiguous":
+            self.bind(node, ("self", "memory_format"), method=True)
+            self.take(node, node.args[0])
+            self.emit(node, None)
+        else:
+            raise self.unsupported(node)
+
+    def softmax_call(self, node, cls, a):
+        if a.get("dtype") is not None:
+            raise self.fail(node, f"dtype={a['dtype']!r} is not supported; float32 is the compute type")
+        self.take(node, a["input"])
+        self.emit(node, self.softmax(node, cls, a["dim"]))
+
+    def reshape(self, node, shape):
+        ok = (isinstance(shape, (tuple, list)) and len(shape) == 2 and shape[1] == -1
+              and hasattr(shape[0], "op") and self.kind.get(shape[0]) == "batch")
+        if not ok:
+            raise self.fail(node, f"reshape to {shape!r} is not supported; only a flatten that keeps the batch "
+                                  f"axis: x.view(x.size(0), -1) or x.reshape(x.shape[0], -1)")
+        self.emit(node, L.Flatten(), rank=2, flatten=True)
+
+    def mean(self, node, a):
+        dim = a["dim"]
+        dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
+        if a["dtype"] is not None or a["keepdim"] or sorted(dims) not in ([2, 3], [-2, -1]) or self.chain.rank not in (
+                4, None):
+            raise self.fail(node, f"mean(dim={dim!r}, keepdim={a['keepdim']!r}) is not supported; only "
+                                  f"x.mean((2, 3)) over the spatial dims of [N, C, H, W] (global average pooling)")
+        self.emit(node, L.GlobalAvgPool(), rank=2)
+
+    def squeeze(self, node, a):
+        x = a["input"]
+        k = self.kind.get(x) if hasattr(x, "op") else None
+        if isinstance(k, tuple) and k[0] == "rnn_h" and a["dim"] == 0 and k[1]["layers"] == 1:
+            self.take(node, x, raw=True)
+            self.resolve(k[1], False)
+            return
+        raise self.fail(node, "squeeze is supported only as h_n.squeeze(0) on the state of a one-layer "
+                              "recurrent module")
+
+    def getitem(self, node):
+        x, idx = node.args
+        k = self.kind.get(x)
+        if k in ("shape",):
+            self.kind[node] = "batch" if idx == 0 else "size"
+            return
+        if not isinstance(k, tuple):
+            raise self.fail(node, f"indexing x[{_fmt_index(idx)}] is not supported here; indexing is supported "
+                                  f"only on a recurrent module's outputs: {self._RNN_USES}")
+        what, spec = k
+        self.take(node, x, raw=True)
+        if what == "rnn" and idx in (0, 1):
+            self.kind[node] = ("rnn_out", spec) if idx == 0 else (("rnn_hc" if spec["lstm"] else "rnn_h"), spec)
+        elif what == "rnn_hc" and idx == 0:
+            self.kind[node] = ("rnn_h", spec)
+        elif what == "rnn_h" and isinstance(idx, int) and idx in (-1, spec["layers"] - 1):
+            self.resolve(spec, False)
+        elif what == "rnn_out" and _is_last_step(idx):
+            self.resolve(spec, False)
+        else:
+            raise self.fail(node, f"[{_fmt_index(idx)}] on {self.rnn_value(k)} is not supported; {self._RNN_USES}")
+
+
+def _is_last_step(idx):
+    full = slice(None, None, None)
+    return isinstance(idx, tuple) and len(idx) in (2, 3) and idx[0] == full and idx[1] == -1 and (
+        len(idx) == 2 or idx[2] == full)
+
+
+def _fmt_index(idx):
+    def one(i):
+        if isinstance(i, slice):
+            ends = ("" if v is None else getattr(v, "name", v) for v in (i.start, i.stop))
+            return ":".join(map(str, ends))
+        return getattr(i, "name", repr(i))
+    return ", ".join(map(one, idx)) if isinstance(idx, tuple) else one(idx)

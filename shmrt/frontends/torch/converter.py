@@ -1,0 +1,228 @@
+"""Loader: a live PyTorch ``nn.Module`` -> ``shmrt.Sequential``.
+
+``from_torch(module, input_shape=None)`` reads the module's graph with
+``torch.fx.symbolic_trace`` (an ``nn.Sequential`` that does not trace is
+walked child by child instead) and maps each step to a shmrt layer, copying
+the parameters as float32 numpy arrays under PyTorch's names.  Only chains
+convert: every step consumes the previous step's output and nothing else.
+Anything else (an unsupported module or function, a branch or residual
+add, a module called twice) raises ValueError naming the node or module
+path, its type, and what is supported.
+
+Inference semantics, always: the result computes what ``module.eval()``
+computes, whatever ``module.training`` says (Dropout is the identity,
+BatchNorm uses running_mean / running_var).  The module is traced with its
+submodules' training flags set to False and the flags are restored
+afterwards; nothing else on the module changes, and nothing is unpickled.
+
+torch is imported lazily: ``import shmrt`` never needs it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from shmrt.frontends.chain import Chain
+from shmrt.frontends.torch.calls import Calls
+from shmrt.frontends.torch.graph import SUPPORTED_FUNCTIONS, SUPPORTED_MODULES, fn_name, is_inplace, module_graph, \
+    torch_module
+from shmrt.frontends.torch.modules import Modules
+from shmrt.ir import layers as L
+
+
+def from_torch(module, input_shape=None) -> L.Sequential:
+    """Convert a live ``torch.nn.Module`` (an ``nn.Sequential`` or a module
+    whose forward is a chain of supported layers) into a ``shmrt.Sequential``.
+
+    input_shape: the per-sample input shape (batch excluded), e.g.
+    ``(3, 32, 32)`` for a CNN or ``(T, F)`` for a recurrent model; it is
+    stored on the Sequential (compile then needs none) and the converted
+    model is checked against it.  Left out, a model whose first layer fixes
+    its input (a Linear) infers it, and other models leave it to compile.
+    The result has inference semantics (see the module docstring)."""
+    torch = torch_module()
+    if not isinstance(module, torch.nn.Module):
+        raise TypeError(f"from_torch expects a torch.nn.Module, got {type(module).__name__}")
+    graph = module_graph(torch, module)
+    chain = _Converter(torch, module, input_shape).run(graph)
+    if not chain.layers:
+        raise ValueError(f"from_torch: {type(module).__name__} has no layer to convert (only identities)")
+    model = chain.sequential(input_shape)
+    shape = model.input_shape()
+    if shape is not None:
+        try:
+            model.shapes(shape)
+        except ValueError as e:
+            raise ValueError(f"from_torch: the converted {type(module).__name__} does not accept inputs of "
+                             f"shape (N, {', '.join(map(str, shape))}): {e}") from e
+    return model
+
+
+class _Converter(Modules, Calls):
+    """One conversion: the fx graph walked node by node into the chain of layers."""
+
+    def __init__(self, torch, root, input_shape):
+        self.torch, self.nn, self.root = torch, torch.nn, root
+        F = torch.nn.functional
+        self.F = F
+        # the layers and the activation's rank (batch included; None until an input_shape or a layer fixes it)
+        self.chain = Chain(error=ValueError, prefix="from_torch: ",
+                           rank=len(input_shape) + 1 if isinstance(input_shape, (tuple, list)) else None)
+        self.kind = {}  # node -> "x" (a tensor of the chain), ("rnn"/"rnn_out"/"rnn_hc"/"rnn_h", spec),
+        #                  "batch" (the batch size), "size" (another size), "attr"
+        self.cur = None  # the node whose value the chain carries
+        self.gap = None  # the AdaptiveAvgPool2d node waiting for its flatten
+        self.called = {}  # module path -> node
+        fn = lambda *names: {f for f in (getattr(torch, n, None) for n in names) if f is not None} | {  # noqa: E731
+            f for f in (getattr(F, n, None) for n in names) if f is not None}
+        self.fn_act = {}
+        for names, cls in ((("relu",), L.ReLU), (("sigmoid",), L.Sigmoid), (("tanh",), L.Tanh), (("silu",), L.SiLU),
+                           (("hardswish",), L.Hardswish)):
+            for f in fn(*names):
+                self.fn_act[f] = cls
+        self.fn_softmax = {f: L.Softmax for f in fn("softmax")} | {f: L.LogSoftmax for f in fn("log_softmax")}
+        self.fn_flatten = {torch.flatten}
+        self.fn_reshape = {torch.reshape}
+        self.fn_mean = {torch.mean}
+        self.fn_squeeze = {torch.squeeze}
+
+    # -- messages -------------------------------------------------------------
+
+    def where(self, node):
+        if node.op == "call_module":
+            m = self.root.get_submodule(node.target)
+            return f"'{node.target or '(the module itself)'}' ({type(m).__name__})"
+        if node.op == "call_function":
+            return f"node '{node.name}' ({fn_name(node.target)})"
+        if node.op == "call_method":
+            return f"node '{node.name}' (Tensor.{node.target})"
+        if node.op == "get_attr":
+            return f"node '{node.name}' (attribute self.{node.target})"
+        return f"node '{node.name}' ({node.op})"
+
+    def fail(self, node, what):
+        return self.chain.refusal(self.where(node), what)
+
+    def unsupported(self, node):
+        if node.op == "call_module":
+            return self.fail(node, f"this module type is not supported; supported modules: {SUPPORTED_MODULES}")
+        return self.fail(node, f"this operation is not supported (shmrt imports a chain of layers); supported "
+                               f"modules: {SUPPORTED_MODULES}; supported functions: {SUPPORTED_FUNCTIONS}")
+
+    def make(self, node, cls, *args, **kw):
+        try:
+            return cls(*args, **kw)
+        except (ValueError, TypeError) as e:
+            raise self.fail(node, str(e)) from e
+
+    def param(self, node, t, name):
+        if t is None:
+            return None
+        t = t.detach()
+        if t.is_meta:
+            raise self.fail(node, f"{name} has no data (a meta tensor); materialise the module first")
+        if not t.is_floating_point():
+            raise self.fail(node, f"{name} must be a real floating-point tensor, got {t.dtype}")
+        return np.array(t.to(device="cpu", dtype=self.torch.float32).contiguous().numpy(), dtype=np.float32,
+                        copy=True)
+
+    # -- the walk -------------------------------------------------------------
+
+    def run(self, graph):
+        nodes = list(graph.nodes)
+        live = set()
+        for n in reversed(nodes):
+            if n.op == "output" or is_inplace(n, self.root) or any(u in live for u in n.users):
+                live.add(n)
+        self.live = live
+        for n in nodes:
+            if n not in live:
+                continue
+            getattr(self, "on_" + n.op)(n)
+        return self.chain
+
+    def on_placeholder(self, node):
+        if self.cur is not None:
+            raise self.fail(node, "forward uses a second input; shmrt models take one input tensor")
+        self.kind[node], self.cur = "x", node
+
+    def on_get_attr(self, node):
+        self.kind[node] = "attr"
+
+    def on_output(self, node):
+        out = node.args[0]
+        if out is not self.cur:
+            raise self.fail(node, f"the model returns {out!r}, not the output of its last step; shmrt models "
+                                  f"return one tensor from a chain of layers")
+        k = self.kind[out]
+        if isinstance(k, tuple) and k[0] == "rnn_out":
+            self.resolve(k[1], True)
+        elif k != "x":
+            raise self.fail(out, "the model returns " + self.rnn_hint(k)[len("this is "):])
+        if self.gap is not None:
+            raise self.gap_error(self.gap)
+
+    _RNN_USES = ("supported: out, _ = rnn(x) then out or out[:, -1] (or out[:, -1, :]); _, h = rnn(x) "
+                 "(LSTM: _, (h, c)) then h[-1] (or h.squeeze(0) for one layer)")
+
+    def rnn_value(self, k):
+        what = {"rnn": "the (output, h_n) tuple", "rnn_hc": "the (h_n, c_n) tuple", "rnn_h": "h_n [num_layers, N, H]",
+                "rnn_out": "the output sequence"}
+        return f"{what[k[0]]} of recurrent '{k[1]['path']}'"
+
+    def rnn_hint(self, k):
+        if not isinstance(k, tuple):
+            return "expected a tensor of the chain"
+        return f"this is {self.rnn_value(k)}; {self._RNN_USES}"
+
+    def gap_error(self, node):
+        return self.fail(node, "gives [N, C, 1, 1] while shmrt's GlobalAvgPool gives [N, C]: follow it "
+                               "with a flatten (nn.Flatten(), torch.flatten(x, 1) or x.view(x.size(0), -1))")
+
+    def check_single_use(self, x):
+        users = [u for u in x.users if u in self.live and not self.is_aux(u)]
+        if len(users) > 1:
+            names = ", ".join(self.where(u) for u in users)
+            raise ValueError(f"from_torch: the output of {self.where(x)} is used by {len(users)} steps ({names}): "
+                             f"branches and residual connections are not supported; shmrt imports a chain of "
+                             f"layers (supported modules: {SUPPORTED_MODULES})")
+
+    def is_aux(self, node):
+        """A size query: x.size(...), x.shape (with getattr)."""
+        return ((node.op == "call_method" and node.target in ("size", "dim")) or
+                (node.op == "call_function" and node.target is getattr and node.args[1:2] == ("shape",)))
+
+    def take(self, node, x, raw=False):
+        """``node`` consumes the chain's current value ``x``."""
+        if not hasattr(x, "op"):
+            raise self.fail(node, f"expected a tensor input, got {x!r}")
+        if x is not self.cur:
+            if self.kind.get(x) == "attr":
+                raise self.fail(node, f"uses {self.where(x)}, a tensor of the module rather than the output of the "
+                                      f"previous step; shmrt imports a chain of layers")
+            raise self.fail(node, f"its input {self.where(x)} is not the output of the previous step "
+                                  f"({self.where(self.cur)}): branches and residual connections are not supported")
+        self.check_single_use(x)
+        k = self.kind[x]
+        if not raw:
+            if isinstance(k, tuple) and k[0] == "rnn_out":
+                self.resolve(k[1], True)
+            elif k != "x":
+                raise self.fail(node, self.rnn_hint(k))
+        self.cur = node
+        self.kind[node] = "x"
+
+    def emit(self, node, layer, rank="same", flatten=False):
+        if self.gap is not None:  # [N, C, 1, 1] in torch, [N, C] in shmrt: only a flatten may reshape it
+            if flatten:
+                self.gap, self.chain.rank = None, 2
+                return
+            if layer is not None and not isinstance(layer, (L._Elementwise, L.Dropout)):
+                raise self.gap_error(self.gap)
+        if layer is not None:
+            self.chain.emit(layer, rank=None if rank == "same" else rank)
+
+    def resolve(self, spec, return_sequences):
+        """A recurrent module's output is used: the whole sequence (the layer as emitted), or its last
+        step (the layer then returns [N, H])."""
+        if not return_sequences and not self.chain.take_last_step():
+            raise self.fail(spec["node"], "its last step is taken after other layers ran (not a chain of layers)")

@@ -1,0 +1,153 @@
+"""The torch modules shmrt imports, one ``mod_<kind>`` method each (the kinds of graph.module_table):
+each checks the module's settings, copies its parameters under PyTorch's names and emits the
+shmrt layer through the converter's chain."""
+from __future__ import annotations
+
+from shmrt.frontends.torch.graph import module_kind, module_table
+from shmrt.ir import layers as L
+
+
+class Modules:
+    """call_module nodes."""
+
+    def on_call_module(self, node):
+        m = self.root.get_submodule(node.target)
+        kind = module_kind(self.nn, m)
+        if kind is None:
+            raise self.unsupported(node)
+        if node.target in self.called:
+            raise self.fail(node, f"is called more than once (by '{self.called[node.target].name}' and "
+                                  f"'{node.name}'); shmrt imports each module once, in a chain")
+        self.called[node.target] = node
+        if len(node.args) != 1 or node.kwargs:
+            extra = "an initial state" if module_table(self.nn)[kind] == "rnn" else "extra arguments"
+            raise self.fail(node, f"is called with {extra}; shmrt supports module(x) with one input tensor")
+        getattr(self, "mod_" + module_table(self.nn)[kind])(node, m, kind)
+
+    def mod_linear(self, node, m, kind):
+        self.take(node, node.args[0])
+        self.emit(node, self.make(node, L.Linear, m.in_features, m.out_features,
+                                  bias=False if m.bias is None else self.param(node, m.bias, "bias"),
+                                  weight=self.param(node, m.weight, "weight")), rank=2)
+
+    def mod_conv2d(self, node, m, kind):
+        self.take(node, node.args[0])
+        if m.padding_mode != "zeros":
+            raise self.fail(node, f"padding_mode={m.padding_mode!r} is not supported; only 'zeros'")
+        self.emit(node, self.make(node, L.Conv2d, m.in_channels, m.out_channels, tuple(m.kernel_size),
+                                  stride=tuple(m.stride),
+                                  padding=m.padding if isinstance(m.padding, str) else tuple(m.padding),
+                                  dilation=tuple(m.dilation), groups=m.groups,
+                                  bias=False if m.bias is None else self.param(node, m.bias, "bias"),
+                                  weight=self.param(node, m.weight, "weight")), rank=4)
+
+    def mod_bn(self, node, m, kind):
+        self.take(node, node.args[0])
+        if not m.track_running_stats or m.running_mean is None or m.running_var is None:
+            raise self.fail(node, "track_running_stats must be True (inference uses running_mean and running_var)")
+        cls = L.BatchNorm2d if kind is self.nn.BatchNorm2d else L.BatchNorm1d
+        p = {k: self.param(node, getattr(m, k), k) for k in ("weight", "bias", "running_mean", "running_var")}
+        self.emit(node, self.make(node, cls, m.num_features, eps=m.eps, **p),
+                  rank=4 if cls is L.BatchNorm2d else 2)
+
+    def mod_act(self, node, m, kind):
+        self.take(node, node.args[0])
+        nn = self.nn
+        if kind is nn.GELU:
+            layer = self.make(node, L.GELU, approximate=m.approximate)
+        elif kind is nn.LeakyReLU:
+            layer = self.make(node, L.LeakyReLU, negative_slope=m.negative_slope)
+        else:
+            layer = {nn.ReLU: L.ReLU, nn.Sigmoid: L.Sigmoid, nn.Tanh: L.Tanh, nn.SiLU: L.SiLU,
+                     nn.Hardswish: L.Hardswish}[kind]()
+        self.emit(node, layer)
+
+    def mod_softmax(self, node, m, kind):
+        self.take(node, node.args[0])
+        cls = L.Softmax if kind is self.nn.Softmax else L.LogSoftmax
+        self.emit(node, self.softmax(node, cls, m.dim))
+
+    def softmax(self, node, cls, dim):
+        last = dim == -1 or (self.chain.rank is not None and isinstance(dim, int) and dim in (self.chain.rank - 1, -1))
+        if dim is None and self.chain.rank == 2:
+            last = True  # PyTorch's implicit dim for 2-D inputs is 1
+        if not last:
+            rank = "an input of unknown rank (pass input_shape)" if self.chain.rank is None else f"a {self.chain.rank}-D input"
+            raise self.fail(node, f"dim={dim!r} on {rank}: only the last (feature) dim is supported")
+        return cls(dim=-1)
+
+    def mod_dropout(self, node, m, kind):
+        self.take(node, node.args[0])
+        self.emit(node, L.Dropout(float(m.p)))
+
+    def mod_identity(self, node, m, kind):
+        self.take(node, node.args[0])
+        self.emit(node, None)
+
+    def mod_flatten(self, node, m, kind):
+        self.take(node, node.args[0])
+        self.flatten(node, m.start_dim, m.end_dim)
+
+    def flatten(self, node, start, end):
+        if start != 1 or end != -1:
+            raise self.fail(node, f"flatten over dims ({start}, {end}) is not supported; only start_dim=1, "
+                                  f"end_dim=-1 (keep the batch axis)")
+        self.emit(node, L.Flatten(), rank=2, flatten=True)
+
+    def mod_pool(self, node, m, kind):
+        self.take(node, node.args[0])
+        if m.ceil_mode:
+            raise self.fail(node, "ceil_mode=True is not supported")
+        if kind is self.nn.MaxPool2d:
+            if m.return_indices:
+                raise self.fail(node, "return_indices=True is not supported")
+            layer = self.make(node, L.MaxPool2d, m.kernel_size, stride=m.stride, padding=m.padding,
+                              dilation=m.dilation)
+        else:
+            if m.divisor_override is not None:
+                raise self.fail(node, f"divisor_override={m.divisor_override!r} is not supported; only None")
+            layer = self.make(node, L.AvgPool2d, m.kernel_size, stride=m.stride, padding=m.padding,
+                              count_include_pad=m.count_include_pad)
+        self.emit(node, layer, rank=4)
+
+    def mod_adaptive(self, node, m, kind):
+        self.take(node, node.args[0])
+        size = m.output_size
+        if not all(s == 1 for s in (size if isinstance(size, (tuple, list)) else (size,))):
+            raise self.fail(node, f"output_size={size!r} is not supported; only 1 (global average pooling)")
+        self.emit(node, L.GlobalAvgPool(), rank=4)
+        self.gap = node
+
+    def mod_layernorm(self, node, m, kind):
+        self.take(node, node.args[0])
+        if len(m.normalized_shape) != 1:
+            raise self.fail(node, f"normalized_shape={tuple(m.normalized_shape)} is not supported; only the last dim")
+        self.emit(node, self.make(node, L.LayerNorm, m.normalized_shape[0], eps=m.eps,
+                                  elementwise_affine=m.elementwise_affine,
+                                  weight=self.param(node, m.weight, "weight"),
+                                  bias=self.param(node, m.bias, "bias")))
+
+    def mod_rnn(self, node, m, kind):
+        self.take(node, node.args[0])
+        if self.gap is not None:
+            raise self.gap_error(self.gap)
+        nn = self.nn
+        if not m.batch_first:
+            raise self.fail(node, "batch_first=False is not supported; shmrt's layout is batch-first "
+                                  "[N, T, F]: build it with batch_first=True")
+        if m.bidirectional:
+            raise self.fail(node, "bidirectional=True is not supported; only one direction")
+        if getattr(m, "proj_size", 0):
+            raise self.fail(node, f"proj_size={m.proj_size} is not supported; only 0")
+        kw = dict(input_size=m.input_size, hidden_size=m.hidden_size, num_layers=m.num_layers, bias=bool(m.bias))
+        if kind is nn.RNN:
+            kw["nonlinearity"] = m.nonlinearity
+        names = [f"{w}_{g}_l{k}" for k in range(m.num_layers) for w in ("weight", "bias") for g in ("ih", "hh")
+                 if w == "weight" or m.bias]
+        for name in names:
+            kw[name] = self.param(node, getattr(m, name), name)
+        cls = {nn.RNN: L.RNN, nn.LSTM: L.LSTM, nn.GRU: L.GRU}[kind]
+        # emitted returning every step; resolve() cuts it to the last step if that is all the model uses
+        self.emit(node, self.make(node, cls, return_sequences=True, **kw), rank=3)
+        spec = {"path": node.target, "node": node, "layers": m.num_layers, "lstm": kind is nn.LSTM}
+        self.kind[node] = ("rnn", spec)
