@@ -14,8 +14,9 @@ from typing import Callable
 
 import numpy as np
 
-from shmrt.ir import layers as L
 from shmrt.bench.workloads import numpy_forward
+from shmrt.frontends.chain import reorder_gates
+from shmrt.ir import layers as L
 
 
 class Skip(Exception):
@@ -80,9 +81,8 @@ def _onnx_graph(model, input_shape):
         elif isinstance(l, L.LSTM) and l.num_layers == 1 and not l.return_sequences:
             H = l.hidden_size
 
-            def iofc(a):  # PyTorch gates i, f, g, o -> ONNX i, o, f, c
-                i, f, g, o = np.split(a, 4, axis=0)
-                return np.concatenate([i, o, f, g], axis=0)[None]
+            def iofc(a):  # PyTorch gates i, f, g, o -> ONNX i, o, f, c, with ONNX's leading direction axis
+                return reorder_gates(a, "LSTM", src="torch", dst="onnx")[None]
 
             p = l.params
             b = np.concatenate([iofc(p["bias_ih_l0"])[0], iofc(p["bias_hh_l0"])[0]])[None] if l.bias else None
