@@ -144,7 +144,8 @@ class GlobalAvgPool(Layer):
 
     def output_shape(self, shape):
         if len(shape) != 3:
-            raise ValueError(f"GlobalAvgPool expects inputs of shape (N, C, H, W), got (N, {', '.join(map(str, shape))})")
+            raise ValueError(f"GlobalAvgPool expects inputs of shape (N, C, H, W), "
+                             f"got (N, {', '.join(map(str, shape))})")
         return (shape[0],)
 
 

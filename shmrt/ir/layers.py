@@ -8,11 +8,22 @@ fitted regressions).  This module only re-exports them, the private base
 classes included: the planner and the frontends test layers by family
 (``isinstance(l, L._Recurrent)``).
 """
-from shmrt.ir.base import Layer, _param, _positive_int, _rng, _vector, manual_seed  # noqa: F401
-from shmrt.ir.conv import (AvgPool2d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool, MaxPool2d, _out_size, _pair,  # noqa: F401
-                           _Pool2d)
+from shmrt.ir.base import Layer, _param, _positive_int, _rng, _vector, manual_seed
+from shmrt.ir.conv import AvgPool2d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool, MaxPool2d, _out_size, _pair, _Pool2d
 from shmrt.ir.dense import (GELU, ArgMax, Hardswish, LayerNorm, LeakyReLU, Linear, LogSoftmax, ReLU, Sigmoid, SiLU,
-                            Softmax, Tanh, TopK, _Elementwise, _RowWise)  # noqa: F401
-from shmrt.ir.model import Sequential, linear_regression, logistic_regression  # noqa: F401
-from shmrt.ir.norm import BatchNorm1d, Dropout, MinMaxScale, Select, Standardize, _Affine  # noqa: F401
-from shmrt.ir.recurrent import GRU, LSTM, RNN, _Recurrent  # noqa: F401
+                            Softmax, Tanh, TopK, _Elementwise, _RowWise)
+from shmrt.ir.model import Sequential, linear_regression, logistic_regression
+from shmrt.ir.norm import BatchNorm1d, Dropout, MinMaxScale, Select, Standardize, _Affine
+from shmrt.ir.recurrent import GRU, LSTM, RNN, _Recurrent
+
+__all__ = [
+    "Layer", "manual_seed", "Sequential", "linear_regression", "logistic_regression",
+    "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "SiLU", "Hardswish", "LeakyReLU",
+    "Softmax", "LogSoftmax", "ArgMax", "TopK", "LayerNorm",
+    "Standardize", "MinMaxScale", "BatchNorm1d", "Select", "Dropout",
+    "Conv2d", "BatchNorm2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool", "Flatten",
+    "RNN", "LSTM", "GRU",
+    # the layer families (private base classes) and helpers that other modules reach through L
+    "_Elementwise", "_RowWise", "_Affine", "_Recurrent", "_Pool2d",
+    "_param", "_vector", "_positive_int", "_rng", "_pair", "_out_size",
+]
