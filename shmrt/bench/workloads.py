@@ -1,17 +1,18 @@
 """The built-in benchmark workloads, and the same models in plain numpy.
 
 numpy_forward is the "numpy in one process" column of the benchmark (in
-float32) and its float64 reference (in float64) -- written independently
-of shmrt's planner and kernels, straight from the layers' parameters.
+float32) and its float64 reference (in float64): shmrt.ir.reference, the
+tests' yardstick too, written independently of shmrt's planner and kernels,
+straight from the layers' parameters.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 from shmrt.ir import layers as L
+from shmrt.ir import reference
 
 
 @dataclass
@@ -88,75 +89,7 @@ def logreg_stream():
 WORKLOADS = {"mlp": mlp, "cnn": cnn, "lstm": lstm, "deep": deep, "logreg": logreg, "logreg-stream": logreg_stream}
 
 
-def _sigmoid(h):
-    return 1.0 / (1.0 + np.exp(-h))
-
-
-def _conv(l, h, dtype):
-    w = l.params["weight"].astype(dtype, copy=False)
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = l.kernel_size, l.stride, l.padding, l.dilation
-    if (dh, dw) != (1, 1) or l.groups != 1:
-        raise NotImplementedError("the numpy workload conv has no dilation or groups")
-    hp = np.pad(h, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
-    win = sliding_window_view(hp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]  # N, C, OH, OW, kh, kw
-    y = np.tensordot(win, w, axes=([1, 4, 5], [1, 2, 3]))  # N, OH, OW, Cout
-    y = y.transpose(0, 3, 1, 2)
-    if "bias" in l.params:
-        y = y + l.params["bias"].astype(dtype, copy=False).reshape(1, -1, 1, 1)
-    return np.ascontiguousarray(y)
-
-
-def _lstm(l, x, dtype):
-    N, T, _ = x.shape
-    H = l.hidden_size
-    p = {k: v.astype(dtype, copy=False) for k, v in l.params.items()}
-    seq = x
-    for k in range(l.num_layers):
-        xi = seq @ p[f"weight_ih_l{k}"].T
-        if l.bias:
-            xi = xi + p[f"bias_ih_l{k}"] + p[f"bias_hh_l{k}"]
-        h = np.zeros((N, H), dtype)
-        c = np.zeros((N, H), dtype)
-        out = np.empty((N, T, H), dtype)
-        whh_t = p[f"weight_hh_l{k}"].T
-        for t in range(T):
-            g = xi[:, t] + h @ whh_t
-            i, f, gg, o = g[:, :H], g[:, H:2 * H], g[:, 2 * H:3 * H], g[:, 3 * H:]
-            c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(gg)
-            h = _sigmoid(o) * np.tanh(c)
-            out[:, t] = h
-        seq = out
-    return seq if l.return_sequences else seq[:, -1]
-
-
 def numpy_forward(model, x, dtype=np.float32):
-    """The workload models in plain numpy (the layers the workloads use)."""
-    h = np.asarray(x).astype(dtype, copy=False)
-    for l in model.layers:
-        if isinstance(l, L.Linear):
-            h = h @ l.params["weight"].astype(dtype, copy=False).T
-            if "bias" in l.params:
-                h = h + l.params["bias"].astype(dtype, copy=False)
-        elif isinstance(l, L.ReLU):
-            h = np.maximum(h, 0)
-        elif isinstance(l, L.Sigmoid):
-            h = _sigmoid(h)
-        elif isinstance(l, L.Softmax):
-            e = np.exp(h - h.max(axis=1, keepdims=True))
-            h = e / e.sum(axis=1, keepdims=True)
-        elif isinstance(l, L.Conv2d):
-            h = _conv(l, h, dtype)
-        elif isinstance(l, L.MaxPool2d):
-            k = l.kernel_size
-            if l.stride != k or l.padding != (0, 0):
-                raise NotImplementedError("the numpy workload pool is non-overlapping, unpadded")
-            N, C, H, W = h.shape
-            h = h[:, :, :H // k[0] * k[0], :W // k[1] * k[1]].reshape(N, C, H // k[0], k[0], W // k[1], k[1])
-            h = h.max(axis=(3, 5))
-        elif isinstance(l, L.Flatten):
-            h = h.reshape(h.shape[0], -1)
-        elif isinstance(l, L.LSTM):
-            h = _lstm(l, h, dtype)
-        else:
-            raise NotImplementedError(f"numpy_forward has no {l!r}")
-    return h
+    """The "numpy in one process" peer (float32) and the bench's float64 reference: shmrt.ir.reference,
+    written independently of shmrt's planner and kernels."""
+    return reference.forward(model, x, dtype)

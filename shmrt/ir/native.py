@@ -10,8 +10,13 @@ float32 arrays named ``"{layer index}.{PyTorch name}"``.  The containers:
 - ``.safetensors``: the tensors, with the JSON in the header's metadata
   under ``"shmrt"`` (safetensors' numpy API; extra ``shmrt[safetensors]``).
 
-Only the layer classes of ``shmrt.ir.layers`` can be named by a file; a
-round trip is bit-exact (the arrays are stored as they are).
+Only shmrt's built-in layer classes can be named by a file: each registers
+itself here as it is defined (``Layer.__init_subclass__``), and says its own
+constructor arguments (``config()``) and how to call itself back with them
+(``from_config``).  This module imports no layer module -- the layers import
+it, to register and to save -- so the classes reach it only through
+``register`` and ``register_model``.  A round trip is bit-exact (the arrays
+are stored as they are).
 """
 from __future__ import annotations
 
@@ -22,84 +27,51 @@ import zipfile
 
 import numpy as np
 
-from shmrt.ir import layers as L
-
 FORMAT = "shmrt-model"
 VERSION = 1
 _KEY = "__shmrt__"
 
-# The classes a file may name, and how each one's constructor arguments are read back off it.
-_CLASSES = {c.__name__: c for c in (
-    L.Linear, L.ReLU, L.Sigmoid, L.Tanh, L.GELU, L.Softmax, L.LogSoftmax, L.ArgMax, L.TopK, L.Standardize,
-    L.MinMaxScale, L.BatchNorm1d, L.BatchNorm2d, L.Select, L.Dropout, L.LayerNorm, L.RNN, L.LSTM, L.GRU,
-    L.Conv2d, L.MaxPool2d, L.AvgPool2d, L.GlobalAvgPool, L.Flatten, L.SiLU, L.Hardswish, L.LeakyReLU)}
+_CLASSES: dict = {}  # the layer classes a file may name, by class name
+_model_class = None  # Sequential, the class of a whole model
 
 
-def _config(layer) -> dict:
-    """The constructor arguments of ``layer`` other than its parameter arrays."""
-    if isinstance(layer, L.Linear):
-        c = {"in_features": layer.in_features, "out_features": layer.out_features}
-    elif isinstance(layer, L.Conv2d):
-        c = {k: getattr(layer, k) for k in ("in_channels", "out_channels", "kernel_size", "stride", "padding",
-                                             "dilation", "groups")}
-    elif isinstance(layer, L.GELU):
-        c = {"approximate": layer.approximate}
-    elif isinstance(layer, L.LeakyReLU):
-        c = {"negative_slope": layer.negative_slope}
-    elif isinstance(layer, L.TopK):
-        c = {"k": layer.k, "dim": layer.dim}
-    elif isinstance(layer, L.LayerNorm):
-        c = {"normalized_shape": layer.features, "eps": layer.eps}
-    elif isinstance(layer, L._RowWise):
-        c = {"dim": layer.dim}
-    elif isinstance(layer, L.BatchNorm1d):  # and BatchNorm2d
-        c = {"num_features": layer.features, "eps": layer.eps}
-    elif isinstance(layer, L.Select):
-        idx = layer.indices
-        c = {"indices": {"slice": [idx.start, idx.stop, idx.step]} if isinstance(idx, slice)
-             else [int(i) for i in np.asarray(idx)]}
-    elif isinstance(layer, L.Dropout):
-        c = {"p": layer.p}
-    elif isinstance(layer, L._Recurrent):
-        c = {k: getattr(layer, k) for k in ("input_size", "hidden_size", "num_layers", "bias", "return_sequences")}
-        if isinstance(layer, L.RNN):
-            c["nonlinearity"] = "tanh" if layer.mode == 0 else "relu"
-    elif isinstance(layer, L._Pool2d):
-        c = {"kernel_size": layer.kernel_size, "stride": layer.stride, "padding": layer.padding}
-        if layer.is_max:
-            c["dilation"] = layer.dilation
-        else:
-            c["count_include_pad"] = layer.count_include_pad
-    else:  # activations, GlobalAvgPool, Flatten, Standardize, MinMaxScale: parameters only
-        c = {}
-    if isinstance(layer, (L.Linear, L.Conv2d)) and "bias" not in layer.params:
-        c["bias"] = False
-    return c
+def register(cls) -> None:
+    """Let files name the layer class ``cls`` (by its class name, which must be new)."""
+    if cls.__name__ in _CLASSES:
+        raise TypeError(f"layer class name {cls.__name__!r} is taken by {_CLASSES[cls.__name__]!r}; "
+                        f"a file names a layer by its class name, so each must be unique")
+    _CLASSES[cls.__name__] = cls
 
 
-def architecture(model: L.Sequential) -> dict:
+def register_model(cls) -> None:
+    """The class that ``build`` makes a whole model with (called once, by shmrt.ir.model)."""
+    global _model_class
+    _model_class = cls
+
+
+def architecture(model) -> dict:
     """The JSON-able record of ``model``'s architecture (no arrays)."""
-    if not isinstance(model, L.Sequential):
+    if _model_class is None or not isinstance(model, _model_class):
         raise TypeError(f"expected a shmrt.Sequential, got {type(model).__name__}")
+    for l in model.layers:
+        if _CLASSES.get(type(l).__name__) is not type(l):
+            raise TypeError(f"cannot save layer {l!r}: only shmrt's built-in layers are saved "
+                            f"({', '.join(sorted(_CLASSES))})")
     arch = {"format": FORMAT, "version": VERSION,
-            "layers": [{"class": type(l).__name__, "config": _config(l), "params": list(l.params)}
+            "layers": [{"class": type(l).__name__, "config": l.config(), "params": list(l.params)}
                        for l in model.layers],
             "input_shape": list(model._input_shape) if model._input_shape is not None else None,
             "output_1d": model.output_1d, "classes": None}
     if model.classes is not None:
         arch["classes"] = {"dtype": model.classes.dtype.str, "labels": model.classes.tolist()}
-    for l in model.layers:
-        if type(l).__name__ not in _CLASSES or _CLASSES[type(l).__name__] is not type(l):
-            raise TypeError(f"cannot save layer {l!r}: only shmrt's built-in layers are saved "
-                            f"({', '.join(sorted(_CLASSES))})")
     return arch
 
 
-def tensors(model: L.Sequential) -> dict:
+def tensors(model) -> dict:
     return {f"{i}.{k}": v for i, l in enumerate(model.layers) for k, v in l.params.items()}
 
 
-def build(arch, arrays, where: str) -> L.Sequential:
+def build(arch, arrays, where: str):
     """The model described by ``arch``, with parameters looked up in ``arrays`` (a name -> array mapping)."""
     if not isinstance(arch, dict) or arch.get("format") != FORMAT:
         raise ValueError(f"{where}: not a shmrt model record (expected format {FORMAT!r})")
@@ -117,9 +89,6 @@ def build(arch, arrays, where: str) -> L.Sequential:
         if cls is None:
             raise ValueError(f"{where}: layer {i} has unknown class {rec.get('class')!r}; expected one of "
                              f"{', '.join(sorted(_CLASSES))}")
-        config = dict(rec["config"])
-        if isinstance(config.get("indices"), dict):
-            config["indices"] = slice(*config["indices"]["slice"])
         params = {}
         for name in rec["params"]:
             key = f"{i}.{name}"
@@ -130,13 +99,13 @@ def build(arch, arrays, where: str) -> L.Sequential:
                 raise ValueError(f"{where}: parameter {key!r} must be float32, got {arr.dtype}")
             params[name] = arr
         try:
-            layers.append(cls(**config, **params))
+            layers.append(cls.from_config(rec["config"], params))
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where}: layer {i} ({rec['class']}): {e}") from None
     classes = arch.get("classes")
     if classes is not None:
         classes = np.asarray(classes["labels"], dtype=np.dtype(classes["dtype"]))
-    return L.Sequential(layers, input_shape=arch.get("input_shape"), classes=classes,
+    return _model_class(layers, input_shape=arch.get("input_shape"), classes=classes,
                         output_1d=arch.get("output_1d", False))
 
 
@@ -155,7 +124,7 @@ def atomic_write(path, write) -> None:
         raise
 
 
-def save(model: L.Sequential, path) -> None:
+def save(model, path) -> None:
     """Write ``model`` to ``path``: safetensors for a ``.safetensors`` name, else the native npz container."""
     path = os.fspath(path)
     if path.lower().endswith(".onnx"):
@@ -185,8 +154,8 @@ def _corrupt(path, e):
     return ValueError(f"{path}: not a readable shmrt model file (truncated or corrupt?): {type(e).__name__}: {e}")
 
 
-def load_npz(path) -> L.Sequential:
-    """A native or ``.npz`` model file (never unpickles)."""
+def load_npz(path):
+    """The shmrt.Sequential in a native or ``.npz`` model file (never unpickles)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             files = set(z.files)
@@ -200,8 +169,8 @@ def load_npz(path) -> L.Sequential:
     return build(arch, arrays, str(path))
 
 
-def load_safetensors(path) -> L.Sequential:
-    """A ``.safetensors`` file whose metadata carries the shmrt architecture."""
+def load_safetensors(path):
+    """The shmrt.Sequential in a ``.safetensors`` file whose metadata carries the shmrt architecture."""
     _safetensors()
     from safetensors import safe_open
     try:

@@ -1,0 +1,87 @@
+"""Recurrent layers over [N, T, F]: RNN, LSTM, GRU (one class each, a cell name apart)."""
+from __future__ import annotations
+
+from shmrt.ir.base import Layer, _param, _positive_int
+from shmrt.kernels.recurrent import CELLS, GATES
+
+
+class _Recurrent(Layer):
+    """RNN / LSTM / GRU, batch-first [N, T, F] -> [N, T, H] (return_sequences)
+    or [N, H] (the last step).  PyTorch's names: weight_ih_l{k} [G*H, F_k],
+    weight_hh_l{k} [G*H, H], bias_ih_l{k}, bias_hh_l{k}; gates i, f, g, o
+    (LSTM) and r, z, n (GRU).  h0 / c0: optional initial state
+    [num_layers, H], the same for every sequence (zeros if left out)."""
+
+    cell = "rnn_tanh"  # the kernels' name of the cell (shmrt.kernels.recurrent.CELLS)
+
+    @property
+    def mode(self) -> int:
+        """The cell's code: 0 RNN tanh, 1 RNN relu, 2 LSTM, 3 GRU."""
+        return CELLS.index(self.cell)
+
+    @property
+    def gates(self) -> int:
+        return GATES[self.mode]
+
+    def __init__(self, input_size, hidden_size, num_layers=1, bias=True, batch_first=True,
+                 return_sequences=True, h0=None, c0=None, **params):
+        super().__init__()
+        name = f"{type(self).__name__}({input_size}, {hidden_size})"
+        self.input_size = _positive_int(input_size, "input_size", name)
+        self.hidden_size = H = _positive_int(hidden_size, "hidden_size", name)
+        self.num_layers = _positive_int(num_layers, "num_layers", name)
+        if batch_first is not True:
+            raise ValueError(f"{name}: only batch_first=True ([N, T, F]) is supported, got {batch_first!r}")
+        self.return_sequences = bool(return_sequences)
+        self.bias = bool(bias)
+        G = self.gates
+        known = set()
+        for k in range(self.num_layers):
+            fin = self.input_size if k == 0 else H
+            for pname, shape in ((f"weight_ih_l{k}", (G * H, fin)), (f"weight_hh_l{k}", (G * H, H))) + (
+                    ((f"bias_ih_l{k}", (G * H,)), (f"bias_hh_l{k}", (G * H,))) if self.bias else ()):
+                self.params[pname] = _param(params.get(pname), shape, pname, name, H)
+                known.add(pname)
+        extra = set(params) - known
+        if extra:
+            raise TypeError(f"{name}: unexpected parameter(s) {sorted(extra)}; expected some of {sorted(known)}")
+        if h0 is not None:
+            self.params["h0"] = _param(h0, (self.num_layers, H), "h0", name, 1)
+        if c0 is not None:
+            if self.cell != "lstm":
+                raise ValueError(f"{name}: c0 is for LSTM only")
+            self.params["c0"] = _param(c0, (self.num_layers, H), "c0", name, 1)
+
+    def output_shape(self, shape):
+        if len(shape) != 2 or shape[1] != self.input_size:
+            raise ValueError(f"{self!r} expects inputs of shape (N, T, {self.input_size}), "
+                             f"got (N, {', '.join(map(str, shape))})")
+        return (shape[0], self.hidden_size) if self.return_sequences else (self.hidden_size,)
+
+    def config(self):
+        return {k: getattr(self, k) for k in ("input_size", "hidden_size", "num_layers", "bias", "return_sequences")}
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.input_size}, {self.hidden_size}, num_layers={self.num_layers}, "
+                f"return_sequences={self.return_sequences})")
+
+
+class RNN(_Recurrent):
+    """Elman RNN: h = act(x W_ih^T + b_ih + h W_hh^T + b_hh); nonlinearity 'tanh' or 'relu'."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, nonlinearity="tanh", **kw):
+        if nonlinearity not in ("tanh", "relu"):
+            raise ValueError(f"RNN: nonlinearity must be 'tanh' or 'relu', got {nonlinearity!r}")
+        self.cell = "rnn_tanh" if nonlinearity == "tanh" else "rnn_relu"
+        super().__init__(input_size, hidden_size, num_layers, **kw)
+
+    def config(self):
+        return dict(super().config(), nonlinearity="tanh" if self.cell == "rnn_tanh" else "relu")
+
+
+class LSTM(_Recurrent):
+    cell = "lstm"
+
+
+class GRU(_Recurrent):
+    cell = "gru"

@@ -1,0 +1,213 @@
+"""An independent numpy forward pass of a model: the float64 yardstick of every test, and in float32
+the benchmark's "numpy in one process" peer.
+
+Plain numpy, straight from each layer's parameters and PyTorch's equations:
+it shares nothing with the planner or the kernels, so a mistake in either
+shows as a difference.  The algorithms are the fast ones numpy offers,
+because the benchmark times this function as a peer: a convolution is one
+matrix product over the input's windows (im2col), a recurrent layer
+projects every step's input in one product before the loop over steps,
+and a non-overlapping pool is a reshape.  In float64 they are as exact as
+the step-by-step forms.
+
+One rule per layer family, in ``_RULES`` (looked up along the class's MRO,
+so a subclass with a rule of its own, BatchNorm2d, finds its own first);
+activations are looked up by their ``act`` name in ``_ACTS``.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from shmrt.ir import layers as L
+
+_erf = np.vectorize(math.erf)  # numpy has no erf; float64 out, cast back to the pass's dtype
+
+
+def forward(model, x, dtype=np.float64):
+    """``model`` (a Sequential) applied to ``x``, computed in ``dtype``.  The input is rounded to
+    float32 first, as shmrt receives it; the parameters are float32, widened to ``dtype``."""
+    h = np.asarray(x, dtype=np.float32).astype(dtype, copy=False)
+    widen = np.dtype(dtype) != np.float32  # else the parameters are used as they are (the rules never write them)
+    for layer in model.layers:
+        p = {k: v.astype(dtype) for k, v in layer.params.items()} if widen else layer.params
+        h = (_BY_TYPE.get(type(layer)) or _rule(layer))(layer, p, h)
+    return h
+
+
+_BY_TYPE = {}  # type(layer) -> its rule, found once: the bench times forward on 24-layer models at batch 1
+
+
+def _rule(layer):
+    for cls in type(layer).__mro__:
+        if cls in _RULES:
+            _BY_TYPE[type(layer)] = _RULES[cls]
+            return _RULES[cls]
+    raise NotImplementedError(f"the numpy reference has no rule for {layer!r}; expected a layer of "
+                              f"{', '.join(sorted(c.__name__ for c in _RULES))}")
+
+
+# -- activations, by the kernels' names (h, alpha) -> y ----------------------------------
+
+def _sig(v):
+    return 1.0 / (1.0 + np.exp(-v))
+
+
+_ACTS = {
+    "identity": lambda h, a: h,
+    "relu": lambda h, a: np.maximum(h, 0.0),
+    "sigmoid": lambda h, a: _sig(h),
+    "tanh": lambda h, a: np.tanh(h),
+    "gelu": lambda h, a: 0.5 * h * (1 + _erf(h / math.sqrt(2.0)).astype(h.dtype, copy=False)),
+    "gelu_tanh": lambda h, a: 0.5 * h * (1 + np.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h ** 3))),
+    "silu": lambda h, a: h / (1.0 + np.exp(-h)),
+    "hardswish": lambda h, a: h * np.clip(h + 3.0, 0.0, 6.0) / 6.0,
+    "leaky_relu": lambda h, a: np.where(h >= 0, h, h * a),
+}
+
+
+def act(h, layer):
+    """The activation ``layer`` applied to ``h``."""
+    if not isinstance(layer, L._Elementwise) or layer.act not in _ACTS:
+        raise NotImplementedError(f"the numpy reference has no activation for {layer!r}; expected one of "
+                                  f"{', '.join(_ACTS)}")
+    return _ACTS[layer.act](h, layer.alpha)
+
+
+# -- dense and row-wise -----------------------------------------------------------------------
+
+def _linear(layer, p, h):
+    h = h @ p["weight"].T
+    return h + p["bias"] if "bias" in p else h
+
+
+def _softmax(layer, p, h):
+    e = np.exp(h - h.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def _log_softmax(layer, p, h):
+    z = h - h.max(axis=1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+
+
+def _topk(layer, p, h):
+    nan = np.isnan(h)  # NaN ranks first (as torch.topk), then larger values, then lower indices
+    idx = np.lexsort((np.broadcast_to(np.arange(h.shape[1]), h.shape), -np.where(nan, 0, h), ~nan),
+                     axis=1)[:, :layer.k]
+    return np.take_along_axis(h, idx, 1), idx
+
+
+def _layer_norm(layer, p, h):
+    mu = h.mean(axis=1, keepdims=True)
+    var = ((h - mu) ** 2).mean(axis=1, keepdims=True)
+    return (h - mu) / np.sqrt(var + layer.eps) * p["weight"] + p["bias"]
+
+
+def _batch_norm(layer, p, h):
+    """BatchNorm1d over [N, F] and BatchNorm2d over [N, C, H, W]: per feature or channel (axis 1)."""
+    sh = (-1,) + (1,) * (h.ndim - 2)
+    p = {k: v.reshape(sh) for k, v in p.items()}
+    return (h - p["running_mean"]) / np.sqrt(p["running_var"] + layer.eps) * p["weight"] + p["bias"]
+
+
+# -- recurrent ----------------------------------------------------------------------------------
+
+def recurrent(layer, p, x):
+    """PyTorch's equations for RNN / LSTM / GRU, step by step after one input product for all steps."""
+    N, T, _ = x.shape
+    H = layer.hidden_size
+    seq = x
+    for k in range(layer.num_layers):
+        Wi, Wh_t = p[f"weight_ih_l{k}"], p[f"weight_hh_l{k}"].T
+        bi = p.get(f"bias_ih_l{k}", np.zeros(Wi.shape[0], x.dtype))
+        bh = p.get(f"bias_hh_l{k}", np.zeros(Wi.shape[0], x.dtype))
+        xi = seq @ Wi.T + bi
+        if layer.cell != "gru":  # GRU's hidden bias sits inside r * (h W_hn + b_hn): it stays in the loop
+            xi += bh
+        h = np.broadcast_to(p["h0"][k], (N, H)).copy() if "h0" in p else np.zeros((N, H), x.dtype)
+        c = np.broadcast_to(p["c0"][k], (N, H)).copy() if "c0" in p else np.zeros((N, H), x.dtype)
+        out = np.empty((N, T, H), x.dtype)
+        for t in range(T):
+            if layer.cell == "lstm":
+                g = xi[:, t] + h @ Wh_t
+                i, f, gg, o = g[:, :H], g[:, H:2 * H], g[:, 2 * H:3 * H], g[:, 3 * H:]
+                c = _sig(f) * c + _sig(i) * np.tanh(gg)
+                h = _sig(o) * np.tanh(c)
+            elif layer.cell == "gru":
+                hh = h @ Wh_t + bh
+                r = _sig(xi[:, t, :H] + hh[:, :H])
+                z = _sig(xi[:, t, H:2 * H] + hh[:, H:2 * H])
+                n = np.tanh(xi[:, t, 2 * H:] + r * hh[:, 2 * H:])
+                h = (1 - z) * n + z * h
+            elif layer.cell in ("rnn_tanh", "rnn_relu"):
+                v = xi[:, t] + h @ Wh_t
+                h = np.maximum(v, 0.0) if layer.cell == "rnn_relu" else np.tanh(v)
+            else:
+                raise NotImplementedError(f"the numpy reference has no cell {layer.cell!r} ({layer!r})")
+            out[:, t] = h
+        seq = out
+    return seq if layer.return_sequences else seq[:, -1]
+
+
+# -- convolutional ------------------------------------------------------------------------------
+
+def _windows(x, layer, fill):
+    """[N, C, OH, OW, kh, kw]: the windows of ``layer`` (kernel, stride, padding, dilation) over the
+    [N, C, H, W] input padded with ``fill`` (a view: no copy beyond the padding)."""
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = layer.kernel_size, layer.stride, layer.padding, layer.dilation
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill) if ph or pw else x
+    win = sliding_window_view(xp, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
+    return win[:, :, ::sh, ::sw, ::dh, ::dw]
+
+
+def conv2d(layer, p, x):
+    """im2col: one tensordot of the windows with the weight per group."""
+    win = _windows(x, layer, 0.0)
+    w, G = p["weight"], layer.groups
+    Cg, Og = x.shape[1] // G, layer.out_channels // G
+    ys = [np.tensordot(win[:, g * Cg:(g + 1) * Cg], w[g * Og:(g + 1) * Og], axes=([1, 4, 5], [1, 2, 3]))
+          for g in range(G)]  # each [N, OH, OW, Og]
+    y = (ys[0] if G == 1 else np.concatenate(ys, axis=3)).transpose(0, 3, 1, 2)
+    if "bias" in p:
+        y = y + p["bias"].reshape(1, -1, 1, 1)
+    return np.ascontiguousarray(y)
+
+
+def pool2d(layer, x):
+    """MaxPool2d / AvgPool2d; a non-overlapping unpadded window (the common 2x2 stride 2) as a reshape."""
+    (kh, kw), is_max = layer.kernel_size, isinstance(layer, L.MaxPool2d)
+    if layer.stride == (kh, kw) and layer.padding == (0, 0) and layer.dilation == (1, 1):
+        N, C, H, W = x.shape
+        tiles = x[:, :, :H // kh * kh, :W // kw * kw].reshape(N, C, H // kh, kh, W // kw, kw)
+        return tiles.max(axis=(3, 5)) if is_max else tiles.mean(axis=(3, 5))
+    if is_max:
+        return _windows(x, layer, -np.inf).max(axis=(4, 5))
+    win = _windows(x, layer, 0.0)
+    if layer.count_include_pad:
+        return win.mean(axis=(4, 5))
+    counts = _windows(np.ones_like(x[:1, :1]), layer, 0.0).sum(axis=(4, 5))
+    return win.sum(axis=(4, 5)) / counts
+
+
+_RULES = {
+    L.Linear: _linear,
+    L._Elementwise: lambda l, p, h: act(h, l),
+    L.Softmax: _softmax,
+    L.LogSoftmax: _log_softmax,
+    L.ArgMax: lambda l, p, h: np.argmax(h, axis=1),
+    L.TopK: _topk,
+    L.LayerNorm: _layer_norm,
+    L.Standardize: lambda l, p, h: (h - p["mean"]) / p["std"],
+    L.MinMaxScale: lambda l, p, h: (h - p["min"]) / (p["max"] - p["min"]),
+    L.BatchNorm1d: _batch_norm,  # and BatchNorm2d, its subclass
+    L.Select: lambda l, p, h: h[:, l.resolve(h.shape[1])],
+    L.Dropout: lambda l, p, h: h,
+    L._Recurrent: recurrent,
+    L.Conv2d: conv2d,
+    L._Pool2d: lambda l, p, h: pool2d(l, h),
+    L.GlobalAvgPool: lambda l, p, h: h.mean(axis=(2, 3)),
+    L.Flatten: lambda l, p, h: h.reshape(h.shape[0], int(np.prod(h.shape[1:]))),
+}
