@@ -8,7 +8,6 @@ fitted regressions).  This module only re-exports them, the private base
 classes included: the planner and the frontends test layers by family
 (``isinstance(l, L._Recurrent)``).
 """
-from shmrt.ir import base, conv, dense, model, norm, recurrent
 from shmrt.ir.base import Layer, _param, _positive_int, _rng, _vector, manual_seed
 from shmrt.ir.conv import AvgPool2d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool, MaxPool2d, _out_size, _pair, _Pool2d
 from shmrt.ir.dense import (GELU, ArgMax, Hardswish, LayerNorm, LeakyReLU, Linear, LogSoftmax, ReLU, Sigmoid, SiLU,
@@ -17,12 +16,7 @@ from shmrt.ir.model import Sequential, linear_regression, logistic_regression
 from shmrt.ir.norm import BatchNorm1d, Dropout, MinMaxScale, Select, Standardize, _Affine
 from shmrt.ir.recurrent import GRU, LSTM, RNN, _Recurrent
 
-# The modules whose raise statements are the layers' argument checks: the ONNX importer tells a model it
-# refuses from a bug of its own by them (frontends/onnx_patterns.raised_on_purpose).
-MODULES = (base, dense, norm, conv, recurrent, model)
-
 __all__ = [
-    "MODULES",
     "Layer", "manual_seed", "Sequential", "linear_regression", "logistic_regression",
     "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "SiLU", "Hardswish", "LeakyReLU",
     "Softmax", "LogSoftmax", "ArgMax", "TopK", "LayerNorm",
