@@ -77,9 +77,20 @@ def test_threads_share_a_model_and_a_runtime_8x1000():
 # -- soak ---------------------------------------------------------------------------------
 
 def footprint(rt):
-    procs = [psutil.Process()] + [psutil.Process(p) for p in rt.pids()] + [psutil.Process(rt.pool.launcher.proc.pid)]
+    procs = [psutil.Process()] + [psutil.Process(p) for p in rt.pids()] + [psutil.Process(rt.template_pid())]
     return ([p.memory_info().rss for p in procs], [p.num_fds() for p in procs],
             len(lc.shm_segments(os.getpid())))
+
+
+def open_fds() -> dict:
+    """This process's open file descriptors and what each points at (to name a leak when there is one)."""
+    out = {}
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            out[int(fd)] = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+    return out
 
 
 def soak(calls):
@@ -90,6 +101,7 @@ def soak(calls):
         for _ in range(2000):  # warm: allocator pools, numba dispatch caches
             cm(x)
         rss0, fds0, segs0 = footprint(rt)
+        named0 = open_fds()
         t0 = time.perf_counter()
         for i in range(calls):
             y = cm(x)
@@ -98,8 +110,9 @@ def soak(calls):
         elapsed = time.perf_counter() - t0
         assert rel_err(cm(x), ref) <= 1e-5
         rss1, fds1, segs1 = footprint(rt)
+        named1 = open_fds()
     growth = [(b - a) / a for a, b in zip(rss0, rss1)]
-    assert fds1 == fds0, (fds0, fds1)
+    assert fds1 == fds0, (fds0, fds1, {fd: t for fd, t in named1.items() if named0.get(fd) != t})
     assert segs1 == segs0, (segs0, segs1)
     assert max(growth) < 0.01, [f"{g:.2%}" for g in growth]
     return elapsed, growth, rss0, fds0, segs0
@@ -151,7 +164,7 @@ def test_idle_pool_200ms_after_the_last_call():
         for _ in range(50):
             cm(x)
         time.sleep(0.2)
-        procs = [psutil.Process(p) for p in rt.pids()] + [psutil.Process(rt.pool.launcher.proc.pid)]
+        procs = [psutil.Process(p) for p in rt.pids()] + [psutil.Process(rt.template_pid())]
 
         def cpu():
             return sum(t.user + t.system for t in (p.cpu_times() for p in procs))
