@@ -78,7 +78,8 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
-SUPPORTED_OPS = ("Gemm", "MatMul", "Add", "Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSwish", "Gelu", "Erf",
+SUPPORTED_OPS = ("Gemm", "MatMul", "Add", "Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSwish", "HardSigmoid", "Clip",
+                 "Gelu", "Erf",
                  "Softmax", "LogSoftmax", "ArgMax", "TopK", "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization",
                  "Flatten", "LSTM", "GRU", "RNN", "LayerNormalization", "Reshape", "Squeeze", "Unsqueeze",
                  "Transpose", "Identity", "Constant", "Shape", "Gather", "Concat", "Expand")
@@ -235,6 +236,8 @@ def freeze_inputs(model, inputs, outputs=(), opset_cap=None, dynamic_batch=False
     m.CopyFrom(model)
     g = m.graph
     for vi, arr in zip(list(g.input)[1:], list(inputs)[1:]):
+        if isinstance(arr, np.generic):  # a 0-d tensor read back as a numpy scalar (Clip's min and max)
+            arr = np.asarray(arr)
         if not isinstance(arr, np.ndarray):
             raise _HarnessError(f"graph input {vi.name!r} is a {type(arr).__name__}, not a tensor; "
                                 f"it cannot become an initializer")

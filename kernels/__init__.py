@@ -3,8 +3,8 @@ and slice bounds.  No kernel knows about processes, workers or the plan."""
 from ._cache import configure as _configure_cache
 
 _configure_cache()  # before any cached function below is defined
-from .activations import (ACT_NAMES, GELU, GELU_TANH, HARDSWISH, IDENTITY, LEAKY_RELU, RELU, SIGMOID, SILU, TANH, act1,
-                          apply_act, bias_act)
+from .activations import (ACT_NAMES, GELU, GELU_TANH, HARDSIGMOID, HARDSWISH, IDENTITY, LEAKY_RELU, RELU, RELU6,
+                          SIGMOID, SILU, TANH, act1, apply_act, bias_act)
 from .blas import gemm_nt
 from .conv import conv2d, global_avg_pool, pool2d
 from .linear import linear, reduce_partials
@@ -12,7 +12,8 @@ from .norm import affine, gather, layernorm
 from .recurrent import gru_cell, lstm_cell, rnn_cell
 from .rowwise import argmax, softmax, topk
 
-__all__ = ["ACT_NAMES", "IDENTITY", "RELU", "SIGMOID", "TANH", "GELU", "GELU_TANH", "SILU", "HARDSWISH", "LEAKY_RELU",
+__all__ = ["ACT_NAMES", "IDENTITY", "RELU", "SIGMOID", "TANH", "GELU", "GELU_TANH", "SILU", "HARDSWISH", "LEAKY_RELU", "RELU6",
+           "HARDSIGMOID",
            "act1", "apply_act", "bias_act",
            "gemm_nt", "conv2d", "pool2d", "global_avg_pool", "linear", "reduce_partials", "affine", "gather", "layernorm", "gru_cell",
            "lstm_cell", "rnn_cell", "argmax", "softmax", "topk"]

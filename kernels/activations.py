@@ -11,8 +11,9 @@ import math
 import numpy as np
 from numba import njit
 
-ACT_NAMES = ("identity", "relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "silu", "hardswish", "leaky_relu")
-IDENTITY, RELU, SIGMOID, TANH, GELU, GELU_TANH, SILU, HARDSWISH, LEAKY_RELU = range(len(ACT_NAMES))
+ACT_NAMES = ("identity", "relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "silu", "hardswish", "leaky_relu", "relu6",
+             "hardsigmoid")
+IDENTITY, RELU, SIGMOID, TANH, GELU, GELU_TANH, SILU, HARDSWISH, LEAKY_RELU, RELU6, HARDSIGMOID = range(len(ACT_NAMES))
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
@@ -22,6 +23,11 @@ def _sigmoid(v):
         return 1.0 / (1.0 + math.exp(-v))
     e = math.exp(v)
     return e / (1.0 + e)
+
+
+@njit(cache=True, inline="always")
+def _relu6(v):
+    return 0.0 if v < 0.0 else (6.0 if v > 6.0 else v)  # NaN fails both tests and stays NaN
 
 
 @njit(cache=True, inline="always")
@@ -39,7 +45,11 @@ def act1(v, act, alpha=0.0):
     if act == SILU:
         return v * _sigmoid(v)
     if act == HARDSWISH:  # x * relu6(x + 3) / 6, as in PyTorch
-        return v * min(max(v + 3.0, 0.0), 6.0) / 6.0
+        return v * _relu6(v + 3.0) / 6.0
+    if act == RELU6:
+        return _relu6(v)
+    if act == HARDSIGMOID:
+        return _relu6(v + 3.0) / 6.0
     if act == LEAKY_RELU:
         return v if v >= 0.0 else v * alpha  # NaN: the comparison fails, NaN * alpha is NaN
     return v

@@ -1,6 +1,6 @@
-"""LeakyReLU(negative_slope), SiLU and Hardswish: from torch modules, torch functions and ONNX files
-(LeakyRelu, Sigmoid * x, HardSwish), in data and model plans on 1-3 workers, against torch in float64;
-from hand-built ONNX graphs (no torch) against a numpy float64 reference."""
+"""LeakyReLU(negative_slope), SiLU, Hardswish, ReLU6 and Hardsigmoid: from torch modules, torch functions
+and ONNX files (LeakyRelu, Sigmoid * x, HardSwish, Clip 0..6, HardSigmoid), in data and model plans on 1-3
+workers, against torch in float64; from hand-built ONNX graphs (no torch) against a numpy float64 reference."""
 import contextlib
 import copy
 import io
@@ -32,6 +32,18 @@ class Functional(nn.Module):
         return F.hardswish(self.c(F.silu(self.b(F.leaky_relu(self.a(x), 0.3)))))
 
 
+class Bounded(nn.Module):
+    """ReLU6 and Hardsigmoid, as modules and as functions."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Linear(12, 20), nn.Linear(20, 16), nn.Linear(16, 6)
+        self.r6, self.hs = nn.ReLU6(), nn.Hardsigmoid()
+
+    def forward(self, x):
+        return F.hardsigmoid(self.c(F.relu6(self.b(self.hs(self.r6(self.a(x)))))))
+
+
 class ConvNet(nn.Module):
     """Conv epilogues: SiLU and Hardswish fused into the convolution, LeakyReLU a step of its own."""
 
@@ -47,13 +59,20 @@ class ConvNet(nn.Module):
         return self.fc(torch.flatten(self.pool(x), 1))
 
 
+NEW = {"LeakyReLU", "SiLU", "Hardswish"}
+BOUNDED = {"ReLU6", "Hardsigmoid"}
+
+
 def modules():
+    """name -> (torch module, input shape, the shmrt layers it must import to, the ONNX ops its export holds)"""
     torch.manual_seed(7)
     return {
         "sequential": (nn.Sequential(nn.Linear(12, 40), nn.LeakyReLU(0.2), nn.Linear(40, 24), nn.SiLU(),
-                                     nn.Linear(24, 16), nn.Hardswish(), nn.Linear(16, 6), nn.LeakyReLU()), (12,)),
-        "functional": (Functional(), (12,)),
-        "conv": (ConvNet(), (3, 8, 8)),
+                                     nn.Linear(24, 16), nn.Hardswish(), nn.Linear(16, 6), nn.LeakyReLU()), (12,),
+                       NEW, {"LeakyRelu", "HardSwish", "Sigmoid", "Mul"}),
+        "functional": (Functional(), (12,), NEW, {"LeakyRelu", "HardSwish", "Sigmoid", "Mul"}),
+        "conv": (ConvNet(), (3, 8, 8), NEW, {"LeakyRelu", "HardSwish", "Sigmoid", "Mul"}),
+        "bounded": (Bounded(), (12,), BOUNDED, {"Clip", "HardSigmoid"}),
     }
 
 
@@ -69,7 +88,7 @@ def onnx_bytes(m, shape):
 
 def check(model, m, shape, label):
     m64 = copy.deepcopy(m).double().eval()
-    x = rnd(7, *shape, seed=3) * 4.0  # both sides of every kink (Hardswish at -3 and 3)
+    x = rnd(7, *shape, seed=3) * 4.0  # both sides of every kink (Hardswish at -3 and 3, ReLU6 at 0 and 6)
     with torch.no_grad():
         ref = m64(torch.from_numpy(x).double()).numpy()
     worst = 0.0
@@ -83,24 +102,24 @@ def check(model, m, shape, label):
     print(f"\n{label}: data and model plans on 1-3 workers, max relative error {worst:.1e} against torch float64")
 
 
-@pytest.mark.parametrize("name", ["sequential", "functional", "conv"])
+@pytest.mark.parametrize("name", ["sequential", "functional", "conv", "bounded"])
 def test_from_torch_module(name):
-    m, shape = modules()[name]
+    m, shape, layers, _ = modules()[name]
     model = shmrt.load(m.eval(), input_shape=shape)
     names = {type(l).__name__ for l in model.layers}
-    assert {"LeakyReLU", "SiLU", "Hardswish"} <= names, names
+    assert layers <= names, names
     check(model, m, shape, f"torch {name}")
 
 
-@pytest.mark.parametrize("name", ["sequential", "functional", "conv"])
+@pytest.mark.parametrize("name", ["sequential", "functional", "conv", "bounded"])
 def test_from_onnx_export(name):
-    m, shape = modules()[name]
+    m, shape, layers, onnx_ops = modules()[name]
     proto = onnx.load_from_string(onnx_bytes(m.eval(), shape))
     ops = {n.op_type for n in proto.graph.node}
-    assert {"LeakyRelu", "HardSwish", "Sigmoid", "Mul"} <= ops, ops  # SiLU is exported as Sigmoid * x
+    assert onnx_ops <= ops, ops  # SiLU is exported as Sigmoid * x, ReLU6 as Clip(x, 0, 6)
     model = shmrt.load(proto)
     names = [type(l).__name__ for l in model.layers]
-    assert {"LeakyReLU", "SiLU", "Hardswish"} <= set(names) and "Sigmoid" not in names, names
+    assert layers <= set(names) and "Sigmoid" not in names, names
     check(model, m, shape, f"ONNX export of {name}")
 
 
@@ -118,7 +137,8 @@ def test_leaky_relu_rejects_a_bad_slope(bad):
 
 
 def test_save_and_load_keep_them(tmp_path):
-    model = shmrt.Sequential([shmrt.Linear(5, 6), shmrt.LeakyReLU(0.125), shmrt.SiLU(), shmrt.Hardswish()])
+    model = shmrt.Sequential([shmrt.Linear(5, 6), shmrt.LeakyReLU(0.125), shmrt.SiLU(), shmrt.Hardswish(),
+                              shmrt.ReLU6(), shmrt.Hardsigmoid()])
     path = tmp_path / "m.shmrt"
     model.save(path)
     back = shmrt.load(str(path))
@@ -136,10 +156,18 @@ def _graph(op_nodes, width=6):
     return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), w
 
 
-@pytest.mark.parametrize("kind", ["LeakyRelu", "HardSwish", "SiLU pattern", "SiLU pattern, Mul operands swapped"])
+@pytest.mark.parametrize("kind", ["LeakyRelu", "HardSwish", "SiLU pattern", "SiLU pattern, Mul operands swapped",
+                                  "Clip 0..6", "HardSigmoid"])
 def test_hand_built_onnx(rt, kind):
     from onnx import helper
-    if kind == "LeakyRelu":
+    if kind == "Clip 0..6":
+        nodes = [helper.make_node("Constant", [], ["lo"], value_float=0.0),
+                 helper.make_node("Constant", [], ["hi"], value_float=6.0),
+                 helper.make_node("Clip", ["h", "lo", "hi"], ["y"])]
+        layer = shmrt.ReLU6()
+    elif kind == "HardSigmoid":
+        nodes, layer = [helper.make_node("HardSigmoid", ["h"], ["y"], alpha=1 / 6, beta=0.5)], shmrt.Hardsigmoid()
+    elif kind == "LeakyRelu":
         nodes, layer = [helper.make_node("LeakyRelu", ["h"], ["y"], alpha=0.25)], shmrt.LeakyReLU(0.25)
     elif kind == "HardSwish":
         nodes, layer = [helper.make_node("HardSwish", ["h"], ["y"])], shmrt.Hardswish()
@@ -149,21 +177,33 @@ def test_hand_built_onnx(rt, kind):
     proto, w = _graph(nodes)
     model = shmrt.load(proto)
     assert [type(l).__name__ for l in model.layers] == ["Linear", type(layer).__name__]
-    x = rnd(9, 6, seed=2) * 3.0
+    x = rnd(9, 6, seed=2) * 8.0
     ref = forward(shmrt.Sequential([shmrt.Linear(6, 6, bias=False, weight=w), layer]), x)
     for s in STRATEGIES:
         with rt.compile(model, strategy=s, max_batch=16) as cm:
             assert rel_err(cm(x), ref) <= 1e-5, s
 
 
-def test_sigmoid_times_something_else_stays_two_layers(rt):
-    """Sigmoid(h) * z with z not h is not SiLU: the pattern must not fire."""
+def test_sigmoid_times_something_else_is_not_silu():
+    """Sigmoid(h) * z with z not h is not SiLU: the pattern must not fire (s * s is then refused as a product
+    of two activations)."""
     from onnx import helper
     nodes = [helper.make_node("Sigmoid", ["h"], ["s"]), helper.make_node("Mul", ["s", "s"], ["y"])]
     proto, _ = _graph(nodes)
-    try:
-        model = shmrt.load(proto)
-    except Exception as e:  # a refusal of s * s is fine; a SiLU is not
-        assert "SiLU" not in str(e)
-        return
-    assert not any(isinstance(l, shmrt.SiLU) for l in model.layers)
+    with pytest.raises(ValueError, match="Mul.*both inputs depend on the model input"):  # s * s: refused, not SiLU
+        shmrt.load(proto)
+
+
+@pytest.mark.parametrize("op, attrs, inputs, expected", [
+    ("HardSigmoid", {"alpha": 0.2, "beta": 0.5}, ["h"], "alpha=0.2"),
+    ("Clip", {}, ["h", "lo", "hi"], "Clip to [-1.0, 6.0] is not supported"),
+])
+def test_onnx_forms_it_does_not_compute_are_refused(op, attrs, inputs, expected):
+    """ONNX's general HardSigmoid and Clip are not shmrt's Hardsigmoid and ReLU6: refused, naming what was found."""
+    from onnx import helper
+    nodes = [helper.make_node("Constant", [], ["lo"], value_float=-1.0),
+             helper.make_node("Constant", [], ["hi"], value_float=6.0),
+             helper.make_node(op, inputs, ["y"], **attrs)]
+    proto, _ = _graph(nodes)
+    with pytest.raises(ValueError, match=expected.replace("[", r"\[").replace(".", r"\.")):
+        shmrt.load(proto)

@@ -43,8 +43,12 @@ class Linear(Layer):
 
 class _Elementwise(Layer):
     """An activation: act names the kernels' function (shmrt.kernels.activations.ACT_NAMES);
-    alpha is its one parameter where it has one (fused into the layer before only when None)."""
+    alpha is its one parameter where it has one (fused into the layer before only when None).
+    The class is named as PyTorch's module (nn.<name>), and ``fn`` (default: act) as its function
+    (F.<fn>), with config()'s keys as their keyword arguments: the torch importer reads them off
+    ACTIVATIONS, so an activation added here is importable from torch with no change there."""
     act = "identity"
+    fn = None
     alpha = None
 
 
@@ -62,6 +66,7 @@ class Tanh(_Elementwise):
 
 class GELU(_Elementwise):
     """GELU; approximate='none' (erf, exact) or 'tanh', as in PyTorch."""
+    fn = "gelu"
 
     def __init__(self, approximate="none"):
         super().__init__()
@@ -103,6 +108,19 @@ class LeakyReLU(_Elementwise):
 
     def __repr__(self):
         return f"LeakyReLU(negative_slope={self.negative_slope!r})"
+
+
+class ReLU6(_Elementwise):
+    """min(max(x, 0), 6), as PyTorch's nn.ReLU6."""
+    act = "relu6"
+
+
+class Hardsigmoid(_Elementwise):
+    """relu6(x + 3) / 6, as PyTorch's nn.Hardsigmoid."""
+    act = "hardsigmoid"
+
+
+ACTIVATIONS = (ReLU, Sigmoid, Tanh, GELU, SiLU, Hardswish, LeakyReLU, ReLU6, Hardsigmoid)
 
 
 # -- row-wise layers -------------------------------------------------------------------

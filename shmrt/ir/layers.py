@@ -10,15 +10,15 @@ classes included: the planner and the frontends test layers by family
 """
 from shmrt.ir.base import Layer, _param, _positive_int, _rng, _vector, manual_seed
 from shmrt.ir.conv import AvgPool2d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool, MaxPool2d, _out_size, _pair, _Pool2d
-from shmrt.ir.dense import (GELU, ArgMax, Hardswish, LayerNorm, LeakyReLU, Linear, LogSoftmax, ReLU, Sigmoid, SiLU,
-                            Softmax, Tanh, TopK, _Elementwise, _RowWise)
+from shmrt.ir.dense import (ACTIVATIONS, GELU, ArgMax, Hardsigmoid, Hardswish, LayerNorm, LeakyReLU, Linear, LogSoftmax,
+                            ReLU, ReLU6, Sigmoid, SiLU, Softmax, Tanh, TopK, _Elementwise, _RowWise)
 from shmrt.ir.model import Sequential, linear_regression, logistic_regression
 from shmrt.ir.norm import BatchNorm1d, Dropout, MinMaxScale, Select, Standardize, _Affine
 from shmrt.ir.recurrent import GRU, LSTM, RNN, _Recurrent
 
 __all__ = [
     "Layer", "manual_seed", "Sequential", "linear_regression", "logistic_regression",
-    "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "SiLU", "Hardswish", "LeakyReLU",
+    "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "SiLU", "Hardswish", "LeakyReLU", "ReLU6", "Hardsigmoid", "ACTIVATIONS",
     "Softmax", "LogSoftmax", "ArgMax", "TopK", "LayerNorm",
     "Standardize", "MinMaxScale", "BatchNorm1d", "Select", "Dropout",
     "Conv2d", "BatchNorm2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool", "Flatten",

@@ -64,6 +64,8 @@ _ACTS = {
     "gelu_tanh": lambda h, a: 0.5 * h * (1 + np.tanh(math.sqrt(2 / math.pi) * (h + 0.044715 * h ** 3))),
     "silu": lambda h, a: h / (1.0 + np.exp(-h)),
     "hardswish": lambda h, a: h * np.clip(h + 3.0, 0.0, 6.0) / 6.0,
+    "relu6": lambda h, a: np.clip(h, 0.0, 6.0),
+    "hardsigmoid": lambda h, a: np.clip(h + 3.0, 0.0, 6.0) / 6.0,
     "leaky_relu": lambda h, a: np.where(h >= 0, h, h * a),
 }
 

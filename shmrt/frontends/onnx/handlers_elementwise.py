@@ -10,7 +10,8 @@ from shmrt.ir import layers as L
 
 
 class ElementwiseOps:
-    """Relu, Sigmoid, Tanh, SiLU, HardSwish, LeakyRelu, Gelu; Add, Sub, Mul, Div with a constant; BatchNormalization."""
+    """Relu, Sigmoid, Tanh, SiLU, HardSwish, HardSigmoid, LeakyRelu, Clip (0..6, 0..), Gelu; Add, Sub, Mul, Div with a
+    constant; BatchNormalization."""
 
     def _act(self, node, idx, ins, layer):
         v = self.stream(node, idx, ins[0])
@@ -31,6 +32,34 @@ class ElementwiseOps:
 
     def op_HardSwish(self, node, idx, ins, a):
         return self._act(node, idx, ins, L.Hardswish())
+
+    def op_HardSigmoid(self, node, idx, ins, a):
+        """max(0, min(1, alpha * x + beta)): PyTorch's Hardsigmoid is alpha 1/6, beta 0.5 (what its exporter writes)."""
+        alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
+        if abs(alpha - 1 / 6) > 1e-6 or beta != 0.5:
+            self.fail(node, idx, f"attributes alpha={alpha!r}, beta={beta!r} are not supported; shmrt's Hardsigmoid "
+                                 f"is alpha=1/6, beta=0.5 (PyTorch's)")
+        return self._act(node, idx, ins, L.Hardsigmoid())
+
+    def op_Clip(self, node, idx, ins, a):
+        """Clip to [0, 6] (how PyTorch exports ReLU6) or to [0, inf) (a ReLU); bounds as constant inputs
+        (opset 11 on) or attributes (before)."""
+        def bound(k, attr):
+            v = ins[k] if len(ins) > k else None
+            if isinstance(v, View):
+                self.fail(node, idx, f"input {k} ({attr}) depends on the model input; expected a constant")
+            if v is None:
+                return a.get(attr)
+            v = np.asarray(v, dtype=np.float64)
+            if v.size != 1:
+                self.fail(node, idx, f"input {k} ({attr}) has shape {v.shape}; expected a scalar")
+            return float(v.reshape(-1)[0])
+        lo, hi = bound(1, "min"), bound(2, "max")
+        if lo == 0.0 and hi == 6.0:
+            return self._act(node, idx, ins, L.ReLU6())
+        if lo == 0.0 and (hi is None or hi == np.inf):
+            return self._act(node, idx, ins, L.ReLU())
+        self.fail(node, idx, f"Clip to [{lo}, {hi}] is not supported; expected [0, 6] (ReLU6) or [0, inf) (ReLU)")
 
     def op_LeakyRelu(self, node, idx, ins, a):
         return self._act(node, idx, ins, L.LeakyReLU(negative_slope=float(a.get("alpha", 0.01))))

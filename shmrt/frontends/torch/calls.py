@@ -29,18 +29,12 @@ class Calls:
             self.kind[node] = "shape"
         elif t is operator.getitem:
             self.getitem(node)
-        elif t in self.fn_act:
-            a = self.bind(node, ("input", "inplace"), {"inplace": False})
+        elif t in self.fn_act:  # F.<fn>(input, <the layer's config keys>..., inplace)
+            cls = self.fn_act[t]
+            defaults = cls().config()
+            a = self.bind(node, ("input", *defaults, "inplace"), {**defaults, "inplace": False})
             self.take(node, a["input"])
-            self.emit(node, self.fn_act[t]())
-        elif t is self.F.leaky_relu:
-            a = self.bind(node, ("input", "negative_slope", "inplace"), {"negative_slope": 0.01, "inplace": False})
-            self.take(node, a["input"])
-            self.emit(node, self.make(node, L.LeakyReLU, negative_slope=a["negative_slope"]))
-        elif t is self.F.gelu:
-            a = self.bind(node, ("input", "approximate"), {"approximate": "none"})
-            self.take(node, a["input"])
-            self.emit(node, self.make(node, L.GELU, approximate=a["approximate"]))
+            self.emit(node, self.make(node, cls, **{k: a[k] for k in defaults}))
         elif t in self.fn_softmax:
             names = ("input", "dim", "_stacklevel", "dtype") if t in (self.F.softmax, self.F.log_softmax) else (
                 "input", "dim", "dtype")

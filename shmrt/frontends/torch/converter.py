@@ -74,11 +74,7 @@ class _Converter(Modules, Calls):
         self.called = {}  # module path -> node
         fn = lambda *names: {f for f in (getattr(torch, n, None) for n in names) if f is not None} | {  # noqa: E731
             f for f in (getattr(F, n, None) for n in names) if f is not None}
-        self.fn_act = {}
-        for names, cls in ((("relu",), L.ReLU), (("sigmoid",), L.Sigmoid), (("tanh",), L.Tanh), (("silu",), L.SiLU),
-                           (("hardswish",), L.Hardswish)):
-            for f in fn(*names):
-                self.fn_act[f] = cls
+        self.fn_act = {f: cls for cls in L.ACTIVATIONS for f in fn(cls.fn or cls.act)}  # F.relu6, torch.tanh, ...
         self.fn_softmax = {f: L.Softmax for f in fn("softmax")} | {f: L.LogSoftmax for f in fn("log_softmax")}
         self.fn_flatten = {torch.flatten}
         self.fn_reshape = {torch.reshape}

@@ -3,15 +3,19 @@
 torch is imported lazily: ``import shmrt`` never needs it."""
 from __future__ import annotations
 
+from shmrt.ir import layers as L
+
+# the activations: nn.<class name> and F.<fn or act> for every class of L.ACTIVATIONS
+_ACT_MODULES = ", ".join(f"nn.{c.__name__}" for c in L.ACTIVATIONS)
+_ACT_FUNCTIONS = ", ".join(f"F.{c.fn or c.act}" for c in L.ACTIVATIONS
+                           if (c.fn or c.act) not in ("relu", "sigmoid", "tanh"))
 SUPPORTED_MODULES = (
     "nn.Linear, nn.Conv2d (padding_mode='zeros'), nn.BatchNorm1d, nn.BatchNorm2d (track_running_stats=True), "
-    "nn.ReLU, nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.Hardswish, nn.LeakyReLU, nn.Softmax, nn.LogSoftmax, "
-    "nn.Dropout, nn.Identity, "
+    f"{_ACT_MODULES}, nn.Softmax, nn.LogSoftmax, nn.Dropout, nn.Identity, "
     "nn.Flatten(1, -1), nn.MaxPool2d, nn.AvgPool2d (ceil_mode=False), nn.AdaptiveAvgPool2d(1) followed by a "
     "flatten, nn.LayerNorm (last dim), nn.RNN, nn.LSTM, nn.GRU (batch_first=True, one direction, proj_size=0)")
 SUPPORTED_FUNCTIONS = (
-    "torch.relu / F.relu / x.relu(), torch.sigmoid / x.sigmoid(), torch.tanh / x.tanh(), F.gelu, F.silu, "
-    "F.hardswish, F.leaky_relu, "
+    f"torch.relu / F.relu / x.relu(), torch.sigmoid / x.sigmoid(), torch.tanh / x.tanh(), {_ACT_FUNCTIONS}, "
     "torch.softmax / F.softmax / x.softmax(dim), F.log_softmax / x.log_softmax(dim) over the last dim, "
     "torch.flatten(x, 1) / x.flatten(1), x.view(x.size(0), -1) / x.reshape(x.shape[0], -1), "
     "x.mean((2, 3)) (global average pooling), F.dropout (eval), x.contiguous(), and after a recurrent "
@@ -78,9 +82,8 @@ def module_kind(nn, m):
 
 
 def module_table(nn):
-    return {nn.Linear: "linear", nn.Conv2d: "conv2d", nn.BatchNorm1d: "bn", nn.BatchNorm2d: "bn",
-            nn.ReLU: "act", nn.Sigmoid: "act", nn.Tanh: "act", nn.GELU: "act", nn.SiLU: "act", nn.Hardswish: "act",
-            nn.LeakyReLU: "act", nn.Softmax: "softmax",
+    return {getattr(nn, c.__name__): "act" for c in L.ACTIVATIONS} | {
+            nn.Linear: "linear", nn.Conv2d: "conv2d", nn.BatchNorm1d: "bn", nn.BatchNorm2d: "bn", nn.Softmax: "softmax",
             nn.LogSoftmax: "softmax", nn.Dropout: "dropout", nn.Identity: "identity", nn.Flatten: "flatten",
             nn.MaxPool2d: "pool", nn.AvgPool2d: "pool", nn.AdaptiveAvgPool2d: "adaptive", nn.LayerNorm: "layernorm",
             nn.RNN: "rnn", nn.LSTM: "rnn", nn.GRU: "rnn"}

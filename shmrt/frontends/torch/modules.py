@@ -52,15 +52,8 @@ class Modules:
 
     def mod_act(self, node, m, kind):
         self.take(node, node.args[0])
-        nn = self.nn
-        if kind is nn.GELU:
-            layer = self.make(node, L.GELU, approximate=m.approximate)
-        elif kind is nn.LeakyReLU:
-            layer = self.make(node, L.LeakyReLU, negative_slope=m.negative_slope)
-        else:
-            layer = {nn.ReLU: L.ReLU, nn.Sigmoid: L.Sigmoid, nn.Tanh: L.Tanh, nn.SiLU: L.SiLU,
-                     nn.Hardswish: L.Hardswish}[kind]()
-        self.emit(node, layer)
+        cls = next(c for c in L.ACTIVATIONS if getattr(self.nn, c.__name__) is kind)  # nn.<name> is shmrt.<name>
+        self.emit(node, self.make(node, cls, **{k: getattr(m, k) for k in cls().config()}))
 
     def mod_softmax(self, node, m, kind):
         self.take(node, node.args[0])
