@@ -19,7 +19,7 @@ g = (C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, groups, OH, OW): the geometry.
 import numpy as np
 from numba import njit
 
-from .activations import act1
+from .activations import add_act_row
 from .blas import gemm_nn, gemm_nt
 
 
@@ -92,10 +92,7 @@ def _conv_stride1(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act):
         for q in range(z - a):
             bb = b[a + q] if has_b else np.float32(0.0)  # one type: a float64 0.0 here made the loop 7x slower
             for oh in range(oh1 - oh0):
-                src = tmp[q, oh * Wp:oh * Wp + OW]
-                dst = out2[a + q, (oh0 + oh) * OW:(oh0 + oh + 1) * OW]
-                for ow in range(OW):
-                    dst[ow] = act1(float(src[ow]) + bb, act)
+                add_act_row(out2[a + q, (oh0 + oh) * OW:(oh0 + oh + 1) * OW], tmp[q, oh * Wp:oh * Wp + OW], bb, act)
 
 
 @njit(cache=True)
@@ -131,8 +128,7 @@ def _conv_im2row(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act):
         has_b = b.shape[0] > 0
         for r in range(z - a):
             bb = b[a + r] if has_b else np.float32(0.0)  # one type: a float64 0.0 here made the loop 7x slower
-            for q in range(M):
-                o[r, q] = act1(float(o[r, q]) + bb, act)
+            add_act_row(o[r], o[r], bb, act)
 
 
 @njit(cache=True)
