@@ -51,6 +51,10 @@ class _Elementwise(Layer):
     fn = None
     alpha = None
 
+    def __repr__(self):
+        """As the user wrote it: ``ReLU()``, ``GELU(approximate='tanh')``, ``LeakyReLU(negative_slope=0.2)``."""
+        return f"{type(self).__name__}({', '.join(f'{k}={v!r}' for k, v in self.config().items())})"
+
 
 class ReLU(_Elementwise):
     act = "relu"
@@ -78,9 +82,6 @@ class GELU(_Elementwise):
     def config(self):
         return {"approximate": self.approximate}
 
-    def __repr__(self):
-        return f"GELU(approximate={self.approximate!r})"
-
 
 class SiLU(_Elementwise):
     """x * sigmoid(x) (also called swish), as PyTorch's nn.SiLU."""
@@ -105,9 +106,6 @@ class LeakyReLU(_Elementwise):
 
     def config(self):
         return {"negative_slope": self.negative_slope}
-
-    def __repr__(self):
-        return f"LeakyReLU(negative_slope={self.negative_slope!r})"
 
 
 class ReLU6(_Elementwise):
