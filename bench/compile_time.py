@@ -1,4 +1,4 @@
-"""Cold and warm start of shmrt.warmup.compile_all(), the first-run cost of a fresh install.
+"""Cold and warm start of shmrt.exec.warmup.compile_all(), the first-run cost of a fresh install.
 
 Each run is a new interpreter with an empty Numba cache folder of its own
 (NUMBA_CACHE_DIR, which kernels/_cache.py respects): "cold" times
@@ -92,7 +92,7 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--variants", default="parallel,serial", help="comma-separated: parallel, serial, baseline")
-    ap.add_argument("--baseline", help="an older shmrt/warmup.py to compare with (variant 'baseline')")
+    ap.add_argument("--baseline", help="an older shmrt/exec/warmup.py to compare with (variant 'baseline')")
     ap.add_argument("--warm", type=int, default=1, help="warm runs after each cold one")
     a = ap.parse_args(argv)
     variants = a.variants.split(",")

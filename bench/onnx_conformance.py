@@ -53,7 +53,7 @@ a floor unless ``--allow-lower`` is given.  Floors go up by a reviewed
 change to that file, never by themselves.
 
 The exit status is 1 when any case FAILs or an op falls below its floor (2
-when shmrt.onnx_import is absent).  tests/test_onnx_nodes.py runs the same
+when shmrt.frontends.onnx_import is absent).  tests/test_onnx_nodes.py runs the same
 cases through ``run_case`` and checks the same floors.
 """
 from __future__ import annotations
