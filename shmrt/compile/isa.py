@@ -90,18 +90,13 @@ def _declare(code, name, fields):
     return namedtuple(name.title(), names)(*cols), widths
 
 
-OPS = []  # by code
+_BUILT = [_declare(code, name, fields) for code, (name, _, fields) in enumerate(_DECLARED)]
+OPS = tuple(op for op, _ in _BUILT)  # by code
+_WIDTHS = [widths for _, widths in _BUILT]
 LABELS = tuple(label for _, label, _ in _DECLARED)
-_WIDTHS = []
-for _code, (_name, _label, _fields) in enumerate(_DECLARED):
-    _op, _w = _declare(_code, _name, _fields)
-    globals()[_name] = _op
-    OPS.append(_op)
-    _WIDTHS.append(_w)
-OPS = tuple(OPS)
-BY_NAME = {name: OPS[code] for code, (name, _, _) in enumerate(_DECLARED)}
 (END, BARRIER, LINEAR, REDUCE, ACT, SOFTMAX, ARGMAX, TOPK, AFFINE, GATHER, LAYERNORM, RECUR, CONV, POOL, GAP,
- MICRO, WAIT, SIGNAL, NEXT) = OPS  # the names, for readers and linters (the loop above defined them too)
+ MICRO, WAIT, SIGNAL, NEXT) = OPS
+assert [op.__class__.__name__ for op in OPS] == [name.title() for name, _, _ in _DECLARED]  # the names above in order
 
 
 def encode(op, /, **fields) -> np.ndarray:
@@ -117,16 +112,6 @@ def encode(op, /, **fields) -> np.ndarray:
         col = getattr(op, name)
         row[col:col + width] = fields[name]
     return row
-
-
-def decode(row) -> dict:
-    """{field: value} of one program row (arrays for array fields), with "op" its label."""
-    op = OPS[int(row[OP])]
-    out = {"op": LABELS[op.code]}
-    for name, width in _WIDTHS[op.code].items():
-        col = getattr(op, name)
-        out[name] = int(row[col]) if width == 1 else [int(v) for v in row[col:col + width]]
-    return out
 
 
 def act_code(name: str) -> int:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shmrt.compile.isa import FRAC
+from shmrt.compile.isa import FRAC, OP, OPS
 
 
 @dataclass
@@ -40,3 +40,9 @@ def gemm_us(flops, weight_bytes, act_bytes, r, rates):
 def stream_us(rows_, width, rates, read=8.0) -> float:
     """A streaming step over rows_ rows of width floats: ``read`` bytes a float from memory."""
     return read * rows_ * width / (rates.read_gbs * 1e3)
+
+
+def streaming_step_us(s, cnt, rates, read=8.0) -> float:
+    """stream_us of a step s whose op has fields lo, hi (its rows of cnt) and width."""
+    op = OPS[int(s[OP])]
+    return stream_us(rows(cnt, s[op.lo], s[op.hi]), s[op.width], rates, read)

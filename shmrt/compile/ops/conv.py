@@ -30,30 +30,29 @@ def conv(b, op, info):
     info["weight_bytes"] = 4 * (Cout * K + (Cout if b_off >= 0 else 0))
     if not b.split_model:
         b.need_rows()
-        slices = [((0, Cout), (0, OH), tuple(rows_of(w, P).values())) for w in range(P)]
+        slices = [((0, Cout), (0, OH), rows_of(w, P)) for w in range(P)]
         info["partition"] = "batch rows (whole images)"
         info["slices"] = [f"images {w}/{P}..{w + 1}/{P}" for w in range(P)]
         state, bounds = ("rows" if P > 1 else "all"), None
     elif Cout >= 2 * P:
         b.need_all()
         c = split(Cout, P, grain=1)
-        slices = [((c[w], c[w + 1]), (0, OH), (0, FRAC)) for w in range(P)]
+        slices = [((c[w], c[w + 1]), (0, OH), dict(lo=0, hi=FRAC)) for w in range(P)]
         info["partition"] = "output channels"
         info["slices"] = [f"channels {c[w]}:{c[w + 1]}" for w in range(P)]
         state, bounds = "cols", [v * OH * OW for v in c]
     else:
         b.need_all()
         r = split(OH, P, grain=1)
-        slices = [((0, Cout), (r[w], r[w + 1]), (0, FRAC)) for w in range(P)]
+        slices = [((0, Cout), (r[w], r[w + 1]), dict(lo=0, hi=FRAC)) for w in range(P)]
         halo = (l.kernel_size[0] - 1) * l.dilation[0]
         info["partition"] = f"output rows of each image (spatial; input halo {halo} rows)"
         info["slices"] = [f"rows {r[w]}:{r[w + 1]}" for w in range(P)]
         state, bounds = "spatial", None
-    for w, ((c0, c1), (h0, h1), rr) in enumerate(slices):
+    for w, ((c0, c1), (h0, h1), where) in enumerate(slices):
         b.emit(w, CONV, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.width, w=w_off, b=b_off,
-               act=op.act, co0=c0, co1=c1, oh0=h0, oh1=h1, lo=rr[0], hi=rr[1],
-               scratch=sc["conv"] + b.wids[w] * sc["conv_per"], geom=geom, cout=Cout,
-               scratch_floats=sc["conv_per"])
+               act=op.act, co0=c0, co1=c1, oh0=h0, oh1=h1, scratch=sc["conv"] + b.wids[w] * sc["conv_per"],
+               geom=geom, cout=Cout, scratch_floats=sc["conv_per"], **where)
     info["read_per_worker"] = info["weight_bytes"]
     b.set_cur(out, state, bounds)
 

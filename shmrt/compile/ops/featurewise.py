@@ -9,7 +9,7 @@ import numpy as np
 
 from shmrt.compile.isa import ACT, AFFINE, FRAC, act_code
 from shmrt.compile.layout import rows_of
-from shmrt.compile.roofline import rows, stream_us
+from shmrt.compile.roofline import streaming_step_us
 from shmrt.ir import layers as L
 
 
@@ -43,8 +43,7 @@ def featurewise(b, op, info):
 
 
 def featurewise_us(s, cnt, n, rates) -> float:
-    op = ACT if s[0] == ACT.code else AFFINE
-    return stream_us(rows(cnt, s[op.lo], s[op.hi]), s[op.width], rates)
+    return streaming_step_us(s, cnt, rates)
 
 
 def tensors(op, before) -> dict:

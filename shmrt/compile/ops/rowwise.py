@@ -7,9 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from shmrt.compile.isa import ARGMAX, GATHER, LAYERNORM, SOFTMAX, TOPK
-from shmrt.compile.layout import Output
-from shmrt.compile.layout import rows_of
-from shmrt.compile.roofline import rows, stream_us
+from shmrt.compile.layout import Output, rows_of
+from shmrt.compile.roofline import streaming_step_us
 from shmrt.ir import layers as L
 
 
@@ -42,9 +41,7 @@ def rowwise(b, op, info):
 
 def rowwise_us(s, cnt, n, rates) -> float:
     """Reads a row, writes it (or less), with a pass or two over it: 12 bytes a float."""
-    op = {SOFTMAX.code: SOFTMAX, ARGMAX.code: ARGMAX, TOPK.code: TOPK, LAYERNORM.code: LAYERNORM,
-          GATHER.code: GATHER}[int(s[0])]
-    return stream_us(rows(cnt, s[op.lo], s[op.hi]), s[op.width], rates, read=12.0)
+    return streaming_step_us(s, cnt, rates, read=12.0)
 
 
 def tensors(op, before) -> dict:
