@@ -8,8 +8,11 @@ Numba registers at import, so functions calling it are cached on disk.
 
 Layout: views are row-major 2-D arrays whose last axis has unit stride
 (rows may be strided).  Row-major C = X @ W.T is, in BLAS's column-major
-terms, C^T = W^T' @ X^T: sgemm('T', 'N', m, n, k, W, ldw, X, ldx, C, ldc),
-and C = A @ B is C^T = B^T @ A^T: sgemm('N', 'N', n, m, k, B, ldb, A, lda, C, ldc).
+terms, C^T = W^T' @ X^T: sgemm('T', 'N', m, n, k, W, ldw, X, ldx, C, ldc).
+
+Since shmrt's own tile (tile.py, gemm.py) runs the Linear, recurrent and
+stride-1 convolution products, this is the fallback: layers of fewer than
+8 outputs (a regression's GEMV) and strided convolutions (im2row).
 """
 import numpy as np
 from numba import njit, types
@@ -41,6 +44,10 @@ def gemm_nt(x, w, out, accumulate):
     m = w.shape[0]
     if n == 0 or m == 0:
         return
+    if k == 0:  # BLAS returns at once when a dimension is 0 and leaves out as it was (GEMV: even with beta 0)
+        if not accumulate:
+            out[:, :] = 0
+        return
     beta = _ONE if accumulate else _ZERO
     if n == 1 and out.strides[1] == 4:
         # y = W x: W row-major is W^T column-major, so trans='T' with lda = ldw
@@ -51,14 +58,3 @@ def gemm_nt(x, w, out, accumulate):
     else:
         _gemm(ord("s"), ord("T"), ord("N"), m, n, k, _ONE.ctypes, w.ctypes, ld(w),
               x.ctypes, ld(x), beta.ctypes, out.ctypes, ld(out))
-
-
-@njit(cache=True)
-def gemm_nn(a, b, out):
-    """out[m, n] = a[m, k] @ b[k, n] -- all row-major, rows may be strided."""
-    m, k = a.shape
-    n = b.shape[1]
-    if m == 0 or n == 0:
-        return
-    _gemm(ord("s"), ord("N"), ord("N"), n, m, k, _ONE.ctypes, b.ctypes, ld(b), a.ctypes, ld(a),
-          _ZERO.ctypes, out.ctypes, ld(out))

@@ -4,7 +4,8 @@ conv2d, stride 1 (the common case): the image is copied once into a
 zero-padded [C, H+2ph, W+2pw] plane; in padded coordinates every row of
 the im2col matrix [(c, i, j), pixels] is then one contiguous run of that
 plane (a plain copy, no bounds checks), provided each output row is
-computed at the padded width Wp = W + 2pw.  One GEMM per group,
+computed at the padded width Wp = W + 2pw.  One GEMM per group (shmrt's
+tile on the columns in place, gemm.gemm_nn),
     tmp[co, oh*Wp + ow] = W[co, :] . cols[:, oh*Wp + ow],
 and the epilogue adds the bias, applies the activation and keeps the OW
 valid columns of each row, writing the image's [Cout, OH*OW] output.
@@ -20,7 +21,8 @@ import numpy as np
 from numba import njit
 
 from .activations import add_act_row
-from .blas import gemm_nn, gemm_nt
+from .blas import gemm_nt
+from .gemm import gemm_nn
 
 
 def scratch_floats(g, cout):

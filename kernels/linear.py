@@ -1,9 +1,14 @@
 """Linear layer slices: y = act(x @ W.T + b), whole or partial.
 
+The product itself is gemm.gemm_packed on the weight's panels; ``linear``
+here (OpenBLAS, row-major W) is kept for layers with fewer than
+PACKED_MIN_OUT outputs (a regression's one column), where OpenBLAS's
+GEMV streams the rows faster than a 32-wide tile (bench/microkernel.py).
+
 The three shapes a plan uses:
-- ``linear``: any block of rows and/or output columns, written in place
+- a block of rows and/or output columns, written in place
   (data parallel: rows; column parallel: output columns).
-- ``linear`` without bias + ``reduce_partials``: row parallel -- each worker multiplies
+- without bias + ``reduce_partials``: row parallel -- each worker multiplies
   its slice of the input features, then each reduces a slice of the output
   columns over every worker's partial sums (a reduce-scatter).
 """
@@ -11,6 +16,8 @@ from numba import njit
 
 from .activations import bias_act, bias_act_row
 from .blas import gemm_nt
+
+PACKED_MIN_OUT = 8  # outputs from which a Linear runs on packed panels (measured: below, OpenBLAS's GEMV is faster)
 
 
 @njit(cache=True)

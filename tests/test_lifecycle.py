@@ -29,6 +29,7 @@ import psutil
 import pytest
 
 import shmrt
+from shmrt.kernels import pack
 from models import big_mlp, small_mlp  # tests/ is on sys.path (conftest.py)
 from reference import forward as reference, rel_err
 
@@ -190,6 +191,7 @@ PRELUDE = """\
 import os, signal, sys, threading, time
 import numpy as np
 import shmrt
+from shmrt.kernels import pack
 from models import big_mlp, small_mlp
 from reference import forward as reference, rel_err
 """
@@ -543,15 +545,18 @@ def test_weight_views_are_read_only_and_equal():
     with shmrt.Runtime(workers=2) as rt:
         cm = rt.compile(model, strategy="model", max_batch=64)
         for name, layer in (("0", model.layers[0]), ("2", model.layers[2])):
-            for p in ("weight", "bias"):
+            # the weight is stored once, packed into the kernel's panels (kernels/gemm.py)
+            for p, want in (("panels", pack(layer.params["weight"])), ("bias", layer.params["bias"])):
                 v = cm.weights.view(f"{name}.{p}")
-                np.testing.assert_array_equal(v, layer.params[p])
+                np.testing.assert_array_equal(v, want)
                 assert v.dtype == np.float32
                 with pytest.raises(ValueError, match="read-only"):
                     v[0] = 1.0
                 with pytest.raises(ValueError):
                     v[...] = 0.0
-        np.testing.assert_array_equal(cm.weights.view("0.weight"), model.layers[0].params["weight"])
+        np.testing.assert_array_equal(cm.weights.view("0.panels"), pack(model.layers[0].params["weight"]))
+        with pytest.raises(KeyError, match="0.panels"):
+            cm.weights.view("0.weight")
         # and the failed writes did not corrupt a call
         x = inputs(7, 64)
         assert rel_err(cm(x), reference(model, x)) <= 1e-5

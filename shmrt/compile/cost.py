@@ -24,7 +24,7 @@ import numpy as np
 
 from shmrt.compile.isa import BARRIER, END, LINEAR, MICRO, MICRO_ROWS, NEXT, OP, SIGNAL, WAIT
 from shmrt.compile.ops import COSTS
-from shmrt.compile.roofline import Rates  # noqa: F401 (the cost model's rates, re-exported)
+from shmrt.compile.roofline import ROWS_HALF, Rates  # noqa: F401 (Rates: the cost model's rates, re-exported)
 from shmrt.exec.executor import micro_batches
 
 
@@ -148,7 +148,7 @@ def kernel_rates(rt) -> dict:
     """One worker's rates, measured with shmrt's own kernels on rt's own
     workers, all of them computing at once (profiled in-place calls):
     GEMM GFLOP/s at many rows (128 rows per worker, scaled by the cost
-    model's r / (r + 16)), read GB/s of a weight slice streamed from memory
+    model's r / (r + ROWS_HALF)), read GB/s of a weight slice streamed from memory
     (a 4096 x 4096 model-parallel GEMV), and from the worker's own L2 (a
     weight that fits there, re-read by every worker)."""
     from shmrt.ir import layers as L
@@ -162,7 +162,7 @@ def kernel_rates(rt) -> dict:
     rows = 128
     with rt.compile(linear(1024, 1024), strategy="data", max_batch=rows * P) as cm:
         cm.input_buffer()[...] = 1.0
-        out["gflops"] = _per_worker(cm, rows * P, lambda w: 2.0 * rows * 1024 * 1024) / 1e9 * (rows + 16) / rows
+        out["gflops"] = _per_worker(cm, rows * P, lambda w: 2.0 * rows * 1024 * 1024) / 1e9 * (rows + ROWS_HALF) / rows
     with rt.compile(linear(4096, 4096), strategy="model", max_batch=1) as cm:
         cm.input_buffer(1)[...] = 1.0
         prog = cm.plan.programs["model"]

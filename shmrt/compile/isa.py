@@ -41,9 +41,10 @@ POOL_GEOM = 13  # pool2d's geometry: C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH
 _DECLARED = (
     ("END", "end", ()),
     ("BARRIER", "barrier", ("line", "parties")),  # barrier at control line `line` of `parties` workers
-    # out[rows, out_col:out_col+m] = act(x[rows, x_col:x_col+k] @ w[0:m, w_col:w_col+k].T + b)
+    # out[rows, out_col:out_col+m] = act(x[rows, x_col:x_col+k] @ W[0:m, w_col:w_col+k].T + b).  packed: W is
+    # panels at w (kernels/gemm.py: panel p at w + p * w_ld, input feature j at + j * NR), else row-major [m, w_ld]
     ("LINEAR", "linear", ("x", "x_ld", "x_col", "k", "w", "w_ld", "w_col", "b", "out", "out_ld", "out_col", "m",
-                          "act", "lo", "hi")),
+                          "act", "lo", "hi", "packed")),
     # out[all rows, c0:c1] = act(sum over p < P of parts[:, p*m + c0 : p*m + c1] + b[c0:c1]); parts is [n, P*m]
     ("REDUCE", "reduce", ("parts", "P", "m", "c0", "c1", "b", "act", "out", "out_ld")),
     # out[rows, col:col+width] = act(x[rows, col:col+width]) (out may be x)

@@ -1,8 +1,8 @@
 """What the cost model prices with: the machine's rates (Rates, measured by
 calibrate.py) and the roofline of one step -- the larger of its flops at the
 GEMM rate and its bytes at the read bandwidth, per worker.  A GEMM's rate
-falls with few rows (r / (r + 16) of the peak: a GEMM of few rows cannot
-reuse its weights); a worker's slice of weights that fits its L2 is read at
+falls with few rows (r / (r + ROWS_HALF) of the peak: a GEMM of few rows
+cannot reuse its weights); a worker's slice of weights that fits its L2 is read at
 the L2 rate (it stays there between calls).  The op modules (compile/ops/)
 price their own steps with these."""
 from __future__ import annotations
@@ -10,6 +10,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shmrt.compile.isa import FRAC, OP, OPS
+
+
+# rows at which a GEMM runs at half its peak rate: shmrt's packed tile (kernels/gemm.py) runs 16 rows at
+# 0.43-0.89 and 32 rows at 0.70-1.0 of its 128-row rate (bench/microkernel.py); OpenBLAS, before it, needed 16
+ROWS_HALF = 8.0
 
 
 @dataclass
@@ -31,7 +36,7 @@ def rows(cnt, lo, hi):
 def gemm_us(flops, weight_bytes, act_bytes, r, rates):
     """A GEMM of r rows: its flops at the rate r rows allow, or its bytes --
     weights from L2 when this worker's slice fits there, else from memory."""
-    eff = r / (r + 16.0)
+    eff = r / (r + ROWS_HALF)
     wbw = rates.cache_gbs if weight_bytes <= rates.l2_bytes else rates.read_gbs
     return max(flops / (rates.gflops * 1e3 * max(eff, 1e-3)),
                weight_bytes / (wbw * 1e3) + act_bytes / (rates.read_gbs * 1e3))

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from shmrt.kernels import (affine, apply_act, argmax, conv2d, gather, gemm_nt, global_avg_pool, gru_cell, layernorm, linear,
-                     lstm_cell, pool2d, reduce_partials, rnn_cell, softmax, topk)
+from shmrt.kernels import (IDENTITY, NR, affine, apply_act, argmax, conv2d, gather, gemm_packed, global_avg_pool,
+                           gru_cell, layernorm, linear, lstm_cell, pool2d, reduce_partials, rnn_cell, softmax, topk)
 
 from shmrt.compile.isa import (ACT, AFFINE, ARGMAX, BARRIER, CONV, CONV_GEOM, END, FRAC, GAP, GATES, GATHER, GRU_CELL,
                                LAYERNORM, LINEAR, LSTM_CELL, MICRO, NEXT, OP, POOL, POOL_GEOM, RECUR, REDUCE,
@@ -53,18 +53,12 @@ def _view(flat, off, ld, r0, r1, col, ncols):
 
 
 @njit(cache=True)
-def _bias_rows(out, b):
-    for i in range(out.shape[0]):
-        for j in range(out.shape[1]):
-            out[i, j] += b[j]
-
-
-@njit(cache=True)
 def _recurrent(s, weights, arena, base, cnt, ctrl, spin_ns, block_ns, ppid):
     """One recurrent layer (a RECUR step s, fields in isa.py) for this
     worker's rows and hidden units u0:u1.  Returns 0, or -2 if aborted.
 
-    The input projection of every step is one GEMM per gate up front; each
+    The input projection of every step is one GEMM per gate up front (packed
+    weights, both biases fused); each
     step then multiplies the full h(t-1) by this worker's rows of W_hh,
     applies the cell to its own units, writes them into h(t), and meets the
     others at the barrier -- the whole loop stays in this function.
@@ -78,15 +72,14 @@ def _recurrent(s, weights, arena, base, cnt, ctrl, spin_ns, block_ns, ppid):
     go, gstride, aux, hinit = s[RECUR.gates], s[RECUR.gate_stride], s[RECUR.aux], s[RECUR.hinit]
     w_ih, w_hh, b_ih, b_hh, out = s[RECUR.w_ih], s[RECUR.w_hh], s[RECUR.b_ih], s[RECUR.b_hh], s[RECUR.out]
     TH = T * H
+    Hp = (H + NR - 1) // NR * NR  # a gate's rows, padded to whole panels
+    empty = weights[0:0]
     if R > 0 and hs > 0:
-        x2 = arena[s[RECUR.x] + r0 * T * F:s[RECUR.x] + r1 * T * F].reshape((R * T, F))  # [N, T, F] rows are contiguous
-        for g in range(G):
+        x2 = _view(arena, s[RECUR.x], F, r0 * T, r1 * T, 0, F)  # [N, T, F]: row r, step t at row r * T + t
+        for g in range(G):  # the input projection of every step: one GEMM per gate, both biases fused
             gv = _view(arena, go + g * gstride, H, r0 * T, r1 * T, u0, hs)
-            gemm_nt(x2, _view(weights, w_ih, F, g * H + u0, g * H + u1, 0, F), gv, False)
-            if b_ih >= 0:
-                _bias_rows(gv, weights[b_ih + g * H + u0:b_ih + g * H + u1])
-            if b_hh >= 0 and not (mode == GRU_CELL and g == 2):
-                _bias_rows(gv, weights[b_hh + g * H + u0:b_hh + g * H + u1])
+            bias = weights[b_ih + g * H + u0:b_ih + g * H + u1] if b_ih >= 0 else empty
+            gemm_packed(x2, weights[w_ih + (g * Hp + u0) * F:], F * NR, bias, gv, IDENTITY, False)
         # initial state: this worker's rectangle of h-init (and of c)
         hin = _view(arena, hinit, H, r0, r1, u0, hs)
         cst = _view(arena, aux, H, r0, r1, u0, hs)
@@ -98,7 +91,6 @@ def _recurrent(s, weights, arena, base, cnt, ctrl, spin_ns, block_ns, ppid):
     bline = s[RECUR.line]
     if parties > 1 and barrier(ctrl, bline, parties, C.ABORT, spin_ns, block_ns, ppid) == ABORTED:
         return -2
-    empty = weights[0:0]
     for t in range(T):
         if R > 0 and hs > 0:
             if t == 0:
@@ -108,12 +100,11 @@ def _recurrent(s, weights, arena, base, cnt, ctrl, spin_ns, block_ns, ppid):
             ht = _view(arena, out + t * H, TH, r0, r1, u0, hs)
             for g in range(G):
                 gt = _view(arena, go + g * gstride + t * H, TH, r0, r1, u0, hs)
-                whh = _view(weights, w_hh, H, g * H + u0, g * H + u1, 0, H)
+                whh = weights[w_hh + (g * Hp + u0) * H:]
                 if mode == GRU_CELL and g == 2:
-                    hn = _view(arena, aux, H, r0, r1, u0, hs)
-                    gemm_nt(hp, whh, hn, False)
+                    gemm_packed(hp, whh, H * NR, empty, _view(arena, aux, H, r0, r1, u0, hs), IDENTITY, False)
                 else:
-                    gemm_nt(hp, whh, gt, True)
+                    gemm_packed(hp, whh, H * NR, empty, gt, IDENTITY, True)
             g0 = _view(arena, go + t * H, TH, r0, r1, u0, hs)
             if mode == LSTM_CELL:
                 lstm_cell(g0, _view(arena, go + gstride + t * H, TH, r0, r1, u0, hs),
@@ -171,10 +162,14 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
             if r1 > r0:
                 m, k, bo = s[LINEAR.m], s[LINEAR.k], s[LINEAR.b]
                 x = _view(arena, s[LINEAR.x], s[LINEAR.x_ld], r0, r1, s[LINEAR.x_col], k)
-                w = _view(weights, s[LINEAR.w], s[LINEAR.w_ld], 0, m, s[LINEAR.w_col], k)
                 b = weights[bo:bo + m] if bo >= 0 else empty
                 out = _view(arena, s[LINEAR.out], s[LINEAR.out_ld], r0, r1, s[LINEAR.out_col], m)
-                linear(x, w, b, out, s[LINEAR.act])
+                if s[LINEAR.packed]:
+                    gemm_packed(x, weights[s[LINEAR.w] + s[LINEAR.w_col] * NR:], s[LINEAR.w_ld], b, out,
+                                s[LINEAR.act], False)
+                else:
+                    linear(x, _view(weights, s[LINEAR.w], s[LINEAR.w_ld], 0, m, s[LINEAR.w_col], k), b, out,
+                           s[LINEAR.act])
         elif op == REDUCE.code:
             P, m, c0, c1, bo = s[REDUCE.P], s[REDUCE.m], s[REDUCE.c0], s[REDUCE.c1], s[REDUCE.b]
             if c1 > c0:

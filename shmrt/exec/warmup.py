@@ -50,10 +50,15 @@ _lock = threading.Lock()
 # The child's group: functions that only run_steps (and serve, and the
 # parent's Python code) call, and that no kernel of the parent's group
 # calls.  Each group saves only its own functions to the cache (see above).
-_CHILD_OWNS = ("executor._recurrent", "executor._bias_rows", "recurrent.lstm_cell", "recurrent.gru_cell",
-               "recurrent.rnn_cell", "rowwise.softmax", "rowwise.topk", "sync.barrier", "sync.bump",
-               "sync.wake_all", "sync.wait_change", "sync.block_while", "sync.wait_reach", "control.call",
-               "control.post", "control.wait_done", "control.finish", "control.set_word")
+# Named as _dispatchers() names them (tests/test_warmup.py checks each exists:
+# after the move into subpackages these names matched nothing, and the child
+# compiled its whole group for nothing).
+_CHILD_OWNS = ("exec.executor._recurrent", "kernels.gemm.gemm_packed", "kernels.gemm._tile",
+               "kernels.recurrent.lstm_cell", "kernels.recurrent.gru_cell", "kernels.recurrent.rnn_cell",
+               "kernels.rowwise.softmax", "kernels.rowwise.topk", "parallel.sync.barrier", "parallel.sync.bump",
+               "parallel.sync.wake_all", "parallel.sync.wait_change", "parallel.sync.block_while",
+               "parallel.sync.wait_reach", "parallel.control.call", "parallel.control.post",
+               "parallel.control.wait_done", "parallel.control.finish", "parallel.control.set_word")
 
 
 def _types():
@@ -90,7 +95,8 @@ def _compile_parent_group() -> None:
 
 
 def _compile_child_group() -> None:
-    """The recurrent layer, softmax and top-k, the synchronisation and the control words."""
+    """The recurrent layer (and with it the packed GEMM: a Linear's step reaches it only through
+    run_steps), softmax and top-k, the synchronisation and the control words."""
     from shmrt.kernels import softmax, topk
 
     from shmrt.parallel import control as C

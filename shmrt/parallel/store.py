@@ -152,6 +152,8 @@ class WeightStore:
         return cls(Segment(name, nbytes, create=False, readonly=True), manifest)
 
     def view(self, name: str) -> np.ndarray:
+        if name not in self.manifest:
+            raise KeyError(f"no tensor {name!r} in the weight store; it holds {', '.join(self.manifest)}")
         _, shape, off = self.manifest[name]
         return self.flat[off:off + int(np.prod(shape, dtype=np.int64))].reshape(shape)
 

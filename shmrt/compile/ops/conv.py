@@ -6,7 +6,7 @@ from __future__ import annotations
 from shmrt.compile.isa import CONV, CONV_GEOM, FRAC
 from shmrt.compile.layout import rows_of, split
 from shmrt.compile.ops.dense import folded
-from shmrt.compile.roofline import rows
+from shmrt.compile.roofline import ROWS_HALF, rows
 from shmrt.ir import layers as L
 
 
@@ -64,7 +64,7 @@ def conv_us(s, cnt, n, rates) -> float:
     K = g[0] // g[11] * g[3] * g[4]
     co, oh = s[CONV.co1] - s[CONV.co0], s[CONV.oh1] - s[CONV.oh0]
     per_image = 2.0 * co * oh * g[13] * K
-    return r * (per_image / (rates.gflops * 1e3 * (co / (co + 16.0))) + 8.0 * K * oh * g[13] / (rates.read_gbs * 1e3))
+    return r * (per_image / (rates.gflops * 1e3 * (co / (co + ROWS_HALF))) + 8.0 * K * oh * g[13] / (rates.read_gbs * 1e3))
 
 
 def tensors(op, before) -> dict:

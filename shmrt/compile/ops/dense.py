@@ -17,12 +17,28 @@ from shmrt.compile.isa import FRAC, LINEAR, REDUCE
 from shmrt.compile.layout import rows_of, split
 from shmrt.compile.roofline import gemm_us, rows
 from shmrt.ir import layers as L
+from shmrt.kernels import NR, pack
+from shmrt.kernels.linear import PACKED_MIN_OUT
+
+
+def packed(layer) -> bool:
+    """Does this Linear run on packed panels (else OpenBLAS on the row-major weight: too few outputs)?"""
+    return layer.out_features >= PACKED_MIN_OUT
+
+
+def split_panels(m: int, P: int) -> list:
+    """Boundaries of P ranges of m output columns, each a run of whole panels (multiples of NR but the
+    last); a worker may get none when there are fewer panels than workers."""
+    units = -(-m // NR)
+    return [min(units * p // P * NR, m) for p in range(P)] + [m]
 
 
 def linear(b, op, info):
     P, l, i = b.P, op.layer, op.index
     k, m = l.in_features, l.out_features
-    w_off, b_off = b.w(f"{i}.weight"), b.w(f"{i}.bias")
+    pk = packed(l)
+    w_off, b_off = b.w(f"{i}.panels" if pk else f"{i}.weight"), b.w(f"{i}.bias")
+    w_ld = k * NR if pk else k  # packed: floats from one panel to the next
     out = b.outs[i]
     info["flops"] = 2 * k * m
     info["weight_bytes"] = 4 * (k * m + (m if b_off >= 0 else 0))
@@ -30,8 +46,8 @@ def linear(b, op, info):
     if not b.split_model:
         b.need_rows()
         for w in range(P):
-            b.emit(w, LINEAR, x=x_off, x_ld=x_ld, x_col=0, k=k, w=w_off, w_ld=k, w_col=0, b=b_off, out=out.off,
-                   out_ld=m, out_col=0, m=m, act=op.act, **rows_of(w, P))
+            b.emit(w, LINEAR, x=x_off, x_ld=x_ld, x_col=0, k=k, w=w_off, w_ld=w_ld, w_col=0, b=b_off,
+                   out=out.off, out_ld=m, out_col=0, m=m, act=op.act, packed=pk, **rows_of(w, P))
         info["partition"] = "batch rows"
         info["slices"] = [f"rows {w}/{P}..{w + 1}/{P}" for w in range(P)]
         info["read_per_worker"] = info["weight_bytes"]
@@ -45,8 +61,8 @@ def linear(b, op, info):
         b.row_layers += 1
         c = b.bounds
         for w in range(P):
-            b.emit(w, LINEAR, x=x_off, x_ld=x_ld, x_col=c[w], k=c[w + 1] - c[w], w=w_off, w_ld=k, w_col=c[w],
-                   b=-1, out=parts, out_ld=P * m, out_col=w * m, m=m, act=0, lo=0, hi=FRAC)
+            b.emit(w, LINEAR, x=x_off, x_ld=x_ld, x_col=c[w], k=c[w + 1] - c[w], w=w_off, w_ld=w_ld,
+                   w_col=c[w], b=-1, out=parts, out_ld=P * m, out_col=w * m, m=m, act=0, lo=0, hi=FRAC, packed=pk)
         b.barrier()
         d = split(m, P)
         for w in range(P):
@@ -59,11 +75,11 @@ def linear(b, op, info):
         b.set_cur(out, "cols", d)
     else:
         b.need_all()
-        c = split(m, P)
-        for w in range(P):
-            b.emit(w, LINEAR, x=x_off, x_ld=x_ld, x_col=0, k=k, w=w_off + c[w] * k, w_ld=k, w_col=0,
+        c = split_panels(m, P) if pk else split(m, P)
+        for w in range(P):  # columns c0:c1 start at c0 * k floats in both layouts (panels: c0 a multiple of NR)
+            b.emit(w, LINEAR, x=x_off, x_ld=x_ld, x_col=0, k=k, w=w_off + c[w] * k, w_ld=w_ld, w_col=0,
                    b=b_off + c[w] if b_off >= 0 else -1, out=out.off, out_ld=m, out_col=c[w],
-                   m=c[w + 1] - c[w], act=op.act, lo=0, hi=FRAC)
+                   m=c[w + 1] - c[w], act=op.act, lo=0, hi=FRAC, packed=pk)
         info["partition"] = "columns (output features)"
         info["slices"] = [f"out {c[w]}:{c[w + 1]}" for w in range(P)]
         info["read_per_worker"] = 4 * k * max(c[w + 1] - c[w] for w in range(P))
@@ -96,7 +112,11 @@ def folded(op) -> dict:
 
 
 def tensors(op, before) -> dict:
-    return folded(op)
+    """The folded weight, packed into panels once (the only copy the workers read), and the bias."""
+    t = folded(op)
+    if packed(op.layer):
+        t["panels"] = pack(t.pop("weight"))
+    return t
 
 
 LAYERS = (L.Linear,)

@@ -2,14 +2,24 @@
 or by hidden units -- worker w owns the gate rows of units u0:u1, computes
 them from the full h(t-1), writes its units of h(t), with one barrier per
 time step.  One RECUR step runs a layer's whole time loop
-(exec/executor.py's _recurrent)."""
+(exec/executor.py's _recurrent).
+
+The weights are packed once, gate by gate, into the panels of the packed
+GEMM (kernels/gemm.py): gate g of W_ih at g * packed_size(H, F), of W_hh at
+g * packed_size(H, H), so a worker's units u0:u1 (u0 a multiple of NR) of
+each gate are a run of whole panels.  Both biases are added into one per
+gate (GRU's n gate: b_in only; b_hn stays apart, the cell needs it)."""
 from __future__ import annotations
 
-from shmrt.compile.isa import CELLS, FRAC, GATES, RECUR
+import numpy as np
+
+from shmrt.compile.isa import CELLS, FRAC, GATES, GRU_CELL, RECUR
 from shmrt.compile.layout import Output
-from shmrt.compile.layout import rows_of, split
+from shmrt.compile.layout import rows_of
 from shmrt.compile.roofline import gemm_us, rows
+from shmrt.compile.ops.dense import split_panels
 from shmrt.ir import layers as L
+from shmrt.kernels import pack
 
 
 def recurrent(b, op, info):
@@ -21,7 +31,7 @@ def recurrent(b, op, info):
     split_units = b.split_model
     if split_units:
         b.need_all()
-    u = split(H, P) if split_units else None
+    u = split_panels(H, P) if split_units else None
     for k in range(l.num_layers):
         F = l.input_size if k == 0 else H
         h0 = b.w(f"{i}.h0") + k * H if f"{i}.h0" in b.woff else -1
@@ -29,8 +39,8 @@ def recurrent(b, op, info):
         for w in range(P):
             u0, u1 = (u[w], u[w + 1]) if split_units else (0, H)
             where = dict(lo=0, hi=FRAC) if split_units else rows_of(w, P)
-            b.emit(w, RECUR, x=x_off, T=T, F=F, out=out.seqs[k], H=H, w_ih=b.w(f"{i}.weight_ih_l{k}"),
-                   w_hh=b.w(f"{i}.weight_hh_l{k}"), b_ih=b.w(f"{i}.bias_ih_l{k}"),
+            b.emit(w, RECUR, x=x_off, T=T, F=F, out=out.seqs[k], H=H, w_ih=b.w(f"{i}.panels_ih_l{k}"),
+                   w_hh=b.w(f"{i}.panels_hh_l{k}"), b_ih=b.w(f"{i}.gate_bias_l{k}"),
                    b_hh=b.w(f"{i}.bias_hh_l{k}"), h0=h0, c0=c0, u0=u0, u1=u1, gates=sc["gates"],
                    gate_stride=sc["gstride"], aux=sc["aux"], hinit=sc["hinit"], mode=CELLS.index(l.cell),
                    parties=P if split_units else 1, line=b.bline, **where)
@@ -62,6 +72,26 @@ def recurrent_us(s, cnt, n, rates) -> float:
     proj = gemm_us(2.0 * r * T * F * G * hs, 4.0 * G * hs * F, 4.0 * r * T * (F + G * hs), r * T, rates)
     step = gemm_us(2.0 * r * H * G * hs, 4.0 * G * hs * H, 4.0 * r * (H + G * hs), r, rates)
     return proj + T * (step + (rates.barrier_us if s[RECUR.parties] > 1 else 0.0))
+
+
+def tensors(op, before) -> dict:
+    """Per stacked layer k: panels_ih_l{k}, panels_hh_l{k} (each gate packed on its own), gate_bias_l{k}
+    (b_ih + b_hh, GRU's n gate b_in only) and, for GRU, bias_hh_l{k} (b_hn); h0, c0 as given."""
+    l = op.layer
+    H, G, p = l.hidden_size, l.gates, l.params
+    out = {name: p[name] for name in ("h0", "c0") if name in p}
+    for k in range(l.num_layers):
+        for part in ("ih", "hh"):
+            w = p[f"weight_{part}_l{k}"]
+            out[f"panels_{part}_l{k}"] = np.concatenate([pack(w[g * H:(g + 1) * H]) for g in range(G)])
+        if l.bias:
+            b_ih, b_hh = (p[f"bias_{part}_l{k}"].astype(np.float64) for part in ("ih", "hh"))
+            both = b_ih + b_hh
+            if CELLS.index(l.cell) == GRU_CELL:
+                both[2 * H:] = b_ih[2 * H:]
+                out[f"bias_hh_l{k}"] = p[f"bias_hh_l{k}"]
+            out[f"gate_bias_l{k}"] = both.astype(np.float32)
+    return out
 
 
 def output(op, shape, in_shape, maxb, arena):

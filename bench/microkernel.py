@@ -1,0 +1,104 @@
+"""shmrt's packed-weight GEMM alone, beside OpenBLAS, at the worker shapes of every workload:
+python bench/microkernel.py [--rounds R] [--out FILE]   (with shmrt installed, or PYTHONPATH=.)
+
+One thread, one process.  For each shape (rows M x inputs K x outputs N,
+the slice one worker multiplies with 2 workers) the round runs, in a new
+random order every round: shmrt's kernel (kernels.gemm.gemm_packed on the
+weight packed once), the same kernel again (the A/A control), and
+OpenBLAS's sgemm through the bridge the runtime used before
+(kernels.blas.gemm_nt, which packs the weight on every call).  Reported:
+medians over the rounds, GFLOP/s, the A/A spread (|A - A'| / A of the
+medians), and the fraction of the single-core sgemm ceiling (numpy's BLAS,
+2048^3, one thread, best of 3, measured in the same run).
+"""
+import argparse
+import platform
+import random
+import time
+
+import numpy as np
+from threadpoolctl import threadpool_limits
+
+import shmrt
+from shmrt.kernels import IDENTITY
+from shmrt.kernels.blas import gemm_nt
+from shmrt.kernels.gemm import gemm_packed, pack
+from shmrt.kernels.tile import ISA, MR, NR
+
+# (workload, what, K, N): the per-worker weight slice at 2 workers
+SHAPES = [
+    ("mlp", "fc1 cols/2", 1024, 2048), ("mlp", "fc2 cols/2", 4096, 2048), ("mlp", "fc3 cols/2", 4096, 512),
+    ("cnn", "conv1 im2col", 27, 32), ("cnn", "conv2 im2col", 288, 64), ("cnn", "fc 4096-256", 4096, 256),
+    ("lstm", "W_ih 4 gates/2", 256, 2048), ("lstm", "W_hh gate/2", 1024, 512),
+    ("deep", "256-256", 256, 256), ("logreg", "64-1", 64, 1),
+]
+ROWS = (1, 16, 32, 128, 256)
+
+
+def ceiling() -> float:
+    a = np.random.default_rng(0).standard_normal((2048, 2048)).astype(np.float32)
+    best = 1e9
+    for _ in range(4):
+        t = time.perf_counter()
+        a @ a
+        best = min(best, time.perf_counter() - t)
+    return 2 * 2048 ** 3 / best / 1e9
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=15)
+    ap.add_argument("--out")
+    args = ap.parse_args()
+    rng = np.random.default_rng(0)
+    lines = []
+
+    def say(s=""):
+        print(s, flush=True)
+        lines.append(s)
+
+    with threadpool_limits(1):
+        peak = ceiling()
+        say(f"# shmrt {shmrt.__version__}, {platform.processor() or platform.machine()}, tile ISA {ISA} "
+            f"({MR} x {NR}), numpy {np.__version__}; single-core sgemm ceiling {peak:.1f} GFLOP/s")
+        say(f"# {args.rounds} rounds, implementations in random order each round; medians; "
+            "A/A: the packed kernel timed twice")
+        say(f"{'workload':8} {'slice':16} {'M':>5} {'K':>5} {'N':>5} | {'packed GF/s':>11} {'of ceil':>7} "
+            f"{'A/A':>5} | {'OpenBLAS GF/s':>13} {'of ceil':>7} | {'packed/BLAS':>11}")
+        for wl, what, k, n in SHAPES:
+            w = rng.standard_normal((n, k)).astype(np.float32)
+            bp, empty = pack(w), np.zeros(0, np.float32)
+            for m in ROWS:
+                x = rng.standard_normal((m, k)).astype(np.float32)
+                o1, o2 = np.empty((m, n), np.float32), np.empty((m, n), np.float32)
+                impls = {"A": lambda: gemm_packed(x, bp, k * NR, empty, o1, IDENTITY, False),
+                         "A'": lambda: gemm_packed(x, bp, k * NR, empty, o1, IDENTITY, False),
+                         "blas": lambda: gemm_nt(x, w, o2, False)}
+                for f in impls.values():
+                    f()
+                ref = x.astype(np.float64) @ w.T.astype(np.float64)
+                err = np.abs(o1 - ref).max() / max(np.abs(ref).max(), 1e-30)
+                assert err < 1e-5, (wl, what, m, err)
+                flops = 2.0 * m * k * n
+                reps = max(1, int(2e7 / flops))  # each sample about 1+ ms of work at 20 GFLOP/s
+                times = {name: [] for name in impls}
+                for _ in range(args.rounds):
+                    order = list(impls)
+                    random.shuffle(order)
+                    for name in order:
+                        t = time.perf_counter()
+                        for _ in range(reps):
+                            impls[name]()
+                        times[name].append((time.perf_counter() - t) / reps)
+                med = {name: float(np.median(v)) for name, v in times.items()}
+                gf = {name: flops / t / 1e9 for name, t in med.items()}
+                aa = abs(med["A"] - med["A'"]) / med["A"]
+                say(f"{wl:8} {what:16} {m:5d} {k:5d} {n:5d} | {gf['A']:11.1f} {gf['A'] / peak:7.0%} {aa:5.0%} | "
+                    f"{gf['blas']:13.1f} {gf['blas'] / peak:7.0%} | {med['blas'] / med['A']:10.2f}x")
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()

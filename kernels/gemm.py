@@ -1,0 +1,128 @@
+"""GEMM on packed weights: out[n, m] (+)= x[n, k] @ W[:, k0:k0+k].T, with
+bias and activation fused into each tile's epilogue.
+
+The weight is packed once, when the plan is built, into the layout the
+register tile (tile.py) streams: panels of NR output columns, each holding
+every k as NR consecutive floats (``pack``).  A worker's column slice is a
+run of whole panels (the plan splits output columns at multiples of NR); a
+slice of the input features (row-parallel Linear) is a contiguous run of
+every panel -- so replication and tensor-parallel slicing need no second
+copy.  The packed array lives in the one shared weight store.
+
+Blocking (Goto's scheme, MLAS's sizes): K in blocks of KC so a panel's
+block (KC x NR x 4 = 32 KiB) stays in L1 while the rows of a row chunk (MC
+rows x KC) stay in L2; then the panels, then MR rows at a time.  When the
+rows fit one tile there is nothing to reuse and K is not blocked: each
+panel streams once, front to back (the memory-bound latency case).
+"""
+import numpy as np
+from numba import njit
+
+from .activations import IDENTITY, bias_act
+from .blas import ld
+from .tile import MR, NR, tile_rows
+
+KC = 256  # K block: a panel's block of KC x NR floats is 32 KiB (AVX-512)
+MC = 20 * MR  # rows per chunk: MC x KC x 4 bytes (240 KiB on AVX-512) stay in L2
+
+
+def pack(w):
+    """W[m, k] (float32) -> its panels, flat: panel p, row kk, column j at (p * k + kk) * NR + j holds
+    W[p * NR + j, kk], zero past m.  A slice of columns c0:c1 (c0 a multiple of NR) starts at c0 * k."""
+    w = np.asarray(w, np.float32)
+    m, k = w.shape
+    panels = -(-m // NR)
+    padded = np.zeros((panels * NR, k), np.float32)
+    padded[:m] = w
+    return np.ascontiguousarray(padded.reshape(panels, NR, k).transpose(0, 2, 1)).reshape(-1)
+
+
+def packed_size(m, k):
+    """Floats in pack(W[m, k])."""
+    return -(-m // NR) * NR * k
+
+
+@njit(cache=True, inline="always")
+def _tile(aa, lda, pa, pld, out, r, c0, kc, mr, nv, accumulate, edge):
+    """out[r:r+mr, c0:c0+nv] (+)= the tile; a partial panel (nv < NR) goes through edge [MR, NR]."""
+    ldo = ld(out)
+    if nv == NR:
+        tile_rows(aa, lda, pa, pld, out.ctypes.data + 4 * (r * ldo + c0), ldo, kc, mr, accumulate)
+        return
+    if accumulate:
+        for i in range(mr):
+            for j in range(nv):
+                edge[i, j] = out[r + i, c0 + j]
+    tile_rows(aa, lda, pa, pld, edge.ctypes.data, NR, kc, mr, accumulate)
+    for i in range(mr):
+        for j in range(nv):
+            out[r + i, c0 + j] = edge[i, j]
+
+
+@njit(cache=True)
+def gemm_packed(x, bp, kstride, b, out, act, accumulate):
+    """out[n, m] (+)= act(x[n, k] @ Wp[:, :k] + b) -- Wp the panels at bp (panel p at p * kstride floats,
+    its row kk at + kk * NR), b (m floats) may be empty, act an ACT_NAMES code (IDENTITY: none).
+    x and out are row-major with unit column stride (rows may be strided); bp is 1-D."""
+    n, k = x.shape
+    m = out.shape[1]
+    if n == 0 or m == 0:
+        return
+    has_b = b.shape[0] > 0
+    if k == 0:  # no inputs: out = act(b)
+        if not accumulate:
+            out[:, :] = 0
+        bias_act(out, b, act)
+        return
+    ldx = ld(x)
+    xa, ba = x.ctypes.data, bp.ctypes.data
+    edge = np.empty((MR, NR), np.float32)
+    panels = (m + NR - 1) // NR
+    kc_max = k if n <= MR else KC
+    for i0 in range(0, n, MC):
+        i1 = min(i0 + MC, n)
+        for k0 in range(0, k, kc_max):
+            kc = min(kc_max, k - k0)
+            last = k0 + kc == k
+            for p in range(panels):
+                c0 = p * NR
+                nv = min(NR, m - c0)
+                pa = ba + 4 * (p * kstride + k0 * NR)
+                for r in range(i0, i1, MR):
+                    mr = min(MR, i1 - r)
+                    _tile(xa + 4 * (r * ldx + k0), ldx, pa, NR, out, r, c0, kc, mr, nv, accumulate or k0 > 0, edge)
+                    if last and (has_b or act != IDENTITY):  # the epilogue, on the tile while it is in L1
+                        bias_act(out[r:r + mr, c0:c0 + nv], b[c0:c0 + nv] if has_b else b, act)
+
+
+@njit(cache=True)
+def gemm_nn(a, bm, out):
+    """out[m, n] = a[m, k] @ bm[k, n] -- bm unpacked (a convolution's im2col columns), every operand row-major
+    with unit column stride.  The tile reads bm's panels in place (rows ld(bm) apart); the last, partial one
+    is first copied into a zero-padded panel, so nothing past bm's rows is read."""
+    m, k = a.shape
+    n = bm.shape[1]
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        out[:, :] = 0
+        return
+    lda, ldb = ld(a), ld(bm)
+    aa, ba = a.ctypes.data, bm.ctypes.data
+    full = n // NR
+    rem = n - full * NR
+    panel = np.zeros((k if rem > 0 else 0, NR), np.float32)
+    for kk in range(panel.shape[0]):
+        for j in range(rem):
+            panel[kk, j] = bm[kk, full * NR + j]
+    edge = np.empty((MR, NR), np.float32)
+    kc_max = k if m <= MR else KC
+    for k0 in range(0, k, kc_max):
+        kc = min(kc_max, k - k0)
+        for p in range(full + (1 if rem > 0 else 0)):
+            if p < full:
+                pa, pld, nv = ba + 4 * (k0 * ldb + p * NR), ldb, NR
+            else:
+                pa, pld, nv = panel.ctypes.data + 4 * k0 * NR, NR, rem
+            for r in range(0, m, MR):
+                _tile(aa + 4 * (r * lda + k0), lda, pa, pld, out, r, p * NR, kc, min(MR, m - r), nv, k0 > 0, edge)

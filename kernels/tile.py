@@ -1,0 +1,123 @@
+"""The register tile: C[mr, nr] (+)= A[mr, k] @ Bp[k, nr], emitted as LLVM IR.
+
+One micro-kernel for every GEMM-shaped step (Linear, the LSTM's recurrent
+product, convolutions' filter product).  B is NR = 2 V columns of a
+row-major matrix, rows ldb floats apart -- for a weight, a *packed panel*
+(ldb = NR: ``Bp[kk*NR + j] = W[c0 + j, kk]``, contiguous), so the tile
+streams it with two vector loads per k.  A's rows are read where they lie (any row stride), one scalar
+each per k, broadcast into the FMAs.  MR x 2 vector accumulators stay in
+registers: on AVX-512 (V = 16) that is 12 x 32 in 24 zmm, the shape of
+ONNX Runtime's MLAS kernel; on AVX2 + FMA (V = 8) 6 x 16 in 12 ymm, the
+shape of BLIS's Haswell kernel; elsewhere (ARM64 NEON, V = 4) 6 x 8.
+
+Numba's auto-vectoriser picks 256-bit vectors on AVX-512 and spills in a
+tile this size, so the loop is written out here: ``<V x float>`` loads,
+``llvm.fma``, and a ``switch`` on the run-time row count mr to a copy of
+the loop specialised for it.  Copies exist for the row counts in ROWS
+(12, 8, 4, 2, 1 on AVX-512); the drivers (gemm.py) cover any other count
+with a few of them (11 = 8 + 2 + 1), so M = 1..32 (every latency row) runs
+exactly its rows, no padding.  A copy for every count from 1 to 12 made
+the cold compile 20 s longer (Numba optimises the tile again in every
+function that links it).  The tile always writes NR columns: the drivers
+point it at a buffer for a last, partial panel.
+
+Plain IEEE arithmetic: fma rounds once, nothing assumes away NaN or Inf.
+Addresses are integers (``arr.ctypes.data`` + byte offsets); leading
+dimensions are in elements.
+"""
+from llvmlite import ir
+from numba import njit, types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from . import _isa
+
+
+ISA = _isa.ISA  # chosen once per process: kernels/_isa.py
+V, MR = _isa.ISAS[ISA]
+NR = 2 * V  # output columns of a packed panel (two vectors)
+ROWS = tuple(sorted({MR, 8, 4, 2, 1} & set(range(1, MR + 1)), reverse=True))  # the tile's row counts, largest first
+_NV = NR // V
+
+
+def _emit(builder, m, args):
+    """The tile for exactly m rows."""
+    a, lda, b, ldb, c, ldc, k, accumulate = args
+    f32 = ir.FloatType()
+    i64 = ir.IntType(64)
+    vec = ir.VectorType(f32, V)
+    fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(vec, [vec] * 3), f"llvm.fma.v{V}f32")
+    four = ir.Constant(i64, 4)
+
+    def const(x):
+        return ir.Constant(i64, x)
+
+    def at(base, elems):  # the float at byte address base + 4 * elems
+        return builder.inttoptr(builder.add(base, builder.mul(elems, four)), f32.as_pointer())
+
+    def vat(base, elems):
+        return builder.bitcast(at(base, elems), vec.as_pointer())
+
+    acc = [[cgutils.alloca_once(builder, vec, name=f"acc{r}_{j}") for j in range(_NV)] for r in range(m)]
+    rows_c = [builder.mul(const(r), ldc) for r in range(m)]
+    rows_a = [builder.mul(const(r), lda) for r in range(m)]
+    with builder.if_else(builder.icmp_unsigned("!=", accumulate, ir.Constant(accumulate.type, 0))) as (yes, no):
+        with yes:
+            for r in range(m):
+                for j in range(_NV):
+                    builder.store(builder.load(vat(c, builder.add(rows_c[r], const(j * V))), align=4), acc[r][j])
+        with no:
+            for r in range(m):
+                for j in range(_NV):
+                    builder.store(ir.Constant(vec, [0.0] * V), acc[r][j])
+    splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), V), [0] * V)
+    with cgutils.for_range(builder, k) as loop:
+        kk = loop.index
+        row_b = builder.mul(kk, ldb)
+        bv = [builder.load(vat(b, builder.add(row_b, const(j * V))), align=4) for j in range(_NV)]
+        for r in range(m):
+            s = builder.load(at(a, builder.add(rows_a[r], kk)), align=4)
+            splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined), s, const(0)),
+                                           ir.Constant(vec, ir.Undefined), splat_mask)
+            for j in range(_NV):
+                builder.store(builder.call(fma, [splat, bv[j], builder.load(acc[r][j])]), acc[r][j])
+    for r in range(m):
+        for j in range(_NV):
+            builder.store(builder.load(acc[r][j]), vat(c, builder.add(rows_c[r], const(j * V))), align=4)
+
+
+@intrinsic
+def tile(typingctx, a, lda, b, ldb, c, ldc, k, mr, accumulate):
+    """C[mr, NR] (+)= A[mr, k] @ B[k, NR]; a, b, c: addresses; mr one of ROWS (any other: nothing is
+    computed); B's rows ldb floats apart (NR in a packed panel)."""
+    sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp, types.intp, types.intp,
+                     types.intp, types.boolean)
+
+    def codegen(context, builder, signature, args):
+        a_, lda_, b_, ldb_, c_, ldc_, k_, mr_, acc_ = args
+        end = builder.append_basic_block("tile.end")
+        switch = builder.switch(mr_, end)
+        for m in ROWS:
+            block = builder.append_basic_block(f"tile.m{m}")
+            switch.add_case(ir.Constant(mr_.type, m), block)
+            builder.position_at_end(block)
+            _emit(builder, m, (a_, lda_, b_, ldb_, c_, ldc_, k_, acc_))
+            builder.branch(end)
+        builder.position_at_end(end)
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@njit(cache=True, inline="always")
+def tile_rows(a, lda, b, ldb, c, ldc, k, mr, accumulate):
+    """tile() for any mr in 1..MR: the largest of ROWS that fit, one after another."""
+    done = 0
+    while done < mr:
+        v = 1
+        for cand in ROWS:
+            if cand <= mr - done:
+                v = cand
+                break
+        tile(a + 4 * done * lda, lda, b, ldb, c + 4 * done * ldc, ldc, k, v, accumulate)
+        done += v
