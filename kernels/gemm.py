@@ -18,12 +18,13 @@ panel streams once, front to back (the memory-bound latency case).
 import numpy as np
 from numba import njit
 
-from .activations import IDENTITY, bias_act
+from .activations import IDENTITY, RELU, bias_act
 from .blas import ld
 from .tile import MR, NR, tile_rows
 
 KC = 256  # K block: a panel's block of KC x NR floats is 32 KiB (AVX-512)
 MC = 20 * MR  # rows per chunk: MC x KC x 4 bytes (240 KiB on AVX-512) stay in L2
+PACK_A_PANELS = 4  # panels from which the rows are packed (bench/microkernel.py: fewer, the copy does not pay)
 
 
 def pack(w):
@@ -43,17 +44,27 @@ def packed_size(m, k):
 
 
 @njit(cache=True, inline="always")
-def _tile(aa, lda, pa, pld, out, r, c0, kc, mr, nv, accumulate, edge):
-    """out[r:r+mr, c0:c0+nv] (+)= the tile; a partial panel (nv < NR) goes through edge [MR, NR]."""
+def _k_block(k, rows):
+    """K in blocks of about KC (equal ones: 288 is 144 + 144, not 256 + 32); not blocked for one tile of rows."""
+    if rows <= MR or k <= KC:
+        return k
+    nb = (k + KC - 1) // KC
+    return (k + nb - 1) // nb
+
+
+@njit(cache=True, inline="always")
+def _tile(aa, lda, lka, pa, pld, out, r, c0, kc, mr, nv, accumulate, edge, bias, relu):
+    """out[r:r+mr, c0:c0+nv] (+)= the tile (+ bias, ReLU: tile's epilogue); a partial panel (nv < NR) goes
+    through edge [MR, NR] (and bias must then point at NR floats: the driver pads it)."""
     ldo = ld(out)
     if nv == NR:
-        tile_rows(aa, lda, pa, pld, out.ctypes.data + 4 * (r * ldo + c0), ldo, kc, mr, accumulate)
+        tile_rows(aa, lda, lka, pa, pld, out.ctypes.data + 4 * (r * ldo + c0), ldo, kc, mr, accumulate, bias, relu)
         return
     if accumulate:
         for i in range(mr):
             for j in range(nv):
                 edge[i, j] = out[r + i, c0 + j]
-    tile_rows(aa, lda, pa, pld, edge.ctypes.data, NR, kc, mr, accumulate)
+    tile_rows(aa, lda, lka, pa, pld, edge.ctypes.data, NR, kc, mr, accumulate, bias, relu)
     for i in range(mr):
         for j in range(nv):
             out[r + i, c0 + j] = edge[i, j]
@@ -77,22 +88,49 @@ def gemm_packed(x, bp, kstride, b, out, act, accumulate):
     ldx = ld(x)
     xa, ba = x.ctypes.data, bp.ctypes.data
     edge = np.empty((MR, NR), np.float32)
+    bpad = np.zeros(NR, np.float32)  # the last panel's bias, padded
     panels = (m + NR - 1) // NR
-    kc_max = k if n <= MR else KC
+    kc_max = _k_block(k, n)
+    # Rows for several tiles and several panels to use them: each (row chunk, K block) of x is first
+    # copied into tiles of MR rows interleaved by k (A[r, kk] at kk * MR + r), so the tile reads one
+    # contiguous stream instead of MR rows whose equal stride (a power of two: 1024 or 4096 features)
+    # maps them onto the same L1 sets.  With 1-3 panels the copy costs about what it saves.
+    pack_a = n > MR and panels >= PACK_A_PANELS
+    apack = np.empty(MC * kc_max if pack_a else 0, np.float32)
+    aa = apack.ctypes.data
     for i0 in range(0, n, MC):
         i1 = min(i0 + MC, n)
         for k0 in range(0, k, kc_max):
             kc = min(kc_max, k - k0)
             last = k0 + kc == k
+            if pack_a:
+                for r in range(i0, i1):
+                    t, rr = divmod(r - i0, MR)
+                    base = t * MR * kc + rr
+                    xr = x[r]
+                    for kk in range(kc):
+                        apack[base + kk * MR] = xr[k0 + kk]
             for p in range(panels):
                 c0 = p * NR
                 nv = min(NR, m - c0)
                 pa = ba + 4 * (p * kstride + k0 * NR)
+                bias = 0  # the epilogue in the tile: bias and ReLU on the last K block
+                if last and has_b:
+                    if nv == NR:
+                        bias = b.ctypes.data + 4 * c0
+                    else:
+                        bpad[:nv] = b[c0:m]
+                        bias = bpad.ctypes.data
+                relu = last and act == RELU
                 for r in range(i0, i1, MR):
                     mr = min(MR, i1 - r)
-                    _tile(xa + 4 * (r * ldx + k0), ldx, pa, NR, out, r, c0, kc, mr, nv, accumulate or k0 > 0, edge)
-                    if last and (has_b or act != IDENTITY):  # the epilogue, on the tile while it is in L1
-                        bias_act(out[r:r + mr, c0:c0 + nv], b[c0:c0 + nv] if has_b else b, act)
+                    acc = accumulate or k0 > 0
+                    if pack_a:
+                        _tile(aa + 4 * (r - i0) * kc, 1, MR, pa, NR, out, r, c0, kc, mr, nv, acc, edge, bias, relu)
+                    else:
+                        _tile(xa + 4 * (r * ldx + k0), ldx, 1, pa, NR, out, r, c0, kc, mr, nv, acc, edge, bias, relu)
+                    if last and act != IDENTITY and act != RELU:  # other activations: on the tile, in L1
+                        bias_act(out[r:r + mr, c0:c0 + nv], b[0:0], act)
 
 
 @njit(cache=True)
@@ -116,7 +154,7 @@ def gemm_nn(a, bm, out):
         for j in range(rem):
             panel[kk, j] = bm[kk, full * NR + j]
     edge = np.empty((MR, NR), np.float32)
-    kc_max = k if m <= MR else KC
+    kc_max = _k_block(k, m)
     for k0 in range(0, k, kc_max):
         kc = min(kc_max, k - k0)
         for p in range(full + (1 if rem > 0 else 0)):
@@ -125,4 +163,5 @@ def gemm_nn(a, bm, out):
             else:
                 pa, pld, nv = panel.ctypes.data + 4 * k0 * NR, NR, rem
             for r in range(0, m, MR):
-                _tile(aa + 4 * (r * lda + k0), lda, pa, pld, out, r, p * NR, kc, min(MR, m - r), nv, k0 > 0, edge)
+                _tile(aa + 4 * (r * lda + k0), lda, 1, pa, pld, out, r, p * NR, kc, min(MR, m - r), nv, k0 > 0, edge,
+                      0, False)

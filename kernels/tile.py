@@ -42,7 +42,7 @@ _NV = NR // V
 
 def _emit(builder, m, args):
     """The tile for exactly m rows."""
-    a, lda, b, ldb, c, ldc, k, accumulate = args
+    a, lda, lka, b, ldb, c, ldc, k, accumulate, bias, relu = args
     f32 = ir.FloatType()
     i64 = ir.IntType(64)
     vec = ir.VectorType(f32, V)
@@ -74,34 +74,50 @@ def _emit(builder, m, args):
     with cgutils.for_range(builder, k) as loop:
         kk = loop.index
         row_b = builder.mul(kk, ldb)
+        col_a = builder.mul(kk, lka)
         bv = [builder.load(vat(b, builder.add(row_b, const(j * V))), align=4) for j in range(_NV)]
         for r in range(m):
-            s = builder.load(at(a, builder.add(rows_a[r], kk)), align=4)
+            s = builder.load(at(a, builder.add(rows_a[r], col_a)), align=4)
             splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined), s, const(0)),
                                            ir.Constant(vec, ir.Undefined), splat_mask)
             for j in range(_NV):
                 builder.store(builder.call(fma, [splat, bv[j], builder.load(acc[r][j])]), acc[r][j])
+    # the epilogue, on the registers: + bias[0:NR] (bias an address, 0: none), then ReLU when asked
+    # (x <= 0 -> 0 as an ordered comparison: a NaN fails it and stays NaN)
+    with builder.if_then(builder.icmp_unsigned("!=", bias, const(0))):
+        bvec = [builder.load(vat(bias, const(j * V)), align=4) for j in range(_NV)]
+        for r in range(m):
+            for j in range(_NV):
+                builder.store(builder.fadd(builder.load(acc[r][j]), bvec[j]), acc[r][j])
+    with builder.if_then(builder.icmp_unsigned("!=", relu, ir.Constant(relu.type, 0))):
+        zero = ir.Constant(vec, [0.0] * V)
+        for r in range(m):
+            for j in range(_NV):
+                v = builder.load(acc[r][j])
+                builder.store(builder.select(builder.fcmp_ordered("<=", v, zero), zero, v), acc[r][j])
     for r in range(m):
         for j in range(_NV):
             builder.store(builder.load(acc[r][j]), vat(c, builder.add(rows_c[r], const(j * V))), align=4)
 
 
 @intrinsic
-def tile(typingctx, a, lda, b, ldb, c, ldc, k, mr, accumulate):
-    """C[mr, NR] (+)= A[mr, k] @ B[k, NR]; a, b, c: addresses; mr one of ROWS (any other: nothing is
-    computed); B's rows ldb floats apart (NR in a packed panel)."""
+def tile(typingctx, a, lda, lka, b, ldb, c, ldc, k, mr, accumulate, bias, relu):
+    """C[mr, NR] = relu?(C (if accumulate) + A[mr, k] @ B[k, NR] + bias); a, b, c, bias: addresses (bias
+    NR floats, 0: none); mr one of ROWS (any other: nothing is computed); A[r, kk] at a + (r * lda + kk *
+    lka) floats (lka = 1: rows as they lie; lda = 1, lka = MR: packed); B's rows ldb floats apart (NR in a
+    packed panel)."""
     sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp, types.intp, types.intp,
-                     types.intp, types.boolean)
+                     types.intp, types.intp, types.boolean, types.intp, types.boolean)
 
     def codegen(context, builder, signature, args):
-        a_, lda_, b_, ldb_, c_, ldc_, k_, mr_, acc_ = args
+        a_, lda_, lka_, b_, ldb_, c_, ldc_, k_, mr_, acc_, bias_, relu_ = args
         end = builder.append_basic_block("tile.end")
         switch = builder.switch(mr_, end)
         for m in ROWS:
             block = builder.append_basic_block(f"tile.m{m}")
             switch.add_case(ir.Constant(mr_.type, m), block)
             builder.position_at_end(block)
-            _emit(builder, m, (a_, lda_, b_, ldb_, c_, ldc_, k_, acc_))
+            _emit(builder, m, (a_, lda_, lka_, b_, ldb_, c_, ldc_, k_, acc_, bias_, relu_))
             builder.branch(end)
         builder.position_at_end(end)
         return context.get_dummy_value()
@@ -110,7 +126,7 @@ def tile(typingctx, a, lda, b, ldb, c, ldc, k, mr, accumulate):
 
 
 @njit(cache=True, inline="always")
-def tile_rows(a, lda, b, ldb, c, ldc, k, mr, accumulate):
+def tile_rows(a, lda, lka, b, ldb, c, ldc, k, mr, accumulate, bias, relu):
     """tile() for any mr in 1..MR: the largest of ROWS that fit, one after another."""
     done = 0
     while done < mr:
@@ -119,5 +135,5 @@ def tile_rows(a, lda, b, ldb, c, ldc, k, mr, accumulate):
             if cand <= mr - done:
                 v = cand
                 break
-        tile(a + 4 * done * lda, lda, b, ldb, c + 4 * done * ldc, ldc, k, v, accumulate)
+        tile(a + 4 * done * lda, lda, lka, b, ldb, c + 4 * done * ldc, ldc, k, v, accumulate, bias, relu)
         done += v
