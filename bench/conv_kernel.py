@@ -1,8 +1,8 @@
 """Which convolution kernel: python bench/conv_kernel.py
 
 One thread, the two convolutions of the built-in cnn workload (batch 64):
-shmrt's kernel (kernels/conv.py: for stride 1, im2col rows copied from a
-zero-padded plane + one GEMM per image) against a direct Numba
+shmrt's kernel (kernels/conv.py: for stride 1, one GEMM per image on the
+im2col rows read in place from a zero-padded plane) against a direct Numba
 loop nest, both in GFLOP/s next to the machine's single-thread sgemm
 ceiling measured in the same run.  Checked against each other first.
 """
@@ -70,7 +70,7 @@ def main():
             direct()
             err = np.abs(out1.reshape(out2.shape) - out2).max() / np.abs(out2).max()
             t1, t2 = median_time(im2row), median_time(direct)
-            print(f"conv {C}->{Cout} 3x3 on {H}x{H}, batch {N}: shmrt im2col+BLAS {flops / t1 / 1e9:.1f} GFLOP/s, "
+            print(f"conv {C}->{Cout} 3x3 on {H}x{H}, batch {N}: shmrt conv2d {flops / t1 / 1e9:.1f} GFLOP/s, "
                   f"direct Numba {flops / t2 / 1e9:.1f} GFLOP/s (agree to {err:.1e})")
 
 

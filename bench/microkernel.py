@@ -7,8 +7,9 @@ random order every round: shmrt's kernel (kernels.gemm.gemm_packed on the
 weight packed once), the same kernel again (the A/A control), and
 OpenBLAS's sgemm through the bridge the runtime used before
 (kernels.blas.gemm_nt, which packs the weight on every call).  The
-convolutions' products run as kernels/conv.py runs them (gemm_nn: M output
-channels, N pixels) beside numpy's matmul on the same operands.  Reported:
+convolutions' products run as kernels/conv.py runs them (gemm_cols: M
+output channels, N pixels, the columns read in place from the padded
+image) beside numpy's matmul on the same operands, materialised.  Reported:
 medians over the rounds, GFLOP/s, the A/A spread (|A - A'| / A of the
 medians), and the fraction of the single-core sgemm ceiling (numpy's BLAS,
 2048^3, one thread, best of 3, measured in the same run).
@@ -24,7 +25,7 @@ from threadpoolctl import threadpool_limits
 import shmrt
 from shmrt.kernels import IDENTITY
 from shmrt.kernels.blas import gemm_nt
-from shmrt.kernels.gemm import gemm_nn, gemm_packed, pack
+from shmrt.kernels.gemm import gemm_cols, gemm_packed, pack
 from shmrt.kernels.tile import ISA, MR, NR
 
 # (workload, what, K, N): the per-worker weight slice at 2 workers, rows M from ROWS (gemm_packed)
@@ -33,11 +34,11 @@ SHAPES = [
     ("cnn", "fc 4096-256", 4096, 256), ("lstm", "W_ih 4 gates/2", 256, 2048), ("lstm", "W_hh gate/2", 1024, 512),
     ("deep", "256-256", 256, 256),
 ]
-# the convolutions as they run (kernels/conv.py, stride 1): out[co, pixels] = W[co, K] @ cols[K, pixels]
-# (gemm_nn, the im2col columns read in place), per image and per half image (the spatial split at batch 1);
-# pixels at the padded width (32 x 34, 16 x 18)
-CONVS = [("cnn", "conv1 per image", 32, 27, 1088), ("cnn", "conv1 half image", 32, 27, 544),
-         ("cnn", "conv2 per image", 64, 288, 288), ("cnn", "conv2 half image", 64, 288, 144)]
+# the convolutions as they run (kernels/conv.py, stride 1): out[co, pixels] = W[co, K] @ cols[K, pixels],
+# the im2col columns read where they lie in the padded image (gemm_cols), per image and per half image
+# (the spatial split at batch 1); pixels at the padded width.  (workload, what, C, Cout, H, rows)
+CONVS = [("cnn", "conv1 per image", 3, 32, 32, 32), ("cnn", "conv1 half image", 3, 32, 32, 16),
+         ("cnn", "conv2 per image", 32, 64, 16, 16), ("cnn", "conv2 half image", 32, 64, 16, 8)]
 ROWS = (1, 16, 32, 128, 256)
 
 
@@ -86,12 +87,19 @@ def main():
                 cases.append((wl, what, m, k, n, x.astype(np.float64) @ w.T.astype(np.float64), o1,
                               lambda x=x, bp=bp, k=k, o1=o1, e=empty: gemm_packed(x, bp, k * NR, e, o1, IDENTITY, False),
                               lambda x=x, w=w, o2=o2: gemm_nt(x, w, o2, False)))
-        for wl, what, co, k, px in CONVS:
+        for wl, what, c, co, h, rows in CONVS:
+            wp = h + 2
+            xp = np.zeros(c * (h + 2) * wp + 2 + NR, np.float32)
+            xp[:c * (h + 2) * wp] = rng.standard_normal(c * (h + 2) * wp)
+            offs = np.array([ci * (h + 2) * wp + i * wp + j for ci in range(c) for i in range(3) for j in range(3)],
+                            np.int64)
+            k, px = offs.size, rows * wp
             a = rng.standard_normal((co, k)).astype(np.float32)
-            cols = rng.standard_normal((k, px)).astype(np.float32)
+            cols = np.stack([xp[o:o + px] for o in offs])  # what BLAS needs materialised
             o1, o2 = np.empty((co, px), np.float32), np.empty((co, px), np.float32)
             cases.append((wl, what, co, k, px, a.astype(np.float64) @ cols.astype(np.float64), o1,
-                          lambda a=a, c=cols, o1=o1: gemm_nn(a, c, o1), lambda a=a, c=cols, o2=o2: blas_nn(a, c, o2)))
+                          lambda a=a, xp=xp, offs=offs, px=px, o1=o1: gemm_cols(a, xp, offs, px, o1),
+                          lambda a=a, c=cols, o2=o2: blas_nn(a, c, o2)))
         for wl, what, m, k, n, ref, o1, mine, theirs in cases:
             impls = {"A": mine, "A'": mine, "blas": theirs}
             for f in impls.values():

@@ -3,9 +3,10 @@
 conv2d, stride 1 (the common case): the image is copied once into a
 zero-padded [C, H+2ph, W+2pw] plane; in padded coordinates every row of
 the im2col matrix [(c, i, j), pixels] is then one contiguous run of that
-plane (a plain copy, no bounds checks), provided each output row is
-computed at the padded width Wp = W + 2pw.  One GEMM per group (shmrt's
-tile on the columns in place, gemm.gemm_nn),
+plane, provided each output row is computed at the padded width
+Wp = W + 2pw -- so the GEMM reads them there, through a table of where
+each row starts (gemm.gemm_cols, shmrt's tile with indirect B rows): no
+im2col copy.  One GEMM per group,
     tmp[co, oh*Wp + ow] = W[co, :] . cols[:, oh*Wp + ow],
 and the epilogue adds the bias, applies the activation and keeps the OW
 valid columns of each row, writing the image's [Cout, OH*OW] output.
@@ -22,7 +23,8 @@ from numba import njit
 
 from .activations import add_act_row
 from .blas import gemm_nt
-from .gemm import gemm_nn
+from .gemm import gemm_cols
+from .tile import NR
 
 
 def scratch_floats(g, cout):
@@ -31,7 +33,7 @@ def scratch_floats(g, cout):
     K = C // groups * kh * kw
     if sh == 1 and sw == 1:
         Wp = W + 2 * pw
-        return C * (H + 2 * ph) * Wp + (kw - 1) * dw + (K + cout // groups) * OH * Wp
+        return C * (H + 2 * ph) * Wp + (kw - 1) * dw + NR + cout // groups * OH * Wp
     return OH * OW * K
 
 
@@ -56,8 +58,8 @@ def _conv_stride1(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act):
     Kg = Cg * kh * kw
     Hp, Wp = H + 2 * ph, W + 2 * pw
     S = Hp * Wp
-    # the zero-padded image, and slack the last im2col row may read past its end
-    xp = scratch[:C * S + (kw - 1) * dw]
+    # the zero-padded image, and slack the last im2col row's last panel may read past its end
+    xp = scratch[:C * S + (kw - 1) * dw + NR]
     for k in range(C * S, xp.shape[0]):
         xp[k] = 0.0
     for c in range(C):
@@ -74,8 +76,8 @@ def _conv_stride1(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act):
                 for k in range(W):
                     xp[o + pw + k] = x[src + k]
     N = (oh1 - oh0) * Wp
-    cols = scratch[xp.shape[0]:xp.shape[0] + Kg * N].reshape((Kg, N))
-    tmp_at = xp.shape[0] + Kg * N
+    offs = np.empty(Kg, np.int64)  # im2col row (c, i, j) of this group: where it starts in the padded image
+    tmp_at = xp.shape[0]
     out2 = out.reshape((Cout, OH * OW))
     has_b = b.shape[0] > 0
     for grp in range(co0 // Og, (co1 - 1) // Og + 1):
@@ -84,13 +86,10 @@ def _conv_stride1(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act):
         for c in range(grp * Cg, (grp + 1) * Cg):
             for i in range(kh):
                 for j in range(kw):
-                    src = c * S + (oh0 + i * dh) * Wp + j * dw
-                    dst = cols[r]
-                    for k in range(N):
-                        dst[k] = xp[src + k]
+                    offs[r] = c * S + (oh0 + i * dh) * Wp + j * dw
                     r += 1
         tmp = scratch[tmp_at:tmp_at + (z - a) * N].reshape((z - a, N))
-        gemm_nn(wmat[a:z], cols, tmp)
+        gemm_cols(wmat[a:z], xp, offs, N, tmp)
         for q in range(z - a):
             bb = b[a + q] if has_b else np.float32(0.0)  # one type: a float64 0.0 here made the loop 7x slower
             for oh in range(oh1 - oh0):

@@ -20,7 +20,7 @@ from numba import njit
 
 from .activations import IDENTITY, RELU, bias_act
 from .blas import ld
-from .tile import MR, NR, tile_rows
+from .tile import MR, NR, tile_rows, tile_rows_indirect
 
 KC = 256  # K block: a panel's block of KC x NR floats is 32 KiB (AVX-512)
 MC = 20 * MR  # rows per chunk: MC x KC x 4 bytes (240 KiB on AVX-512) stay in L2
@@ -134,34 +134,38 @@ def gemm_packed(x, bp, kstride, b, out, act, accumulate):
 
 
 @njit(cache=True)
-def gemm_nn(a, bm, out):
-    """out[m, n] = a[m, k] @ bm[k, n] -- bm unpacked (a convolution's im2col columns), every operand row-major
-    with unit column stride.  The tile reads bm's panels in place (rows ld(bm) apart); the last, partial one
-    is first copied into a zero-padded panel, so nothing past bm's rows is read."""
+def gemm_cols(a, src, offs, n, out):
+    """out[m, n] = a[m, k] @ B with B[kk, j] = src[offs[kk] + j]: a stride-1 convolution's im2col columns
+    read where they lie in the padded image (tile_indirect), nothing copied.  src must hold NR floats of
+    slack past the last column any row reaches: the last, partial panel reads whole vectors (the extra
+    lanes are computed and dropped)."""
     m, k = a.shape
-    n = bm.shape[1]
     if m == 0 or n == 0:
         return
     if k == 0:
         out[:, :] = 0
         return
-    lda, ldb = ld(a), ld(bm)
-    aa, ba = a.ctypes.data, bm.ctypes.data
-    full = n // NR
-    rem = n - full * NR
-    panel = np.zeros((k if rem > 0 else 0, NR), np.float32)
-    for kk in range(panel.shape[0]):
-        for j in range(rem):
-            panel[kk, j] = bm[kk, full * NR + j]
+    lda, ldo = ld(a), ld(out)
+    aa, sa, ta = a.ctypes.data, src.ctypes.data, offs.ctypes.data
     edge = np.empty((MR, NR), np.float32)
     kc_max = _k_block(k, m)
     for k0 in range(0, k, kc_max):
         kc = min(kc_max, k - k0)
-        for p in range(full + (1 if rem > 0 else 0)):
-            if p < full:
-                pa, pld, nv = ba + 4 * (k0 * ldb + p * NR), ldb, NR
-            else:
-                pa, pld, nv = panel.ctypes.data + 4 * k0 * NR, NR, rem
+        for p in range((n + NR - 1) // NR):
+            c0 = p * NR
+            nv = min(NR, n - c0)
             for r in range(0, m, MR):
-                _tile(aa + 4 * (r * lda + k0), lda, 1, pa, pld, out, r, p * NR, kc, min(MR, m - r), nv, k0 > 0, edge,
-                      0, False)
+                mr = min(MR, m - r)
+                ar = aa + 4 * (r * lda + k0)
+                if nv == NR:
+                    tile_rows_indirect(ar, lda, 1, sa + 4 * c0, ta + 8 * k0, out.ctypes.data + 4 * (r * ldo + c0), ldo,
+                                       kc, mr, k0 > 0, 0, False)
+                    continue
+                if k0 > 0:
+                    for i in range(mr):
+                        for j in range(nv):
+                            edge[i, j] = out[r + i, c0 + j]
+                tile_rows_indirect(ar, lda, 1, sa + 4 * c0, ta + 8 * k0, edge.ctypes.data, NR, kc, mr, k0 > 0, 0, False)
+                for i in range(mr):
+                    for j in range(nv):
+                        out[r + i, c0 + j] = edge[i, j]

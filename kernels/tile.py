@@ -40,8 +40,8 @@ ROWS = tuple(sorted({MR, 8, 4, 2, 1} & set(range(1, MR + 1)), reverse=True))  # 
 _NV = NR // V
 
 
-def _emit(builder, m, args):
-    """The tile for exactly m rows."""
+def _emit(builder, m, args, indirect):
+    """The tile for exactly m rows; indirect: B's row kk at b + table[kk] floats (ldb the table's address)."""
     a, lda, lka, b, ldb, c, ldc, k, accumulate, bias, relu = args
     f32 = ir.FloatType()
     i64 = ir.IntType(64)
@@ -73,7 +73,11 @@ def _emit(builder, m, args):
     splat_mask = ir.Constant(ir.VectorType(ir.IntType(32), V), [0] * V)
     with cgutils.for_range(builder, k) as loop:
         kk = loop.index
-        row_b = builder.mul(kk, ldb)
+        if indirect:
+            i64p = i64.as_pointer()
+            row_b = builder.load(builder.inttoptr(builder.add(ldb, builder.mul(kk, ir.Constant(i64, 8))), i64p), align=8)
+        else:
+            row_b = builder.mul(kk, ldb)
         col_a = builder.mul(kk, lka)
         bv = [builder.load(vat(b, builder.add(row_b, const(j * V))), align=4) for j in range(_NV)]
         for r in range(m):
@@ -100,15 +104,7 @@ def _emit(builder, m, args):
             builder.store(builder.load(acc[r][j]), vat(c, builder.add(rows_c[r], const(j * V))), align=4)
 
 
-@intrinsic
-def tile(typingctx, a, lda, lka, b, ldb, c, ldc, k, mr, accumulate, bias, relu):
-    """C[mr, NR] = relu?(C (if accumulate) + A[mr, k] @ B[k, NR] + bias); a, b, c, bias: addresses (bias
-    NR floats, 0: none); mr one of ROWS (any other: nothing is computed); A[r, kk] at a + (r * lda + kk *
-    lka) floats (lka = 1: rows as they lie; lda = 1, lka = MR: packed); B's rows ldb floats apart (NR in a
-    packed panel)."""
-    sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp, types.intp, types.intp,
-                     types.intp, types.intp, types.boolean, types.intp, types.boolean)
-
+def _make_tile(indirect):
     def codegen(context, builder, signature, args):
         a_, lda_, lka_, b_, ldb_, c_, ldc_, k_, mr_, acc_, bias_, relu_ = args
         end = builder.append_basic_block("tile.end")
@@ -117,23 +113,54 @@ def tile(typingctx, a, lda, lka, b, ldb, c, ldc, k, mr, accumulate, bias, relu):
             block = builder.append_basic_block(f"tile.m{m}")
             switch.add_case(ir.Constant(mr_.type, m), block)
             builder.position_at_end(block)
-            _emit(builder, m, (a_, lda_, lka_, b_, ldb_, c_, ldc_, k_, acc_, bias_, relu_))
+            _emit(builder, m, (a_, lda_, lka_, b_, ldb_, c_, ldc_, k_, acc_, bias_, relu_), indirect)
             builder.branch(end)
         builder.position_at_end(end)
         return context.get_dummy_value()
 
-    return sig, codegen
+    def typer(typingctx, a, lda, lka, b, ldb, c, ldc, k, mr, accumulate, bias, relu):
+        sig = types.void(types.intp, types.intp, types.intp, types.intp, types.intp, types.intp, types.intp,
+                         types.intp, types.intp, types.boolean, types.intp, types.boolean)
+        return sig, codegen
+
+    return typer
+
+
+tile = intrinsic(_make_tile(False))
+tile.__doc__ = """tile(a, lda, lka, b, ldb, c, ldc, k, mr, accumulate, bias, relu):
+C[mr, NR] = relu?(C (if accumulate) + A[mr, k] @ B[k, NR] + bias); a, b, c, bias: addresses (bias NR
+floats, 0: none); mr one of ROWS (any other: nothing is computed); A[r, kk] at a + (r * lda + kk * lka)
+floats (lka = 1: rows as they lie; lda = 1, lka = MR: packed); B's rows ldb floats apart (NR in a packed
+panel)."""
+tile_indirect = intrinsic(_make_tile(True))
+tile_indirect.__doc__ = """The same, B's row kk at b + table[kk] floats, ldb the address of the int64 table: a
+convolution's columns read where they lie in the padded image, no im2col copy."""
+
+
+@njit(cache=True, inline="always")
+def next_rows(left):
+    """The largest of ROWS that fits in ``left`` rows: tile() covers any row count with a few calls."""
+    for cand in ROWS:
+        if cand <= left:
+            return cand
+    return 1
 
 
 @njit(cache=True, inline="always")
 def tile_rows(a, lda, lka, b, ldb, c, ldc, k, mr, accumulate, bias, relu):
-    """tile() for any mr in 1..MR: the largest of ROWS that fit, one after another."""
+    """tile() for any mr in 1..MR."""
     done = 0
     while done < mr:
-        v = 1
-        for cand in ROWS:
-            if cand <= mr - done:
-                v = cand
-                break
+        v = next_rows(mr - done)
         tile(a + 4 * done * lda, lda, lka, b, ldb, c + 4 * done * ldc, ldc, k, v, accumulate, bias, relu)
+        done += v
+
+
+@njit(cache=True, inline="always")
+def tile_rows_indirect(a, lda, lka, b, table, c, ldc, k, mr, accumulate, bias, relu):
+    """tile_indirect() for any mr in 1..MR."""
+    done = 0
+    while done < mr:
+        v = next_rows(mr - done)
+        tile_indirect(a + 4 * done * lda, lda, lka, b, table, c + 4 * done * ldc, ldc, k, v, accumulate, bias, relu)
         done += v

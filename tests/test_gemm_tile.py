@@ -12,7 +12,7 @@ import pytest
 
 from shmrt.compile.ops.dense import split_panels
 from shmrt.kernels import ACT_NAMES, IDENTITY, MR, NR, RELU, SIGMOID, gemm_packed, pack, packed_size
-from shmrt.kernels.gemm import KC, gemm_nn
+from shmrt.kernels.gemm import KC, gemm_cols
 
 TOL = 1e-5
 rng = np.random.default_rng(0)
@@ -100,14 +100,23 @@ def test_nan_and_inf_propagate():
     assert np.isfinite(out[ok]).all()
 
 
-@pytest.mark.parametrize("m,k,n", [(1, 1, 1), (5, 27, 1088), (32, 27, 31), (64, 288, 288), (13, 300, NR * 3)])
-def test_gemm_nn_matches_float64(m, k, n):
-    a = rng.standard_normal((m, k)).astype(np.float32)
-    bm_big = rng.standard_normal((k, n + 3)).astype(np.float32)
-    bm = bm_big[:, :n]  # rows ld = n + 3 apart
-    out = np.full((m, n), np.nan, np.float32)
-    gemm_nn(a, bm, out)
-    assert rel(out, a.astype(np.float64) @ bm.astype(np.float64)) <= TOL
+@pytest.mark.parametrize("co,c,h,w,rows", [(1, 1, 1, 1, 1), (5, 3, 32, 32, 32), (32, 3, 7, 5, 3), (64, 32, 16, 16, 16),
+                                          (13, 40, 6, 9, 4)])
+def test_gemm_cols_matches_float64(co, c, h, w, rows):
+    """The convolution's product with indirect B rows: row (ci, i, j) of the im2col matrix read at its
+    offset in a padded image, the last partial panel's extra lanes read from the slack and dropped."""
+    wp = w + 2
+    xp = np.zeros(c * (h + 2) * wp + 2 + NR, np.float32)
+    xp[:c * (h + 2) * wp] = rng.standard_normal(c * (h + 2) * wp)
+    xp[c * (h + 2) * wp:] = np.nan  # the slack: NaN there must not reach a kept column
+    offs = np.array([ci * (h + 2) * wp + i * wp + j for ci in range(c) for i in range(3) for j in range(3)], np.int64)
+    n = rows * wp
+    a = rng.standard_normal((co, offs.size)).astype(np.float32)
+    cols = np.stack([xp[o:o + n] for o in offs]).astype(np.float64)
+    out = np.full((co, n), np.nan, np.float32)
+    gemm_cols(a, xp, offs, n, out)
+    valid = np.arange(n) % wp < w  # the columns a convolution keeps (the rest lie in the padding or slack)
+    assert rel(out[:, valid], (a.astype(np.float64) @ cols)[:, valid]) <= TOL
 
 
 def test_split_panels():
@@ -124,7 +133,7 @@ def test_split_panels():
 _FORCED = """
 import numpy as np
 from shmrt.kernels import IDENTITY, NR, ISA, gemm_packed, pack
-from shmrt.kernels.gemm import gemm_nn
+from shmrt.kernels.gemm import gemm_cols
 assert ISA == {isa!r}, ISA
 rng = np.random.default_rng(1)
 for n, k, m in [(1, 9, 3), (7, 100, 2 * NR + 1), (40, 600, 50)]:
@@ -133,8 +142,11 @@ for n, k, m in [(1, 9, 3), (7, 100, 2 * NR + 1), (40, 600, 50)]:
     gemm_packed(x, pack(w), k * NR, np.zeros(0, np.float32), out, IDENTITY, False)
     want = x.astype(np.float64) @ w.T.astype(np.float64)
     assert np.abs(out - want).max() / np.abs(want).max() < 1e-5
+    offs = np.arange(k, dtype=np.int64) * (n + NR)  # x.T with rows n + NR apart (the slack)
+    src = np.zeros(k * (n + NR), np.float32)
+    src.reshape(k, n + NR)[:, :n] = x.T
     out2 = np.empty((m, n), np.float32)
-    gemm_nn(w, np.ascontiguousarray(x.T), out2)
+    gemm_cols(w, src, offs, n, out2)
     assert np.abs(out2 - want.T).max() / np.abs(want).max() < 1e-5
 print("ok", ISA, NR)
 """
