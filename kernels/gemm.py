@@ -23,7 +23,9 @@ from .blas import ld
 from .tile import MR, NR, tile_rows, tile_rows_indirect
 
 KC = 256  # K block: a panel's block of KC x NR floats is 32 KiB (AVX-512)
-MC = 20 * MR  # rows per chunk: MC x KC x 4 bytes (240 KiB on AVX-512) stay in L2
+MC = 40 * MR  # rows per chunk at most: MC x KC x 4 bytes (480 KiB on AVX-512) stay in L2; every chunk
+# streams all the weight's panels once, so n rows go in as few equal chunks as that allows (256 rows were
+# 240 + 16: the panels streamed twice, the second time for 16 rows)
 PACK_A_PANELS = 4  # panels from which the rows are packed (bench/microkernel.py: fewer, the copy does not pay)
 
 
@@ -96,10 +98,13 @@ def gemm_packed(x, bp, kstride, b, out, act, accumulate):
     # contiguous stream instead of MR rows whose equal stride (a power of two: 1024 or 4096 features)
     # maps them onto the same L1 sets.  With 1-3 panels the copy costs about what it saves.
     pack_a = n > MR and panels >= PACK_A_PANELS
-    apack = np.empty(MC * kc_max if pack_a else 0, np.float32)
+    chunks = (n + MC - 1) // MC
+    mc = (n + chunks - 1) // chunks
+    mc = (mc + MR - 1) // MR * MR
+    apack = np.empty(mc * kc_max if pack_a else 0, np.float32)
     aa = apack.ctypes.data
-    for i0 in range(0, n, MC):
-        i1 = min(i0 + MC, n)
+    for i0 in range(0, n, mc):
+        i1 = min(i0 + mc, n)
         for k0 in range(0, k, kc_max):
             kc = min(kc_max, k - k0)
             last = k0 + kc == k

@@ -41,7 +41,7 @@ def test_pack_layout():
     assert np.all(p[(7 + 0) * NR + 5:(7 + 1) * NR] == 0.0)  # padding past the last column
 
 
-@pytest.mark.parametrize("n", sorted({1, 2, 3, MR - 1, MR, MR + 1, 2 * MR + 3, 37, 250}))
+@pytest.mark.parametrize("n", sorted({1, 2, 3, MR - 1, MR, MR + 1, 2 * MR + 3, 37, 250, 1001}))
 @pytest.mark.parametrize("k,m", [(1, 1), (7, 5), (33, NR), (64, 2 * NR + 3), (KC + 44, 70), (2 * KC + 1, NR - 1)])
 def test_gemm_packed_matches_float64(n, k, m):
     x = rng.standard_normal((n, k)).astype(np.float32)
