@@ -38,19 +38,20 @@ def scratch_floats(g, cout):
 
 
 @njit(cache=True)
-def conv2d(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act):
+def conv2d(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act, pool):
     """x: one image, flat [C*H*W]; wmat [Cout, Cg*kh*kw]; b [Cout] or empty;
-    out: flat [Cout*OH*OW]; scratch: scratch_floats(g, Cout) floats."""
+    out: flat [Cout*OH*OW], or with pool (stride 1 only; oh0, oh1 even) the 2x2 max pool of the
+    activation, flat [Cout*(OH//2)*(OW//2)]; scratch: scratch_floats(g, Cout) floats."""
     if co1 <= co0 or oh1 <= oh0:
         return
     if g[5] == 1 and g[6] == 1:
-        _conv_stride1(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act)
+        _conv_stride1(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act, pool)
     else:
         _conv_im2row(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act)
 
 
 @njit(cache=True)
-def _conv_stride1(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act):
+def _conv_stride1(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act, pool):
     C, H, W, kh, kw, ph, pw, dh, dw, groups, OH, OW = (g[0], g[1], g[2], g[3], g[4], g[7], g[8], g[9], g[10],
                                                        g[11], g[12], g[13])
     Cout = wmat.shape[0]
@@ -78,7 +79,9 @@ def _conv_stride1(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act):
     N = (oh1 - oh0) * Wp
     offs = np.empty(Kg, np.int64)  # im2col row (c, i, j) of this group: where it starts in the padded image
     tmp_at = xp.shape[0]
-    out2 = out.reshape((Cout, OH * OW))
+    PW = OW // 2
+    out2 = out[:0 if pool else Cout * OH * OW].reshape((0 if pool else Cout, OH * OW))
+    pooled = out[:Cout * (OH // 2) * PW if pool else 0].reshape((Cout if pool else 0, (OH // 2) * PW))
     has_b = b.shape[0] > 0
     for grp in range(co0 // Og, (co1 - 1) // Og + 1):
         a, z = max(co0, grp * Og), min(co1, (grp + 1) * Og)
@@ -92,8 +95,28 @@ def _conv_stride1(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act):
         gemm_cols(wmat[a:z], xp, offs, N, tmp)
         for q in range(z - a):
             bb = b[a + q] if has_b else np.float32(0.0)  # one type: a float64 0.0 here made the loop 7x slower
+            if pool:
+                _act_pool_rows(tmp[q], Wp, oh1 - oh0, OW, bb, act, pooled[a + q], oh0 // 2)
+                continue
             for oh in range(oh1 - oh0):
                 add_act_row(out2[a + q, (oh0 + oh) * OW:(oh0 + oh + 1) * OW], tmp[q, oh * Wp:oh * Wp + OW], bb, act)
+
+
+@njit(cache=True, inline="always")
+def _act_pool_rows(t, Wp, rows, OW, bb, act, dst, ph0):
+    """dst[ph0 + i, :] = the 2x2 max of act(t + bb) over output rows 2i, 2i+1 of t (rows Wp apart,
+    OW valid columns): the activation first, as the model runs it; NaN propagates."""
+    PW = OW // 2
+    row = np.empty(2 * PW, np.float32)
+    row2 = np.empty(2 * PW, np.float32)
+    for i in range(rows // 2):
+        add_act_row(row, t[2 * i * Wp:2 * i * Wp + 2 * PW], bb, act)
+        add_act_row(row2, t[(2 * i + 1) * Wp:(2 * i + 1) * Wp + 2 * PW], bb, act)
+        for j in range(2 * PW):
+            row[j] = _max_nan(row[j], row2[j])
+        o = dst[(ph0 + i) * PW:(ph0 + i + 1) * PW]
+        for j in range(PW):
+            o[j] = _max_nan(row[2 * j], row[2 * j + 1])
 
 
 @njit(cache=True)

@@ -220,3 +220,15 @@ def test_fast_float32_exp_and_sigmoid():
     fin = np.isfinite(v)
     assert (np.abs(row[0, fin] - silu[fin]) / np.maximum(np.abs(silu[fin]), 1e-30)).max() < 1e-6
     assert np.isnan(row[0, -3]) and row[0, -2] == np.inf
+
+
+def test_maxpool_fused_into_the_convolution():
+    """A MaxPool2d(2) after a stride-1 convolution (and its activation) is one step, the pool computed in
+    the convolution's epilogue; nothing fuses after it; a strided convolution's pool stays a step."""
+    import shmrt
+    from shmrt.compile.plan import build
+    shmrt.manual_seed(2)
+    m = shmrt.Sequential([shmrt.Conv2d(3, 4, 3, padding=1), shmrt.ReLU(), shmrt.MaxPool2d(2), shmrt.Tanh(),
+                          shmrt.Conv2d(4, 4, 3, stride=2), shmrt.MaxPool2d(2)])
+    rows = build(m, 2, "data", 4, (3, 12, 12)).explain_rows["data"]
+    assert [r["short"] for r in rows] == ["Conv2d + ReLU + MaxPool2d", "Tanh", "Conv2d", "MaxPool2d"]

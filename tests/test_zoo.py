@@ -181,12 +181,16 @@ def test_cnn_nan_propagates_through_max_pool(rt):
 
 
 def test_cnn_explain_partitions():
-    model = shmrt.Sequential([shmrt.Conv2d(3, 8, 3), shmrt.ReLU(), shmrt.MaxPool2d(2), shmrt.Flatten(),
+    model = shmrt.Sequential([shmrt.Conv2d(3, 8, 3), shmrt.ReLU(), shmrt.AvgPool2d(2), shmrt.Flatten(),
                               shmrt.Linear(8 * 3 * 3, 4), shmrt.Softmax()])
     with shmrt.Runtime(workers=2) as rt:
         text = rt.compile(model, strategy="model", input_shape=(3, 8, 8)).explain()
-    assert "output channels" in text and "channels (follows producer)" in text
-    assert "rows (input features) + reduce-scatter" in text  # the FC after a channel split needs no gather
+        assert "output channels" in text and "channels (follows producer)" in text
+        assert "rows (input features) + reduce-scatter" in text  # the FC after a channel split needs no gather
+        model.layers[2] = shmrt.MaxPool2d(2)  # fused into the convolution's epilogue: no pooling step
+        text = rt.compile(model, strategy="model", input_shape=(3, 8, 8)).explain()
+        assert "Conv2d(3, 8" in text and "+ ReLU + MaxPool2d(kernel_size=(2, 2)" in text
+        assert "follows producer" not in text
 
 
 def test_cnn_matches_torch():

@@ -61,9 +61,10 @@ _DECLARED = (
     # (LSTM cell state, GRU W_hn h); hinit [maxb, H]; a barrier per step at `line` when parties > 1
     ("RECUR", "recurrent", ("x", "T", "F", "out", "H", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0", "u0", "u1",
                             "lo", "hi", "gates", "gate_stride", "aux", "hinit", "mode", "parties", "line")),
-    # output channels co0:co1, output rows oh0:oh1 of images lo:hi; scratch: this worker's im2col buffer
+    # output channels co0:co1, output rows oh0:oh1 of images lo:hi; scratch: this worker's im2col buffer;
+    # pool: a 2x2 max pool fused (out holds the pooled image, oh0:oh1 even, in the convolution's rows)
     ("CONV", "conv", ("x", "x_ld", "out", "out_ld", "w", "b", "act", "co0", "co1", "oh0", "oh1", "lo", "hi",
-                      "scratch", ("geom", CONV_GEOM), "cout", "scratch_floats")),
+                      "scratch", ("geom", CONV_GEOM), "cout", "scratch_floats", "pool")),
     ("POOL", "pool", ("x", "x_ld", "out", "out_ld", "c0", "c1", "is_max", "count_include_pad", "lo", "hi",
                       ("geom", POOL_GEOM))),
     ("GAP", "global avg pool", ("x", "x_ld", "out", "out_ld", "hw", "c0", "c1", "lo", "hi")),

@@ -108,6 +108,15 @@ class _Op:
     act: int = 0
     fold: tuple = None  # (scale, shift) of a BatchNorm folded into this Linear
     fused: list = field(default_factory=list)  # the layers of members[1:] (explain names them)
+    pool: bool = False  # a 2x2, stride-2 MaxPool2d fused into this convolution's epilogue
+
+
+def _fusable_pool(prev, l) -> bool:
+    """A MaxPool2d(2) right after a stride-1 convolution (and its activation): pooled in the
+    convolution's epilogue, from its output rows while they are in cache, instead of a step of its own."""
+    return (isinstance(prev.layer, L.Conv2d) and prev.layer.stride == (1, 1) and not prev.pool
+            and type(l) is L.MaxPool2d and l.kernel_size == (2, 2) and l.stride == (2, 2)
+            and l.padding == (0, 0) and l.dilation == (1, 1))
 
 
 def _fuse(model) -> list:
@@ -116,7 +125,13 @@ def _fuse(model) -> list:
         prev = ops[-1] if ops else None
         if isinstance(l, (L.Dropout, L.Flatten)):
             continue  # identity at inference / a free reshape
-        if prev is not None and isinstance(prev.layer, (L.Linear, L.Conv2d)) and prev.act == 0:
+        if prev is not None and _fusable_pool(prev, l):
+            prev.pool = True
+            prev.members.append(i)
+            prev.fused.append(l)
+            continue
+        # nothing fuses after a pool: an activation or a BatchNorm applied before the max would differ
+        if prev is not None and isinstance(prev.layer, (L.Linear, L.Conv2d)) and prev.act == 0 and not prev.pool:
             if isinstance(l, L._Elementwise) and l.alpha is None:  # fused into the epilogue (it takes no parameter)
                 prev.act = act_code(l.act)
                 prev.members.append(i)

@@ -205,11 +205,13 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
             K = g[0] // g[11] * g[3] * g[4]
             wmat = weights[s[CONV.w]:s[CONV.w] + cout * K].reshape((cout, K))
             b = weights[s[CONV.b]:s[CONV.b] + cout] if s[CONV.b] >= 0 else empty
-            insz, outsz = g[0] * g[1] * g[2], cout * g[12] * g[13]
+            pool = s[CONV.pool]
+            insz = g[0] * g[1] * g[2]
+            outsz = cout * (g[12] // 2) * (g[13] // 2) if pool else cout * g[12] * g[13]
             scratch = arena[s[CONV.scratch]:s[CONV.scratch] + s[CONV.scratch_floats]]
             for img in range(r0, r1):
                 conv2d(arena[xo + img * xld:xo + img * xld + insz], wmat, b, arena[oo + img * old:oo + img * old + outsz],
-                       g, s[CONV.co0], s[CONV.co1], s[CONV.oh0], s[CONV.oh1], scratch, s[CONV.act])
+                       g, s[CONV.co0], s[CONV.co1], s[CONV.oh0], s[CONV.oh1], scratch, s[CONV.act], pool)
         elif op == POOL.code:
             r0, r1 = _rows(base, cnt, s[POOL.lo], s[POOL.hi])
             g = s[POOL.geom:POOL.geom + POOL_GEOM]

@@ -22,8 +22,9 @@ def conv(b, op, info):
     P, l, i, sc = b.P, op.layer, op.index, b.scratch
     out = b.outs[i]
     C, H, W = b.cur_shape
-    Cout, OH, OW = out.shape
-    geom = geometry(l, b.cur_shape, out.shape)
+    Cout, OH, OW = l.output_shape(b.cur_shape)  # the convolution's own output; out: pooled when op.pool
+    geom = geometry(l, b.cur_shape, (Cout, OH, OW))
+    _, PH, PW = out.shape
     w_off, b_off = b.w(f"{i}.weight"), b.w(f"{i}.bias")
     K = C // l.groups * l.kernel_size[0] * l.kernel_size[1]
     info["flops"] = 2 * Cout * OH * OW * K
@@ -40,10 +41,10 @@ def conv(b, op, info):
         slices = [((c[w], c[w + 1]), (0, OH), dict(lo=0, hi=FRAC)) for w in range(P)]
         info["partition"] = "output channels"
         info["slices"] = [f"channels {c[w]}:{c[w + 1]}" for w in range(P)]
-        state, bounds = "cols", [v * OH * OW for v in c]
+        state, bounds = "cols", [v * PH * PW for v in c]
     else:
         b.need_all()
-        r = split(OH, P, grain=1)
+        r = [2 * v for v in split(PH, P, grain=1)] if op.pool else split(OH, P, grain=1)  # pooled: pairs of rows
         slices = [((0, Cout), (r[w], r[w + 1]), dict(lo=0, hi=FRAC)) for w in range(P)]
         halo = (l.kernel_size[0] - 1) * l.dilation[0]
         info["partition"] = f"output rows of each image (spatial; input halo {halo} rows)"
@@ -52,7 +53,7 @@ def conv(b, op, info):
     for w, ((c0, c1), (h0, h1), where) in enumerate(slices):
         b.emit(w, CONV, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.width, w=w_off, b=b_off,
                act=op.act, co0=c0, co1=c1, oh0=h0, oh1=h1, scratch=sc["conv"] + b.wids[w] * sc["conv_per"],
-               geom=geom, cout=Cout, scratch_floats=sc["conv_per"], **where)
+               geom=geom, cout=Cout, scratch_floats=sc["conv_per"], pool=op.pool, **where)
     info["read_per_worker"] = info["weight_bytes"]
     b.set_cur(out, state, bounds)
 
