@@ -5,6 +5,11 @@ SHMRT_SPIN_US          how long a waiter spins before it blocks (default 50;
                        2 when there are more workers than CPUs)
 SHMRT_BLOCK_MS         how often a blocked worker wakes to check on its
                        parent (default 100)
+SHMRT_CALLER           0: with workers=None, the calling thread does not compute
+                       (one worker process per core instead; default 1)
+SHMRT_SINGLE_COPY      0: cm(x) copies inputs and outputs through the arena in the
+                       calling thread, instead of each worker reading its rows of x
+                       and writing its rows of the result (default 1)
 SHMRT_PIN              0 disables pinning workers to cores (default 1)
 SHMRT_CPUS             the CPUs to pin workers to, in order: worker w gets
                        the w-th, e.g. 0-3,8 (default: the CPUs this process
@@ -54,6 +59,8 @@ WORKERS = _num("SHMRT_WORKERS", None, int)
 SPIN_US = _num("SHMRT_SPIN_US", None)
 BLOCK_MS = _num("SHMRT_BLOCK_MS", 100.0)
 PIN = os.environ.get("SHMRT_PIN", "1") not in ("0", "false", "no")
+SINGLE_COPY = os.environ.get("SHMRT_SINGLE_COPY", "1") not in ("0", "false", "no")
+CALLER = os.environ.get("SHMRT_CALLER", "1") not in ("0", "false", "no")
 CPUS = _cpus("SHMRT_CPUS")
 START_TIMEOUT_S = _num("SHMRT_START_TIMEOUT_S", 120.0)
 COMPILE_JOBS = _num("SHMRT_COMPILE_JOBS", None, int)

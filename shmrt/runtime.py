@@ -12,22 +12,25 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import itertools
+import os
 import threading
-import time
 import weakref
 
 import numpy as np
 
+from shmrt import config
 from shmrt.compile import plan as planner
+from shmrt.compile.io import solo_rows
+from shmrt.exec import calls
 from shmrt.exec.executor import run_in_process
 from shmrt.exec.profile import Profile
-from shmrt.exec.profile import build as build_profile
-from shmrt.exec.profile import step_labels
+from shmrt.exec.profile import run_profiled
 from shmrt.parallel import control as C
 from shmrt.parallel.pool import Pool, default_workers
 from shmrt.parallel.store import Segment, WeightStore, align
 
 _model_ids = itertools.count()
+_NO_PROF = np.zeros(0, np.int64)
 _live_runtimes: "weakref.WeakSet[Runtime]" = weakref.WeakSet()
 
 
@@ -35,6 +38,22 @@ _live_runtimes: "weakref.WeakSet[Runtime]" = weakref.WeakSet()
 def _close_all():
     for rt in list(_live_runtimes):
         rt.close()
+
+
+_reclaimed = []
+
+
+def _reclaim_once() -> None:
+    """At the first Runtime of this process: remove the segments of shmrt processes that
+    were killed outright (nobody was left to unlink them; see parallel/reclaim.py)."""
+    if _reclaimed:
+        return
+    from shmrt.parallel.reclaim import reclaim_message, reclaim_stale
+    _reclaimed.append(reclaim_stale())
+    msg = reclaim_message(*_reclaimed[0])
+    if msg:
+        import logging
+        logging.getLogger("shmrt").warning(msg)
 
 
 def _check_workers(workers):
@@ -49,21 +68,33 @@ def _check_workers(workers):
 class Runtime:
     """A pool of pinned worker processes that compiled models run on.
 
-    ``workers=None``: one per physical core; ``workers=0``: no processes, the
-    plan runs sequentially in this process (the reference and debugging path).
+    ``workers=None``: one participant per physical core -- the calling thread
+    computes its share of every call, beside one worker process per other
+    core (``workers`` is then the number of participants, ``pids()`` one
+    fewer); ``workers=N``: N worker processes, the calling thread waits;
+    ``workers=0``: no processes, the plan runs sequentially in this process
+    (the reference and debugging path).  SHMRT_CALLER=0 keeps the calling
+    thread out of the work for workers=None too.
     """
 
     def __init__(self, workers=None):
         self.workers = _check_workers(workers)
+        # the calling thread computes where deaths are reported as they happen (a forked template)
+        caller = workers is None and self.workers >= 2 and config.CALLER and hasattr(os, "fork")
         self._lock = threading.RLock()
         self._models = {}  # id -> CompiledModel, alive until closed with the runtime
         self._closed = False
         self.pool = None
         self._rates = None
+        _reclaim_once()
         from shmrt.exec import warmup
         warmup.compile_all()  # workers then load the kernels from Numba's disk cache
+        self._blas_threads = None  # this process's BLAS threads before a computing caller set them to 1
         if self.workers > 0:
-            self.pool = Pool(self.workers)
+            self.pool = Pool(self.workers - caller, caller=caller)
+            if caller:
+                from shmrt.parallel.cpus import scipy_blas_threads
+                self._blas_threads = scipy_blas_threads(1)
         _live_runtimes.add(self)
 
     def compile(self, model, strategy="auto", max_batch=256, input_shape=None, autotune=False) -> "CompiledModel":
@@ -118,13 +149,14 @@ class Runtime:
         """Test hook: worker ``worker`` raises inside its next RUN (kind 1: ZeroDivisionError,
         2: ValueError), as a kernel would; the call then raises that error (see WorkerError)."""
         self._check_open()
-        if self.pool is None or not 0 <= worker < self.workers or kind not in (1, 2):
-            raise ValueError(f"_inject_fault: expected a worker in 0..{self.workers - 1} and kind 1 or 2, "
+        if self.pool is None or not 0 <= worker < self.pool.n or kind not in (1, 2):
+            raise ValueError(f"_inject_fault: expected a worker process in 0..{self.workers - 1} and kind 1 or 2, "
                              f"got worker={worker!r}, kind={kind!r}")
         C.set_word(self.pool.ctrl, C.wline(worker) + C.W_FAULT, kind)
 
     def pids(self) -> list:
-        """The worker processes' pids (empty when workers=0)."""
+        """The worker processes' pids (empty when workers=0; one fewer than ``workers``
+        when the calling thread computes too, as with workers=None)."""
         return self.pool.pids() if self.pool is not None else []
 
     def template_pid(self):
@@ -149,6 +181,10 @@ class Runtime:
             self._closed = True
             if self.pool is not None:  # workers first: they must not see segments vanish
                 self.pool.close()
+                if self._blas_threads is not None and not any(r.pool is not None and r.pool.caller and r is not self
+                                                              for r in _live_runtimes):
+                    from shmrt.parallel.cpus import scipy_blas_threads
+                    scipy_blas_threads(self._blas_threads)
             for cm in list(self._models.values()):
                 cm._release()
         _live_runtimes.discard(self)
@@ -170,23 +206,6 @@ class Runtime:
         return f"shmrt.Runtime(workers={self.workers}, {state})"
 
 
-def _row_bytes(o) -> int:
-    """Bytes of output per row (TopK: float32 values and int64 indices)."""
-    return o.width * 12 if o.kind == "topk" else int(np.prod(o.shape)) * (8 if o.kind == "argmax" else 4)
-
-
-def _check_room(n, row_bytes) -> None:
-    """Refuse a batch whose output cannot fit in memory, before allocating it."""
-    need = n * row_bytes
-    if need > 1 << 30:
-        import psutil
-        free = psutil.virtual_memory().available
-        if need > free:
-            raise ValueError(f"a batch of {n:,} rows needs {need / 2**30:,.1f} GiB for its output, and "
-                             f"{free / 2**30:,.1f} GiB of memory is available; expected a batch that fits "
-                             f"(call in parts)")
-
-
 _REFUSED_KINDS = {"c": "complex", "O": "object", "U": "string", "S": "bytes", "M": "datetime",
                   "m": "timedelta", "V": "structured"}
 
@@ -196,22 +215,29 @@ class CompiledModel:
 
     classes = None  # a classifier's labels (see predict)
     output_1d = False
+    _fast_rows = 0  # until placed (see __init__)
 
     def __init__(self, rt: Runtime, plan: planner.Plan, strategy: str):
         self.runtime, self.plan, self.strategy = rt, plan, strategy
         self.id = next(_model_ids)
         self.max_batch = plan.max_batch
         self.in_features = plan.in_features
-        self._row_bytes = _row_bytes(plan.output)
+        self._row_bytes = calls.row_bytes(plan.output)
         self.weights = WeightStore.pack(plan.tensors)
         try:
-            self._programs = _stack(list(plan.programs.values()))
+            self._programs = calls.stack(list(plan.programs.values()))
             # after the plan's arena: each worker's profile record (int64 per step + 1)
             self._prof_off = align(plan.arena_floats)
-            # each worker's record, then the parent's two stamps (profile.call_stamped)
+            # each worker's record, then the parent's two stamps (executor.call_stamped)
             rec = plan.workers * (self._programs.shape[2] + 1) + 2
             self._arena_seg = Segment.create((self._prof_off + 2 * rec) * 4)
             self.arena = self._arena_seg.array(np.float32)
+            solo = np.array([solo_rows(p) for p in plan.programs.values()], np.int64)
+            self._inp = self.arena[plan.input_off:plan.input_off + plan.max_batch * plan.in_features]
+            self._prog_for = {}  # n -> (program name, index, pipeline counters): _small's cache
+            # the rows of a call that _small runs (an input of fewer bytes than a single copy pays for)
+            self._fast_rows = min(plan.max_batch, (calls.SINGLE_COPY_MIN_BYTES - 1) // (4 * plan.in_features))
+            self._local = (self._programs, self.weights.flat, self.arena, _NO_PROF, solo)  # for the calling thread
             rt._models[self.id] = self
             if rt.pool is not None:
                 rt.pool.models[self.id] = {
@@ -226,27 +252,43 @@ class CompiledModel:
 
     # -- convenience tier ----------------------------------------------------
     def __call__(self, x):
+        if type(x) is np.ndarray and x.dtype == np.float32 and x.shape[1:] == self.plan.in_shape \
+                and 0 < x.shape[0] <= self._fast_rows and x.flags.c_contiguous and self.plan.output.kind == "dense" \
+                and not self._released:
+            return self._small(x)
         self._check_open()
         x, squeeze = self._validate(x)
         n = x.shape[0]
         o = self.plan.output
-        _check_room(n, self._row_bytes)
-        if o.kind == "topk":
-            vals, idx = np.empty((n, o.width), np.float32), np.empty((n, o.width), np.int64)
-        else:
-            res = np.empty((n, *o.shape), np.int64 if o.kind == "argmax" else np.float32)
+        calls.check_room(n, self._row_bytes)
+        outs = calls.results(o, n)
         with self.runtime._lock:  # one call at a time owns the arena
-            for s in range(0, n, self.max_batch):
-                e = min(n, s + self.max_batch)
-                self.input_buffer(e - s).reshape(e - s, -1)[...] = x[s:e]
-                out = self.run_in_place(e - s)
-                if o.kind == "topk":
-                    vals[s:e], idx[s:e] = out
-                else:
-                    res[s:e] = out
+            self.runtime._check_open()
+            calls.call(self, x, outs)
         if o.kind == "topk":
-            return (vals[0], idx[0]) if squeeze else (vals, idx)
-        return res[0] if squeeze else res
+            return (outs[0][0], outs[1][0]) if squeeze else tuple(outs)
+        return outs[0][0] if squeeze else outs[0]
+
+    def _small(self, x):
+        """cm(x) for a float32 batch of at most max_batch rows and under calls.SINGLE_COPY_MIN_BYTES
+        (the latency-bound call), in as few Python operations as the general path allows."""
+        n, rt, plan = x.shape[0], self.runtime, self.plan
+        with rt._lock:
+            if rt._closed:
+                rt._check_open()
+            self._inp[:n * self.in_features] = x.reshape(-1)
+            got = self._prog_for.get(n)
+            if got is None:
+                name = plan.strategy_for(self.strategy, n)
+                got = self._prog_for[n] = (name, plan.program_index(name), plan.counters.get(name))
+            name, index, counters = got
+            if counters is not None:
+                self.arena[counters[0]:counters[0] + counters[1]] = 0
+            if rt.pool is None:
+                run_in_process(plan.programs[name], self.weights.flat, self.arena, n)
+            else:
+                rt.pool.command(C.OP_RUN, self.id, n, index, local=self._local)
+            return self._output_view(n).copy()
 
     # -- scikit-learn's meaning (models loaded from an estimator) --------------
     def predict(self, x):
@@ -318,7 +360,7 @@ class CompiledModel:
     def _launch(self, name, n):
         """Run program ``name`` on the pool for n rows."""
         self._reset_counters(name)
-        self.runtime.pool.command(C.OP_RUN, self.id, n, self.plan.program_index(name))
+        self.runtime.pool.command(C.OP_RUN, self.id, n, self.plan.program_index(name), local=self._local)
 
     def _reset_counters(self, name):
         """A pipeline's stage counters start each call at zero (published by the command)."""
@@ -371,29 +413,7 @@ class CompiledModel:
             raise ValueError(f"n must be an int in 1..max_batch={self.max_batch}, got {n!r}")
         if not 1 <= n <= self.max_batch:
             raise ValueError(f"profile() runs one call: expected 1..max_batch={self.max_batch} rows, got {n}")
-        name = self.plan.strategy_for(self.strategy, n)
-        prog_index = self.plan.program_index(name)
-        rec = self._programs.shape[2] + 1
-        P = self.plan.workers
-        with rt._lock:
-            rt._check_open()
-            record = self.arena[self._prof_off:self._prof_off + 2 * (P * rec + 2)].view(np.int64)
-            t_in = time.monotonic_ns()
-            if x is not None:
-                self.input_buffer(n).reshape(n, -1)[...] = x
-            t_copied = time.monotonic_ns()
-            self._reset_counters(name)
-            rt.pool.command(C.OP_RUN, self.id, n, prog_index, self._prof_off, record[P * rec:])
-            t_done = time.monotonic_ns()
-            out = self._output_view(n)
-            if x is not None:
-                out = tuple(np.array(o) for o in out) if isinstance(out, tuple) else np.array(out)
-            t_out = time.monotonic_ns()
-            stamps = record[:P * rec].reshape(P, rec).copy()
-            call_stamps = record[P * rec:].copy()
-        prog = self._programs[prog_index]
-        return build_profile(prog, stamps, step_labels(prog, self.plan.explain_rows[name]), n, name, t_in,
-                             t_copied, call_stamps, t_done, t_out)
+        return run_profiled(self, x, n)
 
     # -- explain -----------------------------------------------------------
     def explain(self, batch=None) -> str:
@@ -406,7 +426,8 @@ class CompiledModel:
         from shmrt.compile.explain import explain
         n = self.max_batch if batch is None else self._check_n(batch)
         pool = self.runtime.pool  # each worker's CPUs, as the OS has them now
-        workers = pool.describe() if pool is not None else "workers: in process (workers=0)"
+        workers = pool.describe() + "\n" + pool.describe_io() if pool is not None else \
+            "workers: in process (workers=0)"
         return explain(self.plan, self.strategy, n, self.weights.nbytes, workers)
 
     # -- lifetime ----------------------------------------------------------
@@ -421,7 +442,7 @@ class CompiledModel:
 
     def _release(self):
         self._released = True
-        self.arena = None
+        self.arena = self._local = None
         if hasattr(self, "_arena_seg"):
             self._arena_seg.close()
         self.weights.segment.close()
@@ -437,15 +458,6 @@ class CompiledModel:
 
     def __repr__(self):
         return f"<shmrt.CompiledModel id={self.id} strategy={self.strategy!r} workers={self.plan.workers}>"
-
-
-def _stack(programs):
-    """Programs of different lengths as one [strategies, P, steps, ROW] array (END-padded)."""
-    steps = max(p.shape[1] for p in programs)
-    out = np.zeros((len(programs), programs[0].shape[0], steps, programs[0].shape[2]), np.int64)
-    for i, p in enumerate(programs):
-        out[i, :, :p.shape[1]] = p
-    return out
 
 
 _default = {}

@@ -120,7 +120,7 @@ def test_an_error_report_is_one_short_line(message):
 
 # -- workers killed at random points -----------------------------------------------
 
-def kill_rounds(n, seed=0):
+def kill_rounds(n, seed=0, workers=2):
     """n rounds: pick a model and a worker, SIGKILL it after a random delay (before, during or after a
     call, so at a kernel, at a barrier, at a stage queue or idle), and keep calling.  Every call either
     returns the right answer or raises WorkerError within DETECT_S of the kill; the first call after a
@@ -129,7 +129,7 @@ def kill_rounds(n, seed=0):
     rng = np.random.default_rng(seed)
     failed = healed = 0
     worst = 0.0
-    with shmrt.Runtime(workers=2) as rt:
+    with shmrt.Runtime(workers=workers) as rt:  # None: the calling thread computes too
         built = []
         for name, model, strategy, x, shape in cases():
             cm = rt.compile(model, strategy=strategy, max_batch=x.shape[0], input_shape=shape)
@@ -139,7 +139,7 @@ def kill_rounds(n, seed=0):
             built.append((name, cm, x, ref, time.monotonic() - t))
         for r in range(n):
             name, cm, x, ref, call_s = built[rng.integers(len(built))]
-            wid = int(rng.integers(rt.workers))
+            wid = int(rng.integers(len(rt.pids())))
             pid = rt.pids()[wid]
             killed = {}
 
@@ -188,6 +188,16 @@ def test_workers_killed_at_random_points(hang_guard):
     assert failed + healed == n and failed >= 1
 
 
+def test_workers_killed_at_random_points_with_the_caller_computing(hang_guard):
+    """The same with Runtime(): the calling thread is a participant, so a kill can leave it waiting at a
+    barrier for the dead worker -- the pool's death watch must get it out within DETECT_S."""
+    n = 12
+    failed, healed, worst = kill_rounds(n, seed=2, workers=None)
+    print(f"\nworker kills, caller computing: {n} rounds, {failed} failed a call (worst {worst * 1e3:.0f} ms "
+          f"after the kill), {healed} healed before the next call")
+    assert failed + healed == n and failed >= 1
+
+
 @pytest.mark.slow
 def test_workers_killed_at_random_points_100(hang_guard):
     failed, healed, worst = kill_rounds(100, seed=1)
@@ -202,7 +212,7 @@ PARENT = """
 idle = sys.argv[1] == "idle"
 shmrt.manual_seed(0)
 model = shmrt.Sequential([shmrt.Linear(256, 1024), shmrt.ReLU(), shmrt.Linear(1024, 256), shmrt.Softmax()])
-rt = shmrt.Runtime(workers=2)
+rt = shmrt.Runtime(workers=None if sys.argv[3] == "caller" else 2)
 cm = rt.compile(model, strategy=sys.argv[2], max_batch=128)
 x = np.random.default_rng(0).standard_normal((128, 256)).astype(np.float32)
 print("err", rel_err(cm(x), reference(model, x)))
@@ -218,7 +228,7 @@ while time.monotonic() < deadline:
 """
 
 
-def parent_rounds(child, n, seed=0):
+def parent_rounds(child, n, seed=0, caller=False):
     """n children, each killed by SIGKILL, SIGTERM or SIGINT at a random time while idle or mid-call;
     within 5 s no worker (nor the template) and no segment of the child may remain.  Returns the
     slowest clean-up in s."""
@@ -228,7 +238,7 @@ def parent_rounds(child, n, seed=0):
     for r in range(n):
         sig = sigs[r % 3]
         mode = ["busy", "idle"][int(rng.integers(2))]
-        c = child(PARENT, mode, ["model", "data", "pipeline"][int(rng.integers(3))])
+        c = child(PARENT, mode, ["model", "data", "pipeline"][int(rng.integers(3))], "caller" if caller else "procs")
         c.wait_for_line("ready")
         pids, creator = c.pids(), int(c.field("self")[0])
         assert float(c.field("err")[0]) <= 1e-5
@@ -247,6 +257,12 @@ def test_parent_killed_by_signals(child, hang_guard):
     worst = parent_rounds(child, n)
     print(f"\nparent faults: {n} rounds (SIGKILL, SIGTERM, SIGINT; idle and mid-call): nothing left "
           f"after at most {worst:.2f} s")
+
+
+def test_parent_killed_by_signals_with_the_caller_computing(child, hang_guard):
+    n = 6
+    worst = parent_rounds(child, n, seed=2, caller=True)
+    print(f"\nparent faults, caller computing: {n} rounds: nothing left after at most {worst:.2f} s")
 
 
 @pytest.mark.slow

@@ -76,6 +76,16 @@ _DECLARED = (
     ("WAIT", "wait for stage", ("first", "producers")),  # until workers first.. have finished this micro-batch
     ("SIGNAL", "signal stage", ("worker",)),  # this worker finished its part of the micro-batch
     ("NEXT", "next micro-batch", ()),  # back to after MICRO for the next micro-batch, if any
+    # Single-copy input and output (compile/io.py, parallel/xmem.py): the last two rows of every
+    # program, after its END, read by the worker's command loop, not by the step interpreter.  When
+    # a call names the caller's arrays (C_PID), this participant copies rows lo:hi of the caller's
+    # input into the arena (x, row_floats floats per row) before its program, and its rows of the
+    # output (off, ld floats apart, row_bytes each; off2.. a second array: TopK's indices) into the
+    # caller's result after it; sync: a barrier of `parties` at `line` after the input / before the
+    # output, where the program reads or writes rows other than its own.
+    ("INPUT", "input", ("x", "row_floats", "lo", "hi", "sync", "line", "parties")),
+    ("OUTPUT", "output", ("off", "ld", "row_bytes", "off2", "ld2", "row_bytes2", "lo", "hi", "sync", "line",
+                          "parties")),
 )
 
 
@@ -97,7 +107,7 @@ OPS = tuple(op for op, _ in _BUILT)  # by code
 _WIDTHS = [widths for _, widths in _BUILT]
 LABELS = tuple(label for _, label, _ in _DECLARED)
 (END, BARRIER, LINEAR, REDUCE, ACT, SOFTMAX, ARGMAX, TOPK, AFFINE, GATHER, LAYERNORM, RECUR, CONV, POOL, GAP,
- MICRO, WAIT, SIGNAL, NEXT) = OPS
+ MICRO, WAIT, SIGNAL, NEXT, INPUT, OUTPUT) = OPS
 assert [op.__class__.__name__ for op in OPS] == [name.title() for name, _, _ in _DECLARED]  # the names above in order
 
 

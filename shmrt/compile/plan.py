@@ -36,6 +36,7 @@ import numpy as np
 
 from shmrt.compile.builder import Builder
 from shmrt.compile.isa import act_code
+from shmrt.compile.io import with_io
 from shmrt.compile.layout import Arena, Output
 from shmrt.compile.ops import output as family_output
 from shmrt.compile.ops import tensors as family_tensors
@@ -240,4 +241,5 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
     output = outs[ops[-1].index] if ops else Output("dense", input_off, in_w, shape=in_shape)
     if output.kind == "dense" and not output.ld and int(np.prod(shapes[-1])) == output.width:
         output.shape = tuple(shapes[-1])  # e.g. a trailing Flatten
+    programs = {s: with_io(p, inp, output) for s, p in programs.items()}
     return Plan(P, maxb, in_shape, tensors, woff, arena.size, input_off, output, programs, explain, counters, rates)

@@ -19,10 +19,11 @@ from shmrt.kernels import (IDENTITY, NR, affine, apply_act, argmax, conv2d, gath
                            gru_cell, layernorm, linear, lstm_cell, pool2d, reduce_partials, rnn_cell, softmax, topk)
 
 from shmrt.compile.isa import (ACT, AFFINE, ARGMAX, BARRIER, CONV, CONV_GEOM, END, FRAC, GAP, GATES, GATHER, GRU_CELL,
-                               LAYERNORM, LINEAR, LSTM_CELL, MICRO, NEXT, OP, POOL, POOL_GEOM, RECUR, REDUCE,
-                               RNN_RELU, SIGNAL, SOFTMAX, TOPK, WAIT)
+                               INPUT, LAYERNORM, LINEAR, LSTM_CELL, MICRO, NEXT, OP, OUTPUT, POOL, POOL_GEOM, RECUR,
+                               REDUCE, RNN_RELU, SIGNAL, SOFTMAX, TOPK, WAIT)
 from shmrt.parallel import control as C
-from shmrt.parallel.sync import ABORTED, LINE, barrier, bump, monotonic_ns, wait_change, wait_reach
+from shmrt.parallel.xmem import addr_of, vm_copy
+from shmrt.parallel.sync import ABORTED, LINE, TIMEOUT, barrier, bump, monotonic_ns, wait_change, wait_reach
 
 
 
@@ -123,7 +124,7 @@ def _recurrent(s, weights, arena, base, cnt, ctrl, spin_ns, block_ns, ppid):
     return 0
 
 
-@njit(cache=True)
+@njit(cache=True, nogil=True)
 def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, ppid, stop_at_barrier, prof):
     """Run prog[start:] for a batch of n rows, recording each step index in
     ctrl[status] (status < 0: don't), so a stuck worker can be located.
@@ -270,15 +271,92 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
 
 
 @njit(cache=True)
+def _refused(ctrl, wid, err):
+    """A single copy failed with -errno err: say so (the pool falls back and runs the call again)."""
+    ctrl[C.WORKER0 + wid * C.LINE + C.W_XERR] = -err
+    ctrl[C.WORKER0 + wid * C.LINE + C.W_ERROR] = C.ERR_XMEM
+    ctrl[C.C_ERR] = 1  # published by finish's release
+
+
+@njit(cache=True)
+def copy_in(s, arena, n, ctrl, wid, spin_ns, block_ns, ppid):
+    """An INPUT row (compile/io.py): this participant's rows of the caller's input into the
+    arena, then the barrier if the row says so.  Returns 0, or -2 if aborted."""
+    pid = ctrl[C.C_PID]
+    if pid == 0:  # the input is in the arena already
+        return 0
+    r0, r1 = (n * s[INPUT.lo]) // FRAC, (n * s[INPUT.hi]) // FRAC
+    if r1 > r0:
+        rb = s[INPUT.row_floats] * 4
+        local = arena.ctypes.data + (s[INPUT.x] * 4 + r0 * rb)
+        err = vm_copy(False, pid, local, addr_of(ctrl, C.C_SRC) + r0 * rb, (r1 - r0) * rb)
+        if err != 0:
+            _refused(ctrl, wid, err)
+    if s[INPUT.sync] and barrier(ctrl, s[INPUT.line], s[INPUT.parties], C.ABORT, spin_ns, block_ns, ppid) == ABORTED:
+        return -2
+    return 0
+
+
+@njit(cache=True)
+def copy_out(s, arena, n, ctrl, wid, spin_ns, block_ns, ppid):
+    """An OUTPUT row: the barrier if the row says so, then this participant's rows of the
+    output (and of TopK's indices) into the caller's result arrays."""
+    pid = ctrl[C.C_PID]
+    if pid == 0:
+        return 0
+    if s[OUTPUT.sync] and barrier(ctrl, s[OUTPUT.line], s[OUTPUT.parties], C.ABORT, spin_ns, block_ns,
+                                  ppid) == ABORTED:
+        return -2
+    r0, r1 = (n * s[OUTPUT.lo]) // FRAC, (n * s[OUTPUT.hi]) // FRAC
+    for k in range(2):
+        off, ld, rb = (s[OUTPUT.off], s[OUTPUT.ld], s[OUTPUT.row_bytes]) if k == 0 else \
+            (s[OUTPUT.off2], s[OUTPUT.ld2], s[OUTPUT.row_bytes2])
+        if rb == 0 or r1 <= r0:
+            continue
+        src = arena.ctypes.data + off * 4
+        dst = addr_of(ctrl, C.C_DST if k == 0 else C.C_DST2)
+        if ld * 4 == rb:  # whole rows, one run
+            err = vm_copy(True, pid, src + r0 * rb, dst + r0 * rb, (r1 - r0) * rb)
+        else:  # every row apart (the last step of a sequence)
+            err = 0
+            for r in range(r0, r1):
+                err = vm_copy(True, pid, src + r * ld * 4, dst + r * rb, rb)
+                if err != 0:
+                    break
+        if err != 0:
+            _refused(ctrl, wid, err)
+    return 0
+
+
+@njit(cache=True, inline="always")
+def run_command(prog, weights, arena, n, ctrl, wid, spin_ns, block_ns, ppid, prof):
+    """One participant's part of a RUN: its input rows (single copy), its program, its output
+    rows.  prof (empty: don't) as run_steps', with the copies' times in the slots of the
+    program's INPUT and OUTPUT rows and prof[0] the time before the input.  Returns 0, or -2."""
+    S = prog.shape[0]
+    t0 = monotonic_ns()
+    if copy_in(prog[S - 2], arena, n, ctrl, wid, spin_ns, block_ns, ppid) != 0:
+        return -2
+    t1 = monotonic_ns()
+    r = run_steps(prog, np.int64(0), weights, arena, n, ctrl, C.WORKER0 + wid * C.LINE + C.W_STEP, spin_ns,
+                  block_ns, ppid, wid < 0, prof)
+    if r == -2:
+        return -2
+    t2 = monotonic_ns()
+    if copy_out(prog[S - 1], arena, n, ctrl, wid, spin_ns, block_ns, ppid) != 0:
+        return -2
+    if prof.shape[0] > 0:
+        prof[0], prof[S - 1], prof[S] = t0, t1 - t0, monotonic_ns() - t2
+    return 0
+
+
+@njit(cache=True)
 def serve(ctrl, wid, model, progs, weights, arena, gen, spin_ns, idle_spin_ns, block_ns, ppid):
     """A worker's hot loop: run RUN (for ``model``) and NOP commands without
     leaving Numba.  Barriers spin spin_ns, the wait between commands
     idle_spin_ns.  Returns the generation of the first command it cannot
     handle (the caller handles it), or ABORTED when the parent is gone."""
     no_prof = np.zeros(0, np.int64)
-    # run_steps' first step and stop_at_barrier as values, not constants: Numba would type the
-    # literals 0 and False apart and compile run_steps a second time (a quarter of a cold start)
-    first, no_stop = np.int64(0), wid < 0
     while True:
         op = ctrl[C.C_OP]
         if op == C.OP_RUN and ctrl[C.C_MODEL] == model:
@@ -292,15 +370,54 @@ def serve(ctrl, wid, model, progs, weights, arena, gen, spin_ns, idle_spin_ns, b
             if ctrl[C.C_PROF] >= 0:  # a profiled call: this worker's record of step times
                 rec = progs.shape[2] + 1
                 prof = arena[ctrl[C.C_PROF] + 2 * wid * rec:ctrl[C.C_PROF] + 2 * (wid + 1) * rec].view(np.int64)
-            run_steps(progs[ctrl[C.C_PROG], wid], first, weights, arena, np.int64(ctrl[C.C_N]), ctrl,
-                      C.WORKER0 + wid * C.LINE + C.W_STEP, spin_ns, block_ns, ppid, no_stop, prof)
+            run_command(progs[ctrl[C.C_PROG], wid], weights, arena, np.int64(ctrl[C.C_N]), ctrl, wid, spin_ns,
+                        block_ns, ppid, prof)
         elif op != C.OP_NOP:
             return gen
         C.finish(ctrl, wid, gen)
-        g = wait_change(ctrl, C.GEN, gen, C.GEN_SLEEP, C.ZERO, idle_spin_ns, block_ns, ppid)
+        # the idle spin follows the gaps between calls (the pool's C_SPIN); 0 stays 0 (the host worker)
+        idle = np.int64(ctrl[C.C_SPIN]) if idle_spin_ns > 0 else np.int64(0)
+        g = wait_change(ctrl, C.GEN, gen, C.GEN_SLEEP, C.ZERO, idle, block_ns, ppid)
         if g == ABORTED:
             return g
         gen = g
+
+
+@njit(cache=True, nogil=True)
+def lead(ctrl, model, n, prog_index, procs, wid, progs, weights, arena, spin_ns, done_spin_ns, block_ns, prof,
+         stamps):
+    """The calling thread's side of a RUN when it computes too (participant
+    ``wid``, after the ``procs`` worker processes): publish the command, run
+    its own program, then wait for the workers' DONE.  Returns the DONE
+    count, TIMEOUT after one block slice (the pool then looks for dead
+    workers and waits on), or ABORTED when the pool's death watch set the
+    abort word while this thread waited at a barrier.  stamps (int64, empty:
+    don't) as executor.call_stamped's.  No GIL: the pool's death watch (a
+    Python thread) runs meanwhile."""
+    timed = stamps.shape[0] > 0
+    if timed:
+        stamps[0] = monotonic_ns()
+    if procs > 0:  # procs 0: a call only this thread has rows of (Pool.command's solo): nobody is told
+        C.post(ctrl, C.OP_RUN, model, n, prog_index)
+    r = run_command(progs[prog_index, wid], weights, arena, np.int64(n), ctrl, wid, spin_ns, block_ns, 0, prof)
+    if r == -2:
+        return ABORTED
+    v = C.wait_done(ctrl, procs, done_spin_ns, block_ns)
+    if timed:
+        stamps[1] = monotonic_ns() if v != TIMEOUT else 0
+    return v
+
+
+@njit(cache=True)
+def call_stamped(ctrl, op, model, n, prog, parties, spin_ns, block_ns, stamps):
+    """control.call, with stamps[0] = the time the command is published and
+    stamps[1] = the time the last worker's DONE is seen (0 on TIMEOUT)."""
+    stamps[0] = monotonic_ns()
+    C.post(ctrl, op, model, n, prog)
+    r = C.wait_done(ctrl, parties, spin_ns, block_ns)
+    stamps[1] = monotonic_ns() if r != TIMEOUT else 0
+    return r
+
 
 
 _NO_PROF = np.zeros(0, np.int64)

@@ -22,25 +22,13 @@ summed over the micro-batches.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
-from numba import njit
 
 from shmrt.compile.isa import BARRIER, END, LABELS, OP, WAIT
 from shmrt.parallel import control as C
-from shmrt.parallel.sync import TIMEOUT, monotonic_ns
-
-
-@njit(cache=True)
-def call_stamped(ctrl, op, model, n, prog, parties, spin_ns, block_ns, stamps):
-    """control.call, with stamps[0] = the time the command is published and
-    stamps[1] = the time the last worker's DONE is seen (0 on TIMEOUT)."""
-    stamps[0] = monotonic_ns()
-    C.post(ctrl, op, model, n, prog)
-    r = C.wait_done(ctrl, parties, spin_ns, block_ns)
-    stamps[1] = monotonic_ns() if r != TIMEOUT else 0
-    return r
 
 
 @dataclass
@@ -122,25 +110,34 @@ def step_labels(prog, explain_rows) -> list:
     return labels
 
 
-def build(prog, stamps, labels, n, strategy, t_in, t_copied, call_stamps, t_done, t_out) -> Profile:
+def build(prog, stamps, labels, n, strategy, t_in, t_copied, call_stamps, t_done, t_out, moved=False) -> Profile:
     """prog: int64 [P, steps, ROW] the program run; stamps: int64 [P, steps + 1]
     each worker's record (its start, then the time in each step, summed over
-    a micro-batch loop's passes); labels: per worker {step index: label};
-    call_stamps: (published, last DONE seen) from call_stamped; times in ns."""
-    P = prog.shape[0]
+    a micro-batch loop's passes, and in its last two slots the time of its
+    single copies in and out: executor.run_command); labels: per worker
+    {step index: label}; call_stamps: (published, last DONE seen) from
+    call_stamped; times in ns.  moved: the workers moved the input and output
+    (single copy); their copies count as copy time, and are listed as steps."""
+    P, S = prog.shape[0], prog.shape[1]
     t_post, t_seen = int(call_stamps[0]), int(call_stamps[1])
     kernel, wait, dispatch, per_worker, ends, step_ends = [], [], [], [], [], []
+    io_in, io_out = stamps[:, S - 1], stamps[:, S]
     for w in range(P):
         ops = prog[w, :, OP]
         last = int(np.argmax(ops == END.code))  # steps 0..last-1 ran
         d = stamps[w, 1:last + 1]
-        dispatch.append((stamps[w, 0] - t_post) / 1e3)
+        # a worker that did not run (the calling thread had every row: a solo call) has no start
+        dispatch.append((stamps[w, 0] - t_post) / 1e3 if stamps[w, 0] else 0.0)
         waits = np.isin(ops[:last], (BARRIER.code, WAIT.code))
         kernel.append(float(d[~waits].sum()) / 1e3)
         wait.append(float(d[waits].sum()) / 1e3)
-        step_ends.append(stamps[w, 0] + np.cumsum(d))
-        ends.append(int(stamps[w, 0] + d.sum()))
-        per_worker.append([(labels[w].get(i, LABELS[int(ops[i])]), float(d[i]) / 1e3) for i in range(last)])
+        step_ends.append(stamps[w, 0] + io_in[w] + np.cumsum(d))
+        ends.append(int(stamps[w, 0] + io_in[w] + d.sum() + io_out[w]) if stamps[w, 0] else 0)
+        steps = [(labels[w].get(i, LABELS[int(ops[i])]), float(d[i]) / 1e3) for i in range(last)]
+        if moved:
+            steps = [("input: its rows of x, single copy", io_in[w] / 1e3)] + steps + \
+                [("output: its rows of the result, single copy", io_out[w] / 1e3)]
+        per_worker.append(steps)
     barrier_us = []
     ops0 = prog[0, :, OP]
     if all(np.array_equal(prog[w, :, OP], ops0) for w in range(P)) and P > 1:
@@ -151,8 +148,53 @@ def build(prog, stamps, labels, n, strategy, t_in, t_copied, call_stamps, t_done
     critical = int(np.argmax(ends))
     if t_seen == 0:  # the command outlived one wait slice (a worker died and was replaced): no stamp
         t_seen = t_done
-    return Profile(batch=n, workers=P, strategy=strategy, copy_in_us=(t_copied - t_in) / 1e3,
-                   copy_out_us=(t_out - t_done) / 1e3, total_us=(t_out - t_in) / 1e3,
+    return Profile(batch=n, workers=P, strategy=strategy, copy_in_us=(t_copied - t_in + io_in[critical]) / 1e3,
+                   copy_out_us=(t_out - t_done + io_out[critical]) / 1e3, total_us=(t_out - t_in) / 1e3,
                    launch_us=(t_post - t_copied) / 1e3, finish_us=(t_done - t_seen) / 1e3, dispatch_us=dispatch,
                    kernel_us=kernel, wait_us=wait, return_us=(t_seen - ends[critical]) / 1e3, critical=critical,
                    per_worker=per_worker, barrier_us=barrier_us)
+
+
+def run_profiled(cm, x, n) -> Profile:
+    """CompiledModel.profile's call, on validated arguments: x (the convenience tier, the
+    rows of one call) or None and n (the zero-copy tier)."""
+    from shmrt.exec import calls
+    rt = cm.runtime
+    name = cm.plan.strategy_for(cm.strategy, n)
+    prog_index = cm.plan.program_index(name)
+    rec = cm._programs.shape[2] + 1
+    P = cm.plan.workers
+    with rt._lock:
+        rt._check_open()
+        record = cm.arena[cm._prof_off:cm._prof_off + 2 * (P * rec + 2)].view(np.int64)
+        record[:] = 0  # a worker that does not run leaves its record at 0 (profile.build)
+        mine = rt.pool.n  # the calling thread's record, when it computes
+        local = cm._local[:3] + (record[mine * rec:(mine + 1) * rec], cm._local[4])
+        big = x is not None and x.size * 4 >= calls.SINGLE_COPY_MIN_BYTES  # as cm(x) decides
+        for single in ((True, False) if big and rt.pool.single_copy else (False,)):
+            t_in = time.monotonic_ns()
+            io = None
+            if single:  # as cm(x) runs it: every worker moves its own rows (exec/calls.py)
+                xs = np.ascontiguousarray(x, np.float32)
+                outs = calls.results(cm.plan.output, n)
+                io = (xs.ctypes.data, outs[0].ctypes.data, outs[-1].ctypes.data if len(outs) > 1 else 0)
+            elif x is not None:
+                cm.input_buffer(n).reshape(n, -1)[...] = x
+            t_copied = time.monotonic_ns()
+            cm._reset_counters(name)
+            try:
+                rt.pool.command(C.OP_RUN, cm.id, n, prog_index, cm._prof_off, record[P * rec:], local=local,
+                                io=io)
+            except calls.CopyRefused:
+                continue  # the pool copies through the arena now: profile that
+            t_done = time.monotonic_ns()
+            out = cm._output_view(n)
+            if x is not None and not single:
+                out = tuple(np.array(o) for o in out) if isinstance(out, tuple) else np.array(out)
+            t_out = time.monotonic_ns()
+            break
+        stamps = record[:P * rec].reshape(P, rec).copy()
+        call_stamps = record[P * rec:].copy()
+    prog = cm._programs[prog_index]
+    return build(prog, stamps, step_labels(prog, cm.plan.explain_rows[name]), n, name, t_in, t_copied,
+                 call_stamps, t_done, t_out, moved=io is not None)

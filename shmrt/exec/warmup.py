@@ -202,7 +202,7 @@ def _compile_all() -> None:
     from shmrt.parallel import control as C
     from shmrt.ir import layers as L
     from shmrt.compile import plan as planner
-    from shmrt.exec.executor import run_in_process, serve
+    from shmrt.exec.executor import lead, run_in_process, serve
     from shmrt.parallel.store import Segment, WeightStore
     from shmrt.parallel.sync import barrier, wait_change
 
@@ -234,6 +234,9 @@ def _compile_all() -> None:
         ctrl = seg.array(np.int32, 1024)
         serve.compile((numba.typeof(ctrl), i64, i64, numba.typeof(progs), w_type, numba.typeof(arena),
                        i64, i64, i64, i64, i64))
+        prof_t = types.Array(i64, 1, "C")
+        lead.compile((numba.typeof(ctrl), i64, i64, i64, i64, i64, numba.typeof(progs), w_type, numba.typeof(arena),
+                      i64, i64, i64, prof_t, prof_t))
         ctrl[C.GEN] = 1
         wait_change(ctrl, C.GEN, 0, C.GEN_SLEEP, C.ZERO, 0, 0, 0)
         barrier(ctrl, C.BARRIER, 1, C.ABORT, 0, 0, 0)

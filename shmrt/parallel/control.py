@@ -10,18 +10,24 @@ workers which models' segments to attach.
     2     CMD        op, model id, batch n, program index, profile record
                      (arena offset, or -1: none) (written before GEN);
                      then ERR: non-zero when a worker set its W_ERROR during
-                     the current command (one word for the parent to check)
+                     the current command (one word for the parent to check);
+                     then SPIN: the idle workers' spin budget (ns), which
+                     follows the gaps between calls (Pool.command); then
+                     PID, SRC, DST, DST2: a single-copy call's caller pid
+                     and array addresses (0: none; compile/io.py)
     3     DONE       workers finished with the current command
     4     DONE_SLEEP parent blocked on DONE
     5     ABORT      non-zero: abandon the current command (a worker died)
     6     ZERO       always 0: the abort word of waits that must not abort
     7-9   BARRIER    arrival count, generation, sleepers (sync.barrier)
-    10+w  WORKER w   state, last generation done, pid, step being run, fault
+    10+w  WORKER w   (w < parties: the calling thread, when it computes, is
+                     the last participant and has a line too) state, last generation done, pid, step being run, fault
                      (non-zero: raise inside the next RUN; tests only),
                      error (ERR_*: why the worker could not run the current
                      command; set before it finishes it, cleared by the
                      parent), pin (PIN_*: the outcome of pinning itself to
-                     its CPU, set before READY)
+                     its CPU, set before READY), the errno of a refused
+                     single copy (with error ERR_XMEM)
     then  STAGE g    3 lines per group g < workers: the barrier of a pipeline
                      stage's worker group (sync.barrier), see barrier_line
 
@@ -43,12 +49,16 @@ from shmrt.parallel.sync import LINE, TIMEOUT, bump, load_acquire, store_release
 
 GEN, GEN_SLEEP, CMD, DONE, DONE_SLEEP, ABORT, ZERO, BARRIER = (i * LINE for i in range(8))
 WORKER0 = 10 * LINE
-# CMD words
-C_OP, C_MODEL, C_N, C_PROG, C_PROF, C_ERR = CMD, CMD + 1, CMD + 2, CMD + 3, CMD + 4, CMD + 5
+# CMD words (C_SPIN: how long an idle worker spins for the next command, in ns: the pool's adaptive budget)
+C_OP, C_MODEL, C_N, C_PROG, C_PROF, C_ERR, C_SPIN = CMD, CMD + 1, CMD + 2, CMD + 3, CMD + 4, CMD + 5, CMD + 6
+# single copy (compile/io.py): the caller's pid (0: the input is in the arena already, the output
+# stays there) and the addresses (two words each, parallel/xmem.py) of its input rows and result arrays
+C_PID, C_SRC, C_DST, C_DST2 = CMD + 7, CMD + 8, CMD + 10, CMD + 12
 # worker line words (W_FAULT: a test hook, see Runtime._inject_fault)
-W_STATE, W_GEN, W_PID, W_STEP, W_FAULT, W_ERROR, W_PIN = range(7)
-# W_ERROR values: 0 none; ERR_NO_MODEL: a RUN for a model this worker was never sent (Pool.command raises)
-ERR_NO_MODEL = 1
+W_STATE, W_GEN, W_PID, W_STEP, W_FAULT, W_ERROR, W_PIN, W_XERR = range(8)
+# W_ERROR values: 0 none; ERR_NO_MODEL: a RUN for a model this worker was never sent (Pool.command raises);
+# ERR_XMEM: a single copy was refused (W_XERR: its errno; the pool copies through the arena from then on)
+ERR_NO_MODEL, ERR_XMEM = 1, 2
 # W_PIN values: PIN_NONE not requested, PIN_OK pinned; a failure is -errno, or PIN_FAILED without one
 PIN_NONE, PIN_OK, PIN_FAILED = 0, 1, -100000
 # ops

@@ -18,7 +18,9 @@ code.  The user's process never forks (it may have threads), and needs no
                       "error WID PID [module, type, message]" -- a worker, before it exits
 
 If the parent dies, the template sees EOF on its stdin and exits; the
-workers see their parent (the template) change and clean up.  Where fork
+workers watch the parent itself (not the template) and clean up when it is
+gone.  If the template dies (the OOM killer), its workers serve on; the
+pool kills them and starts a new template and workers at its next command.  Where fork
 does not exist (Windows), each worker is its own ``python -m shmrt.worker``.
 """
 from __future__ import annotations
@@ -45,6 +47,10 @@ class ExecLauncher:
 
     errors = {}  # no channel back: a worker's exception is only printed on stderr
     deaths = None  # not counted: the pool finds a dead worker when a call stalls
+    on_death = None  # nobody reports deaths as they happen (so the caller never computes: runtime.py)
+
+    def gone(self) -> bool:
+        return False
 
     def __init__(self, common_args: list):
         self.common = common_args
@@ -97,8 +103,12 @@ class ForkLauncher:
         self.exits = {}  # pid -> exit code (negative: signal)
         self.errors = {}  # pid -> (module, type name, message) of the exception that ended the worker
         self.deaths = 0  # workers reaped so far: the pool looks for dead ones when this moves
+        self.on_death = None  # called (reader thread, under cond) when a worker or the template dies
         self.reader = threading.Thread(target=self._read, name="shmrt-template-reader", daemon=True)
         self.reader.start()
+        # The template's death, as it happens: its output pipe does not close then (its workers hold it)
+        self.watcher = threading.Thread(target=self._watch, name="shmrt-template-watcher", daemon=True)
+        self.watcher.start()
 
     def _read(self):
         for line in self.proc.stdout:
@@ -109,25 +119,43 @@ class ForkLauncher:
                 elif parts[:1] == ["dead"]:
                     self.exits[int(parts[2])] = int(parts[3])
                     self.deaths += 1
+                    self._report_death()
                 elif parts[:1] == ["error"] and len(parts) == 4:
                     try:
                         self.errors[int(parts[2])] = tuple(json.loads(parts[3]))
                     except ValueError:
                         pass
                 self.cond.notify_all()
-        with self.cond:  # the template is gone: so are its workers, or they soon will be
-            self.pids[-1] = -1
+        self._gone()
+
+    def _watch(self):
+        self.proc.wait()
+        self._gone()
+
+    def _gone(self):
+        with self.cond:  # the template is gone; its workers serve on until the pool replaces them
+            if -1 not in self.pids:
+                self.pids[-1] = -1
+                self._report_death()
             self.cond.notify_all()
+
+    def _report_death(self):
+        if self.on_death is not None:
+            try:
+                self.on_death()
+            except Exception:  # the reader thread must go on reading
+                pass
+
+    def gone(self) -> bool:
+        """The template has exited (killed, say): no worker can be started or reaped by it."""
+        return -1 in self.pids  # set by the reader thread at the template's EOF (no system call per command)
 
     def exit_code(self, pid):
         with self.cond:
             if pid in self.exits:
                 return self.exits[pid]
-            if -1 in self.pids:  # template gone: a worker still alive is orphaned and leaving
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    return -9
+            if -1 in self.pids:  # template gone: nobody reaps its workers for us
+                return None if _exists(pid) else -9
             return None
 
     def start(self, wid: int, cpu: int, idle_spin_us: float):
@@ -159,6 +187,29 @@ class ForkLauncher:
         self.reader.join(2.0)  # it reads to the end of the template's output, then the pipe can go
         if not self.reader.is_alive():
             self.proc.stdout.close()
+
+
+def _exists(pid: int) -> bool:
+    """Process pid exists and is not a zombie (a process no longer ours is reaped by init, or
+    by nobody in a container whose first process does not reap)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+def await_gone(pids, timeout: float) -> None:
+    """Wait until none of pids exists (see _exists), at most timeout seconds."""
+    deadline = time.monotonic() + timeout
+    while any(_exists(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.002)
 
 
 def launcher(common_args: list):

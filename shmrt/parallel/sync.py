@@ -16,8 +16,8 @@ on ARM64 as on x86-64.
 
 Waiting spins for ``spin_ns`` (tens of microseconds, SHMRT_SPIN_US), then
 blocks: a futex on Linux, short sleeps elsewhere.  A blocked wait wakes at
-least every ``block_ns`` to look at the abort word and at its parent, so a
-dead parent or an aborted call never leaves a process waiting forever.
+least every ``block_ns`` to look at the abort word and at the runtime's
+owner process, so a dead owner or an aborted call never leaves a process waiting forever.
 
 Wake protocol (Dekker-style, both sides seq_cst):
   waiter: sleepers += 1; if word == old: futex_wait(word, old); sleepers -= 1
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import platform
 import sys
+import time
 
 import numpy as np
 from llvmlite import ir
@@ -124,11 +125,13 @@ def monotonic_ns(typingctx):
 
 
 @intrinsic
-def _getppid(typingctx):
+def _kill0(typingctx, pid):
+    """kill(pid, 0): 0 while process pid exists (a zombie too), -1 once it is gone."""
     def codegen(context, builder, sig, args):
-        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(ir.IntType(32), []), "getppid")
-        return builder.call(fn, [])
-    return types.int32(), codegen
+        i32 = ir.IntType(32)
+        fn = cgutils.get_or_insert_function(builder.module, ir.FunctionType(i32, [i32, i32]), "kill")
+        return builder.call(fn, [context.cast(builder, args[0], sig.args[0], types.int32), ir.Constant(i32, 0)])
+    return types.int32(pid), codegen
 
 
 @intrinsic
@@ -185,7 +188,10 @@ def wait_change(ctrl, idx, old, sleepers, abort, spin_ns, block_ns, ppid):
     ctrl[abort] becomes non-zero, and TIMEOUT after one block slice so
     that the caller can look around (signals, dead processes) -- unless ppid
     > 0, in which case the wait goes on until the word changes, the call is
-    aborted, or the parent (ppid) is gone, which also returns ABORTED.
+    aborted, or process ppid (the runtime's owner) is gone, which also
+    returns ABORTED.  A worker watches the owner, not its own parent (the
+    template): a template that dies leaves its workers serving, and the
+    pool replaces them all at its next command.
     """
     return _wait_change(ctrl, idx, old, sleepers, ctrl, abort, spin_ns, block_ns, ppid)
 
@@ -221,7 +227,7 @@ def _wait_change(words, idx, old, sleepers, flags, abort, spin_ns, block_ns, ppi
             return ABORTED
         if ppid <= 0:
             return TIMEOUT
-        if _getppid() != ppid:
+        if _kill0(ppid) != 0:  # the runtime's process is gone (checked once per block slice)
             return ABORTED
 
 
@@ -275,3 +281,37 @@ def wait_reach(words, idx, target, sleepers, ctrl, abort, spin_ns, ppid):
 def new_words(n_lines: int) -> np.ndarray:
     """A private control-block-shaped array, for tests and the in-process path."""
     return np.zeros(n_lines * LINE, dtype=np.int32)
+
+
+IDLE_SPIN_CAP_NS = 2_000_000  # the longest an idle worker spins for the next call (IdleBudget)
+
+
+class IdleBudget:
+    """How long idle workers spin for the next command before they block: the
+    running median of the last gaps between calls (with a margin), so that calls
+    back to back never meet a sleeping worker, capped at IDLE_SPIN_CAP_NS -- past
+    the cap, the base spin (a gap that long pays a wake-up either way).  An idle
+    runtime therefore blocks at most 2 ms after its last call."""
+
+    def __init__(self, base_ns: int, fixed: bool = False, keep: int = 16):
+        self.base, self.fixed, self.keep = int(base_ns), fixed, keep
+        self.gaps, self.last_end, self.budget, self.calls = [], None, int(base_ns), 0
+
+    def start(self) -> int:
+        """A command starts: record the gap since the last one; returns the budget (ns)."""
+        if self.fixed:
+            return self.base
+        now = time.monotonic_ns()
+        if self.last_end is not None:
+            self.gaps.append(now - self.last_end)
+            if len(self.gaps) > self.keep:
+                del self.gaps[0]
+            self.calls += 1
+            if self.calls % 4 == 0 or len(self.gaps) < 4:  # a sort of 16 ints, every 4th call
+                med = sorted(self.gaps)[len(self.gaps) // 2]
+                want = med + med // 2 + 20_000
+                self.budget = max(self.base, want) if want <= IDLE_SPIN_CAP_NS else self.base
+        return self.budget
+
+    def end(self) -> None:
+        self.last_end = time.monotonic_ns()

@@ -77,7 +77,7 @@ def _sync(models: dict, spec: dict) -> None:
 
 
 def main(argv) -> int:
-    """A worker: argv = CTRL BYTES MSG_OFF SPIN_US WID CPU IDLE_SPIN_US PPID."""
+    """A worker: argv = CTRL BYTES MSG_OFF SPIN_US WID CPU IDLE_SPIN_US OWNER_PID."""
     ctrl_name, ctrl_bytes, msg_off = argv[0], int(argv[1]), int(argv[2])
     spin = int(float(argv[3]) * 1000)
     wid, cpu = int(argv[4]), int(argv[5])
@@ -134,7 +134,7 @@ def main(argv) -> int:
 
 
 def _orphaned(models, ctrl_name) -> int:
-    """The parent died: remove every segment it made that we know of."""
+    """The runtime's process died: remove every segment it made that we know of."""
     for m in models.values():
         unlink(m.spec["weights"])
         unlink(m.spec["arena"])
@@ -174,6 +174,7 @@ def template(argv) -> int:
     gc.collect()
     gc.freeze()  # keep the collector from touching (and so copying) the shared heap
     children = {}
+    owner = os.getppid()  # the runtime's process: what the workers watch (sync.wait_change)
     stdin = sys.stdin
     # A worker's death wakes the loop at once (SIGCHLD through a wakeup pipe), so the parent
     # hears of it in about a millisecond and can replace an idle worker before the next call.
@@ -205,7 +206,7 @@ def template(argv) -> int:
                     try:
                         chan = os.dup(1)  # the template's channel to the parent: for an error report
                         os.dup2(2, 1)  # the worker's own prints go to stderr
-                        code = main(argv + cmd[1:4] + [str(os.getppid())])
+                        code = main(argv + cmd[1:4] + [str(owner)])
                     except BaseException as e:
                         import traceback
                         traceback.print_exc()

@@ -1,0 +1,92 @@
+"""The convenience tier's call, ``cm(x)``: results allocated, rows moved once.
+
+With single copy (compile/io.py), every participant reads its rows of x
+straight from the caller's array and writes its rows of the result straight
+into the array the call returns, in parallel; nothing passes through the
+calling thread.  Where the OS refuses (Pool.copy_note says why), or for a
+runtime without workers, the calling thread copies x into the arena's input
+rows and the output out, max_batch rows at a time, as before.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from shmrt.compile.io import IO_ROWS
+from shmrt.parallel import control as C
+from shmrt.parallel.pool import CopyRefused
+
+
+def row_bytes(o) -> int:
+    """Bytes of output per row (TopK: float32 values and int64 indices)."""
+    return o.width * 12 if o.kind == "topk" else int(np.prod(o.shape)) * (8 if o.kind == "argmax" else 4)
+
+
+def check_room(n, nbytes) -> None:
+    """Refuse a batch whose output cannot fit in memory, before allocating it."""
+    need = n * nbytes
+    if need > 1 << 30:
+        import psutil
+        free = psutil.virtual_memory().available
+        if need > free:
+            raise ValueError(f"a batch of {n:,} rows needs {need / 2**30:,.1f} GiB for its output, and "
+                             f"{free / 2**30:,.1f} GiB of memory is available; expected a batch that fits "
+                             f"(call in parts)")
+
+
+def stack(programs):
+    """Programs of different lengths as one [strategies, P, steps, ROW] array, END-padded
+    between each program's steps and its INPUT and OUTPUT rows, which stay last."""
+    steps = max(p.shape[1] for p in programs)
+    out = np.zeros((len(programs), programs[0].shape[0], steps, programs[0].shape[2]), np.int64)
+    for i, p in enumerate(programs):
+        out[i, :, :p.shape[1] - IO_ROWS] = p[:, :-IO_ROWS]
+        out[i, :, steps - IO_ROWS:] = p[:, -IO_ROWS:]
+    return out
+
+
+def results(o, n) -> list:
+    """The arrays a call of n rows returns: [output], or [values, indices] for TopK."""
+    if o.kind == "topk":
+        return [np.empty((n, o.width), np.float32), np.empty((n, o.width), np.int64)]
+    return [np.empty((n, *o.shape), np.int64 if o.kind == "argmax" else np.float32)]
+
+
+# Below this many bytes of input a call copies through the arena in the calling thread: the
+# workers' cross-memory calls cost a system call each (about 1-2 us), a copy that small less.
+SINGLE_COPY_MIN_BYTES = 1 << 18
+
+
+def call(cm, x, outs) -> None:
+    """Run cm on the rows of x (a 2-D [n, features] array) into outs (results()); the caller
+    holds the runtime's lock."""
+    pool = cm.runtime.pool
+    if pool is not None and pool.single_copy and x.shape[0] * x.shape[1] * 4 >= SINGLE_COPY_MIN_BYTES:
+        try:
+            return _single_copy(cm, pool, np.ascontiguousarray(x, np.float32), outs)
+        except CopyRefused:  # the pool copies through the arena from now on: run the call that way
+            pass
+    o = cm.plan.output
+    for s in range(0, x.shape[0], cm.max_batch):
+        e = min(x.shape[0], s + cm.max_batch)
+        cm.input_buffer(e - s).reshape(e - s, -1)[...] = x[s:e]
+        out = cm.run_in_place(e - s)
+        if o.kind == "topk":
+            outs[0][s:e], outs[1][s:e] = out
+        else:
+            outs[0][s:e] = out
+
+
+def _single_copy(cm, pool, x, outs) -> None:
+    n, plan = x.shape[0], cm.plan
+    src = x.ctypes.data
+    if src == cm.arena[plan.input_off:].ctypes.data:  # x is the arena's input rows: nothing to move in
+        src = 0
+    x_rb = x.shape[1] * 4
+    dst = [a.ctypes.data for a in outs] + [0]
+    rbs = [a.strides[0] for a in outs] + [0]
+    for s in range(0, n, cm.max_batch):
+        e = min(n, s + cm.max_batch)
+        name = plan.strategy_for(cm.strategy, e - s)
+        cm._reset_counters(name)
+        pool.command(C.OP_RUN, cm.id, e - s, plan.program_index(name), local=cm._local,
+                     io=(src and src + s * x_rb, dst[0] + s * rbs[0], dst[1] + s * rbs[1]))
