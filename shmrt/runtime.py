@@ -20,7 +20,7 @@ import numpy as np
 
 from shmrt import config
 from shmrt.compile import plan as planner
-from shmrt.compile.io import solo_rows
+from shmrt.compile.io import direct_rows, solo_rows
 from shmrt.exec import calls
 from shmrt.exec.executor import run_in_process
 from shmrt.exec.profile import Profile
@@ -88,10 +88,21 @@ class Runtime:
         self._rates = None
         _reclaim_once()
         from shmrt.exec import warmup
-        warmup.compile_all()  # workers then load the kernels from Numba's disk cache
         self._blas_threads = None  # this process's BLAS threads before a computing caller set them to 1
+        early = self.workers > 0 and warmup.cache_is_warm()
+        if early:  # the template loads its kernels from the cache while this process loads its own
+            self.pool = Pool(self.workers - caller, caller=caller, wait=False)
+        try:
+            warmup.compile_all()  # on a cold cache, first: the workers then load what it compiled
+        except BaseException:
+            if self.pool is not None:
+                self.pool.close()
+            raise
         if self.workers > 0:
-            self.pool = Pool(self.workers - caller, caller=caller)
+            if early:
+                self.pool.await_started()
+            else:
+                self.pool = Pool(self.workers - caller, caller=caller)
             if caller:
                 from shmrt.parallel.cpus import scipy_blas_threads
                 self._blas_threads = scipy_blas_threads(1)
@@ -237,7 +248,11 @@ class CompiledModel:
             self._prog_for = {}  # n -> (program name, index, pipeline counters): _small's cache
             # the rows of a call that _small runs (an input of fewer bytes than a single copy pays for)
             self._fast_rows = min(plan.max_batch, (calls.SINGLE_COPY_MIN_BYTES - 1) // (4 * plan.in_features))
-            self._local = (self._programs, self.weights.flat, self.arena, _NO_PROF, solo)  # for the calling thread
+            self._local = (self._programs, self.weights.flat, self.arena, _NO_PROF, solo, self.arena[0:0])
+            # where the calling thread may read its rows of x in place (exec/calls.py)
+            self._direct = [direct_rows(p, plan.input_off) for p in plan.programs.values()]
+            # the calling thread's share of such a call's rows, balanced by speed (calls.balance)
+            self._share, self._stamps = 1.0 / plan.workers, np.zeros(3, np.int64)
             rt._models[self.id] = self
             if rt.pool is not None:
                 rt.pool.models[self.id] = {

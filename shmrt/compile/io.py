@@ -88,3 +88,21 @@ def solo_rows(prog: np.ndarray) -> int:
                               for w in range(P - 1)):
         n += 1
     return n
+
+
+def direct_rows(prog: np.ndarray, input_off: int) -> bool:
+    """Whether the last participant (a computing caller) may read its rows of the input where
+    the caller has them, instead of from the arena: every worker's rows are its own (own_rows),
+    and no step writes into the input rows (an activation in place, say)."""
+    steps = prog[:, :-IO_ROWS]
+    if own_rows(steps) is None:
+        return False
+    for w in range(steps.shape[0]):
+        for s in steps[w]:
+            if s[OP] == END.code:
+                break
+            op = OPS[int(s[OP])]
+            for field in ("out", "values", "indices", "gates", "aux", "hinit"):
+                if hasattr(op, field) and int(s[getattr(op, field)]) == input_off:
+                    return False
+    return True

@@ -87,6 +87,40 @@ def _single_copy(cm, pool, x, outs) -> None:
     for s in range(0, n, cm.max_batch):
         e = min(n, s + cm.max_batch)
         name = plan.strategy_for(cm.strategy, e - s)
+        index = plan.program_index(name)
         cm._reset_counters(name)
-        pool.command(C.OP_RUN, cm.id, e - s, plan.program_index(name), local=cm._local,
-                     io=(src and src + s * x_rb, dst[0] + s * rbs[0], dst[1] + s * rbs[1]))
+        loc = local(cm, x[s:e] if src else None, index)
+        split = 0
+        if loc[5].shape[0] and e - s >= 2 * plan.workers:  # the caller reads its rows in place: share by speed
+            split = min(e - s - 1, max(1, int((e - s) * (1.0 - cm._share))))
+        pool.command(C.OP_RUN, cm.id, e - s, index, local=loc, stamps=cm._stamps if split else None,
+                     io=(src and src + s * x_rb, dst[0] + s * rbs[0], dst[1] + s * rbs[1], split))
+        if split:
+            cm._share = balance(cm._share, cm._stamps)
+
+
+def balance(share, stamps) -> float:
+    """The calling thread's next share of a call's rows, from the last call's stamps (published,
+    all done, the caller's share done): it reads its rows in place while the workers copy theirs,
+    so its rows are cheaper; move rows towards whoever finished first, halfway to the balance
+    the two speeds imply, within 5..95 %."""
+    t_all, t_mine = stamps[1] - stamps[0], stamps[2] - stamps[0]
+    if t_all <= 0 or t_mine <= 0:
+        return share
+    if t_all > t_mine * 1.02:  # the workers finished last: the caller was faster per row
+        mine, theirs = share / t_mine, (1.0 - share) / t_all
+    else:  # the caller finished last (the workers' finish time is not seen): give up a little
+        return max(0.05, share * 0.97)
+    return min(0.95, max(0.05, 0.5 * share + 0.5 * mine / (mine + theirs)))
+
+
+def local(cm, rows, index, record=None):
+    """The calling thread's arguments of a single-copy RUN of program index (Pool.command's
+    local): it reads its own rows of ``rows`` (the call's input) where they are, when the
+    program needs them nowhere else (compile/io.direct_rows); record: a profiled call's."""
+    got = cm._local if record is None else cm._local[:3] + (record,) + cm._local[4:]
+    pool = cm.runtime.pool
+    # (a read-only array would need a compile of its own)
+    if rows is not None and pool.caller and cm._direct[index] and rows.flags.writeable:
+        return got[:5] + (rows.reshape(-1),)
+    return got

@@ -42,8 +42,11 @@ def _micro_rows(n, k, m):
 
 
 @njit(cache=True, inline="always")
-def _rows(base, cnt, lo, hi):
-    """Rows lo/FRAC..hi/FRAC of the cnt rows from base (the batch, or a micro-batch)."""
+def _rows(base, cnt, w0, w1, lo, hi):
+    """Rows lo/FRAC..hi/FRAC of the cnt rows from base (the batch, or a micro-batch); or, when
+    w1 > w0, the window w0:w1 of them (run_command's blocks of a worker's own rows)."""
+    if w1 > w0:
+        return w0, w1
     return base + (cnt * lo) // FRAC, base + (cnt * hi) // FRAC
 
 
@@ -53,8 +56,17 @@ def _view(flat, off, ld, r0, r1, col, ncols):
     return flat[off + r0 * ld:off + r1 * ld].reshape((r1 - r0, ld))[:, col:col + ncols]
 
 
+@njit(cache=True, inline="always")
+def _src(arena, xin, off, in_off):
+    """Where a step reads its input x at arena offset off: the caller's own array xin (rows from the
+    batch's first; empty: none) when off is the input rows' offset in_off, else the arena."""
+    if xin.shape[0] > 0 and off == in_off:
+        return xin, np.int64(0)
+    return arena, np.int64(off)
+
+
 @njit(cache=True)
-def _recurrent(s, weights, arena, base, cnt, ctrl, spin_ns, block_ns, ppid):
+def _recurrent(s, weights, arena, base, cnt, w0, w1, ctrl, spin_ns, block_ns, ppid, xin, in_off):
     """One recurrent layer (a RECUR step s, fields in isa.py) for this
     worker's rows and hidden units u0:u1.  Returns 0, or -2 if aborted.
 
@@ -66,7 +78,7 @@ def _recurrent(s, weights, arena, base, cnt, ctrl, spin_ns, block_ns, ppid):
     """
     T, F, H = s[RECUR.T], s[RECUR.F], s[RECUR.H]
     u0, u1 = s[RECUR.u0], s[RECUR.u1]
-    r0, r1 = _rows(base, cnt, s[RECUR.lo], s[RECUR.hi])
+    r0, r1 = _rows(base, cnt, w0, w1, s[RECUR.lo], s[RECUR.hi])
     mode, parties = s[RECUR.mode], s[RECUR.parties]
     G = GATES[mode]
     hs, R = u1 - u0, r1 - r0
@@ -76,7 +88,8 @@ def _recurrent(s, weights, arena, base, cnt, ctrl, spin_ns, block_ns, ppid):
     Hp = (H + NR - 1) // NR * NR  # a gate's rows, padded to whole panels
     empty = weights[0:0]
     if R > 0 and hs > 0:
-        x2 = _view(arena, s[RECUR.x], F, r0 * T, r1 * T, 0, F)  # [N, T, F]: row r, step t at row r * T + t
+        xa, xo = _src(arena, xin, s[RECUR.x], in_off)
+        x2 = _view(xa, xo, F, r0 * T, r1 * T, 0, F)  # [N, T, F]: row r, step t at row r * T + t
         for g in range(G):  # the input projection of every step: one GEMM per gate, both biases fused
             gv = _view(arena, go + g * gstride, H, r0 * T, r1 * T, u0, hs)
             bias = weights[b_ih + g * H + u0:b_ih + g * H + u1] if b_ih >= 0 else empty
@@ -125,11 +138,16 @@ def _recurrent(s, weights, arena, base, cnt, ctrl, spin_ns, block_ns, ppid):
 
 
 @njit(cache=True, nogil=True)
-def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, ppid, stop_at_barrier, prof):
+def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, ppid, stop_at_barrier, prof, xin,
+              in_off, w0, w1):
     """Run prog[start:] for a batch of n rows, recording each step index in
     ctrl[status] (status < 0: don't), so a stuck worker can be located.
     prof (int64, empty: don't): prof[0] the monotonic ns at start, prof[i + 1]
     the ns spent in step i, summed over a micro-batch loop's passes.
+
+    xin (empty: none): the calling thread's own input array, read in place of the arena's input
+    rows at offset in_off (a computing caller's rows, where nothing else reads or writes them).
+    w1 > w0: every step runs rows w0:w1 only (a block of a worker's own rows: run_command).
 
     Returns -1 when the program ended, the index after a barrier when
     stop_at_barrier (the in-process executor interleaves workers that way),
@@ -159,10 +177,11 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
             if barrier(ctrl, s[BARRIER.line], s[BARRIER.parties], C.ABORT, spin_ns, block_ns, ppid) == ABORTED:
                 return -2
         elif op == LINEAR.code:
-            r0, r1 = _rows(base, cnt, s[LINEAR.lo], s[LINEAR.hi])
+            r0, r1 = _rows(base, cnt, w0, w1, s[LINEAR.lo], s[LINEAR.hi])
             if r1 > r0:
                 m, k, bo = s[LINEAR.m], s[LINEAR.k], s[LINEAR.b]
-                x = _view(arena, s[LINEAR.x], s[LINEAR.x_ld], r0, r1, s[LINEAR.x_col], k)
+                xa, xo = _src(arena, xin, s[LINEAR.x], in_off)
+                x = _view(xa, xo, s[LINEAR.x_ld], r0, r1, s[LINEAR.x_col], k)
                 b = weights[bo:bo + m] if bo >= 0 else empty
                 out = _view(arena, s[LINEAR.out], s[LINEAR.out_ld], r0, r1, s[LINEAR.out_col], m)
                 if s[LINEAR.packed]:
@@ -179,30 +198,35 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
                 out = _view(arena, s[REDUCE.out], s[REDUCE.out_ld], base, base + cnt, c0, c1 - c0)
                 reduce_partials(parts, m, c0, b, out, s[REDUCE.act])
         elif op == ACT.code:
-            r0, r1 = _rows(base, cnt, s[ACT.lo], s[ACT.hi])
+            r0, r1 = _rows(base, cnt, w0, w1, s[ACT.lo], s[ACT.hi])
             c, w = s[ACT.col], s[ACT.width]
             alpha = weights[s[ACT.alpha]] if s[ACT.alpha] >= 0 else np.float32(0.0)
-            apply_act(_view(arena, s[ACT.x], s[ACT.x_ld], r0, r1, c, w),
+            xa, xo = _src(arena, xin, s[ACT.x], in_off)
+            apply_act(_view(xa, xo, s[ACT.x_ld], r0, r1, c, w),
                       _view(arena, s[ACT.out], s[ACT.out_ld], r0, r1, c, w), s[ACT.act], alpha)
         elif op == AFFINE.code:
-            r0, r1 = _rows(base, cnt, s[AFFINE.lo], s[AFFINE.hi])
+            r0, r1 = _rows(base, cnt, w0, w1, s[AFFINE.lo], s[AFFINE.hi])
             c, w, sc, sh = s[AFFINE.col], s[AFFINE.width], s[AFFINE.scale], s[AFFINE.shift]
-            affine(_view(arena, s[AFFINE.x], s[AFFINE.x_ld], r0, r1, c, w), weights[sc + c:sc + c + w],
+            xa, xo = _src(arena, xin, s[AFFINE.x], in_off)
+            affine(_view(xa, xo, s[AFFINE.x_ld], r0, r1, c, w), weights[sc + c:sc + c + w],
                    weights[sh + c:sh + c + w], _view(arena, s[AFFINE.out], s[AFFINE.out_ld], r0, r1, c, w))
         elif op == GATHER.code:
-            r0, r1 = _rows(base, cnt, s[GATHER.lo], s[GATHER.hi])
+            r0, r1 = _rows(base, cnt, w0, w1, s[GATHER.lo], s[GATHER.hi])
             m, ld = s[GATHER.width], s[GATHER.x_ld]
-            gather(_view(arena, s[GATHER.x], ld, r0, r1, 0, ld), weights[s[GATHER.index]:s[GATHER.index] + m],
+            xa, xo = _src(arena, xin, s[GATHER.x], in_off)
+            gather(_view(xa, xo, ld, r0, r1, 0, ld), weights[s[GATHER.index]:s[GATHER.index] + m],
                    _view(arena, s[GATHER.out], m, r0, r1, 0, m))
         elif op == LAYERNORM.code:
-            r0, r1 = _rows(base, cnt, s[LAYERNORM.lo], s[LAYERNORM.hi])
+            r0, r1 = _rows(base, cnt, w0, w1, s[LAYERNORM.lo], s[LAYERNORM.hi])
             m, wo, bo = s[LAYERNORM.width], s[LAYERNORM.weight], s[LAYERNORM.bias]
-            layernorm(_view(arena, s[LAYERNORM.x], s[LAYERNORM.x_ld], r0, r1, 0, m), weights[wo:wo + m],
+            xa, xo = _src(arena, xin, s[LAYERNORM.x], in_off)
+            layernorm(_view(xa, xo, s[LAYERNORM.x_ld], r0, r1, 0, m), weights[wo:wo + m],
                       weights[bo:bo + m], float(weights[s[LAYERNORM.eps]]), _view(arena, s[LAYERNORM.out], m, r0, r1, 0, m))
         elif op == CONV.code:
-            r0, r1 = _rows(base, cnt, s[CONV.lo], s[CONV.hi])
+            r0, r1 = _rows(base, cnt, w0, w1, s[CONV.lo], s[CONV.hi])
             g = s[CONV.geom:CONV.geom + CONV_GEOM]
-            cout, xo, xld, oo, old = s[CONV.cout], s[CONV.x], s[CONV.x_ld], s[CONV.out], s[CONV.out_ld]
+            cout, xld, oo, old = s[CONV.cout], s[CONV.x_ld], s[CONV.out], s[CONV.out_ld]
+            xa, xo = _src(arena, xin, s[CONV.x], in_off)
             K = g[0] // g[11] * g[3] * g[4]
             wmat = weights[s[CONV.w]:s[CONV.w] + cout * K].reshape((cout, K))
             b = weights[s[CONV.b]:s[CONV.b] + cout] if s[CONV.b] >= 0 else empty
@@ -211,21 +235,23 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
             outsz = cout * (g[12] // 2) * (g[13] // 2) if pool else cout * g[12] * g[13]
             scratch = arena[s[CONV.scratch]:s[CONV.scratch] + s[CONV.scratch_floats]]
             for img in range(r0, r1):
-                conv2d(arena[xo + img * xld:xo + img * xld + insz], wmat, b, arena[oo + img * old:oo + img * old + outsz],
+                conv2d(xa[xo + img * xld:xo + img * xld + insz], wmat, b, arena[oo + img * old:oo + img * old + outsz],
                        g, s[CONV.co0], s[CONV.co1], s[CONV.oh0], s[CONV.oh1], scratch, s[CONV.act], pool)
         elif op == POOL.code:
-            r0, r1 = _rows(base, cnt, s[POOL.lo], s[POOL.hi])
+            r0, r1 = _rows(base, cnt, w0, w1, s[POOL.lo], s[POOL.hi])
             g = s[POOL.geom:POOL.geom + POOL_GEOM]
-            xo, xld, oo, old = s[POOL.x], s[POOL.x_ld], s[POOL.out], s[POOL.out_ld]
+            xld, oo, old = s[POOL.x_ld], s[POOL.out], s[POOL.out_ld]
+            xa, xo = _src(arena, xin, s[POOL.x], in_off)
             insz, outsz = g[0] * g[1] * g[2], g[0] * g[11] * g[12]
             for img in range(r0, r1):
-                pool2d(arena[xo + img * xld:xo + img * xld + insz], arena[oo + img * old:oo + img * old + outsz],
+                pool2d(xa[xo + img * xld:xo + img * xld + insz], arena[oo + img * old:oo + img * old + outsz],
                        g, s[POOL.c0], s[POOL.c1], s[POOL.is_max] != 0, s[POOL.count_include_pad] != 0)
         elif op == GAP.code:
-            r0, r1 = _rows(base, cnt, s[GAP.lo], s[GAP.hi])
-            xo, xld, oo, old = s[GAP.x], s[GAP.x_ld], s[GAP.out], s[GAP.out_ld]
+            r0, r1 = _rows(base, cnt, w0, w1, s[GAP.lo], s[GAP.hi])
+            xld, oo, old = s[GAP.x_ld], s[GAP.out], s[GAP.out_ld]
+            xa, xo = _src(arena, xin, s[GAP.x], in_off)
             for img in range(r0, r1):
-                global_avg_pool(arena[xo + img * xld:xo + (img + 1) * xld], arena[oo + img * old:oo + (img + 1) * old],
+                global_avg_pool(xa[xo + img * xld:xo + (img + 1) * xld], arena[oo + img * old:oo + (img + 1) * old],
                                 s[GAP.hw], s[GAP.c0], s[GAP.c1])
         elif op == MICRO.code:
             ctr = arena[s[MICRO.counters]:s[MICRO.counters] + 2 * LINE * s[MICRO.workers]].view(np.int32)
@@ -246,23 +272,26 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
             else:
                 base, cnt = np.int64(0), n
         elif op == RECUR.code:
-            if _recurrent(s, weights, arena, base, cnt, ctrl, spin_ns, block_ns, ppid) != 0:
+            if _recurrent(s, weights, arena, base, cnt, w0, w1, ctrl, spin_ns, block_ns, ppid, xin, in_off) != 0:
                 return -2
         elif op == SOFTMAX.code:
-            r0, r1 = _rows(base, cnt, s[SOFTMAX.lo], s[SOFTMAX.hi])
+            r0, r1 = _rows(base, cnt, w0, w1, s[SOFTMAX.lo], s[SOFTMAX.hi])
             m = s[SOFTMAX.width]
-            softmax(_view(arena, s[SOFTMAX.x], s[SOFTMAX.x_ld], r0, r1, 0, m),
+            xa, xo = _src(arena, xin, s[SOFTMAX.x], in_off)
+            softmax(_view(xa, xo, s[SOFTMAX.x_ld], r0, r1, 0, m),
                     _view(arena, s[SOFTMAX.out], s[SOFTMAX.out_ld], r0, r1, 0, m), s[SOFTMAX.log] != 0)
         elif op == ARGMAX.code:
-            r0, r1 = _rows(base, cnt, s[ARGMAX.lo], s[ARGMAX.hi])
+            r0, r1 = _rows(base, cnt, w0, w1, s[ARGMAX.lo], s[ARGMAX.hi])
             out = arena[s[ARGMAX.out]:s[ARGMAX.out] + 2 * n].view(np.int64)[r0:r1]
-            argmax(_view(arena, s[ARGMAX.x], s[ARGMAX.x_ld], r0, r1, 0, s[ARGMAX.width]), out)
+            xa, xo = _src(arena, xin, s[ARGMAX.x], in_off)
+            argmax(_view(xa, xo, s[ARGMAX.x_ld], r0, r1, 0, s[ARGMAX.width]), out)
         elif op == TOPK.code:
-            r0, r1 = _rows(base, cnt, s[TOPK.lo], s[TOPK.hi])
+            r0, r1 = _rows(base, cnt, w0, w1, s[TOPK.lo], s[TOPK.hi])
             k = s[TOPK.k]
             vals = _view(arena, s[TOPK.values], k, r0, r1, 0, k)
             idx = arena[s[TOPK.indices]:s[TOPK.indices] + 2 * n * k].view(np.int64).reshape((n, k))[r0:r1]
-            topk(_view(arena, s[TOPK.x], s[TOPK.x_ld], r0, r1, 0, s[TOPK.width]), vals, idx)
+            xa, xo = _src(arena, xin, s[TOPK.x], in_off)
+            topk(_view(xa, xo, s[TOPK.x_ld], r0, r1, 0, s[TOPK.width]), vals, idx)
         if timing:
             t = monotonic_ns()
             prof[i + 1] += t - last_t
@@ -279,35 +308,19 @@ def _refused(ctrl, wid, err):
 
 
 @njit(cache=True)
-def copy_in(s, arena, n, ctrl, wid, spin_ns, block_ns, ppid):
-    """An INPUT row (compile/io.py): this participant's rows of the caller's input into the
-    arena, then the barrier if the row says so.  Returns 0, or -2 if aborted."""
-    pid = ctrl[C.C_PID]
-    if pid == 0:  # the input is in the arena already
-        return 0
-    r0, r1 = (n * s[INPUT.lo]) // FRAC, (n * s[INPUT.hi]) // FRAC
+def _copy_in_rows(s, arena, ctrl, wid, r0, r1):
+    """Rows r0:r1 of the caller's input (INPUT row s) into the arena's input rows."""
     if r1 > r0:
         rb = s[INPUT.row_floats] * 4
         local = arena.ctypes.data + (s[INPUT.x] * 4 + r0 * rb)
-        err = vm_copy(False, pid, local, addr_of(ctrl, C.C_SRC) + r0 * rb, (r1 - r0) * rb)
+        err = vm_copy(False, ctrl[C.C_PID], local, addr_of(ctrl, C.C_SRC) + r0 * rb, (r1 - r0) * rb)
         if err != 0:
             _refused(ctrl, wid, err)
-    if s[INPUT.sync] and barrier(ctrl, s[INPUT.line], s[INPUT.parties], C.ABORT, spin_ns, block_ns, ppid) == ABORTED:
-        return -2
-    return 0
 
 
 @njit(cache=True)
-def copy_out(s, arena, n, ctrl, wid, spin_ns, block_ns, ppid):
-    """An OUTPUT row: the barrier if the row says so, then this participant's rows of the
-    output (and of TopK's indices) into the caller's result arrays."""
-    pid = ctrl[C.C_PID]
-    if pid == 0:
-        return 0
-    if s[OUTPUT.sync] and barrier(ctrl, s[OUTPUT.line], s[OUTPUT.parties], C.ABORT, spin_ns, block_ns,
-                                  ppid) == ABORTED:
-        return -2
-    r0, r1 = (n * s[OUTPUT.lo]) // FRAC, (n * s[OUTPUT.hi]) // FRAC
+def _copy_out_rows(s, arena, ctrl, wid, r0, r1):
+    """Rows r0:r1 of the output (and of TopK's indices; OUTPUT row s) into the caller's result."""
     for k in range(2):
         off, ld, rb = (s[OUTPUT.off], s[OUTPUT.ld], s[OUTPUT.row_bytes]) if k == 0 else \
             (s[OUTPUT.off2], s[OUTPUT.ld2], s[OUTPUT.row_bytes2])
@@ -316,34 +329,103 @@ def copy_out(s, arena, n, ctrl, wid, spin_ns, block_ns, ppid):
         src = arena.ctypes.data + off * 4
         dst = addr_of(ctrl, C.C_DST if k == 0 else C.C_DST2)
         if ld * 4 == rb:  # whole rows, one run
-            err = vm_copy(True, pid, src + r0 * rb, dst + r0 * rb, (r1 - r0) * rb)
+            err = vm_copy(True, ctrl[C.C_PID], src + r0 * rb, dst + r0 * rb, (r1 - r0) * rb)
         else:  # every row apart (the last step of a sequence)
             err = 0
             for r in range(r0, r1):
-                err = vm_copy(True, pid, src + r * ld * 4, dst + r * rb, rb)
+                err = vm_copy(True, ctrl[C.C_PID], src + r * ld * 4, dst + r * rb, rb)
                 if err != 0:
                     break
         if err != 0:
             _refused(ctrl, wid, err)
+
+
+@njit(cache=True)
+def copy_in(s, arena, n, ctrl, wid, spin_ns, block_ns, ppid):
+    """An INPUT row (compile/io.py): this participant's rows of the caller's input into the
+    arena (none when the command names no input: C_SRC 0), then the barrier if the row says
+    so.  Returns 0, or -2 if aborted."""
+    if ctrl[C.C_PID] == 0:  # the input is in the arena already
+        return 0
+    if addr_of(ctrl, C.C_SRC) != 0:
+        _copy_in_rows(s, arena, ctrl, wid, (n * s[INPUT.lo]) // FRAC, (n * s[INPUT.hi]) // FRAC)
+    if s[INPUT.sync] and barrier(ctrl, s[INPUT.line], s[INPUT.parties], C.ABORT, spin_ns, block_ns, ppid) == ABORTED:
+        return -2
     return 0
 
 
+@njit(cache=True)
+def copy_out(s, arena, n, ctrl, wid, spin_ns, block_ns, ppid):
+    """An OUTPUT row: the barrier if the row says so, then this participant's rows of the
+    output into the caller's result arrays."""
+    if ctrl[C.C_PID] == 0:
+        return 0
+    if s[OUTPUT.sync] and barrier(ctrl, s[OUTPUT.line], s[OUTPUT.parties], C.ABORT, spin_ns, block_ns,
+                                  ppid) == ABORTED:
+        return -2
+    _copy_out_rows(s, arena, ctrl, wid, (n * s[OUTPUT.lo]) // FRAC, (n * s[OUTPUT.hi]) // FRAC)
+    return 0
+
+
+BLOCK_BYTES = 1 << 18  # a worker moves and computes its own rows this many input bytes at a time
+
+
 @njit(cache=True, inline="always")
-def run_command(prog, weights, arena, n, ctrl, wid, spin_ns, block_ns, ppid, prof):
+def run_command(prog, weights, arena, n, ctrl, wid, spin_ns, block_ns, ppid, prof, xin):
     """One participant's part of a RUN: its input rows (single copy), its program, its output
-    rows.  prof (empty: don't) as run_steps', with the copies' times in the slots of the
-    program's INPUT and OUTPUT rows and prof[0] the time before the input.  Returns 0, or -2."""
+    rows (xin, not empty: the calling thread reads its rows of the input where they are, no copy).
+    A worker whose rows are its own (no barrier: compile/io.py) moves and computes them in blocks
+    of BLOCK_BYTES of input, each computed while it is still in cache.  prof (empty: don't) as
+    run_steps', with the copies' times in the slots of the program's INPUT and OUTPUT rows and
+    prof[0] the time before the input.  Returns 0, or -2."""
     S = prog.shape[0]
+    si, so = prog[S - 2], prog[S - 1]
     t0 = monotonic_ns()
-    if copy_in(prog[S - 2], arena, n, ctrl, wid, spin_ns, block_ns, ppid) != 0:
+    status = C.WORKER0 + wid * C.LINE + C.W_STEP
+    own = ctrl[C.C_PID] != 0 and si[INPUT.sync] == 0
+    split, P = np.int64(ctrl[C.C_SPLIT]) if own else np.int64(0), si[INPUT.parties]
+    if split > 0 and xin.shape[0] > 0:  # the calling thread's share, read where it is
+        if n > split:
+            if run_steps(prog, np.int64(0), weights, arena, n, ctrl, status, spin_ns, block_ns, ppid, wid < 0, prof,
+                         xin, si[INPUT.x], split, n) == -2:
+                return -2
+            t2 = monotonic_ns()
+            _copy_out_rows(so, arena, ctrl, wid, split, n)
+            if prof.shape[0] > 0:
+                prof[0], prof[S - 1], prof[S] = t0, 0, monotonic_ns() - t2
+        return 0
+    if own and xin.shape[0] == 0 and addr_of(ctrl, C.C_SRC) != 0:
+        r0, r1 = (n * si[INPUT.lo]) // FRAC, (n * si[INPUT.hi]) // FRAC
+        if split > 0:  # the rows before the caller's, evenly
+            r0, r1 = (split * wid) // (P - 1), (split * (wid + 1)) // (P - 1)
+        rows = max(1, BLOCK_BYTES // max(si[INPUT.row_floats] * 4, 1))
+        t_in = t_out = np.int64(0)
+        acc = np.zeros_like(prof)  # run_steps restarts its record each block: the sum of them
+        for b0 in range(r0, r1, rows):
+            b1 = min(r1, b0 + rows)
+            t = monotonic_ns()
+            _copy_in_rows(si, arena, ctrl, wid, b0, b1)
+            t_in += monotonic_ns() - t
+            if run_steps(prog, np.int64(0), weights, arena, n, ctrl, status, spin_ns, block_ns, ppid, wid < 0, prof,
+                         xin, si[INPUT.x], b0, b1) == -2:
+                return -2
+            acc += prof
+            t = monotonic_ns()
+            _copy_out_rows(so, arena, ctrl, wid, b0, b1)
+            t_out += monotonic_ns() - t
+        if prof.shape[0] > 0:
+            prof[:] = acc
+            prof[0], prof[S - 1], prof[S] = t0, t_in, t_out
+        return 0
+    if xin.shape[0] == 0 and copy_in(si, arena, n, ctrl, wid, spin_ns, block_ns, ppid) != 0:
         return -2
     t1 = monotonic_ns()
-    r = run_steps(prog, np.int64(0), weights, arena, n, ctrl, C.WORKER0 + wid * C.LINE + C.W_STEP, spin_ns,
-                  block_ns, ppid, wid < 0, prof)
+    r = run_steps(prog, np.int64(0), weights, arena, n, ctrl, status, spin_ns, block_ns, ppid, wid < 0, prof, xin,
+                  si[INPUT.x], 0, 0)
     if r == -2:
         return -2
     t2 = monotonic_ns()
-    if copy_out(prog[S - 1], arena, n, ctrl, wid, spin_ns, block_ns, ppid) != 0:
+    if copy_out(so, arena, n, ctrl, wid, spin_ns, block_ns, ppid) != 0:
         return -2
     if prof.shape[0] > 0:
         prof[0], prof[S - 1], prof[S] = t0, t1 - t0, monotonic_ns() - t2
@@ -371,7 +453,7 @@ def serve(ctrl, wid, model, progs, weights, arena, gen, spin_ns, idle_spin_ns, b
                 rec = progs.shape[2] + 1
                 prof = arena[ctrl[C.C_PROF] + 2 * wid * rec:ctrl[C.C_PROF] + 2 * (wid + 1) * rec].view(np.int64)
             run_command(progs[ctrl[C.C_PROG], wid], weights, arena, np.int64(ctrl[C.C_N]), ctrl, wid, spin_ns,
-                        block_ns, ppid, prof)
+                        block_ns, ppid, prof, arena[0:0])
         elif op != C.OP_NOP:
             return gen
         C.finish(ctrl, wid, gen)
@@ -385,7 +467,7 @@ def serve(ctrl, wid, model, progs, weights, arena, gen, spin_ns, idle_spin_ns, b
 
 @njit(cache=True, nogil=True)
 def lead(ctrl, model, n, prog_index, procs, wid, progs, weights, arena, spin_ns, done_spin_ns, block_ns, prof,
-         stamps):
+         stamps, xin):
     """The calling thread's side of a RUN when it computes too (participant
     ``wid``, after the ``procs`` worker processes): publish the command, run
     its own program, then wait for the workers' DONE.  Returns the DONE
@@ -399,7 +481,9 @@ def lead(ctrl, model, n, prog_index, procs, wid, progs, weights, arena, spin_ns,
         stamps[0] = monotonic_ns()
     if procs > 0:  # procs 0: a call only this thread has rows of (Pool.command's solo): nobody is told
         C.post(ctrl, C.OP_RUN, model, n, prog_index)
-    r = run_command(progs[prog_index, wid], weights, arena, np.int64(n), ctrl, wid, spin_ns, block_ns, 0, prof)
+    r = run_command(progs[prog_index, wid], weights, arena, np.int64(n), ctrl, wid, spin_ns, block_ns, 0, prof, xin)
+    if stamps.shape[0] > 2:
+        stamps[2] = monotonic_ns()  # this thread's share done (calls.py balances the shares by it)
     if r == -2:
         return ABORTED
     v = C.wait_done(ctrl, procs, done_spin_ns, block_ns)
@@ -440,4 +524,5 @@ def run_in_process(programs, weights, arena, n):
     while any(p >= 0 for p in pos):
         for w, p in enumerate(pos):
             if p >= 0:
-                pos[w] = run_steps(programs[w], p, weights, arena, n, ctrl, -1, 0, 0, 0, True, _NO_PROF)
+                pos[w] = run_steps(programs[w], p, weights, arena, n, ctrl, -1, 0, 0, 0, True, _NO_PROF, arena[0:0], 0,
+                                   0, 0)

@@ -169,17 +169,20 @@ def run_profiled(cm, x, n) -> Profile:
         record = cm.arena[cm._prof_off:cm._prof_off + 2 * (P * rec + 2)].view(np.int64)
         record[:] = 0  # a worker that does not run leaves its record at 0 (profile.build)
         mine = rt.pool.n  # the calling thread's record, when it computes
-        local = cm._local[:3] + (record[mine * rec:(mine + 1) * rec], cm._local[4])
+        mine_rec = record[mine * rec:(mine + 1) * rec]
         big = x is not None and x.size * 4 >= calls.SINGLE_COPY_MIN_BYTES  # as cm(x) decides
         for single in ((True, False) if big and rt.pool.single_copy else (False,)):
             t_in = time.monotonic_ns()
             io = None
             if single:  # as cm(x) runs it: every worker moves its own rows (exec/calls.py)
                 xs = np.ascontiguousarray(x, np.float32)
+                local = calls.local(cm, xs, prog_index, mine_rec)
                 outs = calls.results(cm.plan.output, n)
                 io = (xs.ctypes.data, outs[0].ctypes.data, outs[-1].ctypes.data if len(outs) > 1 else 0)
-            elif x is not None:
-                cm.input_buffer(n).reshape(n, -1)[...] = x
+            else:
+                local = calls.local(cm, None, prog_index, mine_rec)
+                if x is not None:
+                    cm.input_buffer(n).reshape(n, -1)[...] = x
             t_copied = time.monotonic_ns()
             cm._reset_counters(name)
             try:

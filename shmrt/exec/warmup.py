@@ -104,7 +104,7 @@ def _compile_child_group() -> None:
     from shmrt.parallel.sync import wait_change, wait_reach
     t = _types()
     i64, mat, ctrl = t["i64"], t["mat"], t["ctrl"]
-    _recurrent.compile((t["ivec"], t["wvec"], t["vec"], i64, i64, ctrl, i64, i64, i64))
+    _recurrent.compile((t["ivec"], t["wvec"], t["vec"], i64, i64, i64, i64, ctrl, i64, i64, i64, t["vec"], i64))
     wait_reach.compile((ctrl, i64, i64, i64, ctrl, i64, i64, i64))
     softmax.compile((mat, mat, t["b1"]))
     topk.compile((mat, mat, t["imat"]))
@@ -191,6 +191,16 @@ def _compile_kernels_in_parallel() -> None:
         sys.stderr.write(text)  # its warnings, as this process would have printed them
 
 
+def cache_is_warm() -> bool:
+    """Whether Numba's disk cache holds this code's kernels (then the worker template may start
+    loading them at once, beside this process: Runtime())."""
+    if _done:
+        return True
+    from shmrt.parallel import control as C
+    C.get_word.compile((types.Array(types.int32, 1, "C"), types.int64))
+    return not C.get_word.stats.cache_misses
+
+
 def compile_all() -> None:
     with _lock:
         if not _done:
@@ -236,7 +246,7 @@ def _compile_all() -> None:
                        i64, i64, i64, i64, i64))
         prof_t = types.Array(i64, 1, "C")
         lead.compile((numba.typeof(ctrl), i64, i64, i64, i64, i64, numba.typeof(progs), w_type, numba.typeof(arena),
-                      i64, i64, i64, prof_t, prof_t))
+                      i64, i64, i64, prof_t, prof_t, numba.typeof(arena)))
         ctrl[C.GEN] = 1
         wait_change(ctrl, C.GEN, 0, C.GEN_SLEEP, C.ZERO, 0, 0, 0)
         barrier(ctrl, C.BARRIER, 1, C.ABORT, 0, 0, 0)

@@ -54,6 +54,9 @@ C_OP, C_MODEL, C_N, C_PROG, C_PROF, C_ERR, C_SPIN = CMD, CMD + 1, CMD + 2, CMD +
 # single copy (compile/io.py): the caller's pid (0: the input is in the arena already, the output
 # stays there) and the addresses (two words each, parallel/xmem.py) of its input rows and result arrays
 C_PID, C_SRC, C_DST, C_DST2 = CMD + 7, CMD + 8, CMD + 10, CMD + 12
+# a single-copy call whose rows are each participant's own: 0, or the first row of the calling
+# thread's share (it reads its rows in place; the workers split the rows before it evenly)
+C_SPLIT = CMD + 14
 # worker line words (W_FAULT: a test hook, see Runtime._inject_fault)
 W_STATE, W_GEN, W_PID, W_STEP, W_FAULT, W_ERROR, W_PIN, W_XERR = range(8)
 # W_ERROR values: 0 none; ERR_NO_MODEL: a RUN for a model this worker was never sent (Pool.command raises);

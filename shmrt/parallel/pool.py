@@ -65,7 +65,7 @@ class CommandError(RuntimeError):
 
 
 class Pool:
-    def __init__(self, workers: int, caller: bool = False):
+    def __init__(self, workers: int, caller: bool = False, wait: bool = True):
         self.n = int(workers)  # worker processes
         # caller: the calling thread computes too, as the last participant (executor.lead)
         self.caller = bool(caller)
@@ -117,7 +117,20 @@ class Pool:
             self._start_launcher()
             for w in range(self.n):
                 self._spawn(w)
-            self._await_ready(range(self.n))
+            if wait:
+                self._await_ready(range(self.n))
+            else:  # await_started waits (Runtime() loads its own kernels meanwhile)
+                self.restarting.update(range(self.n))
+        except BaseException:
+            self.close()
+            raise
+
+    def await_started(self) -> None:
+        """The workers of Pool(wait=False) ready (the same stack depth as __init__'s wait, for the
+        warning of a failed pin)."""
+        try:
+            self._await_ready(sorted(self.restarting))
+            self.restarting.clear()
         except BaseException:
             self.close()
             raise
@@ -231,19 +244,20 @@ class Pool:
         prof >= 0: a profiled RUN, each worker records its step times there
         in the model's arena (see executor.run_steps); stamps: an int64 [2] array for
         the times the command is published and its last DONE seen (executor.call_stamped).
-        local: (programs, weights, arena, profile record, solo) of the model, for a RUN the calling
-        thread computes its share of (when the pool has a caller: executor.lead); solo[prog]: the
-        largest batch whose rows all fall to the calling thread (compile/io.py), run without
-        telling the workers.
+        local: (programs, weights, arena, profile record, solo, xin) of the model, for a RUN the
+        calling thread computes its share of (when the pool has a caller: executor.lead); solo[prog]:
+        the largest batch whose rows all fall to the calling thread (compile/io.py), run without
+        telling the workers; xin: the caller's own input rows, read in place (None: from the arena).
         io: (input rows, result, second result) addresses of a single-copy RUN (compile/io.py;
-        an input address 0: the rows are in the arena already), else None."""
+        an input address 0: the rows are in the arena already)[, the first row of the calling
+        thread's share (C_SPLIT)], else None."""
         if self.closed:
             raise RuntimeError("this shmrt.Runtime is closed; create a new one")
         if local is not None and self.caller and n <= local[4][prog] and io is None and stamps is None:
             # solo: every row is the calling thread's; the workers are not told, nor waited for
             self.ctrl[C.C_PID] = 0
             lead(self.ctrl, model, n, prog, 0, self.n, local[0], local[1], local[2], self.spin_ns, self.wait_spin_ns,
-                 self.block_ns, local[3], _NO_STAMPS)
+                 self.block_ns, local[3], _NO_STAMPS, local[5])
             if self.ctrl[C.C_ERR]:
                 raise self._command_error(model)
             return
@@ -259,15 +273,17 @@ class Pool:
             self.ctrl[C.C_PID] = 0
         else:
             self.ctrl[C.C_PID] = self.xmem_pid
-            for word, addr in zip((C.C_SRC, C.C_DST, C.C_DST2), io):
+            for word, addr in zip((C.C_SRC, C.C_DST, C.C_DST2), io[:3]):
                 xmem.store_addr(self.ctrl, word, addr)
+            self.ctrl[C.C_SPLIT] = io[3] if len(io) > 3 else 0
         self.ctrl[C.C_SPIN] = self.waits.start()
         self.busy = True
         try:  # a KeyboardInterrupt can land as soon as call returns, with the command in flight
             if local is not None and self.caller and op == C.OP_RUN:
-                progs, weights, arena, rec, solo = local
+                progs, weights, arena, rec, solo, xin = local
                 r = lead(self.ctrl, model, n, prog, 0 if n <= solo[prog] else self.n, self.n, progs, weights, arena,
-                         self.spin_ns, self.wait_spin_ns, self.block_ns, rec, _NO_STAMPS if stamps is None else stamps)
+                         self.spin_ns, self.wait_spin_ns, self.block_ns, rec, _NO_STAMPS if stamps is None else stamps,
+                         arena[0:0] if xin is None else xin)
             elif stamps is None:
                 r = C.call(self.ctrl, op, model, n, prog, self.n, self.wait_spin_ns, self.block_ns)
             else:
