@@ -47,6 +47,46 @@ def roundtrip_us(rt, n=3000):
     return float(np.median(ts) * 1e6), float(np.percentile(ts, 90) * 1e6)
 
 
+def tiny_call_us(rt, n=3000):
+    """A tiny model (Linear 16 -> 16) called back to back with cm(x) on one row: us per call."""
+    from shmrt.ir import layers as L
+    with rt.compile(L.Sequential([L.Linear(16, 16)]), max_batch=4) as cm:
+        x = np.ones((1, 16), np.float32)
+        ts = timeit(lambda: cm(x), n, 0.0, warmup=200)
+    return float(np.median(ts) * 1e6), float(np.percentile(ts, 90) * 1e6)
+
+
+FIRST = """
+import time, sys
+t0 = time.perf_counter()
+import numpy as np
+import shmrt
+t1 = time.perf_counter()
+with shmrt.Runtime() as rt:
+    cm = rt.compile(shmrt.Sequential([shmrt.Linear(64, 256), shmrt.ReLU(), shmrt.Linear(256, 10), shmrt.Softmax()]),
+                    max_batch=64)
+    cm(np.ones((4, 64), np.float32))
+    t2 = time.perf_counter()
+print(t1 - t0, t2 - t1)
+"""
+
+
+def first_result_s(cold: bool) -> dict:
+    """A fresh interpreter: import shmrt, then Runtime() + compile + first result, in seconds; with a
+    warm Numba cache (the second of two runs), or a cold one (an empty cache folder)."""
+    import tempfile
+    env = dict(os.environ)
+    with tempfile.TemporaryDirectory() as cache:
+        if cold:
+            env["NUMBA_CACHE_DIR"] = cache
+        for _ in range(1 if cold else 2):
+            r = subprocess.run([sys.executable, "-c", FIRST], env=env, capture_output=True, text=True, timeout=900)
+    if r.returncode != 0:
+        return dict(error=r.stderr.strip()[-300:])
+    imp, first = map(float, r.stdout.split()[-2:])
+    return dict(import_s=imp, first_result_s=first)
+
+
 def barrier_us(rt, calls=300) -> dict:
     """Barrier latency among the workers: in profiled calls of a tiny
     model-parallel model (8 Linear 32x32 layers, a barrier after each), the
@@ -270,15 +310,17 @@ def run_workload(wl, workers, strategies, batches, mode, peers, progress, rng):
     data = np.random.default_rng(0)
     xs = {b: data.standard_normal((b, *wl.input_shape)).astype(np.float32) for b in batches}
     refs = {b: numpy_forward(model, xs[b], np.float64) for b in batches}
-    rows, extra = [], {"roundtrip_us": {}, "barrier_us": {}, "resources": {}}
+    rows, extra = [], {"roundtrip_us": {}, "barrier_us": {}, "resources": {}, "tiny_us": {}}
     common = dict(workload=wl.name, unit=wl.unit)
     control = "auto" if "auto" in strategies else strategies[0]
     for n in workers:
         progress(f"{wl.name}: starting {n} worker(s)", step=False)
-        with shmrt.Runtime(workers=n) as rt:
+        # N = every core: Runtime() as a user makes it (the calling thread computes, beside N - 1 workers)
+        with shmrt.Runtime(workers=None if n == shmrt.Runtime.default_workers() else n) as rt:
             max_batch = min(wl.max_batch, max(batches))
             if n > 0 and wl.name == "mlp":
                 extra["roundtrip_us"][n] = roundtrip_us(rt, 1000 if mode == "quick" else 5000)
+                extra["tiny_us"][n] = tiny_call_us(rt, 1000 if mode == "quick" else 5000)
                 if n > 1:
                     extra["barrier_us"][n] = barrier_us(rt, 60 if mode == "quick" else 300)
                 with rt.compile(model, strategy=strategies[0], max_batch=max_batch, input_shape=wl.input_shape) as cm:
@@ -336,7 +378,8 @@ def run_workload(wl, workers, strategies, batches, mode, peers, progress, rng):
                 for impl, _ in built.values():
                     impl.close()
     extra = {k: {str(n): v for n, v in d.items()} for k, d in extra.items()}
-    extra["roundtrip_us"] = {n: {"p50": v[0], "p90": v[1]} for n, v in extra["roundtrip_us"].items()}
+    for k in ("roundtrip_us", "tiny_us"):
+        extra[k] = {n: {"p50": v[0], "p90": v[1]} for n, v in extra[k].items()}
     return dict(rows=rows, description=f"{wl.description}, {nbytes / 2**20:.1f} MiB float32 weights", **extra)
 
 
@@ -361,7 +404,7 @@ def run(workloads, workers, strategies, batches=None, quick=False, peers=False, 
     todo = plan_runs(workloads, batches, mode)
     progress = Progress(len(workers) * (1 + sum(len(b) for b in todo.values())))
     result = dict(machine=machine(), mode=mode, order_seed=seed, rows=[], roundtrip_us={}, barrier_us={},
-                  resources={}, workloads={}, ceilings={}, row_bytes={})
+                  resources={}, workloads={}, ceilings={}, row_bytes={}, tiny_us={})
     try:
         for n in workers:
             progress(f"ceilings at {max(n, 1)} thread(s)")
@@ -376,6 +419,11 @@ def run(workloads, workers, strategies, batches=None, quick=False, peers=False, 
             result["row_bytes"][name] = int(np.prod(wl.input_shape)) * 4
     finally:
         progress.close()
+    if mode != "quick":
+        progress("first result: Runtime() + compile + first call in a fresh interpreter", step=False)
+        result["first_result"] = {"warm": first_result_s(cold=False)}
+        if mode == "full":
+            result["first_result"]["cold"] = first_result_s(cold=True)
     report.versus_best_peer(result["rows"])
     result["goals"] = report.goals(result)
     result["wall_s"] = time.perf_counter() - t0

@@ -188,6 +188,13 @@ def table(result) -> str:
     for n, v in result["roundtrip_us"].items():
         out.append(f"empty-command round trip parent -> {n} worker(s) -> parent: "
                    f"p50 {v['p50']:.2f} us, p90 {v['p90']:.2f} us")
+    for n, v in result.get("tiny_us", {}).items():
+        out.append(f"tiny model (Linear 16 -> 16) called back to back with cm(x), {n} worker(s): p50 {v['p50']:.2f} us "
+                   f"per call, p90 {v['p90']:.2f} us ({1e6 / v['p50']:,.0f} calls/s)")
+    for cache, v in result.get("first_result", {}).items():
+        out.append(f"first result ({cache} Numba cache, fresh interpreter): Runtime() + compile + first call "
+                   + (f"{v['first_result_s']:.2f} s (import shmrt {v['import_s']:.2f} s before it)" if "error" not in v
+                      else f"failed: {v['error']}"))
     for n, v in result.get("barrier_us", {}).items():
         out.append(f"barrier among {n} workers (last arrival -> every worker out, {v['barriers']} barriers in "
                    f"profiled calls of a tiny model-parallel model): p50 {v['p50']:.2f} us, p90 {v['p90']:.2f} us")

@@ -80,13 +80,20 @@ def logreg():
                     zero_copy=True, fixed_batch=True)
 
 
+def logreg_copy():
+    return Workload("logreg-copy", "the same 1,000,000 rows passed as an ordinary numpy array to cm(x) (the convenience "
+                    "tier: moved once, each worker its own rows)", _logreg_model(), (64,), (1_000_000,), 1_000_000,
+                    "rows", fixed_batch=True)
+
+
 def logreg_stream():
     return Workload("logreg-stream", "the same, 1,000,000 rows streamed through the zero-copy tier in chunks of "
                     "65,536 (each chunk written into the shared input buffer, as a reader would)",
                     _logreg_model(), (64,), (1_000_000,), 65_536, "rows", chunk=65_536, fixed_batch=True)
 
 
-WORKLOADS = {"mlp": mlp, "cnn": cnn, "lstm": lstm, "deep": deep, "logreg": logreg, "logreg-stream": logreg_stream}
+WORKLOADS = {"mlp": mlp, "cnn": cnn, "lstm": lstm, "deep": deep, "logreg": logreg, "logreg-copy": logreg_copy,
+             "logreg-stream": logreg_stream}
 
 
 def numpy_forward(model, x, dtype=np.float32):
