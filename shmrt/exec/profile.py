@@ -121,7 +121,7 @@ def build(prog, stamps, labels, n, strategy, t_in, t_copied, call_stamps, t_done
     P, S = prog.shape[0], prog.shape[1]
     t_post, t_seen = int(call_stamps[0]), int(call_stamps[1])
     kernel, wait, dispatch, per_worker, ends, step_ends = [], [], [], [], [], []
-    io_in, io_out = stamps[:, S - 1], stamps[:, S]
+    io_in, io_out = (stamps[:, S - 1], stamps[:, S]) if moved else (np.zeros(P, np.int64), np.zeros(P, np.int64))
     for w in range(P):
         ops = prog[w, :, OP]
         last = int(np.argmax(ops == END.code))  # steps 0..last-1 ran
