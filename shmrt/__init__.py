@@ -15,11 +15,12 @@ from shmrt.ir.layers import (GELU, GRU, LSTM, RNN, ArgMax, AvgPool2d, BatchNorm1
                              Standardize, Tanh, TopK, linear_regression, logistic_regression, manual_seed)
 from shmrt.frontends.load import load
 from shmrt.machine import machine
+from shmrt.parallel.buffers import asarray, empty
 from shmrt.parallel.pool import CommandError, WorkerError
 from shmrt.runtime import CompiledModel, Runtime, run
 from shmrt.version import __version__
 
-__all__ = ["Runtime", "CompiledModel", "run", "load", "machine", "WorkerError", "CommandError", "Layer", "Sequential", "Linear", "ReLU",
+__all__ = ["Runtime", "CompiledModel", "run", "load", "empty", "asarray", "machine", "WorkerError", "CommandError", "Layer", "Sequential", "Linear", "ReLU",
            "Sigmoid", "Tanh", "GELU", "Softmax", "LogSoftmax", "ArgMax", "TopK", "manual_seed", "Standardize",
            "MinMaxScale", "Select", "Dropout", "BatchNorm1d", "LayerNorm", "RNN", "LSTM", "GRU",
            "linear_regression", "logistic_regression", "Conv2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool",

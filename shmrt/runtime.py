@@ -89,20 +89,9 @@ class Runtime:
         _reclaim_once()
         from shmrt.exec import warmup
         self._blas_threads = None  # this process's BLAS threads before a computing caller set them to 1
-        early = self.workers > 0 and warmup.cache_is_warm()
-        if early:  # the template loads its kernels from the cache while this process loads its own
-            self.pool = Pool(self.workers - caller, caller=caller, wait=False)
-        try:
-            warmup.compile_all()  # on a cold cache, first: the workers then load what it compiled
-        except BaseException:
-            if self.pool is not None:
-                self.pool.close()
-            raise
+        warmup.compile_all()  # first: the template then loads what it compiled from Numba's cache
         if self.workers > 0:
-            if early:
-                self.pool.await_started()
-            else:
-                self.pool = Pool(self.workers - caller, caller=caller)
+            self.pool = Pool(self.workers - caller, caller=caller)
             if caller:
                 from shmrt.parallel.cpus import scipy_blas_threads
                 self._blas_threads = scipy_blas_threads(1)

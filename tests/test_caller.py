@@ -251,3 +251,48 @@ def test_the_template_killed_idle_is_restarted_20_times():
 def test_the_template_killed_mid_call_is_restarted_20_times():
     raised = template_rounds(20, mid_call=True, seed=1)
     print(f"\ntemplate killed mid-call 20 times: {raised} calls raised WorkerError, every next call right")
+
+
+# -- shared input buffers -------------------------------------------------------------------
+
+def segment_names():
+    return set(os.listdir("/dev/shm")) if LINUX else set()
+
+
+@pytest.mark.skipif(not LINUX, reason="/dev/shm and process_vm_readv are Linux's")
+def test_shared_buffers_are_read_where_they_lie(crt):
+    shmrt.manual_seed(12)
+    model = shmrt.Sequential([shmrt.Linear(64, 32), shmrt.ReLU(), shmrt.Linear(32, 4), shmrt.Sigmoid()])
+    n = calls.SINGLE_COPY_MIN_BYTES // (64 * 4) * 2 + 3
+    x = rnd(n, 64, seed=13)
+    before = segment_names()
+    buf = shmrt.empty((n, 64), np.float32)
+    assert len(segment_names() - before) == 1  # one segment, in /dev/shm
+    buf[...] = x
+    assert shmrt.asarray(buf) is buf
+    ref = reference(model, x)
+    for strategy in ("data", "model"):
+        cm = crt.compile(model, strategy=strategy, max_batch=n)
+        for _ in range(3):
+            check(cm(buf), ref, strategy)
+            check(cm(buf[7:]), ref[7:], (strategy, "a view inside the buffer"))
+        if strategy == "data":  # every participant reads its rows in the buffer: nobody copies any in
+            p = cm.profile(buf)
+            assert all(steps[0][0].startswith("input") and steps[0][1] < 5.0 for steps in p.per_worker), p
+        cm.close()
+    y = shmrt.asarray(x)  # a copy into a new buffer
+    assert y is not x and np.array_equal(y, x) and len(segment_names() - before) == 2
+    del buf, y
+    import gc
+    gc.collect()
+    assert segment_names() - before == set()  # freed with the arrays
+
+
+def test_empty_refuses_what_it_cannot_hold():
+    with pytest.raises(ValueError, match="non-negative"):
+        shmrt.empty((-1, 3))
+    with pytest.raises(TypeError, match="numeric dtype"):
+        shmrt.empty((2, 3), np.complex64)
+    a = shmrt.empty(5, np.int64)
+    a[:] = 7
+    assert a.shape == (5,) and a.sum() == 35

@@ -29,6 +29,7 @@ import numpy as np
 
 import shmrt
 
+from shmrt.bench.startup import first_result_s
 from shmrt.bench import ceilings
 from shmrt.bench import report
 from shmrt.compile.tune import timeit
@@ -54,37 +55,6 @@ def tiny_call_us(rt, n=3000):
         x = np.ones((1, 16), np.float32)
         ts = timeit(lambda: cm(x), n, 0.0, warmup=200)
     return float(np.median(ts) * 1e6), float(np.percentile(ts, 90) * 1e6)
-
-
-FIRST = """
-import time, sys
-t0 = time.perf_counter()
-import numpy as np
-import shmrt
-t1 = time.perf_counter()
-with shmrt.Runtime() as rt:
-    cm = rt.compile(shmrt.Sequential([shmrt.Linear(64, 256), shmrt.ReLU(), shmrt.Linear(256, 10), shmrt.Softmax()]),
-                    max_batch=64)
-    cm(np.ones((4, 64), np.float32))
-    t2 = time.perf_counter()
-print(t1 - t0, t2 - t1)
-"""
-
-
-def first_result_s(cold: bool) -> dict:
-    """A fresh interpreter: import shmrt, then Runtime() + compile + first result, in seconds; with a
-    warm Numba cache (the second of two runs), or a cold one (an empty cache folder)."""
-    import tempfile
-    env = dict(os.environ)
-    with tempfile.TemporaryDirectory() as cache:
-        if cold:
-            env["NUMBA_CACHE_DIR"] = cache
-        for _ in range(1 if cold else 2):
-            r = subprocess.run([sys.executable, "-c", FIRST], env=env, capture_output=True, text=True, timeout=900)
-    if r.returncode != 0:
-        return dict(error=r.stderr.strip()[-300:])
-    imp, first = map(float, r.stdout.split()[-2:])
-    return dict(import_s=imp, first_result_s=first)
 
 
 def barrier_us(rt, calls=300) -> dict:
@@ -216,14 +186,15 @@ class Progress:
             self.bar.close()
 
 
-def _stream(cm, x, y, chunk):
-    """Every row of x through the zero-copy tier, chunk rows at a time: each
-    chunk is written into the shared input buffer (as a reader filling it
-    would), computed in place, and its output read from the arena."""
+def _stream(cm, x, y, chunk, buf):
+    """Every row of x, chunk rows at a time, as a reader streams them: each chunk
+    is written into a buffer in shared memory (shmrt.empty; as a reader filling
+    it would), and cm(buffer) computes it where it lies, its output written
+    into y."""
     for s in range(0, x.shape[0], chunk):
         e = min(x.shape[0], s + chunk)
-        cm.input_buffer(e - s)[...] = x[s:e]
-        y[s:e] = cm.run_in_place(e - s)
+        buf[:e - s] = x[s:e]
+        y[s:e] = cm(buf[:e - s])
 
 
 def _shmrt_impl(cm, wl, x, b):
@@ -236,9 +207,10 @@ def _shmrt_impl(cm, wl, x, b):
         return Impl(lambda _: cm.run_in_place(b))
     if wl.chunk:
         y = np.empty((b, *cm.plan.output.shape), np.float32)
+        buf = shmrt.empty((wl.chunk, *wl.input_shape), np.float32)
 
         def stream(_):
-            _stream(cm, x, y, wl.chunk)
+            _stream(cm, x, y, wl.chunk, buf)
             return y
         return Impl(stream)
     return Impl(cm)
@@ -255,7 +227,8 @@ def breakdown(cm, wl, x, reps, min_time) -> dict:
     tier that is timed: in place for a zero-copy workload, else the
     convenience tier on one call's rows (a chunk, or at most max_batch)."""
     rows = min(x.shape[0], wl.chunk or cm.max_batch)
-    prof = (lambda: cm.profile(n=rows)) if wl.zero_copy else (lambda: cm.profile(x[:rows]))
+    xs = shmrt.asarray(x[:rows]) if wl.chunk else x[:rows]  # a stream's chunk lies in a shared buffer
+    prof = (lambda: cm.profile(n=rows)) if wl.zero_copy else (lambda: cm.profile(xs))
     prof()
     ps, t_end = [], time.perf_counter() + min_time
     while len(ps) < reps and (time.perf_counter() < t_end or len(ps) < 3):

@@ -87,8 +87,8 @@ def logreg_copy():
 
 
 def logreg_stream():
-    return Workload("logreg-stream", "the same, 1,000,000 rows streamed through the zero-copy tier in chunks of "
-                    "65,536 (each chunk written into the shared input buffer, as a reader would)",
+    return Workload("logreg-stream", "the same, 1,000,000 rows streamed in chunks of 65,536, each written into a "
+                    "shmrt.empty buffer (as a reader would) and computed there by cm(buffer)",
                     _logreg_model(), (64,), (1_000_000,), 65_536, "rows", chunk=65_536, fixed_batch=True)
 
 

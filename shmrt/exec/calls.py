@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from shmrt.compile.io import IO_ROWS
+from shmrt.parallel import buffers
 from shmrt.parallel import control as C
 from shmrt.parallel.pool import CopyRefused
 
@@ -82,6 +83,8 @@ def _single_copy(cm, pool, x, outs) -> None:
     if src == cm.arena[plan.input_off:].ctypes.data:  # x is the arena's input rows: nothing to move in
         src = 0
     x_rb = x.shape[1] * 4
+    found = buffers.find(x) if src else None  # rows in a shared buffer: the workers read them there
+    xbuf = pool.use_buffer(found) if found is not None else 0
     dst = [a.ctypes.data for a in outs] + [0]
     rbs = [a.strides[0] for a in outs] + [0]
     for s in range(0, n, cm.max_batch):
@@ -94,7 +97,7 @@ def _single_copy(cm, pool, x, outs) -> None:
         if loc[5].shape[0] and e - s >= 2 * plan.workers:  # the caller reads its rows in place: share by speed
             split = min(e - s - 1, max(1, int((e - s) * (1.0 - cm._share))))
         pool.command(C.OP_RUN, cm.id, e - s, index, local=loc, stamps=cm._stamps if split else None,
-                     io=(src and src + s * x_rb, dst[0] + s * rbs[0], dst[1] + s * rbs[1], split))
+                     io=(src and src + s * x_rb, dst[0] + s * rbs[0], dst[1] + s * rbs[1], split, xbuf))
         if split:
             cm._share = balance(cm._share, cm._stamps)
 

@@ -317,20 +317,20 @@ def run_command(prog, weights, arena, n, ctrl, wid, spin_ns, block_ns, ppid, pro
     status = C.WORKER0 + wid * C.LINE + C.W_STEP
     own = ctrl[C.C_PID] != 0 and si[INPUT.sync] == 0
     split, P = np.int64(ctrl[C.C_SPLIT]) if own else np.int64(0), si[INPUT.parties]
-    if split > 0 and xin.shape[0] > 0:  # the calling thread's share, read where it is
-        if n > split:
-            if run_steps(prog, np.int64(0), weights, arena, n, ctrl, status, spin_ns, block_ns, ppid, wid < 0, prof,
-                         xin, si[INPUT.x], split, n) == -2:
-                return -2
-            t2 = monotonic_ns()
-            _copy_out_rows(so, arena, ctrl, wid, split, n)
-            if prof.shape[0] > 0:
-                prof[0], prof[S - 1], prof[S] = t0, 0, monotonic_ns() - t2
-        return 0
-    if own and xin.shape[0] == 0 and addr_of(ctrl, C.C_SRC) != 0:
+    if own and (xin.shape[0] > 0 or addr_of(ctrl, C.C_SRC) != 0):  # each participant's rows are its own
         r0, r1 = (n * si[INPUT.lo]) // FRAC, (n * si[INPUT.hi]) // FRAC
-        if split > 0:  # the rows before the caller's, evenly
-            r0, r1 = (split * wid) // (P - 1), (split * (wid + 1)) // (P - 1)
+        if split > 0:  # the calling thread's share from row split, the workers' evenly before it
+            r0, r1 = (split, n) if wid == P - 1 else ((split * wid) // (P - 1), (split * (wid + 1)) // (P - 1))
+        if xin.shape[0] > 0:  # read where they are: the caller's own array, or a shared buffer
+            if r1 > r0:
+                if run_steps(prog, np.int64(0), weights, arena, n, ctrl, status, spin_ns, block_ns, ppid, wid < 0,
+                             prof, xin, si[INPUT.x], r0, r1) == -2:
+                    return -2
+                t2 = monotonic_ns()
+                _copy_out_rows(so, arena, ctrl, wid, r0, r1)
+                if prof.shape[0] > 0:
+                    prof[0], prof[S - 1], prof[S] = t0, 0, monotonic_ns() - t2
+            return 0
         rows = max(1, BLOCK_BYTES // max(si[INPUT.row_floats] * 4, 1))
         t_in = t_out = np.int64(0)
         acc = np.zeros_like(prof)  # run_steps restarts its record each block: the sum of them
@@ -350,7 +350,8 @@ def run_command(prog, weights, arena, n, ctrl, wid, spin_ns, block_ns, ppid, pro
             prof[:] = acc
             prof[0], prof[S - 1], prof[S] = t0, t_in, t_out
         return 0
-    if xin.shape[0] == 0 and copy_in(si, arena, n, ctrl, wid, spin_ns, block_ns, ppid) != 0:
+    xin = arena[0:0]  # the rows cross participants: every one reads the input from the arena
+    if copy_in(si, arena, n, ctrl, wid, spin_ns, block_ns, ppid) != 0:
         return -2
     t1 = monotonic_ns()
     r = run_steps(prog, np.int64(0), weights, arena, n, ctrl, status, spin_ns, block_ns, ppid, wid < 0, prof, xin,
@@ -366,15 +367,17 @@ def run_command(prog, weights, arena, n, ctrl, wid, spin_ns, block_ns, ppid, pro
 
 
 @njit(cache=True)
-def serve(ctrl, wid, model, progs, weights, arena, gen, spin_ns, idle_spin_ns, block_ns, ppid):
+def serve(ctrl, wid, model, progs, weights, arena, gen, spin_ns, idle_spin_ns, block_ns, ppid, xbuf, xbuf_id, xstart):
     """A worker's hot loop: run RUN (for ``model``) and NOP commands without
     leaving Numba.  Barriers spin spin_ns, the wait between commands
     idle_spin_ns.  Returns the generation of the first command it cannot
-    handle (the caller handles it), or ABORTED when the parent is gone."""
+    handle (the caller handles it: another model, another shared input buffer), or ABORTED when
+    the parent is gone.  xbuf (empty: not mapped here): shared input buffer xbuf_id, at address
+    xstart in the caller, whose rows a RUN naming it reads in place."""
     no_prof = np.zeros(0, np.int64)
     while True:
         op = ctrl[C.C_OP]
-        if op == C.OP_RUN and ctrl[C.C_MODEL] == model:
+        if op == C.OP_RUN and ctrl[C.C_MODEL] == model and ctrl[C.C_XBUF] == xbuf_id:
             fault = ctrl[C.WORKER0 + wid * C.LINE + C.W_FAULT]
             if fault != 0:  # the fault-injection hook of the tests (Runtime._inject_fault)
                 ctrl[C.WORKER0 + wid * C.LINE + C.W_FAULT] = 0
@@ -385,8 +388,10 @@ def serve(ctrl, wid, model, progs, weights, arena, gen, spin_ns, idle_spin_ns, b
             if ctrl[C.C_PROF] >= 0:  # a profiled call: this worker's record of step times
                 rec = progs.shape[2] + 1
                 prof = arena[ctrl[C.C_PROF] + 2 * wid * rec:ctrl[C.C_PROF] + 2 * (wid + 1) * rec].view(np.int64)
+            xin = xbuf[(addr_of(ctrl, C.C_SRC) - xstart) // 4:] if xbuf.shape[0] > 0 and ctrl[C.C_PID] != 0 \
+                else arena[0:0]
             run_command(progs[ctrl[C.C_PROG], wid], weights, arena, np.int64(ctrl[C.C_N]), ctrl, wid, spin_ns,
-                        block_ns, ppid, prof, arena[0:0])
+                        block_ns, ppid, prof, xin)
         elif op != C.OP_NOP:
             return gen
         C.finish(ctrl, wid, gen)

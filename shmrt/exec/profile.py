@@ -159,6 +159,7 @@ def run_profiled(cm, x, n) -> Profile:
     """CompiledModel.profile's call, on validated arguments: x (the convenience tier, the
     rows of one call) or None and n (the zero-copy tier)."""
     from shmrt.exec import calls
+    from shmrt.parallel import buffers
     rt = cm.runtime
     name = cm.plan.strategy_for(cm.strategy, n)
     prog_index = cm.plan.program_index(name)
@@ -178,7 +179,9 @@ def run_profiled(cm, x, n) -> Profile:
                 xs = np.ascontiguousarray(x, np.float32)
                 local = calls.local(cm, xs, prog_index, mine_rec)
                 outs = calls.results(cm.plan.output, n)
-                io = (xs.ctypes.data, outs[0].ctypes.data, outs[-1].ctypes.data if len(outs) > 1 else 0)
+                found = buffers.find(xs)
+                io = (xs.ctypes.data, outs[0].ctypes.data, outs[-1].ctypes.data if len(outs) > 1 else 0, 0,
+                      rt.pool.use_buffer(found) if found is not None else 0)
             else:
                 local = calls.local(cm, None, prog_index, mine_rec)
                 if x is not None:

@@ -191,16 +191,6 @@ def _compile_kernels_in_parallel() -> None:
         sys.stderr.write(text)  # its warnings, as this process would have printed them
 
 
-def cache_is_warm() -> bool:
-    """Whether Numba's disk cache holds this code's kernels (then the worker template may start
-    loading them at once, beside this process: Runtime())."""
-    if _done:
-        return True
-    from shmrt.parallel import control as C
-    C.get_word.compile((types.Array(types.int32, 1, "C"), types.int64))
-    return not C.get_word.stats.cache_misses
-
-
 def compile_all() -> None:
     with _lock:
         if not _done:
@@ -243,7 +233,7 @@ def _compile_all() -> None:
     try:
         ctrl = seg.array(np.int32, 1024)
         serve.compile((numba.typeof(ctrl), i64, i64, numba.typeof(progs), w_type, numba.typeof(arena),
-                       i64, i64, i64, i64, i64))
+                       i64, i64, i64, i64, i64, numba.typeof(arena), i64, i64))
         prof_t = types.Array(i64, 1, "C")
         lead.compile((numba.typeof(ctrl), i64, i64, i64, i64, i64, numba.typeof(progs), w_type, numba.typeof(arena),
                       i64, i64, i64, prof_t, prof_t, numba.typeof(arena)))

@@ -57,6 +57,9 @@ C_PID, C_SRC, C_DST, C_DST2 = CMD + 7, CMD + 8, CMD + 10, CMD + 12
 # a single-copy call whose rows are each participant's own: 0, or the first row of the calling
 # thread's share (it reads its rows in place; the workers split the rows before it evenly)
 C_SPLIT = CMD + 14
+# the input lies in shared buffer C_XBUF (parallel/buffers.py; 0: none), which workers map: they
+# read their rows of it where they are (C_SRC is the caller's address of the rows)
+C_XBUF = CMD + 15
 # worker line words (W_FAULT: a test hook, see Runtime._inject_fault)
 W_STATE, W_GEN, W_PID, W_STEP, W_FAULT, W_ERROR, W_PIN, W_XERR = range(8)
 # W_ERROR values: 0 none; ERR_NO_MODEL: a RUN for a model this worker was never sent (Pool.command raises);

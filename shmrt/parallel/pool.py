@@ -65,7 +65,7 @@ class CommandError(RuntimeError):
 
 
 class Pool:
-    def __init__(self, workers: int, caller: bool = False, wait: bool = True):
+    def __init__(self, workers: int, caller: bool = False):
         self.n = int(workers)  # worker processes
         # caller: the calling thread computes too, as the last participant (executor.lead)
         self.caller = bool(caller)
@@ -98,6 +98,7 @@ class Pool:
         self.pin_cpu = [-1] * self.n  # the CPU each worker was asked to pin itself to (-1: none)
         self.pin_warned = False  # a failed pin warns once per Pool, not per worker or restart
         self.models = {}  # model id -> spec (segment names, programs)
+        self.buffers = {}  # shared input buffer id -> spec (segment name, bytes, address here): buffers.py
         self.restarting = set()  # workers started again, not yet seen READY
         self.deaths_seen = None  # the launcher's count of reaped workers, when last looked at
         self.busy = False  # a command is in flight: a death sets ABORT (_on_death)
@@ -117,20 +118,7 @@ class Pool:
             self._start_launcher()
             for w in range(self.n):
                 self._spawn(w)
-            if wait:
-                self._await_ready(range(self.n))
-            else:  # await_started waits (Runtime() loads its own kernels meanwhile)
-                self.restarting.update(range(self.n))
-        except BaseException:
-            self.close()
-            raise
-
-    def await_started(self) -> None:
-        """The workers of Pool(wait=False) ready (the same stack depth as __init__'s wait, for the
-        warning of a failed pin)."""
-        try:
-            self._await_ready(sorted(self.restarting))
-            self.restarting.clear()
+            self._await_ready(range(self.n))
         except BaseException:
             self.close()
             raise
@@ -250,12 +238,12 @@ class Pool:
         telling the workers; xin: the caller's own input rows, read in place (None: from the arena).
         io: (input rows, result, second result) addresses of a single-copy RUN (compile/io.py;
         an input address 0: the rows are in the arena already)[, the first row of the calling
-        thread's share (C_SPLIT)], else None."""
+        thread's share (C_SPLIT)[, the shared buffer the rows lie in (C_XBUF)]], else None."""
         if self.closed:
             raise RuntimeError("this shmrt.Runtime is closed; create a new one")
         if local is not None and self.caller and n <= local[4][prog] and io is None and stamps is None:
             # solo: every row is the calling thread's; the workers are not told, nor waited for
-            self.ctrl[C.C_PID] = 0
+            self.ctrl[C.C_PID] = self.ctrl[C.C_XBUF] = 0
             lead(self.ctrl, model, n, prog, 0, self.n, local[0], local[1], local[2], self.spin_ns, self.wait_spin_ns,
                  self.block_ns, local[3], _NO_STAMPS, local[5])
             if self.ctrl[C.C_ERR]:
@@ -270,12 +258,13 @@ class Pool:
             self.restarting.clear()
         self.ctrl[C.C_PROF] = prof  # published by call's release of GEN
         if io is None:
-            self.ctrl[C.C_PID] = 0
+            self.ctrl[C.C_PID] = self.ctrl[C.C_XBUF] = 0
         else:
             self.ctrl[C.C_PID] = self.xmem_pid
             for word, addr in zip((C.C_SRC, C.C_DST, C.C_DST2), io[:3]):
                 xmem.store_addr(self.ctrl, word, addr)
             self.ctrl[C.C_SPLIT] = io[3] if len(io) > 3 else 0
+            self.ctrl[C.C_XBUF] = io[4] if len(io) > 4 else 0
         self.ctrl[C.C_SPIN] = self.waits.start()
         self.busy = True
         try:  # a KeyboardInterrupt can land as soon as call returns, with the command in flight
@@ -457,8 +446,20 @@ class Pool:
 
     def sync_models(self) -> None:
         with self.lock:
-            C.write_msg(self.seg.buf, self.msg_off, {"models": self.models})
+            C.write_msg(self.seg.buf, self.msg_off, {"models": self.models, "buffers": self.buffers})
             self.command(C.OP_SYNC)
+
+    def use_buffer(self, found) -> int:
+        """Map shared input buffer ``found`` (buffers.find) in every worker, once; forget freed
+        ones.  Returns its id."""
+        bid, name, nbytes, offset = found
+        if bid not in self.buffers:
+            from shmrt.parallel import buffers
+            live = buffers.live()
+            self.buffers = {k: v for k, v in self.buffers.items() if k in live}
+            self.buffers[bid] = {"name": name, "bytes": nbytes, "addr": buffers.start(bid)}
+            self.sync_models()
+        return bid
 
     # -- shutdown ----------------------------------------------------------
     def close(self, timeout: float = 2.0) -> None:

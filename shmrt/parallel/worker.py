@@ -66,14 +66,31 @@ class _Model:
         self.arena_seg.close()
 
 
-def _sync(models: dict, spec: dict) -> None:
-    wanted = {int(k): v for k, v in spec.get("models", {}).items()}
-    for mid in list(models):
-        if mid not in wanted:
-            models.pop(mid).close()
-    for mid, s in wanted.items():
-        if mid not in models:
-            models[mid] = _Model(s)
+class _Buffer:
+    """A shared input buffer of the caller's (parallel/buffers.py), mapped here."""
+
+    def __init__(self, spec):
+        self.seg = Segment(spec["name"], spec["bytes"], create=False)
+        self.array, self.start = self.seg.array(np.float32), int(spec["addr"])
+
+    def close(self):
+        self.array = None
+        self.seg.close()
+
+
+def _sync(models: dict, spec: dict, bufs: dict) -> None:
+    for mine, key, make in ((models, "models", _Model), (bufs, "buffers", _Buffer)):
+        wanted = {int(k): v for k, v in spec.get(key, {}).items()}
+        for mid in list(mine):
+            if mid not in wanted:
+                mine.pop(mid).close()
+        for mid, s in wanted.items():
+            if mid not in mine:
+                try:
+                    mine[mid] = make(s)
+                except FileNotFoundError:  # a buffer freed since: its calls copy instead
+                    if make is _Model:
+                        raise
 
 
 def main(argv) -> int:
@@ -89,12 +106,14 @@ def main(argv) -> int:
     ctrl = seg.array(np.int32, msg_off // 4)
     block = int(config.BLOCK_MS * 1e6)
     models: dict = {}
+    bufs: dict = {}  # buffer id -> _Buffer
+    no_buf = np.zeros(0, np.float32)
     dummy_w = np.zeros(16, np.float32)
     dummy_w.flags.writeable = False
     dummy = (np.zeros((1, 1, 1, 16), np.int64), dummy_w, np.zeros(16, np.float32))
     line = C.wline(wid)
     try:
-        _sync(models, C.read_msg(seg.buf, msg_off))
+        _sync(models, C.read_msg(seg.buf, msg_off), bufs)
         gen = int(ctrl[C.GEN])
         ctrl[line + C.W_PID] = os.getpid()
         ctrl[line + C.W_GEN] = gen
@@ -112,13 +131,16 @@ def main(argv) -> int:
             if op == C.OP_NOP or (op == C.OP_RUN and mid in models):
                 m = models[mid] if op == C.OP_RUN else None
                 progs, w, a = (m.progs, m.weights.flat, m.arena) if m else dummy
-                r = serve(ctrl, wid, mid if m else -1, progs, w, a, gen, spin, idle_spin, block, ppid)
+                bid = int(ctrl[C.C_XBUF])
+                b = bufs.get(bid)
+                r = serve(ctrl, wid, mid if m else -1, progs, w, a, gen, spin, idle_spin, block, ppid,
+                          b.array if b is not None else no_buf, bid, b.start if b is not None else 0)
                 if r == ABORTED:
                     return _orphaned(models, ctrl_name)
                 pending = r
                 continue
             if op == C.OP_SYNC:
-                _sync(models, C.read_msg(seg.buf, msg_off))
+                _sync(models, C.read_msg(seg.buf, msg_off), bufs)
             elif op == C.OP_RUN:  # a model this worker was never sent: the parent raises (Pool.command)
                 ctrl[line + C.W_ERROR] = C.ERR_NO_MODEL
                 ctrl[C.C_ERR] = 1  # published by finish's release
@@ -126,7 +148,7 @@ def main(argv) -> int:
             if op == C.OP_EXIT:
                 break
     finally:
-        for m in models.values():
+        for m in list(models.values()) + list(bufs.values()):
             m.close()
         ctrl[line + C.W_STATE] = C.ST_EXITED
         del ctrl
