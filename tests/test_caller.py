@@ -230,9 +230,9 @@ def template_rounds(rounds, mid_call, seed=0):
                 t.join()
             else:
                 os.kill(old, signal.SIGKILL)
-                deadline = time.monotonic() + 5
-                while not rt.pool.launcher.gone() and time.monotonic() < deadline:
-                    time.sleep(0.001)
+            deadline = time.monotonic() + 5  # the pool's watcher has seen the exit (a thread: it may lag)
+            while not rt.pool.launcher.gone() and time.monotonic() < deadline:
+                time.sleep(0.001)
             assert rel_err(cm(x), ref) <= 1e-5, (r, "after the kill")
             assert rt.template_pid() != old and not set(workers) & set(rt.pids()), r
             for pid in workers:  # the old workers are gone, not left serving
