@@ -189,6 +189,18 @@ class ForkLauncher:
             self.proc.stdout.close()
 
 
+def stat_fields(pid: int):
+    """The fields of /proc/<pid>/stat from the state on (field 3: index 0), as bytes; None when
+    no such process exists.  Raises OSError when /proc cannot say (not Linux, say).  comm
+    (field 2) may hold spaces and ')': the fields start after the last ')'."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return data[data.rindex(b")") + 2:].split()
+
+
 def _exists(pid: int) -> bool:
     """Process pid exists and is not a zombie (a process no longer ours is reaped by init, or
     by nobody in a container whose first process does not reap)."""
@@ -199,9 +211,9 @@ def _exists(pid: int) -> bool:
     except PermissionError:
         return True
     try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
+        fields = stat_fields(pid)
+        return fields is not None and fields[0] != b"Z"
+    except (OSError, ValueError, IndexError):
         return True
 
 

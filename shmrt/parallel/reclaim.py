@@ -29,6 +29,8 @@ import re
 import stat
 import sys
 
+from shmrt.parallel.launch import stat_fields
+
 NAME = re.compile(r"shmrt_([1-9][0-9]*)_[0-9a-f]{16}")
 SLACK_S = 2.0
 
@@ -47,14 +49,8 @@ def _boot_time() -> float | None:
 def _start_time(pid: int, btime: float, hz: int) -> float | None:
     """Wall-clock start of ``pid``; None when no such process exists.
     Raises OSError when /proc cannot say (the caller then keeps the segment)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # comm (field 2) may hold spaces and ')': field 22 is the 20th after the last ')'
-    fields = data[data.rindex(b")") + 2:].split()
-    return btime + int(fields[19]) / hz
+    fields = stat_fields(pid)
+    return None if fields is None else btime + int(fields[19]) / hz  # field 22: starttime
 
 
 def _maps(pid: int, path: str) -> bool:
