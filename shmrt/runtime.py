@@ -20,7 +20,8 @@ import numpy as np
 
 from shmrt import config
 from shmrt.compile import plan as planner
-from shmrt.compile.io import direct_rows, solo_rows
+from shmrt.compile.io import IO_ROWS, solo_rows
+from shmrt.compile.isa import INPUT
 from shmrt.exec import calls
 from shmrt.exec.executor import run_in_process
 from shmrt.exec.profile import Profile
@@ -234,12 +235,12 @@ class CompiledModel:
             self.arena = self._arena_seg.array(np.float32)
             solo = np.array([solo_rows(p) for p in plan.programs.values()], np.int64)
             self._inp = self.arena[plan.input_off:plan.input_off + plan.max_batch * plan.in_features]
-            self._prog_for = {}  # n -> (program name, index, pipeline counters): _small's cache
+            self._prog_for = {}  # n -> (program name, index) of the plan's choice: _run's cache
             # the rows of a call that _small runs (an input of fewer bytes than a single copy pays for)
             self._fast_rows = min(plan.max_batch, (calls.SINGLE_COPY_MIN_BYTES - 1) // (4 * plan.in_features))
             self._local = (self._programs, self.weights.flat, self.arena, _NO_PROF, solo, self.arena[0:0])
             # where the calling thread may read its rows of x in place (exec/calls.py)
-            self._direct = [direct_rows(p, plan.input_off) for p in plan.programs.values()]
+            self._direct = [bool(p[-1, -IO_ROWS, INPUT.direct]) for p in plan.programs.values()]
             # the calling thread's share of such a call's rows, balanced by speed (calls.balance)
             self._share, self._stamps = 1.0 / plan.workers, np.zeros(3, np.int64)
             rt._models[self.id] = self
@@ -276,22 +277,12 @@ class CompiledModel:
     def _small(self, x):
         """cm(x) for a float32 batch of at most max_batch rows and under calls.SINGLE_COPY_MIN_BYTES
         (the latency-bound call), in as few Python operations as the general path allows."""
-        n, rt, plan = x.shape[0], self.runtime, self.plan
+        n, rt = x.shape[0], self.runtime
         with rt._lock:
             if rt._closed:
                 rt._check_open()
             self._inp[:n * self.in_features] = x.reshape(-1)
-            got = self._prog_for.get(n)
-            if got is None:
-                name = plan.strategy_for(self.strategy, n)
-                got = self._prog_for[n] = (name, plan.program_index(name), plan.counters.get(name))
-            name, index, counters = got
-            if counters is not None:
-                self.arena[counters[0]:counters[0] + counters[1]] = 0
-            if rt.pool is None:
-                run_in_process(plan.programs[name], self.weights.flat, self.arena, n)
-            else:
-                rt.pool.command(C.OP_RUN, self.id, n, index, local=self._local)
+            self._run(n)
             return self._output_view(n).copy()
 
     # -- scikit-learn's meaning (models loaded from an estimator) --------------
@@ -349,22 +340,28 @@ class CompiledModel:
         """run_in_place, with the program named (autotune times each one) or the plan's choice for n."""
         n = self._check_n(n)
         self._check_open()
-        rt, plan = self.runtime, self.plan
-        name = program or plan.strategy_for(self.strategy, n)
         if n > 0:
-            with rt._lock:
-                rt._check_open()
-                if rt.pool is None:
-                    self._reset_counters(name)
-                    run_in_process(plan.programs[name], self.weights.flat, self.arena, n)
-                else:
-                    self._launch(name, n)
+            with self.runtime._lock:
+                self.runtime._check_open()
+                self._run(n, program)
         return self._output_view(n)
 
-    def _launch(self, name, n):
-        """Run program ``name`` on the pool for n rows."""
+    def _run(self, n, program=None):
+        """Run program ``program`` (default: the plan's choice for n, cached) on the first n rows
+        of the arena's input; the caller holds the runtime's lock."""
+        got = self._prog_for.get(n) if program is None else None
+        if got is None:
+            plan = self.plan
+            name = program or plan.strategy_for(self.strategy, n)
+            got = (name, plan.program_index(name))
+            if program is None:
+                self._prog_for[n] = got
+        name, index = got
         self._reset_counters(name)
-        self.runtime.pool.command(C.OP_RUN, self.id, n, self.plan.program_index(name), local=self._local)
+        if self.runtime.pool is None:
+            run_in_process(self.plan.programs[name], self.weights.flat, self.arena, n)
+        else:
+            self.runtime.pool.command(C.OP_RUN, self.id, n, index, local=self._local)
 
     def _reset_counters(self, name):
         """A pipeline's stage counters start each call at zero (published by the command)."""

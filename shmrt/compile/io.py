@@ -67,10 +67,12 @@ def with_io(prog: np.ndarray, inp, output) -> np.ndarray:
     else:
         out = dict(off=o.off, ld=o.ld or o.width, row_bytes=4 * o.width, off2=-1, ld2=0, row_bytes2=0)
     rows = np.zeros((P, IO_ROWS, prog.shape[2]), np.int64)
+    sync = int(own is None)  # (a barrier of one party returns at once)
+    direct = int(own is not None and not _writes_input(prog, inp.off))
     for w in range(P):
         lo, hi = own[w] if own is not None else tuple(rows_of(w, P).values())
-        sync = int(own is None and P > 1)
-        rows[w, 0] = encode(INPUT, x=inp.off, row_floats=inp.width, lo=lo, hi=hi, sync=sync, line=line, parties=P)
+        rows[w, 0] = encode(INPUT, x=inp.off, row_floats=inp.width, lo=lo, hi=hi, sync=sync, line=line, parties=P,
+                            direct=direct)
         rows[w, 1] = encode(OUTPUT, **out, lo=lo, hi=hi, sync=sync, line=line, parties=P)
     return np.concatenate([prog, rows], axis=1)
 
@@ -81,7 +83,7 @@ def solo_rows(prog: np.ndarray) -> int:
     the workers' rows are their own (no barrier; own_rows)."""
     P = prog.shape[0]
     io = prog[:, -IO_ROWS]
-    if P < 2 or io[:, INPUT.sync].any() or own_rows(prog[:, :-IO_ROWS]) is None:
+    if P < 2 or io[:, INPUT.sync].any():
         return 0
     n = 0
     while n < 1 << 20 and all((n + 1) * int(io[w, INPUT.hi]) // FRAC == (n + 1) * int(io[w, INPUT.lo]) // FRAC
@@ -90,19 +92,15 @@ def solo_rows(prog: np.ndarray) -> int:
     return n
 
 
-def direct_rows(prog: np.ndarray, input_off: int) -> bool:
-    """Whether the last participant (a computing caller) may read its rows of the input where
-    the caller has them, instead of from the arena: every worker's rows are its own (own_rows),
-    and no step writes into the input rows (an activation in place, say)."""
-    steps = prog[:, :-IO_ROWS]
-    if own_rows(steps) is None:
-        return False
-    for w in range(steps.shape[0]):
-        for s in steps[w]:
+def _writes_input(prog: np.ndarray, input_off: int) -> bool:
+    """Whether a step writes into the input rows (an activation in place, say): then nobody
+    may read the input where the caller has it (INPUT's direct)."""
+    for w in range(prog.shape[0]):
+        for s in prog[w]:
             if s[OP] == END.code:
                 break
             op = OPS[int(s[OP])]
             for field in ("out", "values", "indices", "gates", "aux", "hinit"):
                 if hasattr(op, field) and int(s[getattr(op, field)]) == input_off:
-                    return False
-    return True
+                    return True
+    return False

@@ -81,9 +81,11 @@ _DECLARED = (
     # a call names the caller's arrays (C_PID), this participant copies rows lo:hi of the caller's
     # input into the arena (x, row_floats floats per row) before its program, and its rows of the
     # output (off, ld floats apart, row_bytes each; off2.. a second array: TopK's indices) into the
-    # caller's result after it; sync: a barrier of `parties` at `line` after the input / before the
-    # output, where the program reads or writes rows other than its own.
-    ("INPUT", "input", ("x", "row_floats", "lo", "hi", "sync", "line", "parties")),
+    # caller's result after it; sync: the program reads or writes rows other than its own, so a
+    # barrier of `parties` at `line` follows the input and precedes the output (else its rows are
+    # its own: it may move them in blocks); direct: its rows are its own and no step writes into
+    # the input rows, so it may read them where they lie (the caller's array, a shared buffer).
+    ("INPUT", "input", ("x", "row_floats", "lo", "hi", "sync", "line", "parties", "direct")),
     ("OUTPUT", "output", ("off", "ld", "row_bytes", "off2", "ld2", "row_bytes2", "lo", "hi", "sync", "line",
                           "parties")),
 )

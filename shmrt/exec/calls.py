@@ -120,7 +120,7 @@ def balance(share, stamps) -> float:
 def local(cm, rows, index, record=None):
     """The calling thread's arguments of a single-copy RUN of program index (Pool.command's
     local): it reads its own rows of ``rows`` (the call's input) where they are, when the
-    program needs them nowhere else (compile/io.direct_rows); record: a profiled call's."""
+    program allows it (its INPUT row's direct field, compile/io.py); record: a profiled call's."""
     got = cm._local if record is None else cm._local[:3] + (record,) + cm._local[4:]
     pool = cm.runtime.pool
     # (a read-only array would need a compile of its own)

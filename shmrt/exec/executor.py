@@ -321,7 +321,7 @@ def run_command(prog, weights, arena, n, ctrl, wid, spin_ns, block_ns, ppid, pro
         r0, r1 = (n * si[INPUT.lo]) // FRAC, (n * si[INPUT.hi]) // FRAC
         if split > 0:  # the calling thread's share from row split, the workers' evenly before it
             r0, r1 = (split, n) if wid == P - 1 else ((split * wid) // (P - 1), (split * (wid + 1)) // (P - 1))
-        if xin.shape[0] > 0:  # read where they are: the caller's own array, or a shared buffer
+        if xin.shape[0] > 0 and si[INPUT.direct]:  # read where they are: the caller's array, a shared buffer
             if r1 > r0:
                 if run_steps(prog, np.int64(0), weights, arena, n, ctrl, status, spin_ns, block_ns, ppid, wid < 0,
                              prof, xin, si[INPUT.x], r0, r1) == -2:
@@ -331,6 +331,7 @@ def run_command(prog, weights, arena, n, ctrl, wid, spin_ns, block_ns, ppid, pro
                 if prof.shape[0] > 0:
                     prof[0], prof[S - 1], prof[S] = t0, 0, monotonic_ns() - t2
             return 0
+        xin = arena[0:0]  # a step writes into the input rows: they are moved into the arena
         rows = max(1, BLOCK_BYTES // max(si[INPUT.row_floats] * 4, 1))
         t_in = t_out = np.int64(0)
         acc = np.zeros_like(prof)  # run_steps restarts its record each block: the sum of them
@@ -439,7 +440,6 @@ def call_stamped(ctrl, op, model, n, prog, parties, spin_ns, block_ns, stamps):
     r = C.wait_done(ctrl, parties, spin_ns, block_ns)
     stamps[1] = monotonic_ns() if r != TIMEOUT else 0
     return r
-
 
 
 _NO_PROF = np.zeros(0, np.int64)
