@@ -34,22 +34,36 @@ def _fused_name(l) -> str:
     return f"{name} folded" if isinstance(l, L.BatchNorm1d) else name
 
 
+class Val:
+    """A value while a program is built: its buffer, and who wrote which part of it (a state as
+    Builder's: "all", "rows", "cols" with bounds, "spatial")."""
+    __slots__ = ("out", "state", "bounds")
+
+    def __init__(self, out, state, bounds=None):
+        self.out, self.state, self.bounds = out, state, bounds
+
+
 class Builder:
     """Emits one strategy's per-worker programs, layer by layer, tracking
     where the current activation is and which worker wrote which part:
     "all" (complete for everyone), "rows" (each worker its own batch rows),
     "cols" (each worker its own feature columns, ``bounds``)."""
 
-    def __init__(self, strategy, P, woff, outs, parts, scratch, inp, wids=None, bline=None, splits=None):
+    def __init__(self, strategy, P, woff, outs, parts, scratch, inp, wids=None, bline=None, splits=None,
+                 in_name="input", vals=None):
         self.strategy, self.P, self.woff, self.outs = strategy, P, woff, outs
+        outs.builder = self
         self.parts, self.scratch = parts, scratch
+        # every value so far: where it is and who wrote which part (a pipeline stage gets the values of
+        # the stages before it, complete)
+        self.vals = vals if vals is not None else {in_name: Val(inp, "all")}
+        self.ins = []
         self.wids = list(wids) if wids is not None else list(range(P))  # global worker ids (per-worker scratch)
         self.bline = barrier_line(P) if bline is None else bline  # this group's barrier
         self.splits = splits  # hybrid: op index -> split by model
         self.steps = [[] for _ in range(P)]
         self.rows = []
-        self.cur_off, self.cur_ld, self.cur_w, self.cur_shape = inp.off, inp.ld or inp.width, inp.width, inp.shape
-        self.state, self.bounds = "all", None
+        self.set_cur(inp, "all")
         self.barriers = 0
         self.row_layers = 0
         self.split_model = strategy == "model" and P > 1
@@ -63,6 +77,14 @@ class Builder:
         for w in range(self.P):
             self.emit(w, BARRIER, line=self.bline, parties=self.P)
         self.barriers += 1
+        self.state, self.bounds = "all", None
+        for v in self.vals.values():  # after a barrier, every value is complete for everyone
+            v.state, v.bounds = "all", None
+
+    def need_inputs(self, states):
+        """A barrier unless every input of the op is in one of ``states`` ("all", "rows", ...)."""
+        if self.P > 1 and any(v.state not in states for v in self.ins):
+            self.barrier()
 
     def need_all(self):
         """Every row complete for every worker: a barrier unless already so."""
@@ -80,6 +102,7 @@ class Builder:
         return self.woff.get(name, -1)
 
     def set_cur(self, out: Output, state, bounds=None):
+        self.cur_out = out
         self.cur_off, self.cur_ld, self.cur_w, self.cur_shape = out.off, out.ld or out.width, out.width, out.shape
         self.state, self.bounds = state, bounds
 
@@ -98,7 +121,17 @@ class Builder:
         emit = emitter_for(l)
         if emit is None:
             raise NotImplementedError(f"no plan for {l!r}: no emitter in shmrt.compile.ops for {type(l).__name__}")
+        self.ins = [self.vals[v] for v in op.inputs]
+        first = self.ins[0]
+        self.set_cur(first.out, first.state, first.bounds)
+        # by batch rows: every family splits so when not split by model and its inputs are complete by rows
+        rows_next = self.P == 1 or (not self.split_model and all(v.state in ("rows", "all") for v in self.ins))
+        self.outs.rows_next = rows_next
         emit(self, op, info)
+        rows = self.P == 1 or self.state == "rows"
+        assert rows or not rows_next, f"{op.layer!r} was expected to split by batch rows ({self.state})"
+        self.vals[op.out] = Val(self.cur_out, self.state, self.bounds)
+        self.outs.release(op, rows)
         info["barriers"] = self.barriers - b0
         if self.strategy == "hybrid" and self.P > 1:
             info["why"] = (f"split by {'model' if self.split_model else 'batch rows'}: " +

@@ -35,6 +35,13 @@ def explain(plan, strategy: str, n: int, weight_bytes: int, workers: str) -> str
         return None
 
     lines.append(workers)
+    mem = plan.memory
+    if mem:
+        mib = lambda floats: f"{floats * 4 / 2**20:.2f} MiB"  # noqa: E731
+        lines.append(f"arena: activations peak {mib(mem['slots'][chosen])} in [{chosen}] (values share slots "
+                     f"once their last reader is done); largest input + output of one layer {mib(mem['pair'])}; "
+                     f"fixed part (input, output, scratch) {mib(mem['base'])}; all programs "
+                     f"{mib(plan.arena_floats)}")
     lines.append(f"[{chosen}] at batch {n}:")
     for r in plan.explain_rows[chosen]:
         flops = r.get("flops", 0) * n

@@ -88,6 +88,11 @@ _DECLARED = (
     ("INPUT", "input", ("x", "row_floats", "lo", "hi", "sync", "line", "parties", "direct")),
     ("OUTPUT", "output", ("off", "ld", "row_bytes", "off2", "ld2", "row_bytes2", "lo", "hi", "sync", "line",
                           "parties")),
+    # out = act(a <op> b) over the output's three dims d (kernels/merge.py: op ADD, SUB, MUL, DIV, or COPY
+    # of a into a part of out: Concat), each operand's strides within a row sa, sb, so (0: broadcast);
+    # rows lo:hi, dim-0 indices c0:c1 (channels, when split by model)
+    ("MERGE", "merge", ("a", "a_ld", "b", "b_ld", "out", "out_ld", "op", ("d", 3), ("sa", 3), ("sb", 3), ("so", 3),
+                        "c0", "c1", "act", "alpha", "lo", "hi")),
 )
 
 
@@ -109,7 +114,7 @@ OPS = tuple(op for op, _ in _BUILT)  # by code
 _WIDTHS = [widths for _, widths in _BUILT]
 LABELS = tuple(label for _, label, _ in _DECLARED)
 (END, BARRIER, LINEAR, REDUCE, ACT, SOFTMAX, ARGMAX, TOPK, AFFINE, GATHER, LAYERNORM, RECUR, CONV, POOL, GAP,
- MICRO, WAIT, SIGNAL, NEXT, INPUT, OUTPUT) = OPS
+ MICRO, WAIT, SIGNAL, NEXT, INPUT, OUTPUT, MERGE) = OPS
 assert [op.__class__.__name__ for op in OPS] == [name.title() for name, _, _ in _DECLARED]  # the names above in order
 
 

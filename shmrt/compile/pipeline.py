@@ -10,7 +10,6 @@ import numpy as np
 
 from shmrt.compile.builder import Builder
 from shmrt.compile.isa import END, MICRO, MICRO_ROWS, NEXT, ROW, SIGNAL, WAIT, encode
-from shmrt.compile.layout import Output
 from shmrt.parallel.control import barrier_line
 
 # at most this many micro-batches per stage per call, of at least
@@ -18,10 +17,10 @@ from shmrt.parallel.control import barrier_line
 MICRO_PER_STAGE = 4
 
 
-def stage_costs(ops, woff, outs, parts, scratch, inp):
+def stage_costs(ops, woff, outs, parts, scratch, inp, in_name):
     """Per op, a relative cost for balancing stages: flops per row, plus
     weight bytes (read once per micro-batch) at 4 flops a byte."""
-    b = Builder("data", 1, woff, outs, parts, scratch, inp)
+    b = Builder("data", 1, woff, outs, parts, scratch, inp, in_name=in_name)
     costs = []
     for op in ops:
         b.add(op)
@@ -62,7 +61,7 @@ def layer_splits(ops, data, model, maxb, rates):
     return out
 
 
-def pipeline(ops, P, woff, outs, parts, scratch, inp, counters_off, splits=None):
+def pipeline(ops, P, woff, outs, parts, scratch, inp, in_name, counters_off, splits=None):
     """Stages of consecutive ops, each on its own group of workers, split
     within the group as the hybrid plan splits (large layers by model, with
     the group's own barrier); micro-batches flow from stage to stage,
@@ -71,12 +70,12 @@ def pipeline(ops, P, woff, outs, parts, scratch, inp, counters_off, splits=None)
     every activation, so a stage never waits for room, only for data."""
     S = min(P if P <= 3 else P // 2, len(ops))  # from 4 workers on, groups of 2 or more
     groups = [P // S + (1 if s < P % S else 0) for s in range(S)]
-    cuts = balance(stage_costs(ops, woff, outs, parts, scratch, inp), groups)
+    cuts = balance(stage_costs(ops, woff, outs, parts, scratch, inp, in_name), groups)
     steps = [[] for _ in range(P)]
-    rows, first, start, cur = [], 0, 0, inp
+    rows, first, start, vals = [], 0, 0, None
     for s, (size, end) in enumerate(zip(groups, cuts)):
         wids = list(range(first, first + size))
-        b = Builder("hybrid", size, woff, outs, parts, scratch, cur, wids, barrier_line(P, s), splits)
+        b = Builder("hybrid", size, woff, outs, parts, scratch, inp, wids, barrier_line(P, s), splits, in_name, vals)
         for op in ops[start:end]:
             b.add(op)
         head_len = 2 if s > 0 else 1
@@ -91,7 +90,9 @@ def pipeline(ops, P, woff, outs, parts, scratch, inp, counters_off, splits=None)
                 head.append(encode(WAIT, first=first - groups[s - 1], producers=groups[s - 1]))
             tail = ([encode(SIGNAL, worker=w)] if s < S - 1 else []) + [encode(NEXT), encode(END)]
             steps[w] += head + b.steps[local] + tail
-        cur = Output("dense", b.cur_off, b.cur_w, shape=b.cur_shape, ld=b.cur_ld if b.cur_ld != b.cur_w else 0)
+        vals = b.vals
+        for v in vals.values():  # the next stage waits for this one (WAIT): every value so far is complete
+            v.state, v.bounds = "all", None
         first, start = first + size, end
     n = max(len(x) for x in steps)
     prog = np.zeros((P, n, ROW), np.int64)

@@ -38,10 +38,12 @@ from shmrt.compile.builder import Builder
 from shmrt.compile.isa import act_code
 from shmrt.compile.io import with_io
 from shmrt.compile.layout import Arena, Output
+from shmrt.compile.ops import family
 from shmrt.compile.ops import output as family_output
 from shmrt.compile.ops import tensors as family_tensors
 from shmrt.compile.ops.conv import geometry
 from shmrt.compile.pipeline import layer_splits, pipeline
+from shmrt.compile.values import Program
 from shmrt.ir import layers as L
 from shmrt.kernels.conv import scratch_floats as conv_scratch_floats
 from shmrt.parallel.store import align
@@ -69,6 +71,8 @@ class Plan:
     counters: dict = field(default_factory=dict)  # strategy -> (arena offset, words) to zero before each call
     rates: object = None  # cost.Rates the plans were chosen and are predicted with (None: defaults)
     tuned: dict = field(default_factory=dict)  # batch size -> program, measured (autotune=True)
+    memory: dict = field(default_factory=dict)  # "peak": program -> arena floats it spans; "pair": the largest
+    #                                             input + output of one op at max_batch, floats
 
     @property
     def in_features(self) -> int:
@@ -103,9 +107,13 @@ class Plan:
 
 @dataclass
 class _Op:
-    index: int  # the layer's position in the model
+    index: int  # the position in the graph's nodes of its first member
     layer: L.Layer
-    members: list  # every layer index this op covers (fused activations, folded BN)
+    members: list  # every node index this op covers (fused activations, folded BN)
+    inputs: list = field(default_factory=list)  # the values it reads (names; aliases resolved)
+    in_shapes: list = field(default_factory=list)  # their per-sample shapes as it reads them (before aliases)
+    shape: tuple = ()  # its output's per-sample shape (set by build)
+    out: str = ""  # the value it writes (its last member's)
     act: int = 0
     fold: tuple = None  # (scale, shift) of a BatchNorm folded into this Linear
     fused: list = field(default_factory=list)  # the layers of members[1:] (explain names them)
@@ -120,113 +128,183 @@ def _fusable_pool(prev, l) -> bool:
             and l.padding == (0, 0) and l.dilation == (1, 1))
 
 
-def _fuse(model) -> list:
-    ops = []
-    for i, l in enumerate(model.layers):
-        prev = ops[-1] if ops else None
+def _adaptive(l, shape):
+    """An AdaptiveAvgPool2d as the pool it is over ``shape``: global, or equal windows."""
+    if l.output_size == (1, 1):
+        return L.GlobalAvgPool()
+    win = l.window(shape)
+    if win is None:
+        raise NotImplementedError(f"{l!r} over (N, {', '.join(map(str, shape))}): output sizes that do not divide "
+                                  f"the input's (uneven windows) are not supported; expected H, W multiples of "
+                                  f"{l.output_size}")
+    return L.AvgPool2d(win[0], stride=win[1])
+
+
+def _fuse(graph, shapes) -> tuple:
+    """The graph's nodes as ops (activations, BatchNorm and 2x2 max pools fused into the op before
+    them where it is their only reader; Dropout and Flatten resolved as aliases of their input),
+    and the graph's outputs with aliases resolved."""
+    readers = graph.consumers()
+    outputs = set(graph.outputs)
+    alias, ops, by_out = {}, [], {}
+    for i, node in enumerate(graph.nodes):
+        l = node.layer
+        ins = [alias.get(u, u) for u in node.inputs]
         if isinstance(l, (L.Dropout, L.Flatten)):
-            continue  # identity at inference / a free reshape
-        if prev is not None and _fusable_pool(prev, l):
-            prev.pool = True
+            alias[node.output] = ins[0]  # identity at inference / a free reshape
+            continue
+        if isinstance(l, L.AdaptiveAvgPool2d):
+            l = _adaptive(l, shapes[ins[0]])
+        src = node.inputs[0]
+        prev = by_out.get(src) if len(ins) == 1 and len(readers.get(src, ())) == 1 and src not in outputs else None
+        if prev is not None and prev.out == src and _fuse_into(prev, l):
             prev.members.append(i)
             prev.fused.append(l)
+            prev.out = node.output
+            by_out[node.output] = prev
             continue
-        # nothing fuses after a pool: an activation or a BatchNorm applied before the max would differ
-        if prev is not None and isinstance(prev.layer, (L.Linear, L.Conv2d)) and prev.act == 0 and not prev.pool:
-            if isinstance(l, L._Elementwise) and l.alpha is None:  # fused into the epilogue (it takes no parameter)
-                prev.act = act_code(l.act)
-                prev.members.append(i)
-                prev.fused.append(l)
-                continue
-            bn = L.BatchNorm1d if isinstance(prev.layer, L.Linear) else L.BatchNorm2d
-            width = prev.layer.out_features if isinstance(prev.layer, L.Linear) else prev.layer.out_channels
-            if type(l) is bn and prev.fold is None and l.features == width:
-                prev.fold = l.affine()
-                prev.members.append(i)
-                prev.fused.append(l)
-                continue
-        ops.append(_Op(i, l, [i]))
-    return ops
+        op = _Op(i, l, [i], ins, [shapes[u] for u in node.inputs], out=node.output)
+        ops.append(op)
+        by_out[node.output] = op
+    return ops, [alias.get(o, o) for o in graph.outputs]
 
 
-def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, input_shape=None, rates=None) -> Plan:
-    """The plan of ``model`` for ``workers`` workers.  rates (cost.Rates):
-    the machine's, for the per-layer choices of hybrid plans and pipeline
-    stages; without them those follow a size rule."""
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}")
-    if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
-        raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
-    if not isinstance(model, L.Sequential):
-        if isinstance(model, L.Layer):
-            model = L.Sequential([model])
-        else:
-            raise TypeError(f"expected a shmrt.Sequential (or a layer), got {type(model).__name__}")
-    P, maxb = int(workers), int(max_batch)
-    in_shape = tuple(int(v) for v in input_shape) if input_shape is not None else model.input_shape()
+def _fuse_into(prev, l) -> bool:
+    """Fold layer l into op prev (its only reader), if it can be: True when done."""
+    if _fusable_pool(prev, l):
+        prev.pool = True
+        return True
+    # nothing fuses after a pool: an activation or a BatchNorm applied before the max would differ
+    if isinstance(prev.layer, (L.Linear, L.Conv2d, L._Binary)) and prev.act == 0 and not prev.pool:
+        if isinstance(l, L._Elementwise) and l.alpha is None:  # fused into the epilogue (it takes no parameter)
+            prev.act = act_code(l.act)
+            return True
+        if isinstance(prev.layer, L._Binary):
+            return False
+        bn = L.BatchNorm1d if isinstance(prev.layer, L.Linear) else L.BatchNorm2d
+        width = prev.layer.out_features if isinstance(prev.layer, L.Linear) else prev.layer.out_channels
+        if type(l) is bn and prev.fold is None and l.features == width:
+            prev.fold = l.affine()
+            return True
+    return False
+
+
+def _as_graph(model):
+    if isinstance(model, L.Graph):
+        return model
+    if isinstance(model, L.Sequential):
+        return L.Graph.chain(model)
+    if isinstance(model, L.Layer):
+        return L.Graph.chain(L.Sequential([model]))
+    raise TypeError(f"expected a shmrt.Sequential, a shmrt.Graph (or a layer), got {type(model).__name__}")
+
+
+def _input_shape(graph, input_shape):
+    if len(graph.inputs) != 1:
+        raise NotImplementedError(f"compile: this graph has {len(graph.inputs)} inputs "
+                                  f"({', '.join(n for n, _ in graph.inputs)}); shmrt compiles graphs of one input "
+                                  f"so far (several outputs are fine)")
+    in_shape = tuple(int(v) for v in input_shape) if input_shape is not None else graph.input_shape()
     if in_shape is None:
-        first = model.layers[0]
+        first = graph.nodes[0].layer
         hint = (f"(T, {first.input_size}) for a sequence of T steps" if isinstance(first, L._Recurrent)
                 else "(features,)")
         raise ValueError(f"cannot infer the input shape of this model: pass input_shape={hint} to compile")
     if len(in_shape) not in (1, 2, 3) or min(in_shape) < 1:
         raise ValueError(f"input_shape must be (F,), (T, F) or (C, H, W) with positive sizes, got {in_shape}")
-    shapes = model.shapes(in_shape)
-    ops = _fuse(model)
+    return in_shape
+
+
+# families whose steps write their output with a row stride of its own (out_ld), so that a value may
+# sit in a wider slot; and the layers that need their input's rows packed (a recurrent layer's [N, T, F])
+_STRIDED = (L.Conv2d, L._Pool2d, L.GlobalAvgPool, L._Elementwise, L._Affine, L._Merge)
+
+
+def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, input_shape=None, rates=None) -> Plan:
+    """The plan of ``model`` (a Sequential, a Graph, or one layer) for ``workers`` workers.  rates
+    (cost.Rates): the machine's, for the per-layer choices of hybrid plans and pipeline stages;
+    without them those follow a size rule."""
+    if strategy not in STRATEGIES:
+        raise ValueError(f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}")
+    if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
+        raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
+    graph = _as_graph(model)
+    P, maxb = int(workers), int(max_batch)
+    in_shape = _input_shape(graph, input_shape)
+    in_name = graph.inputs[0][0]
+    shapes = graph.shapes(in_shape)
+    ops, outputs = _fuse(graph, shapes)
+    for op in ops:
+        op.shape = shapes[op.out]
+    if len(outputs) != 1:
+        raise NotImplementedError(f"compile: this graph has {len(outputs)} outputs ({', '.join(graph.outputs)}); "
+                                  f"shmrt compiles graphs of one output so far")
     tensors = {}  # every float32 tensor the programs read, by name "<op index>.<name>" (folds applied)
     for op in ops:
-        before = shapes[op.index - 1] if op.index > 0 else in_shape
-        tensors.update({f"{op.index}.{k}": v for k, v in family_tensors(op, before).items()})
+        tensors.update({f"{op.index}.{k}": v for k, v in family_tensors(op, shapes[op.inputs[0]]).items()})
     woff, off = {}, 0
     for name, arr in tensors.items():
         woff[name] = off
         off += align(arr.size)
 
-    # One arena layout for every strategy: the input, each op's output,
-    # recurrent scratch, and the partial sums of row-parallel layers.
+    # The fixed part of the arena, one layout for every program: the input, the output, the
+    # outputs that are not a plain [N, width] (indices, recurrent sequences), recurrent and
+    # convolution scratch, the partial sums of row-parallel layers.  Above it, each program's
+    # activation slots (values.py).
     arena = Arena()
     in_w = int(np.prod(in_shape))
     input_off = arena.alloc(maxb * in_w)
-    outs = {op.index: family_output(op, shapes[op.members[-1]], in_shape, maxb, arena) for op in ops}
-    recs = [op.layer for op in ops if isinstance(op.layer, L._Recurrent)]
+    fixed = {}
+    for op in ops:
+        hook = getattr(family(op.layer), "output", None)
+        got = hook(op, shapes[op.out], shapes[op.inputs[0]], maxb, arena) if hook is not None else None
+        if got is None and op.out in outputs:
+            got = family_output(op, shapes[op.out], shapes[op.inputs[0]], maxb, arena)
+        if got is not None:
+            fixed[op.index] = got
+    readers = {}
+    for op in ops:
+        for v in op.inputs:
+            readers.setdefault(v, []).append(op.layer)
+    strided = {op.index: isinstance(op.layer, _STRIDED) and not any(
+        isinstance(r, L._Recurrent) for r in readers.get(op.out, ())) for op in ops}
+    recs = [(op.layer, shapes[op.inputs[0]][0]) for op in ops if isinstance(op.layer, L._Recurrent)]
     scratch = {}
     if recs:
-        T = in_shape[0]
-        H = max(r.hidden_size for r in recs)
-        G = max(r.gates for r in recs)
+        T = max(t for _, t in recs)
+        H = max(r.hidden_size for r, _ in recs)
+        G = max(r.gates for r, _ in recs)
         gstride = align(maxb * T * H)  # gate g of step t, row r, unit u: gates + g*gstride + (r*T + t)*H + u
         scratch = {"gates": arena.alloc(G * gstride), "gstride": gstride,
                    "aux": arena.alloc(maxb * H), "hinit": arena.alloc(maxb * H)}
-    convs = [(op, shapes[op.index - 1] if op.index > 0 else in_shape, shapes[op.index])
-             for op in ops if isinstance(op.layer, L.Conv2d)]
+    convs = [(op, shapes[op.inputs[0]]) for op in ops if isinstance(op.layer, L.Conv2d)]
     if convs:  # per worker: conv2d's scratch for the largest convolution
-        per = max(conv_scratch_floats(geometry(op.layer, i, o), o[0]) for op, i, o in convs)
+        per = max(conv_scratch_floats(geometry(op.layer, i, op.layer.output_shape(i)), op.layer.out_channels)
+                  for op, i in convs)
         scratch["conv"], scratch["conv_per"] = arena.alloc(P * align(per)), align(per)
     names = [strategy] if strategy != "auto" else (["data", "model", "hybrid", "pipeline"] if P > 1 else ["data"])
     model_maxb = maxb if set(names) & {"model", "hybrid", "pipeline"} else 0
     widest = max([op.layer.out_features for op in ops if isinstance(op.layer, L.Linear)] + [1])
     # two partial-sum regions, alternated by consecutive row-parallel layers
     parts = [arena.alloc(model_maxb * P * widest) for _ in range(2)] if model_maxb else [-1, -1]
-
-    # Slack at the end: a view of rows r0:r1 spans (r1 - r0) whole rows of its
-    # leading dimension, even where only some columns of the last row are
-    # used (the last step of a sequence, a gate, one worker's partials).
-    arena.alloc(max([in_w, P * widest] + [o.ld or o.width for o in outs.values()] +
-                    [in_shape[0] * r.hidden_size for r in recs]))
-
-    inp = Output("dense", input_off, in_w, shape=tuple(in_shape))
     counters = {}
     if "pipeline" in names:
         counters["pipeline"] = (arena.alloc(2 * LINE * P), 2 * LINE * P)
-    built = {}
+    values = Program(ops, shapes, fixed, strided, maxb)
+    values.base = arena.size
+
+    inp = Output("dense", input_off, in_w, shape=tuple(in_shape))
+    built, peaks = {}, {}
 
     def whole(s, splits=None):
         """The (program, explain rows) of a plan over all workers, built once."""
         if s not in built:
-            b = Builder(s, P, woff, outs, parts, scratch, inp, splits=splits)
+            slots = values.slots("rows" if s == "data" or P == 1 else "barrier")
+            b = Builder(s, P, woff, slots, parts, scratch, inp, splits=splits, in_name=in_name)
             for op in ops:
                 b.add(op)
             built[s] = b.finish()
+            peaks[s] = slots.peak
         return built[s]
 
     splits = None
@@ -235,11 +313,26 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
     programs, explain = {}, {}
     for s in names:
         if s == "pipeline":
-            programs[s], explain[s] = pipeline(ops, P, woff, outs, parts, scratch, inp, counters[s][0], splits)
+            slots = values.slots("none")
+            programs[s], explain[s] = pipeline(ops, P, woff, slots, parts, scratch, inp, in_name, counters[s][0],
+                                               splits)
+            peaks[s] = slots.peak
         else:
             programs[s], explain[s] = whole(s, splits)
-    output = outs[ops[-1].index] if ops else Output("dense", input_off, in_w, shape=in_shape)
-    if output.kind == "dense" and not output.ld and int(np.prod(shapes[-1])) == output.width:
-        output.shape = tuple(shapes[-1])  # e.g. a trailing Flatten
+    out_op = [op for op in ops if op.out == outputs[0]]
+    output = fixed[out_op[0].index] if out_op else Output("dense", input_off, in_w, shape=in_shape)
+    final = shapes[graph.outputs[0]]
+    if output.kind == "dense" and not output.ld and int(np.prod(final)) == output.width:
+        output.shape = tuple(final)  # e.g. a trailing Flatten
+    # Slack at the end: a view of rows r0:r1 spans (r1 - r0) whole rows of its leading dimension,
+    # even where only some columns of the last row are used (the last step of a sequence, a gate,
+    # one worker's partials).
+    arena.alloc(max(peaks.values(), default=0))
+    arena.alloc(max([in_w, P * widest] + [o.ld or o.width for o in fixed.values()] +
+                    [int(np.prod(shapes[op.out])) for op in ops] + [t * r.hidden_size for r, t in recs]))
     programs = {s: with_io(p, inp, output) for s, p in programs.items()}
-    return Plan(P, maxb, in_shape, tensors, woff, arena.size, input_off, output, programs, explain, counters, rates)
+    pair = max(int(np.prod(shapes[op.inputs[0]])) + int(np.prod(shapes[op.out])) for op in ops) if ops else in_w
+    memory = {"peak": {s: values.base + v for s, v in peaks.items()}, "slots": dict(peaks), "base": values.base,
+              "pair": maxb * pair}
+    return Plan(P, maxb, in_shape, tensors, woff, arena.size, input_off, output, programs, explain, counters, rates,
+                memory=memory)

@@ -16,10 +16,11 @@ import numpy as np
 from numba import njit
 
 from shmrt.kernels import (IDENTITY, NR, affine, apply_act, argmax, conv2d, gather, gemm_packed, global_avg_pool,
-                           gru_cell, layernorm, linear, lstm_cell, pool2d, reduce_partials, rnn_cell, softmax, topk)
+                           gru_cell, layernorm, linear, lstm_cell, merge, pool2d, reduce_partials, rnn_cell, softmax,
+                           topk)
 
 from shmrt.compile.isa import (ACT, AFFINE, ARGMAX, BARRIER, CONV, CONV_GEOM, END, FRAC, GAP, GATES, GATHER, GRU_CELL,
-                               INPUT, LAYERNORM, LINEAR, LSTM_CELL, MICRO, NEXT, OP, POOL, POOL_GEOM, RECUR,
+                               INPUT, LAYERNORM, LINEAR, LSTM_CELL, MERGE, MICRO, NEXT, OP, POOL, POOL_GEOM, RECUR,
                                REDUCE, RNN_RELU, SIGNAL, SOFTMAX, TOPK, WAIT)
 from shmrt.parallel import control as C
 from shmrt.exec.moves import _copy_in_rows, _copy_out_rows, copy_in, copy_out
@@ -254,6 +255,14 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
             for img in range(r0, r1):
                 global_avg_pool(xa[xo + img * xld:xo + (img + 1) * xld], arena[oo + img * old:oo + (img + 1) * old],
                                 s[GAP.hw], s[GAP.c0], s[GAP.c1])
+        elif op == MERGE.code:
+            r0, r1 = _rows(base, cnt, w0, w1, s[MERGE.lo], s[MERGE.hi])
+            aa, ao = _src(arena, xin, s[MERGE.a], in_off)
+            ba, bo = _src(arena, xin, s[MERGE.b], in_off)
+            alpha = weights[s[MERGE.alpha]] if s[MERGE.alpha] >= 0 else np.float32(0.0)
+            merge(aa, ao, s[MERGE.a_ld], ba, bo, s[MERGE.b_ld], arena, s[MERGE.out], s[MERGE.out_ld], r0, r1,
+                  s[MERGE.op], s[MERGE.d:MERGE.d + 3], s[MERGE.sa:MERGE.sa + 3], s[MERGE.sb:MERGE.sb + 3],
+                  s[MERGE.so:MERGE.so + 3], s[MERGE.c0], s[MERGE.c1], s[MERGE.act], alpha)
         elif op == MICRO.code:
             ctr = arena[s[MICRO.counters]:s[MICRO.counters] + 2 * LINE * s[MICRO.workers]].view(np.int32)
             mb_m, mb_k, mb_top = micro_batches(n, s[MICRO.most], s[MICRO.rows]), 0, i + 1

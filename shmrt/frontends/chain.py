@@ -49,6 +49,7 @@ class Chain:
     def __init__(self, error=ValueError, prefix="", shape=None, rank=None):
         self.error, self.prefix = error, prefix
         self.layers = []
+        self.nodes = []  # (layer, [input value names], output value name), where the importer names values
         self.shape = None if shape is None else tuple(shape)
         self.rank = len(self.shape) + 1 if self.shape is not None else rank
         self.version = 0
@@ -60,10 +61,13 @@ class Chain:
         return self.error(f"{self.prefix}{where}: {what}")
 
     # -- the activation -----------------------------------------------------------------------------
-    def emit(self, layer, shape=None, rank=None):
+    def emit(self, layer, shape=None, rank=None, inputs=None, output=None):
         """Append ``layer``; the activation after it has per-sample ``shape`` (rank follows), or
-        only ``rank`` (shape unknown), or, with neither, the shape it had."""
+        only ``rank`` (shape unknown), or, with neither, the shape it had.  inputs, output: the
+        values it reads and writes, by name, for an importer that builds a graph (``model``)."""
         self.layers.append(layer)
+        if output is not None:
+            self.nodes.append((layer, list(inputs), output))
         if shape is not None:
             self.shape = tuple(shape)
             self.rank = len(self.shape) + 1
@@ -90,6 +94,26 @@ class Chain:
         self.shape, self.rank = (rec.hidden_size,), 2
         self.version += 1
         return True
+
+    def model(self, inputs, outputs, names=None):
+        """The graph of the emitted nodes from ``inputs`` ([(name, shape or None)]) to ``outputs``
+        (value names; ``names``: the keys of a dict of outputs) -- a Sequential when it is a chain:
+        one input, one output, each node reading only the one before it, which no other reads."""
+        nodes = self.nodes
+        chain = (len(inputs) == 1 and len(outputs) == 1 and names is None and nodes
+                 and nodes[-1][2] == outputs[0]
+                 and all(len(ins) == 1 and ins[0] == (inputs[0][0] if k == 0 else nodes[k - 1][2])
+                         for k, (_, ins, _) in enumerate(nodes)))
+        if chain:
+            return L.Sequential([n[0] for n in nodes], input_shape=inputs[0][1])
+        if names is not None:
+            outs = list(outputs)
+            rename = dict(zip(outs, names))
+            if len(rename) != len(outs):
+                raise self.error(f"{self.prefix}the model returns one value under two names")
+            nodes = [(l, [rename.get(u, u) for u in ins], rename.get(o, o)) for l, ins, o in nodes]
+            outputs = [rename[o] for o in outs]
+        return L.Graph.from_nodes(inputs, nodes, outputs, named_outputs=names is not None)
 
     def sequential(self, input_shape=None, merge_recurrent=False):
         """The chain as a ``shmrt.Sequential``; merge_recurrent joins consecutive one-layer recurrent

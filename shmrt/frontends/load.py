@@ -1,4 +1,5 @@
-"""shmrt.load: one entry point from whatever the user has to a shmrt.Sequential.
+"""shmrt.load: one entry point from whatever the user has to a shmrt.Sequential (or a shmrt.Graph,
+for a model with branches).
 
 Sources: a path (native / .npz, .safetensors, .onnx) or a URL (http, https,
 file: downloaded into a cache, with progress and an optional sha256 pin),
@@ -21,11 +22,12 @@ _URL_SCHEMES = ("http", "https", "file")
 _SUFFIXES = (".onnx", ".safetensors", ".npz", ".shmrt")
 SOURCES = ("a path (.onnx, .safetensors, .npz or a native file from model.save) or an http/https/file URL, "
            "an onnx.ModelProto, a torch nn.Module, a fitted scikit-learn estimator or Pipeline, "
-           "or a shmrt.Sequential")
+           "or a shmrt.Sequential or shmrt.Graph")
 
 
 def load(source, **options) -> L.Sequential:
-    """The model in ``source`` as a ``shmrt.Sequential``.
+    """The model in ``source`` as a ``shmrt.Sequential`` (a chain of layers) or a ``shmrt.Graph``
+    (residuals, branches).
 
     options:
       sha256=    (paths and URLs) the file's expected SHA-256, hex; a mismatch raises and caches nothing
@@ -36,8 +38,8 @@ def load(source, **options) -> L.Sequential:
       input_shape= (torch modules) the per-sample input shape when the first layer does not fix it
     """
     mod = type(source).__module__ or ""
-    if isinstance(source, L.Sequential):
-        _no_options(options, "a shmrt.Sequential")
+    if isinstance(source, (L.Sequential, L.Graph)):
+        _no_options(options, f"a shmrt.{type(source).__name__}")
         return source
     if isinstance(source, L.Layer):
         _no_options(options, "a shmrt layer")

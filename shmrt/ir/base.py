@@ -82,6 +82,39 @@ def _bias_arg(bias):
     return bias
 
 
+def check_classes(classes, who):
+    """A classifier's labels as a 1-D array (None stays None); refused unless 2 or more numbers or strings."""
+    if classes is None:
+        return None
+    labels = np.asarray(classes)
+    if labels.ndim != 1 or labels.size < 2 or labels.dtype.kind not in "iubUSf":
+        raise ValueError(f"{who}: classes must be a 1-D list of at least 2 labels (numbers or strings), "
+                         f"got {classes!r}")
+    return labels
+
+
+class Value:
+    """A tensor of a graph being written: ``shmrt.Input(shape)``, or a layer called on values."""
+    __slots__ = ("layer", "inputs", "shape", "name")
+
+    def __init__(self, layer=None, inputs=(), shape=None, name=None):
+        self.layer, self.inputs, self.shape, self.name = layer, tuple(inputs), shape, name
+
+    def __repr__(self):
+        what = "Input" if self.layer is None else f"{type(self.layer).__name__} output"
+        return f"<shmrt value {self.name or '?'}: {what}>"
+
+
+def call(layer, args):
+    """``layer(*values)``: a new Value (Layer.__call__)."""
+    if not args or not all(isinstance(a, Value) for a in args):
+        got = ", ".join(type(a).__name__ for a in args) or "nothing"
+        raise TypeError(f"{layer!r} was called on {got}: a layer is called on graph values (shmrt.Input(...) "
+                        f"or another layer's output) to write a shmrt.Graph; to run a model, compile it "
+                        f"(rt.compile(model)) or use shmrt.run(model, x)")
+    return Value(layer, args)
+
+
 class Layer:
     """Base: ``params`` maps PyTorch names to float32 arrays."""
 
@@ -99,6 +132,11 @@ class Layer:
 
     def output_shape(self, shape: tuple) -> tuple:
         return shape
+
+    def __call__(self, *values):
+        """The layer applied to graph values (shmrt.Input, another layer's output): a new value of a
+        shmrt.Graph being written."""
+        return call(self, values)
 
     def input_shape(self):
         """The input shape this layer fixes, or None if it takes any."""

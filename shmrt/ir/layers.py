@@ -3,7 +3,8 @@
 The classes live by family: base.py (Layer, the parameter helpers,
 manual_seed), dense.py (Linear, activations, row-wise layers), norm.py
 (preprocessing and per-feature normalisation), conv.py (Conv2d, pools,
-Flatten), recurrent.py (RNN, LSTM, GRU) and model.py (Sequential, the
+Flatten), recurrent.py (RNN, LSTM, GRU), merge.py (Add, Mul, Concat, ...: layers
+of several activations), graph.py (Graph, Input) and model.py (Sequential, the
 fitted regressions).  This module only re-exports them, the private base
 classes included: the planner and the frontends test layers by family
 (``isinstance(l, L._Recurrent)``).
@@ -12,6 +13,8 @@ from shmrt.ir.base import Layer, _param, _positive_int, _rng, _vector, manual_se
 from shmrt.ir.conv import AvgPool2d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool, MaxPool2d, _out_size, _pair, _Pool2d
 from shmrt.ir.dense import (ACTIVATIONS, GELU, ArgMax, Hardsigmoid, Hardswish, LayerNorm, LeakyReLU, Linear, LogSoftmax,
                             ReLU, ReLU6, Sigmoid, SiLU, Softmax, Tanh, TopK, _Elementwise, _RowWise)
+from shmrt.ir.graph import Graph, Input, Node, Value
+from shmrt.ir.merge import BINARY_OPS, AdaptiveAvgPool2d, Add, Concat, Div, Mul, Sub, _Binary, _Merge
 from shmrt.ir.model import Sequential, linear_regression, logistic_regression
 from shmrt.ir.norm import BatchNorm1d, Dropout, MinMaxScale, Select, Standardize, _Affine
 from shmrt.ir.recurrent import GRU, LSTM, RNN, _Recurrent
@@ -23,7 +26,8 @@ __all__ = [
     "Standardize", "MinMaxScale", "BatchNorm1d", "Select", "Dropout",
     "Conv2d", "BatchNorm2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool", "Flatten",
     "RNN", "LSTM", "GRU",
+    "Graph", "Input", "Node", "Value", "Add", "Sub", "Mul", "Div", "Concat", "AdaptiveAvgPool2d", "BINARY_OPS",
     # the layer families (private base classes) and helpers that other modules reach through L
-    "_Elementwise", "_RowWise", "_Affine", "_Recurrent", "_Pool2d",
+    "_Elementwise", "_RowWise", "_Binary", "_Merge", "_Affine", "_Recurrent", "_Pool2d",
     "_param", "_vector", "_positive_int", "_rng", "_pair", "_out_size",
 ]

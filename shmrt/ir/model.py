@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from shmrt.ir import native
-from shmrt.ir.base import Layer
+from shmrt.ir.base import Layer, check_classes
 from shmrt.ir.dense import ArgMax, Linear, Sigmoid, Softmax, TopK, _Elementwise, _RowWise
 
 
@@ -39,13 +39,7 @@ class Sequential(Layer, register=False):
                 raise ValueError(f"Sequential: input_shape must be (F,), (T, F) or (C, H, W) with positive ints, "
                                  f"got {input_shape!r}")
             self._input_shape = tuple(int(v) for v in shape)
-        self.classes = None
-        if classes is not None:
-            labels = np.asarray(classes)
-            if labels.ndim != 1 or labels.size < 2 or labels.dtype.kind not in "iubUSf":
-                raise ValueError(f"Sequential: classes must be a 1-D list of at least 2 labels (numbers or "
-                                 f"strings), got {classes!r}")
-            self.classes = labels
+        self.classes = check_classes(classes, "Sequential")
         self.output_1d = bool(output_1d)
 
     def input_shape(self):

@@ -33,6 +33,7 @@ _KEY = "__shmrt__"
 
 _CLASSES: dict = {}  # the layer classes a file may name, by class name
 _model_class = None  # Sequential, the class of a whole model
+_graph_class = None  # Graph, the class of a graph model
 
 
 def register(cls) -> None:
@@ -43,16 +44,21 @@ def register(cls) -> None:
     _CLASSES[cls.__name__] = cls
 
 
-def register_model(cls) -> None:
-    """The class that ``build`` makes a whole model with (called once, by shmrt.ir.model)."""
-    global _model_class
-    _model_class = cls
+def register_model(cls, graph=False) -> None:
+    """The class that ``build`` makes a whole model with (called once by shmrt.ir.model), or with
+    graph=True a graph model with (once, by shmrt.ir.graph)."""
+    global _model_class, _graph_class
+    if graph:
+        _graph_class = cls
+    else:
+        _model_class = cls
 
 
 def architecture(model) -> dict:
     """The JSON-able record of ``model``'s architecture (no arrays)."""
-    if _model_class is None or not isinstance(model, _model_class):
-        raise TypeError(f"expected a shmrt.Sequential, got {type(model).__name__}")
+    is_graph = _graph_class is not None and isinstance(model, _graph_class)
+    if not is_graph and (_model_class is None or not isinstance(model, _model_class)):
+        raise TypeError(f"expected a shmrt.Sequential or a shmrt.Graph, got {type(model).__name__}")
     for l in model.layers:
         if _CLASSES.get(type(l).__name__) is not type(l):
             raise TypeError(f"cannot save layer {l!r}: only shmrt's built-in layers are saved "
@@ -64,6 +70,10 @@ def architecture(model) -> dict:
             "output_1d": model.output_1d, "classes": None}
     if model.classes is not None:
         arch["classes"] = {"dtype": model.classes.dtype.str, "labels": model.classes.tolist()}
+    if is_graph:  # layer i is node i's
+        arch["graph"] = {"inputs": [[n, None if s is None else list(s)] for n, s in model.inputs],
+                         "nodes": [[list(n.inputs), n.output] for n in model.nodes], "outputs": list(model.outputs),
+                         "named_outputs": model.named_outputs}
     return arch
 
 
@@ -105,6 +115,16 @@ def build(arch, arrays, where: str):
     classes = arch.get("classes")
     if classes is not None:
         classes = np.asarray(classes["labels"], dtype=np.dtype(classes["dtype"]))
+    g = arch.get("graph")
+    if g is not None:
+        try:
+            nodes = [(layer, list(ins), out) for layer, (ins, out) in zip(layers, g["nodes"], strict=True)]
+            inputs = [(n, None if s is None else tuple(s)) for n, s in g["inputs"]]
+            return _graph_class.from_nodes(inputs, nodes, list(g["outputs"]), classes=classes,
+                                           output_1d=arch.get("output_1d", False),
+                                           named_outputs=bool(g.get("named_outputs")))
+        except (TypeError, ValueError, KeyError) as e:
+            raise ValueError(f"{where}: the graph record is malformed: {type(e).__name__}: {e}") from None
     return _model_class(layers, input_shape=arch.get("input_shape"), classes=classes,
                         output_1d=arch.get("output_1d", False))
 

@@ -27,14 +27,33 @@ _erf = np.vectorize(math.erf)  # numpy has no erf; float64 out, cast back to the
 
 
 def forward(model, x, dtype=np.float64):
-    """``model`` (a Sequential) applied to ``x``, computed in ``dtype``.  The input is rounded to
-    float32 first, as shmrt receives it; the parameters are float32, widened to ``dtype``."""
-    h = np.asarray(x, dtype=np.float32).astype(dtype, copy=False)
+    """``model`` (a Sequential or a Graph) applied to ``x``, computed in ``dtype``.  The input is
+    rounded to float32 first, as shmrt receives it; the parameters are float32, widened to ``dtype``.
+    A graph of several inputs takes a list (or a dict by input name) and returns a tuple of its
+    outputs when it has several (a dict when its outputs are named)."""
     widen = np.dtype(dtype) != np.float32  # else the parameters are used as they are (the rules never write them)
-    for layer in model.layers:
+
+    def run(layer, *hs):
         p = {k: v.astype(dtype) for k, v in layer.params.items()} if widen else layer.params
-        h = (_BY_TYPE.get(type(layer)) or _rule(layer))(layer, p, h)
-    return h
+        return (_BY_TYPE.get(type(layer)) or _rule(layer))(layer, p, *hs)
+
+    def cast(a):
+        return np.asarray(a, dtype=np.float32).astype(dtype, copy=False)
+
+    if not isinstance(model, L.Graph):
+        h = cast(x)
+        for layer in model.layers:
+            h = run(layer, h)
+        return h
+    names = [n for n, _ in model.inputs]
+    xs = [x[n] for n in names] if isinstance(x, dict) else list(x) if isinstance(x, (list, tuple)) else [x]
+    vals = {n: cast(a) for n, a in zip(names, xs)}
+    for node in model.nodes:
+        vals[node.output] = run(node.layer, *(vals[u] for u in node.inputs))
+    outs = [vals[o] for o in model.outputs]
+    if model.named_outputs:
+        return dict(zip(model.outputs, outs))
+    return outs[0] if len(outs) == 1 else tuple(outs)
 
 
 _BY_TYPE = {}  # type(layer) -> its rule, found once: the bench times forward on 24-layer models at batch 1
@@ -194,7 +213,30 @@ def pool2d(layer, x):
     return win.sum(axis=(4, 5)) / counts
 
 
+def _binary(layer, p, a, b):
+    """NumPy broadcasting of the per-sample shapes (the batch axis is never broadcast)."""
+    r = max(a.ndim, b.ndim)
+    a, b = (v.reshape(v.shape[:1] + (1,) * (r - v.ndim) + v.shape[1:]) for v in (a, b))
+    return {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[layer.op](a, b)
+
+
+def adaptive_avg_pool2d(layer, x):
+    """PyTorch's windows: output cell i covers floor(i*H/oh) .. ceil((i+1)*H/oh)."""
+    N, C, H, W = x.shape
+    oh, ow = layer.output_size
+    out = np.empty((N, C, oh, ow), x.dtype)
+    for i in range(oh):
+        h0, h1 = i * H // oh, -(-(i + 1) * H // oh)
+        for j in range(ow):
+            w0, w1 = j * W // ow, -(-(j + 1) * W // ow)
+            out[:, :, i, j] = x[:, :, h0:h1, w0:w1].mean(axis=(2, 3))
+    return out
+
+
 _RULES = {
+    L._Binary: _binary,
+    L.Concat: lambda l, p, *hs: np.concatenate(hs, axis=l.axis(hs[0].ndim - 1) + 1),
+    L.AdaptiveAvgPool2d: lambda l, p, h: adaptive_avg_pool2d(l, h),
     L.Linear: _linear,
     L._Elementwise: lambda l, p, h: act(h, l),
     L.Softmax: _softmax,

@@ -20,11 +20,10 @@ def conv(b, op, info):
     """Batch rows (data); output channels, or output rows of each image when
     there are fewer than 2 channels per worker (model)."""
     P, l, i, sc = b.P, op.layer, op.index, b.scratch
-    out = b.outs[i]
     C, H, W = b.cur_shape
     Cout, OH, OW = l.output_shape(b.cur_shape)  # the convolution's own output; out: pooled when op.pool
     geom = geometry(l, b.cur_shape, (Cout, OH, OW))
-    _, PH, PW = out.shape
+    PH, PW = (OH // 2, OW // 2) if op.pool else (OH, OW)
     w_off, b_off = b.w(f"{i}.weight"), b.w(f"{i}.bias")
     K = C // l.groups * l.kernel_size[0] * l.kernel_size[1]
     info["flops"] = 2 * Cout * OH * OW * K
@@ -50,8 +49,9 @@ def conv(b, op, info):
         info["partition"] = f"output rows of each image (spatial; input halo {halo} rows)"
         info["slices"] = [f"rows {r[w]}:{r[w + 1]}" for w in range(P)]
         state, bounds = "spatial", None
+    out = b.outs[i]  # after the barrier, if any: a slot freed before it may be reused
     for w, ((c0, c1), (h0, h1), where) in enumerate(slices):
-        b.emit(w, CONV, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.width, w=w_off, b=b_off,
+        b.emit(w, CONV, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.ld or out.width, w=w_off, b=b_off,
                act=op.act, co0=c0, co1=c1, oh0=h0, oh1=h1, scratch=sc["conv"] + b.wids[w] * sc["conv_per"],
                geom=geom, cout=Cout, scratch_floats=sc["conv_per"], pool=op.pool, **where)
     info["read_per_worker"] = info["weight_bytes"]

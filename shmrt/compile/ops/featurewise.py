@@ -18,7 +18,7 @@ def featurewise(b, op, info):
     P, l, i = b.P, op.layer, op.index
     if b.state == "spatial":
         b.need_rows()
-    out = b.outs[i]
+    out = b.outs[i]  # after the barrier, if any: a slot freed before it may be reused
     W = b.cur_w
     for w in range(P):
         if b.state == "cols":
@@ -27,9 +27,9 @@ def featurewise(b, op, info):
             c0, cw, where = 0, W, rows_of(w, P)
         if isinstance(l, L._Affine):
             b.emit(w, AFFINE, x=b.cur_off, x_ld=b.cur_ld, col=c0, width=cw, scale=b.w(f"{i}.scale"),
-                   shift=b.w(f"{i}.shift"), out=out.off, out_ld=W, **where)
+                   shift=b.w(f"{i}.shift"), out=out.off, out_ld=out.ld or out.width, **where)
         else:
-            b.emit(w, ACT, x=b.cur_off, x_ld=b.cur_ld, col=c0, width=cw, act=act_code(l.act), out=out.off, out_ld=W,
+            b.emit(w, ACT, x=b.cur_off, x_ld=b.cur_ld, col=c0, width=cw, act=act_code(l.act), out=out.off, out_ld=out.ld or out.width,
                    alpha=b.w(f"{i}.alpha"), **where)
     if b.state == "cols":
         info["partition"] = "columns (follows producer)"

@@ -12,23 +12,23 @@ from shmrt.ir import layers as L
 def pool(b, op, info):
     """Pooling is per channel: it follows a channel split, else batch rows."""
     P, l, i = b.P, op.layer, op.index
-    out = b.outs[i]
     C, H, W = b.cur_shape
     hw = H * W
     follow = b.split_model and b.state == "cols" and all(v % hw == 0 for v in b.bounds)
     if not follow:
         b.need_rows()
     cb = [v // hw for v in b.bounds] if follow else None
+    out = b.outs[i]  # after the barrier, if any: a slot freed before it may be reused
     ohw = 1 if isinstance(l, L.GlobalAvgPool) else out.shape[1] * out.shape[2]
     for w in range(P):
         c0, c1 = (cb[w], cb[w + 1]) if follow else (0, C)
         where = dict(lo=0, hi=FRAC) if follow else rows_of(w, P)
         if isinstance(l, L.GlobalAvgPool):
-            b.emit(w, GAP, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.width, hw=hw, c0=c0, c1=c1,
+            b.emit(w, GAP, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.ld or out.width, hw=hw, c0=c0, c1=c1,
                    **where)
         else:
             geom = (C, H, W, *l.kernel_size, *l.stride, *l.padding, *l.dilation, out.shape[1], out.shape[2])
-            b.emit(w, POOL, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.width, c0=c0, c1=c1,
+            b.emit(w, POOL, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.ld or out.width, c0=c0, c1=c1,
                    is_max=int(l.is_max), count_include_pad=int(l.count_include_pad), geom=geom, **where)
     info["flops"] = C * hw
     if follow:

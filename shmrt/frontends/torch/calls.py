@@ -29,6 +29,22 @@ class Calls:
             self.kind[node] = "shape"
         elif t is operator.getitem:
             self.getitem(node)
+        elif t in _BINARY or t in self.fn_binary:
+            cls = _BINARY.get(t) or self.fn_binary[t]
+            names = ("input", "other", "alpha") if cls is L.Add and t not in _BINARY else ("input", "other")
+            a = self.bind(node, names, {"alpha": 1})
+            if a.get("alpha", 1) != 1:
+                raise self.fail(node, f"alpha={a['alpha']!r} is not supported; only 1")
+            self.binary(node, cls, a["input"], a["other"])
+        elif t in self.fn_cat:
+            a = self.bind(node, ("tensors", "dim"), {"dim": 0})
+            self.cat(node, a["tensors"], a["dim"])
+        elif t in self.fn_zeros:
+            self.zeros(node)
+        elif t is self.F.adaptive_avg_pool2d:
+            a = self.bind(node, ("input", "output_size"))
+            self.take(node, a["input"])
+            self.emit(node, self.make(node, L.AdaptiveAvgPool2d, a["output_size"]), rank=4)
         elif t in self.fn_act:  # F.<fn>(input, <the layer's config keys>..., inplace)
             cls = self.fn_act[t]
             defaults = cls().config()
@@ -77,6 +93,11 @@ class Calls:
             self.bind(node, ("self",), method=True)
             self.take(node, node.args[0])
             self.emit(node, acts[t]())
+        elif t in _METHODS:
+            a = self.bind(node, ("self", "other"), method=True)
+            self.binary(node, _METHODS[t], a["self"], a["other"])
+        elif t in ("to", "cuda", "cpu", "float", "type_as", "detach") and self.kind.get(node.args[0]) == "zeros":
+            self.kind[node] = "zeros"  # a zero initial state moved or cast: still zeros
         elif t in ("softmax", "log_softmax"):
             a = self.bind(node, ("self", "dim", "dtype"), {"dim": None, "dtype": None}, method=True)
             a["input"] = a["self"]
@@ -106,6 +127,40 @@ class Calls:
             self.emit(node, None)
         else:
             raise self.unsupported(node)
+
+    def binary(self, node, cls, x, y):
+        """x <op> y of two tensors of one rank (broadcast per sample: the batch axis is never broadcast)."""
+        for v in (x, y):
+            if not hasattr(v, "op"):
+                raise self.fail(node, f"an operand {v!r} is a constant; shmrt supports {cls.__name__} of two "
+                                      f"tensors computed from the input (a residual, a gate)")
+        rx, ry = self.rank_of.get(x), self.rank_of.get(y)
+        if rx is not None and ry is not None and rx != ry:
+            raise self.fail(node, f"operands of ranks {rx} and {ry}: shmrt broadcasts operands of one rank "
+                                  f"(batch included), e.g. [N, C, H, W] and [N, C, 1, 1]")
+        self.take(node, x, y)
+        self.emit(node, cls())
+
+    def cat(self, node, tensors, dim):
+        if not isinstance(tensors, (list, tuple)) or not tensors:
+            raise self.fail(node, f"expected a list of tensors, got {tensors!r}")
+        if dim == 0:
+            raise self.fail(node, "concatenation along dim 0 (the batch) is not supported; expected dim >= 1")
+        if len(tensors) == 1:
+            self.take(node, tensors[0])
+            self.emit(node, None)
+            return
+        self.take(node, *tensors)
+        self.emit(node, self.make(node, L.Concat, dim))
+
+    def zeros(self, node):
+        """torch.zeros(num_layers, x.size(0), hidden): a recurrent module's zero initial state."""
+        dims = node.args[0] if len(node.args) == 1 and isinstance(node.args[0], (tuple, list)) else node.args
+        if any(hasattr(d, "op") and self.kind.get(d) not in ("batch", "size") for d in dims) or any(
+                k not in ("device", "dtype", "requires_grad", "layout") for k in node.kwargs):
+            raise self.fail(node, "torch.zeros is supported only as a recurrent module's initial state, "
+                                  "torch.zeros(num_layers, x.size(0), hidden_size)")
+        self.kind[node] = "zeros"
 
     def softmax_call(self, node, cls, a):
         if a.get("dtype") is not None:
@@ -161,6 +216,13 @@ class Calls:
             self.resolve(spec, False)
         else:
             raise self.fail(node, f"[{_fmt_index(idx)}] on {self.rnn_value(k)} is not supported; {self._RNN_USES}")
+
+
+_BINARY = {operator.add: L.Add, operator.iadd: L.Add, operator.sub: L.Sub, operator.isub: L.Sub,
+           operator.mul: L.Mul, operator.imul: L.Mul, operator.truediv: L.Div, operator.itruediv: L.Div}
+_METHODS = {"add": L.Add, "add_": L.Add, "__add__": L.Add, "__iadd__": L.Add, "__radd__": L.Add, "sub": L.Sub,
+            "sub_": L.Sub, "mul": L.Mul, "mul_": L.Mul, "__mul__": L.Mul, "__rmul__": L.Mul, "div": L.Div,
+            "div_": L.Div, "__truediv__": L.Div}
 
 
 def _is_last_step(idx):

@@ -43,10 +43,13 @@ def from_torch(module, input_shape=None) -> L.Sequential:
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"from_torch expects a torch.nn.Module, got {type(module).__name__}")
     graph = module_graph(torch, module)
-    chain = _Converter(torch, module, input_shape).run(graph)
+    conv = _Converter(torch, module, input_shape)
+    chain = conv.run(graph)
     if not chain.layers:
         raise ValueError(f"from_torch: {type(module).__name__} has no layer to convert (only identities)")
-    model = chain.sequential(input_shape)
+    model = chain.model([(conv.val[n], tuple(input_shape) if input_shape is not None and i == 0 else None)
+                         for i, n in enumerate(conv.inputs)], [conv.val[o] for o in conv.outputs],
+                        names=conv.out_names)
     shape = model.input_shape()
     if shape is not None:
         try:
@@ -67,11 +70,13 @@ class _Converter(Modules, Calls):
         # the layers and the activation's rank (batch included; None until an input_shape or a layer fixes it)
         self.chain = Chain(error=ValueError, prefix="from_torch: ",
                            rank=len(input_shape) + 1 if isinstance(input_shape, (tuple, list)) else None)
-        self.kind = {}  # node -> "x" (a tensor of the chain), ("rnn"/"rnn_out"/"rnn_hc"/"rnn_h", spec),
-        #                  "batch" (the batch size), "size" (another size), "attr"
-        self.cur = None  # the node whose value the chain carries
-        self.gap = None  # the AdaptiveAvgPool2d node waiting for its flatten
-        self.called = {}  # module path -> node
+        self.kind = {}  # node -> "x" (a tensor), ("rnn"/"rnn_out"/"rnn_hc"/"rnn_h", spec),
+        #                  "batch" (the batch size), "size" (another size), "attr", "zeros" (a zero state)
+        self.cur = None  # the node of the latest step
+        self.val = {}  # node -> the graph value its tensor is (a name)
+        self.rank_of = {}  # node -> its tensor's rank, batch included (None: unknown)
+        self.srcs = []  # the nodes the step being converted reads
+        self.inputs = []  # the placeholders, in order
         fn = lambda *names: {f for f in (getattr(torch, n, None) for n in names) if f is not None} | {  # noqa: E731
             f for f in (getattr(F, n, None) for n in names) if f is not None}
         self.fn_act = {f: cls for cls in L.ACTIVATIONS for f in fn(cls.fn or cls.act)}  # F.relu6, torch.tanh, ...
@@ -80,6 +85,10 @@ class _Converter(Modules, Calls):
         self.fn_reshape = {torch.reshape}
         self.fn_mean = {torch.mean}
         self.fn_squeeze = {torch.squeeze}
+        self.fn_zeros = {torch.zeros}
+        self.fn_cat = {f for f in (getattr(torch, "cat", None), getattr(torch, "concat", None)) if f is not None}
+        self.fn_binary = {f: cls for name, cls in (("add", L.Add), ("sub", L.Sub), ("mul", L.Mul), ("div", L.Div))
+                          for f in [getattr(torch, name, None)] if f is not None}
 
     # -- messages -------------------------------------------------------------
 
@@ -137,25 +146,27 @@ class _Converter(Modules, Calls):
         return self.chain
 
     def on_placeholder(self, node):
-        if self.cur is not None:
-            raise self.fail(node, "forward uses a second input; shmrt models take one input tensor")
         self.kind[node], self.cur = "x", node
+        self.val[node], self.rank_of[node] = node.name, self.chain.rank
+        self.inputs.append(node)
 
     def on_get_attr(self, node):
         self.kind[node] = "attr"
 
     def on_output(self, node):
         out = node.args[0]
-        if out is not self.cur:
-            raise self.fail(node, f"the model returns {out!r}, not the output of its last step; shmrt models "
-                                  f"return one tensor from a chain of layers")
-        k = self.kind[out]
-        if isinstance(k, tuple) and k[0] == "rnn_out":
-            self.resolve(k[1], True)
-        elif k != "x":
-            raise self.fail(out, "the model returns " + self.rnn_hint(k)[len("this is "):])
-        if self.gap is not None:
-            raise self.gap_error(self.gap)
+        self.named = isinstance(out, dict)
+        outs = list(out.values()) if self.named else list(out) if isinstance(out, (tuple, list)) else [out]
+        self.out_names = list(out) if self.named else None
+        for o in outs:
+            if not hasattr(o, "op"):
+                raise self.fail(node, f"the model returns {o!r}; expected tensors")
+            k = self.kind[o]
+            if isinstance(k, tuple) and k[0] == "rnn_out":
+                self.resolve(k[1], True)
+            elif k != "x":
+                raise self.fail(o, "the model returns " + self.rnn_hint(k)[len("this is "):])
+        self.outputs = outs
 
     _RNN_USES = ("supported: out, _ = rnn(x) then out or out[:, -1] (or out[:, -1, :]); _, h = rnn(x) "
                  "(LSTM: _, (h, c)) then h[-1] (or h.squeeze(0) for one layer)")
@@ -170,52 +181,38 @@ class _Converter(Modules, Calls):
             return "expected a tensor of the chain"
         return f"this is {self.rnn_value(k)}; {self._RNN_USES}"
 
-    def gap_error(self, node):
-        return self.fail(node, "gives [N, C, 1, 1] while shmrt's GlobalAvgPool gives [N, C]: follow it "
-                               "with a flatten (nn.Flatten(), torch.flatten(x, 1) or x.view(x.size(0), -1))")
-
-    def check_single_use(self, x):
-        users = [u for u in x.users if u in self.live and not self.is_aux(u)]
-        if len(users) > 1:
-            names = ", ".join(self.where(u) for u in users)
-            raise ValueError(f"from_torch: the output of {self.where(x)} is used by {len(users)} steps ({names}): "
-                             f"branches and residual connections are not supported; shmrt imports a chain of "
-                             f"layers (supported modules: {SUPPORTED_MODULES})")
-
     def is_aux(self, node):
         """A size query: x.size(...), x.shape (with getattr)."""
         return ((node.op == "call_method" and node.target in ("size", "dim")) or
                 (node.op == "call_function" and node.target is getattr and node.args[1:2] == ("shape",)))
 
-    def take(self, node, x, raw=False):
-        """``node`` consumes the chain's current value ``x``."""
-        if not hasattr(x, "op"):
-            raise self.fail(node, f"expected a tensor input, got {x!r}")
-        if x is not self.cur:
+    def take(self, node, *xs, raw=False):
+        """``node`` reads the tensors ``xs`` (the outputs of earlier steps)."""
+        for x in xs:
+            if not hasattr(x, "op"):
+                raise self.fail(node, f"expected a tensor input, got {x!r}")
             if self.kind.get(x) == "attr":
-                raise self.fail(node, f"uses {self.where(x)}, a tensor of the module rather than the output of the "
-                                      f"previous step; shmrt imports a chain of layers")
-            raise self.fail(node, f"its input {self.where(x)} is not the output of the previous step "
-                                  f"({self.where(self.cur)}): branches and residual connections are not supported")
-        self.check_single_use(x)
-        k = self.kind[x]
-        if not raw:
-            if isinstance(k, tuple) and k[0] == "rnn_out":
-                self.resolve(k[1], True)
-            elif k != "x":
-                raise self.fail(node, self.rnn_hint(k))
+                raise self.fail(node, f"uses {self.where(x)}, a tensor of the module rather than the output of a "
+                                      f"step; shmrt imports layers applied to the model's inputs")
+            k = self.kind[x]
+            if not raw:
+                if isinstance(k, tuple) and k[0] == "rnn_out":
+                    self.resolve(k[1], True)
+                elif k != "x":
+                    raise self.fail(node, self.rnn_hint(k))
+        self.srcs = list(xs)
+        self.chain.rank = self.rank_of.get(xs[0])
         self.cur = node
         self.kind[node] = "x"
+        self.val[node], self.rank_of[node] = self.val.get(xs[0]), self.chain.rank
 
     def emit(self, node, layer, rank="same", flatten=False):
-        if self.gap is not None:  # [N, C, 1, 1] in torch, [N, C] in shmrt: only a flatten may reshape it
-            if flatten:
-                self.gap, self.chain.rank = None, 2
-                return
-            if layer is not None and not isinstance(layer, (L._Elementwise, L.Dropout)):
-                raise self.gap_error(self.gap)
+        """The step ``node`` is ``layer`` applied to what it took (None: the identity)."""
         if layer is not None:
-            self.chain.emit(layer, rank=None if rank == "same" else rank)
+            self.chain.emit(layer, rank=None if rank == "same" else rank,
+                            inputs=[self.val[x] for x in self.srcs], output=node.name)
+            self.val[node] = node.name
+        self.rank_of[node] = self.chain.rank
 
     def resolve(self, spec, return_sequences):
         """A recurrent module's output is used: the whole sequence (the layer as emitted), or its last

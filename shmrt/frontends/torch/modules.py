@@ -15,14 +15,20 @@ class Modules:
         kind = module_kind(self.nn, m)
         if kind is None:
             raise self.unsupported(node)
-        if node.target in self.called:
-            raise self.fail(node, f"is called more than once (by '{self.called[node.target].name}' and "
-                                  f"'{node.name}'); shmrt imports each module once, in a chain")
-        self.called[node.target] = node
-        if len(node.args) != 1 or node.kwargs:
-            extra = "an initial state" if module_table(self.nn)[kind] == "rnn" else "extra arguments"
-            raise self.fail(node, f"is called with {extra}; shmrt supports module(x) with one input tensor")
+        rnn = module_table(self.nn)[kind] == "rnn"
+        if rnn and len(node.args) == 2 and not node.kwargs and self.zero_state(node.args[1]):
+            pass  # rnn(x, (h0, c0)) with zero states, as rnn(x)
+        elif len(node.args) != 1 or node.kwargs:
+            extra = "an initial state that is not zeros" if rnn else "extra arguments"
+            raise self.fail(node, f"is called with {extra}; shmrt supports module(x) with one input tensor "
+                                  + ("(or a zero initial state: torch.zeros(num_layers, x.size(0), hidden_size))"
+                                     if rnn else ""))
         getattr(self, "mod_" + module_table(self.nn)[kind])(node, m, kind)
+
+    def zero_state(self, h):
+        """h is torch.zeros(...) (GRU, RNN) or a tuple of two (LSTM)."""
+        hs = h if isinstance(h, (tuple, list)) else (h,)
+        return all(hasattr(v, "op") and self.kind.get(v) == "zeros" for v in hs)
 
     def mod_linear(self, node, m, kind):
         self.take(node, node.args[0])
@@ -105,11 +111,7 @@ class Modules:
 
     def mod_adaptive(self, node, m, kind):
         self.take(node, node.args[0])
-        size = m.output_size
-        if not all(s == 1 for s in (size if isinstance(size, (tuple, list)) else (size,))):
-            raise self.fail(node, f"output_size={size!r} is not supported; only 1 (global average pooling)")
-        self.emit(node, L.GlobalAvgPool(), rank=4)
-        self.gap = node
+        self.emit(node, self.make(node, L.AdaptiveAvgPool2d, m.output_size), rank=4)
 
     def mod_layernorm(self, node, m, kind):
         self.take(node, node.args[0])
@@ -122,8 +124,6 @@ class Modules:
 
     def mod_rnn(self, node, m, kind):
         self.take(node, node.args[0])
-        if self.gap is not None:
-            raise self.gap_error(self.gap)
         nn = self.nn
         if not m.batch_first:
             raise self.fail(node, "batch_first=False is not supported; shmrt's layout is batch-first "

@@ -1,0 +1,110 @@
+"""Layers of several activations: Add, Sub, Mul, Div (broadcasting) and Concat, as MERGE steps
+(kernels/merge.py).  By batch rows; or, split by model, by the output's first per-sample axis
+(channels of an image, features of a vector): where both operands of an elementwise op are the
+same shape and split by the same columns (a residual Add after two channel-split convolutions),
+each worker combines its own columns with no barrier; otherwise a barrier first, then each worker
+its share of the channels."""
+from __future__ import annotations
+
+import numpy as np
+
+from shmrt.compile.isa import FRAC, MERGE
+from shmrt.compile.layout import rows_of, split
+from shmrt.compile.roofline import rows, stream_us
+from shmrt.ir import layers as L
+from shmrt.kernels.merge import COPY
+
+_OPS = {name: k for k, name in enumerate(L.BINARY_OPS)}  # kernels/merge.py's ADD, SUB, MUL, DIV
+
+
+def _strides(shape):
+    """Row-major strides of a per-sample shape."""
+    out, acc = [], 1
+    for v in reversed(shape):
+        out.append(acc)
+        acc *= v
+    return out[::-1]
+
+
+def _geometry(out_shape, operands):
+    """(dims, [strides per operand]) over the output's dims, three of them: operand strides by
+    broadcasting (0 where an operand's size is 1), trailing dims padded with 1, and the last two
+    merged where every operand allows (so a same-shape image is (C, H*W, 1))."""
+    r = len(out_shape)
+    dims = list(out_shape)
+    strides = []
+    for shape, st in operands:
+        shape = (1,) * (r - len(shape)) + tuple(shape)
+        st = [0] * (r - len(st)) + list(st)
+        strides.append([0 if shape[k] == 1 and dims[k] != 1 else st[k] for k in range(r)])
+    while len(dims) > 2 and all(s[-2] == s[-1] * dims[-1] for s in strides):  # dim 0 stays: it is split
+        dims[-2:] = [dims[-2] * dims[-1]]
+        for s in strides:
+            s[-2:] = [s[-1]]
+    dims += [1] * (3 - len(dims))
+    strides = [s + [0] * (3 - len(s)) for s in strides]
+    return dims, strides
+
+
+def merge(b, op, info):
+    P, l = b.P, op.layer
+    oshape = tuple(op.shape)
+    inner = int(np.prod(oshape[1:])) if len(oshape) > 1 else 1
+    alpha = -1
+    if isinstance(l, L._Binary):
+        (a, bb), (sha, shb), code = b.ins, op.in_shapes, _OPS[l.op]
+        dims, (sa, sb, so) = _geometry(oshape, [(sha, _strides(sha)), (shb, _strides(shb)), (oshape, _strides(oshape))])
+        parts = [(a, bb, 0, dims, sa, sb, so, 0, oshape[0])]  # (a, b, out offset, geometry, dim-0 range)
+        same = tuple(sha) == tuple(shb) == oshape
+        info["flops"] = int(np.prod(oshape))
+    else:  # Concat: a strided copy of each input into its place in the output
+        ax = l.axis(len(oshape))
+        pos, parts = 0, []
+        for v, sh in zip(b.ins, op.in_shapes):
+            dims, (sa, so) = _geometry(sh, [(sh, _strides(sh)), (oshape, _strides(oshape))])
+            parts.append((v, v, pos * _strides(oshape)[ax], dims, sa, sa, so, 0, sh[0]))
+            pos += sh[ax]
+        code, same = COPY, False
+        info["flops"] = 0
+    follow = (b.split_model and same and all(v.state == "cols" for v in b.ins)
+              and b.ins[0].bounds == b.ins[1].bounds and all(c % inner == 0 for c in b.ins[0].bounds))
+    if not b.split_model:
+        b.need_inputs(("all", "rows"))
+        cb = None
+    elif follow:
+        cb = [c // inner for c in b.ins[0].bounds]
+    else:
+        b.need_inputs(("all",))
+        cb = split(oshape[0], P, grain=1)
+    out = b.outs[op.index]  # after the barrier, if any: a slot freed before it may be reused
+    for w in range(P):
+        where = rows_of(w, P) if cb is None else dict(lo=0, hi=FRAC)
+        for a, bb, base, dims, sa, sb, so, lo0, hi0 in parts:
+            c0, c1 = (lo0, hi0) if cb is None else (max(cb[w], lo0), min(cb[w + 1], hi0))
+            if isinstance(l, L.Concat) and cb is not None and l.axis(len(oshape)) == 0:
+                off = base // max(_strides(oshape)[0], 1)  # this input's first channel in the output
+                c0, c1 = max(cb[w] - off, 0), min(cb[w + 1] - off, hi0)
+            if c1 <= c0:
+                continue
+            b.emit(w, MERGE, a=a.out.off, a_ld=a.out.ld or a.out.width, b=bb.out.off, b_ld=bb.out.ld or bb.out.width,
+                   out=out.off + base, out_ld=out.ld or out.width, op=code, d=dims, sa=sa, sb=sb, so=so, c0=c0, c1=c1,
+                   act=op.act, alpha=alpha, **where)
+    if cb is None:
+        info["partition"] = "batch rows"
+        info["slices"] = [f"rows {w}/{P}..{w + 1}/{P}" for w in range(P)]
+        b.set_cur(out, "rows" if P > 1 else "all")
+    else:
+        info["partition"] = "channels (follows both inputs)" if follow else "channels"
+        info["slices"] = [f"channels {cb[w]}:{cb[w + 1]}" for w in range(P)]
+        b.set_cur(out, "cols", [c * inner for c in cb])
+
+
+def merge_us(s, cnt, n, rates) -> float:
+    """12 bytes per output element (two read, one written): the step's dim-0 share of d."""
+    width = (s[MERGE.c1] - s[MERGE.c0]) * s[MERGE.d + 1] * s[MERGE.d + 2]
+    return stream_us(rows(cnt, s[MERGE.lo], s[MERGE.hi]), width, rates, 12.0)
+
+
+LAYERS = (L._Merge,)
+emit = merge
+COSTS = {MERGE.code: merge_us}
