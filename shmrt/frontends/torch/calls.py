@@ -27,6 +27,8 @@ class Calls:
         t = node.target
         if t is getattr and node.args[1:2] == ("shape",):
             self.kind[node] = "shape"
+        elif t is getattr and node.args[1:2] in (("device",), ("dtype",)):
+            self.kind[node] = "meta"  # x.device, x.dtype: arguments of .to() on a zero initial state
         elif t is operator.getitem:
             self.getitem(node)
         elif t in _BINARY or t in self.fn_binary:

@@ -1,13 +1,14 @@
-"""Loader: a live PyTorch ``nn.Module`` -> ``shmrt.Sequential``.
+"""Loader: a live PyTorch ``nn.Module`` -> ``shmrt.Sequential`` or ``shmrt.Graph``.
 
 ``from_torch(module, input_shape=None)`` reads the module's graph with
 ``torch.fx.symbolic_trace`` (an ``nn.Sequential`` that does not trace is
 walked child by child instead) and maps each step to a shmrt layer, copying
-the parameters as float32 numpy arrays under PyTorch's names.  Only chains
-convert: every step consumes the previous step's output and nothing else.
-Anything else (an unsupported module or function, a branch or residual
-add, a module called twice) raises ValueError naming the node or module
-path, its type, and what is supported.
+the parameters as float32 numpy arrays under PyTorch's names.  A forward
+whose steps form a chain gives a Sequential; residual adds, branches joined
+by torch.cat, gates (x * sigmoid(...)), a module called twice give a Graph.
+Anything else (an unsupported module or function, a constant operand)
+raises ValueError naming the node or module path, its type, and what is
+supported.
 
 Inference semantics, always: the result computes what ``module.eval()``
 computes, whatever ``module.training`` says (Dropout is the identity,
@@ -29,9 +30,10 @@ from shmrt.frontends.torch.modules import Modules
 from shmrt.ir import layers as L
 
 
-def from_torch(module, input_shape=None) -> L.Sequential:
+def from_torch(module, input_shape=None):
     """Convert a live ``torch.nn.Module`` (an ``nn.Sequential`` or a module
-    whose forward is a chain of supported layers) into a ``shmrt.Sequential``.
+    whose forward applies supported layers and functions) into a
+    ``shmrt.Sequential`` (a chain) or a ``shmrt.Graph``.
 
     input_shape: the per-sample input shape (batch excluded), e.g.
     ``(3, 32, 32)`` for a CNN or ``(T, F)`` for a recurrent model; it is
@@ -110,7 +112,7 @@ class _Converter(Modules, Calls):
     def unsupported(self, node):
         if node.op == "call_module":
             return self.fail(node, f"this module type is not supported; supported modules: {SUPPORTED_MODULES}")
-        return self.fail(node, f"this operation is not supported (shmrt imports a chain of layers); supported "
+        return self.fail(node, f"this operation is not supported; supported "
                                f"modules: {SUPPORTED_MODULES}; supported functions: {SUPPORTED_FUNCTIONS}")
 
     def make(self, node, cls, *args, **kw):
