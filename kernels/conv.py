@@ -1,17 +1,16 @@
 """Convolution and pooling over one image at a time (NCHW, flat buffers).
 
-conv2d, stride 1 (the common case): the image is copied once into a
-zero-padded [C, H+2ph, W+2pw] plane; in padded coordinates every row of
-the im2col matrix [(c, i, j), pixels] is then one contiguous run of that
-plane, provided each output row is computed at the padded width
-Wp = W + 2pw -- so the GEMM reads them there, through a table of where
-each row starts (gemm.gemm_cols, shmrt's tile with indirect B rows): no
-im2col copy.  One GEMM per group,
-    tmp[co, oh*Wp + ow] = W[co, :] . cols[:, oh*Wp + ow],
+conv2d: the image is copied once, zero-padded and split into its stride's
+phases -- plane (p, q) holds rows p, p + sh, ... and columns q, q + sw, ...
+of the padded image (one plane at stride 1) -- so that every row (c, i, j)
+of the im2col matrix [(c, i, j), pixels] is one contiguous run of a plane,
+provided each output row is computed at the plane's width Ws = ceil((W +
+2pw) / sw).  The GEMM reads the rows there, through a table of where each
+starts (gemm.gemm_cols, shmrt's tile with indirect B rows): no im2col copy,
+at any stride.  One GEMM per group,
+    tmp[co, oh*Ws + ow] = W[co, :] . cols[:, oh*Ws + ow],
 and the epilogue adds the bias, applies the activation and keeps the OW
 valid columns of each row, writing the image's [Cout, OH*OW] output.
-Other strides: im2row -- the patches of each output pixel gathered into
-[pixels, Cg*kh*kw] with bounds checks, one GEMM written in place.
 Worker slices are an output channel range (model parallel), an output row
 range (spatial, batch 1) or whole images (data parallel); the kernel only
 sees the bounds.  ``scratch_floats`` is the scratch one worker needs.
@@ -22,7 +21,6 @@ import numpy as np
 from numba import njit
 
 from .activations import add_act_row
-from .blas import gemm_nt
 from .gemm import gemm_cols
 from .tile import NR
 
@@ -30,11 +28,8 @@ from .tile import NR
 def scratch_floats(g, cout):
     """Floats of scratch conv2d needs for any slice of geometry g with cout output channels."""
     C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, groups, OH, OW = (int(v) for v in g)
-    K = C // groups * kh * kw
-    if sh == 1 and sw == 1:
-        Wp = W + 2 * pw
-        return C * (H + 2 * ph) * Wp + (kw - 1) * dw + NR + cout // groups * OH * Wp
-    return OH * OW * K
+    Hs, Ws = -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)
+    return C * sh * sw * Hs * Ws + (kw - 1) * dw // sw + NR + cout // groups * OH * Ws
 
 
 @njit(cache=True)
@@ -44,40 +39,55 @@ def conv2d(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act, pool):
     activation, flat [Cout*(OH//2)*(OW//2)]; scratch: scratch_floats(g, Cout) floats."""
     if co1 <= co0 or oh1 <= oh0:
         return
-    if g[5] == 1 and g[6] == 1:
-        _conv_stride1(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act, pool)
-    else:
-        _conv_im2row(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act)
+    _conv_phased(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act, pool)
 
 
 @njit(cache=True)
-def _conv_stride1(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act, pool):
-    C, H, W, kh, kw, ph, pw, dh, dw, groups, OH, OW = (g[0], g[1], g[2], g[3], g[4], g[7], g[8], g[9], g[10],
-                                                       g[11], g[12], g[13])
+def _phases(x, xp, C, H, W, sh, sw, ph, pw, Hs, Ws):
+    """The zero-padded image split into its sh x sw phases: plane (p, q) holds rows p, p + sh, ... and
+    columns q, q + sw, ... of the padded image, [C, Hs, Ws] each, at ((p * sw + q) * C + c) * Hs * Ws."""
+    S = Hs * Ws
+    for p in range(sh):
+        for q in range(sw):
+            for c in range(C):
+                base = ((p * sw + q) * C + c) * S
+                for a in range(Hs):
+                    o = base + a * Ws
+                    r = a * sh + p - ph
+                    if r < 0 or r >= H:
+                        for k in range(Ws):
+                            xp[o + k] = 0.0
+                        continue
+                    src = (c * H + r) * W
+                    b0 = max(0, (pw - q + sw - 1) // sw)  # first column inside the image
+                    b1 = min(Ws, (W + pw - q + sw - 1) // sw)  # past the last
+                    for k in range(b0):
+                        xp[o + k] = 0.0
+                    if sw == 1:
+                        xp[o + b0:o + b1] = x[src + b0 + q - pw:src + b1 + q - pw]
+                    else:
+                        for k in range(b0, b1):
+                            xp[o + k] = x[src + k * sw + q - pw]
+                    for k in range(max(b1, b0), Ws):
+                        xp[o + k] = 0.0
+
+
+@njit(cache=True)
+def _conv_phased(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act, pool):
+    C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, groups, OH, OW = (g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7],
+                                                                g[8], g[9], g[10], g[11], g[12], g[13])
     Cout = wmat.shape[0]
     Cg, Og = C // groups, Cout // groups
     Kg = Cg * kh * kw
-    Hp, Wp = H + 2 * ph, W + 2 * pw
-    S = Hp * Wp
-    # the zero-padded image, and slack the last im2col row's last panel may read past its end
-    xp = scratch[:C * S + (kw - 1) * dw + NR]
-    for k in range(C * S, xp.shape[0]):
+    Hs, Ws = (H + 2 * ph + sh - 1) // sh, (W + 2 * pw + sw - 1) // sw
+    S = Hs * Ws
+    # the phases of the zero-padded image, and slack the last im2col row's last panel may read past its end
+    xp = scratch[:C * sh * sw * S + (kw - 1) * dw // sw + NR]
+    _phases(x, xp, C, H, W, sh, sw, ph, pw, Hs, Ws)
+    for k in range(C * sh * sw * S, xp.shape[0]):
         xp[k] = 0.0
-    for c in range(C):
-        for r in range(Hp):
-            o = c * S + r * Wp
-            if r < ph or r >= ph + H:
-                for k in range(Wp):
-                    xp[o + k] = 0.0
-            else:
-                src = (c * H + r - ph) * W
-                for k in range(pw):
-                    xp[o + k] = 0.0
-                    xp[o + pw + W + k] = 0.0
-                for k in range(W):
-                    xp[o + pw + k] = x[src + k]
-    N = (oh1 - oh0) * Wp
-    offs = np.empty(Kg, np.int64)  # im2col row (c, i, j) of this group: where it starts in the padded image
+    N = (oh1 - oh0) * Ws
+    offs = np.empty(Kg, np.int64)  # im2col row (c, i, j) of this group: where it starts in the phases
     tmp_at = xp.shape[0]
     PW = OW // 2
     out2 = out[:0 if pool else Cout * OH * OW].reshape((0 if pool else Cout, OH * OW))
@@ -89,17 +99,18 @@ def _conv_stride1(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act, pool):
         for c in range(grp * Cg, (grp + 1) * Cg):
             for i in range(kh):
                 for j in range(kw):
-                    offs[r] = c * S + (oh0 + i * dh) * Wp + j * dw
+                    plane = ((i * dh) % sh * sw + (j * dw) % sw) * C + c
+                    offs[r] = plane * S + (oh0 + (i * dh) // sh) * Ws + (j * dw) // sw
                     r += 1
         tmp = scratch[tmp_at:tmp_at + (z - a) * N].reshape((z - a, N))
         gemm_cols(wmat[a:z], xp, offs, N, tmp)
         for q in range(z - a):
             bb = b[a + q] if has_b else np.float32(0.0)  # one type: a float64 0.0 here made the loop 7x slower
             if pool:
-                _act_pool_rows(tmp[q], Wp, oh1 - oh0, OW, bb, act, pooled[a + q], oh0 // 2)
+                _act_pool_rows(tmp[q], Ws, oh1 - oh0, OW, bb, act, pooled[a + q], oh0 // 2)
                 continue
             for oh in range(oh1 - oh0):
-                add_act_row(out2[a + q, (oh0 + oh) * OW:(oh0 + oh + 1) * OW], tmp[q, oh * Wp:oh * Wp + OW], bb, act)
+                add_act_row(out2[a + q, (oh0 + oh) * OW:(oh0 + oh + 1) * OW], tmp[q, oh * Ws:oh * Ws + OW], bb, act)
 
 
 @njit(cache=True, inline="always")
@@ -120,42 +131,6 @@ def _act_pool_rows(t, Wp, rows, OW, bb, act, dst, ph0):
 
 
 @njit(cache=True)
-def _conv_im2row(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act):
-    C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, groups, OH, OW = (g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7],
-                                                                g[8], g[9], g[10], g[11], g[12], g[13])
-    Cout = wmat.shape[0]
-    Cg, Og = C // groups, Cout // groups
-    K = Cg * kh * kw
-    M = (oh1 - oh0) * OW
-    out2 = out.reshape((Cout, OH * OW))
-    patches = scratch[:M * K].reshape((M, K))
-    for grp in range(co0 // Og, (co1 - 1) // Og + 1):
-        a, z = max(co0, grp * Og), min(co1, (grp + 1) * Og)
-        ci0 = grp * Cg
-        for oh in range(oh0, oh1):
-            for ow in range(OW):
-                p = (oh - oh0) * OW + ow
-                col = 0
-                for c in range(Cg):
-                    base = (ci0 + c) * H * W
-                    for i in range(kh):
-                        ih = oh * sh - ph + i * dh
-                        for j in range(kw):
-                            iw = ow * sw - pw + j * dw
-                            if 0 <= ih < H and 0 <= iw < W:
-                                patches[p, col] = x[base + ih * W + iw]
-                            else:
-                                patches[p, col] = 0.0
-                            col += 1
-        o = out2[a:z, oh0 * OW:oh1 * OW]
-        gemm_nt(wmat[a:z], patches, o, False)
-        has_b = b.shape[0] > 0
-        for r in range(z - a):
-            bb = b[a + r] if has_b else np.float32(0.0)  # one type: a float64 0.0 here made the loop 7x slower
-            add_act_row(o[r], o[r], bb, act)
-
-
-@njit(cache=True)
 def pool2d(x, out, g, c0, c1, is_max, count_include_pad):
     """Max or average pooling of channels c0:c1 of one image (flat buffers).
     g = (C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW).  NaN propagates
@@ -165,6 +140,9 @@ def pool2d(x, out, g, c0, c1, is_max, count_include_pad):
                                                        g[9], g[10], g[11], g[12])
     if ph == 0 and pw == 0:
         _pool_inside(x, out, g, c0, c1, is_max)
+        return
+    if is_max or count_include_pad:
+        _pool_padded(x, out, g, c0, c1, is_max)
         return
     for c in range(c0, c1):
         for oh in range(OH):
@@ -215,6 +193,57 @@ def _pool_inside(x, out, g, c0, c1, is_max):
                     else:
                         for ow in range(OW):
                             o[ow] += row[ow * sw]
+            if not is_max:
+                for ow in range(OW):
+                    o[ow] *= inv
+
+
+@njit(cache=True)
+def _pool_padded(x, out, g, c0, c1, is_max):
+    """pool2d with padding, max or average counting the padding (every window then divides by
+    kh * kw: in floor mode no window reaches past the padded image).  Per output row: the window's
+    rows inside the image combined element by element into one row (a loop that vectorises), then
+    for each column offset j the output columns whose input column lies inside the image -- one
+    range, computed once -- take theirs, branch-free."""
+    H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW = (g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10],
+                                                    g[11], g[12])
+    inv = np.float32(1.0 / (kh * kw))
+    lo = np.empty(kw, np.int64)  # output columns lo[j]:hi[j] read an input column inside the image at offset j
+    hi = np.empty(kw, np.int64)
+    for j in range(kw):
+        first = pw - j * dw  # ow * sw >= first
+        lo[j] = (first + sw - 1) // sw if first > 0 else 0
+        hi[j] = min(OW, (W - 1 + pw - j * dw) // sw + 1) if W - 1 + pw - j * dw >= 0 else 0
+    t = np.empty(W, np.float32)
+    fill = np.float32(-np.inf) if is_max else np.float32(0.0)
+    for c in range(c0, c1):
+        for oh in range(OH):
+            o = out[(c * OH + oh) * OW:(c * OH + oh + 1) * OW]
+            first = True
+            for i in range(kh):
+                ih = oh * sh - ph + i * dh
+                if ih < 0 or ih >= H:
+                    continue
+                row = x[(c * H + ih) * W:(c * H + ih + 1) * W]
+                if first:
+                    t[:] = row
+                    first = False
+                elif is_max:
+                    for k in range(W):
+                        t[k] = _max_nan(row[k], t[k])
+                else:
+                    for k in range(W):
+                        t[k] += row[k]
+            for ow in range(OW):
+                o[ow] = fill
+            for j in range(kw):
+                base = j * dw - pw
+                if is_max:
+                    for ow in range(lo[j], hi[j]):
+                        o[ow] = _max_nan(t[base + ow * sw], o[ow])
+                else:
+                    for ow in range(lo[j], hi[j]):
+                        o[ow] += t[base + ow * sw]
             if not is_max:
                 for ow in range(OW):
                     o[ow] *= inv

@@ -2,9 +2,10 @@
 that Concat is made of.  Operands are rows of flat buffers: row r of a starts at a[ao + r * a_ld];
 within a row, element (i0, i1, i2) of the output's three dims is at i0*sa[0] + i1*sa[1] + i2*sa[2]
 of a (a stride of 0 broadcasts), and likewise for b and out."""
+import numpy as np
 from numba import njit
 
-from .activations import IDENTITY, act1
+from .activations import IDENTITY, act1, add_act_row
 
 ADD, SUB, MUL, DIV, COPY = 0, 1, 2, 3, 4  # COPY: out = a (b unused)
 
@@ -22,29 +23,69 @@ def _op(x, y, op):
     return x
 
 
+@njit(cache=True, inline="always")
+def _row(o, x, y, op):
+    """o = x <op> y over one contiguous run, one loop per op (each vectorises)."""
+    n = o.shape[0]
+    if op == ADD:
+        for k in range(n):
+            o[k] = x[k] + y[k]
+    elif op == SUB:
+        for k in range(n):
+            o[k] = x[k] - y[k]
+    elif op == MUL:
+        for k in range(n):
+            o[k] = x[k] * y[k]
+    elif op == DIV:
+        for k in range(n):
+            o[k] = x[k] / y[k]
+    else:
+        o[:] = x
+
+
+@njit(cache=True, inline="always")
+def _row_scalar(o, x, y, op):
+    """o = x <op> y with y one value (broadcast along the run)."""
+    n = o.shape[0]
+    if op == ADD:
+        for k in range(n):
+            o[k] = x[k] + y
+    elif op == SUB:
+        for k in range(n):
+            o[k] = x[k] - y
+    elif op == MUL:
+        for k in range(n):
+            o[k] = x[k] * y
+    else:
+        for k in range(n):
+            o[k] = x[k] / y
+
+
 @njit(cache=True)
 def merge(a, ao, a_ld, b, bo, b_ld, out, oo, o_ld, r0, r1, op, d, sa, sb, so, c0, c1, act, alpha):
     """out = act(a <op> b) for rows r0:r1 and dim-0 indices c0:c1 of the output's dims d (three)."""
     d1, d2 = d[1], d[2]
     unit = sa[2] == 1 and so[2] == 1 and (sb[2] == 1 or op == COPY)
+    bcast = sb[2] == 0 and sa[2] == 1 and so[2] == 1 and op != COPY
+    zero = np.float32(0.0)
     for r in range(r0, r1):
         for i0 in range(c0, c1):
             for i1 in range(d1):
                 pa = ao + r * a_ld + i0 * sa[0] + i1 * sa[1]
                 pb = bo + r * b_ld + i0 * sb[0] + i1 * sb[1]
                 po = oo + r * o_ld + i0 * so[0] + i1 * so[1]
-                if op == COPY and unit:
-                    out[po:po + d2] = a[pa:pa + d2]
-                elif unit:
-                    for i2 in range(d2):
-                        out[po + i2] = _op(a[pa + i2], b[pb + i2], op)
-                elif sb[2] == 0 and sa[2] == 1 and so[2] == 1:  # b broadcast along the last dim
-                    y = b[pb]
-                    for i2 in range(d2):
-                        out[po + i2] = _op(a[pa + i2], y, op)
+                o = out[po:po + d2]
+                if unit:
+                    _row(o, a[pa:pa + d2], b[pb:pb + d2], op)
+                elif bcast:
+                    _row_scalar(o, a[pa:pa + d2], b[pb], op)
                 else:
                     for i2 in range(d2):
                         out[po + i2 * so[2]] = _op(a[pa + i2 * sa[2]], b[pb + i2 * sb[2]], op)
-                if act != IDENTITY:
+                if act == IDENTITY:
+                    continue
+                if so[2] == 1 and alpha == 0.0:
+                    add_act_row(o, o, zero, act)
+                else:
                     for i2 in range(d2):
                         out[po + i2 * so[2]] = act1(float(out[po + i2 * so[2]]), act, alpha)

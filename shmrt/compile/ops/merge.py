@@ -28,8 +28,8 @@ def _strides(shape):
 
 def _geometry(out_shape, operands):
     """(dims, [strides per operand]) over the output's dims, three of them: operand strides by
-    broadcasting (0 where an operand's size is 1), trailing dims padded with 1, and the last two
-    merged where every operand allows (so a same-shape image is (C, H*W, 1))."""
+    broadcasting (0 where an operand's size is 1), the last two merged where every operand allows,
+    and size-1 dims inserted after the first (so a same-shape image is (C, 1, H*W))."""
     r = len(out_shape)
     dims = list(out_shape)
     strides = []
@@ -41,8 +41,9 @@ def _geometry(out_shape, operands):
         dims[-2:] = [dims[-2] * dims[-1]]
         for s in strides:
             s[-2:] = [s[-1]]
-    dims += [1] * (3 - len(dims))
-    strides = [s + [0] * (3 - len(s)) for s in strides]
+    pad = 3 - len(dims)  # size-1 dims go after dim 0 (which is split): the last, innermost loop stays long
+    dims = dims[:1] + [1] * pad + dims[1:]
+    strides = [s[:1] + [0] * pad + s[1:] for s in strides]
     return dims, strides
 
 
