@@ -57,16 +57,31 @@ def _onnx_graph(model, input_shape):
         inits.append(t)
         return t.name
 
-    cur = "x"
-    for l in model.layers:
-        out = name("t")
+    g = _graph(model)
+    names = {g.inputs[0][0]: "x"}
+    for node in g.nodes:
+        l, ins_ = node.layer, [names[v] for v in node.inputs]
+        cur = ins_[0]
+        out = names[node.output] = name("t")
         if isinstance(l, L.Linear):
             ins = [cur, const(l.params["weight"])] + ([const(l.params["bias"])] if "bias" in l.params else [])
             nodes.append(helper.make_node("Gemm", ins, [out], transB=1))
         elif isinstance(l, (L.ReLU, L.Sigmoid, L.Tanh)):
             nodes.append(helper.make_node({L.ReLU: "Relu", L.Sigmoid: "Sigmoid", L.Tanh: "Tanh"}[type(l)], [cur], [out]))
+        elif isinstance(l, L.ReLU6):
+            nodes.append(helper.make_node("Clip", [cur, const(np.float32(0)), const(np.float32(6))], [out]))
         elif isinstance(l, L.Softmax):
             nodes.append(helper.make_node("Softmax", [cur], [out], axis=1))
+        elif isinstance(l, L.BatchNorm2d):
+            p = l.params
+            nodes.append(helper.make_node("BatchNormalization", [cur] + [const(p[k]) for k in (
+                "weight", "bias", "running_mean", "running_var")], [out], epsilon=l.eps))
+        elif isinstance(l, L._Binary):
+            nodes.append(helper.make_node(l.op.title(), ins_, [out]))
+        elif isinstance(l, L.Concat):
+            nodes.append(helper.make_node("Concat", ins_, [out], axis=l.dim))
+        elif isinstance(l, L.AdaptiveAvgPool2d) and l.output_size == (1, 1):
+            nodes.append(helper.make_node("GlobalAveragePool", [cur], [out]))
         elif isinstance(l, L.Conv2d):
             ins = [cur, const(l.params["weight"])] + ([const(l.params["bias"])] if "bias" in l.params else [])
             ph, pw = l.padding
@@ -94,9 +109,9 @@ def _onnx_graph(model, input_shape):
             nodes.append(helper.make_node("Squeeze", [hn, const_i64(inits, name, [0])], [out]))
         else:
             raise Skip(f"no ONNX graph for {l!r} in the peer harness")
-        cur = out
+    cur = names[g.outputs[0]]
     x_info = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *input_shape])
-    y_info = helper.make_tensor_value_info(cur, TensorProto.FLOAT, ["N", *model.shapes(input_shape)[-1]])
+    y_info = helper.make_tensor_value_info(cur, TensorProto.FLOAT, ["N", *g.shapes(tuple(input_shape))[g.outputs[0]]])
     graph = helper.make_graph(nodes, "shmrt_peer", [x_info], [y_info], inits)
     m = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     onnx.checker.check_model(m)
@@ -132,8 +147,9 @@ def torch_peer(model, threads):
     except ImportError:
         raise Skip("torch is not installed (pip install torch==2.13.0)")
     nn = torch.nn
+    g = _graph(model)
     mods = []
-    for l in model.layers:
+    for l in g.layers:
         p = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in l.params.items()}
         if isinstance(l, L.Linear):
             m = nn.Linear(l.in_features, l.out_features, bias="bias" in p)
@@ -158,6 +174,17 @@ def torch_peer(model, threads):
             continue
         elif isinstance(l, L.ReLU):
             m = nn.ReLU()
+        elif isinstance(l, L.ReLU6):
+            m = nn.ReLU6()
+        elif isinstance(l, L.BatchNorm2d):
+            m = nn.BatchNorm2d(l.features, eps=l.eps)
+            p["num_batches_tracked"] = torch.tensor(0)
+        elif isinstance(l, L._Binary):
+            m = _Binary(getattr(torch, l.op))
+        elif isinstance(l, L.Concat):
+            m = _Binary(lambda *xs, dim=l.dim: torch.cat(xs, dim))
+        elif isinstance(l, L.AdaptiveAvgPool2d):
+            m = nn.AdaptiveAvgPool2d(l.output_size)
         elif isinstance(l, L.Sigmoid):
             m = nn.Sigmoid()
         elif isinstance(l, L.Softmax):
@@ -171,7 +198,12 @@ def torch_peer(model, threads):
         if p:
             m.load_state_dict(p)
         mods.append(m)
-    net = nn.Sequential(*mods).eval()
+    net = _GraphModule(nn, g, mods).eval()
+    try:  # what a user after speed does in eager PyTorch: fold each BatchNorm into its convolution
+        from torch.fx.experimental.optimization import fuse
+        net = fuse(net)
+    except Exception:  # noqa: BLE001 (an older torch without the pass: the graph as it is)
+        pass
 
     def run(x):
         with torch.inference_mode():
@@ -187,6 +219,34 @@ def torch_peer(model, threads):
             torch.set_num_threads(before)
 
     return Impl(run, scope=scope)
+
+
+def _graph(model):
+    return model if isinstance(model, L.Graph) else L.Graph.chain(model)
+
+
+def _Binary(fn):
+    import torch
+
+    class Op(torch.nn.Module):
+        def forward(self, *xs):
+            return fn(*xs)
+    return Op()
+
+
+def _GraphModule(nn, g, mods):
+    """An nn.Module running graph g's nodes with modules mods (one per node), in order."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.steps = nn.ModuleList(mods)
+
+        def forward(self, x):
+            vals = {g.inputs[0][0]: x}
+            for node, m in zip(g.nodes, self.steps):
+                vals[node.output] = m(*(vals[v] for v in node.inputs))
+            return vals[g.outputs[0]]
+    return Net()
 
 
 PEERS = {

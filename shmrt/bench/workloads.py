@@ -19,7 +19,7 @@ from shmrt.ir import reference
 class Workload:
     name: str
     description: str
-    model: L.Sequential
+    model: L.Layer  # a Sequential or a Graph
     input_shape: tuple
     batches: tuple
     max_batch: int
@@ -92,8 +92,20 @@ def logreg_stream():
                     _logreg_model(), (64,), (1_000_000,), 65_536, "rows", chunk=65_536, fixed_batch=True)
 
 
+def resnet18():
+    from shmrt.bench import graphs
+    return Workload("resnet18", "ResNet-18, 3x224x224 (residual graph; BatchNorm folded)", graphs.resnet18(),
+                    (3, 224, 224), (1, 8), 8, "images")
+
+
+def mobilenetv2():
+    from shmrt.bench import graphs
+    return Workload("mobilenetv2", "MobileNetV2 1.0, 3x224x224 (inverted residuals, depthwise convolutions, ReLU6)",
+                    graphs.mobilenetv2(), (3, 224, 224), (1, 16), 16, "images")
+
+
 WORKLOADS = {"mlp": mlp, "cnn": cnn, "lstm": lstm, "deep": deep, "logreg": logreg, "logreg-copy": logreg_copy,
-             "logreg-stream": logreg_stream}
+             "logreg-stream": logreg_stream, "resnet18": resnet18, "mobilenetv2": mobilenetv2}
 
 
 def numpy_forward(model, x, dtype=np.float32):
