@@ -142,7 +142,7 @@ def _adaptive(l, shape):
 
 def _fuse(graph, shapes) -> tuple:
     """The graph's nodes as ops (activations, BatchNorm and 2x2 max pools fused into the op before
-    them where it is their only reader; Dropout and Flatten resolved as aliases of their input),
+    them where it is their only reader; Dropout, Flatten and Reshape resolved as aliases of their input),
     and the graph's outputs with aliases resolved."""
     readers = graph.consumers()
     outputs = set(graph.outputs)
@@ -150,7 +150,7 @@ def _fuse(graph, shapes) -> tuple:
     for i, node in enumerate(graph.nodes):
         l = node.layer
         ins = [alias.get(u, u) for u in node.inputs]
-        if isinstance(l, (L.Dropout, L.Flatten)):
+        if isinstance(l, (L.Dropout, L.Flatten, L.Reshape)):
             alias[node.output] = ins[0]  # identity at inference / a free reshape
             continue
         if isinstance(l, L.AdaptiveAvgPool2d):

@@ -43,8 +43,13 @@ class Chain:
     """The layers emitted so far and the activation after them.
 
     shape: the per-sample shape (batch excluded) after ``layers``, or None where only the rank is
-    known; rank: the activation's rank, batch included (None when unknown); version: bumped on every
-    change of the activation, so that an importer can tell the newest activation from an earlier one."""
+    known; rank: the activation's rank, batch included (None when unknown); version: a new number
+    on every change of the activation, so that an importer can tell one activation from another.
+
+    Graphs: every layer is also a node (layer, input value names, output value name); the
+    activation is one value of them (``current``), and ``switch(version)`` makes an earlier one
+    current again -- the next layer then reads it (a branch, the other operand of a residual add).
+    ``model`` builds a Sequential when the nodes form a chain, else a shmrt.Graph."""
 
     def __init__(self, error=ValueError, prefix="", shape=None, rank=None):
         self.error, self.prefix = error, prefix
@@ -53,6 +58,9 @@ class Chain:
         self.shape = None if shape is None else tuple(shape)
         self.rank = len(self.shape) + 1 if self.shape is not None else rank
         self.version = 0
+        self.counter = 0  # the newest version handed out
+        self.current = "input"  # the value the activation is
+        self.states = {0: (self.current, self.shape, self.rank)}  # version -> (value, shape, rank)
 
     # -- refusals -----------------------------------------------------------------------------------
     def refusal(self, where, what):
@@ -66,22 +74,43 @@ class Chain:
         only ``rank`` (shape unknown), or, with neither, the shape it had.  inputs, output: the
         values it reads and writes, by name, for an importer that builds a graph (``model``)."""
         self.layers.append(layer)
-        if output is not None:
-            self.nodes.append((layer, list(inputs), output))
+        self.counter += 1
+        output = output if output is not None else f"v{self.counter}"
+        self.nodes.append((layer, list(inputs) if inputs is not None else [self.current], output))
         if shape is not None:
             self.shape = tuple(shape)
             self.rank = len(self.shape) + 1
         elif rank is not None:
             self.shape, self.rank = None, rank
-        self.version += 1
+        self._new(output)
+
+    def _new(self, value):
+        self.version = self.counter
+        self.current = value
+        self.states[self.version] = (value, self.shape, self.rank)
 
     def changed(self):
-        """The last layer was changed in place (a bias folded into it): the activation is new."""
-        self.version += 1
+        """The current value's producer was changed in place (a bias folded into it): a new version."""
+        self.counter += 1
+        self._new(self.current)
+
+    def switch(self, version):
+        """Make the activation of ``version`` current again (its value, shape and rank)."""
+        if version != self.version:
+            self.current, self.shape, self.rank = self.states[version]
+            self.version = version
+
+    def producer(self):
+        """The layer that writes the current value, or None (the input)."""
+        for layer, _, out in reversed(self.nodes):
+            if out == self.current:
+                return layer
+        return None
 
     def last_recurrent(self):
-        """The last layer if it is a recurrent layer that returns every time step, else None."""
-        rec = self.layers[-1] if self.layers else None
+        """The last layer if it is a recurrent layer that returns every time step (and writes the
+        current value), else None."""
+        rec = self.layers[-1] if self.layers and self.nodes[-1][2] == self.current else None
         return rec if isinstance(rec, L._Recurrent) and rec.return_sequences else None
 
     def take_last_step(self) -> bool:
@@ -92,10 +121,11 @@ class Chain:
             return False
         rec.return_sequences = False
         self.shape, self.rank = (rec.hidden_size,), 2
-        self.version += 1
+        self.counter += 1
+        self._new(self.current)
         return True
 
-    def model(self, inputs, outputs, names=None):
+    def model(self, inputs, outputs, names=None, merge_recurrent=False):
         """The graph of the emitted nodes from ``inputs`` ([(name, shape or None)]) to ``outputs``
         (value names; ``names``: the keys of a dict of outputs) -- a Sequential when it is a chain:
         one input, one output, each node reading only the one before it, which no other reads."""
@@ -105,7 +135,7 @@ class Chain:
                  and all(len(ins) == 1 and ins[0] == (inputs[0][0] if k == 0 else nodes[k - 1][2])
                          for k, (_, ins, _) in enumerate(nodes)))
         if chain:
-            return L.Sequential([n[0] for n in nodes], input_shape=inputs[0][1])
+            return self.sequential(inputs[0][1], merge_recurrent)
         if names is not None:
             outs = list(outputs)
             rename = dict(zip(outs, names))

@@ -159,3 +159,37 @@ class Flatten(Layer):
 
     def output_shape(self, shape):
         return (int(np.prod(shape)),)
+
+
+class Reshape(Layer):
+    """[N, ...] -> [N, *shape] with the same elements in the same order (the batch axis stays); free:
+    the planner reads the producer's memory under the new shape.  shape may hold one -1."""
+
+    def __init__(self, *shape):
+        super().__init__()
+        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+            shape = tuple(shape[0])
+        if not 1 <= len(shape) <= 3 or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or
+                                           (v < 1 and v != -1) for v in shape) or list(shape).count(-1) > 1:
+            raise ValueError(f"Reshape: shape must be 1 to 3 positive sizes (one may be -1), batch excluded, "
+                             f"got {shape!r}")
+        self.shape = tuple(int(v) for v in shape)
+
+    def output_shape(self, shape):
+        n = int(np.prod(shape))
+        known = int(np.prod([v for v in self.shape if v != -1]))
+        out = tuple(n // known if v == -1 else v for v in self.shape)
+        if int(np.prod(out)) != n:
+            raise ValueError(f"{self!r}: cannot reshape (N, {', '.join(map(str, shape))}) ({n} values a sample) to "
+                             f"(N, {', '.join(map(str, self.shape))})")
+        return out
+
+    def config(self):
+        return {"shape": list(self.shape)}
+
+    @classmethod
+    def from_config(cls, config, params):
+        return cls(*config["shape"])
+
+    def __repr__(self):
+        return f"Reshape{self.shape}"

@@ -254,4 +254,5 @@ _RULES = {
     L._Pool2d: lambda l, p, h: pool2d(l, h),
     L.GlobalAvgPool: lambda l, p, h: h.mean(axis=(2, 3)),
     L.Flatten: lambda l, p, h: h.reshape(h.shape[0], int(np.prod(h.shape[1:]))),
+    L.Reshape: lambda l, p, h: h.reshape((h.shape[0],) + l.output_shape(h.shape[1:])),
 }

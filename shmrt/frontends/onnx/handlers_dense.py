@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shmrt.frontends.onnx.layout import B, View
+from shmrt.frontends.onnx.layout import B, View, fmt
 from shmrt.ir import layers as L
 
 
@@ -35,8 +35,13 @@ class DenseOps:
         return View((B, out), (0, 1), self.chain.version)
 
     def op_MatMul(self, node, idx, ins, a):
-        if not isinstance(ins[0], View) or isinstance(ins[1], View):
-            self.fail(node, idx, "only the activation @ a constant weight is supported")
+        if isinstance(ins[0], View) and isinstance(ins[1], View):
+            self.fail(node, idx, f"a product of two activations (ONNX shapes {fmt(ins[0].shape)} @ {fmt(ins[1].shape)}: "
+                                 f"both depend on the model input) is not supported yet; MatMul is supported as the "
+                                 f"activation @ a constant weight")
+        if not isinstance(ins[0], View):
+            self.fail(node, idx, "a constant @ the activation is not supported; MatMul is supported as the "
+                                 "activation @ a constant weight")
         W = np.asarray(self.const(node, idx, 1, "B"), dtype=np.float64)
         if W.ndim != 2:
             self.fail(node, idx, f"weight must be 2-D, got shape {W.shape}")
@@ -122,6 +127,23 @@ class DenseOps:
 
     def op_AveragePool(self, node, idx, ins, a):
         return self._pool(node, idx, ins, a, False)
+
+    def op_ReduceMean(self, node, idx, ins, a):
+        """The mean over an image's spatial axes (x.mean((2, 3)) in PyTorch): global average pooling."""
+        axes = a.get("axes")
+        if axes is None and len(ins) > 1 and ins[1] is not None:
+            axes = self.const(node, idx, 1, "axes").reshape(-1).tolist()
+        v = ins[0]
+        axes = sorted(self.axis(node, idx, k, len(v.shape)) for k in (axes or []))
+        if len(v.shape) != 4 or axes != [2, 3]:
+            self.fail(node, idx, f"ReduceMean over axes {axes} of ONNX shape {fmt(v.shape)} is not supported; only "
+                                 f"over axes [2, 3] of [N, C, H, W] (global average pooling)")
+        self.image(node, idx, v)
+        C = self.ir[0]
+        self.chain.emit(L.GlobalAvgPool(), (C,))
+        if a.get("keepdims", 1):
+            return View((B, C, 1, 1), (0, 1, None, None), self.chain.version)
+        return View((B, C), (0, 1), self.chain.version)
 
     def op_GlobalAveragePool(self, node, idx, ins, a):
         self.image(node, idx, ins[0])

@@ -73,7 +73,7 @@ class ElementwiseOps:
     def _affine(self, node, idx, ins, op):
         vk = 0 if isinstance(ins[0], View) else 1
         if isinstance(ins[1 - vk], View):
-            self.fail(node, idx, "both inputs depend on the model input (residual/branching graphs are not supported)")
+            return self.binary_views(node, idx, ins, op)
         v = self.stream(node, idx, ins[vk])
         c = np.asarray(ins[1 - vk], dtype=np.float64)
         if op == "Div" and vk == 1:
@@ -99,8 +99,8 @@ class ElementwiseOps:
             scale, shift = np.ones(n), (vec if op == "Add" else -vec)
             if op == "Sub" and vk == 1:
                 scale, shift = -np.ones(n), vec
-            last = self.chain.layers[-1] if self.chain.layers else None
-            if isinstance(last, (L.Linear, L.Conv2d)) and np.all(scale == 1):
+            last = self.chain.producer()  # folded into it only where nothing else reads its output
+            if isinstance(last, (L.Linear, L.Conv2d)) and np.all(scale == 1) and self.uses[node.input[vk]] == 1:
                 b = last.params.get("bias")
                 last.params["bias"] = ((b.astype(np.float64) if b is not None else 0) + shift).astype(np.float32)
                 self.chain.changed()

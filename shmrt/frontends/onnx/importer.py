@@ -19,6 +19,7 @@ tensors itself, refusing locations that leave the model's folder
 """
 from __future__ import annotations
 
+import collections
 import os
 
 from shmrt.frontends.chain import Chain
@@ -28,6 +29,7 @@ from shmrt.frontends.onnx.external import resolve_external
 from shmrt.frontends.onnx.folding import Folding
 from shmrt.frontends.onnx.handlers_dense import DenseOps
 from shmrt.frontends.onnx.handlers_elementwise import ElementwiseOps
+from shmrt.frontends.onnx.handlers_graph import GraphOps
 from shmrt.frontends.onnx.handlers_recurrent import RecurrentOps
 from shmrt.frontends.onnx.handlers_rowwise import RowwiseOps
 from shmrt.frontends.onnx.handlers_shape import ShapeOps
@@ -70,7 +72,7 @@ def load_onnx_file(path) -> L.Sequential:
     return from_onnx(model, base_dir=os.path.dirname(os.path.abspath(path)))
 
 
-class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, RowwiseOps, DenseOps, RecurrentOps):
+class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps, DenseOps, RecurrentOps):
     """One conversion: the graph's values, the chain of layers, and the walk over the nodes.  An op
     ``X`` on the stream is handled by the method ``op_X`` (found by name, from the handler mixins)."""
 
@@ -125,6 +127,7 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, RowwiseOps, DenseOps
                 nodes = rewrite(self.onnx, g, nodes)
         nodes = self.live(nodes)
         self.consumed = {o.name for o in g.output} | {x for _, n in nodes for x in n.input if x}
+        self.uses = collections.Counter([o.name for o in g.output] + [x for _, n in nodes for x in n.input if x])
         for idx, node in nodes:
             with self.bugs(self.where(node, idx)):
                 self.step(idx, node)
@@ -208,10 +211,11 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, RowwiseOps, DenseOps
         if handler is None:
             self.fail(node, idx, f"op {op} on the model input is not supported; supported ops: "
                                  f"{', '.join(sorted(n[3:] for n in dir(self) if n.startswith('op_')))}")
-        if not isinstance(ins[0], View) and op not in ("Add", "Sub", "Mul", "Div", "Gemm", "MatMul"):
+        if not isinstance(ins[0], View) and op not in ("Add", "Sub", "Mul", "Div", "Gemm", "MatMul", "Concat"):
             at = [k for k, v in enumerate(ins) if isinstance(v, View)]
             self.fail(node, idx, f"input 0 is a constant and input(s) {at} depend on the model input; expected the "
                                  f"activation as input 0 of {op}")
+        self.chain.switch(dynamic[0].version)  # the activation this node reads (an earlier one on a branch)
         outs = handler(node, idx, ins, self.attrs(node))
         self.set(node, outs if isinstance(outs, list) else [outs])
 
@@ -240,17 +244,18 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, RowwiseOps, DenseOps
             raise UnsupportedONNX(f"ONNX graph: shmrt models have one output (or TopK's values and indices), got "
                                   f"{len(outs)}: {outs}")
         for n, v in zip(outs, vals):
+            self.chain.switch(v.version)
             if v.last_of is not None:
-                if v.version != self.chain.version or v.last_of != len(self.chain.layers) - 1:
-                    raise UnsupportedONNX(f"ONNX graph output {n!r}: not the output of the last layer")
+                if v.last_of != len(self.chain.layers) - 1:
+                    raise UnsupportedONNX(f"ONNX graph output {n!r}: a recurrent layer's last state, with layers "
+                                          f"after that layer (which read its every step)")
                 self.take_last_step(self.graph.node[0], 0)
                 v = View(v.shape, v.src, self.chain.version)
-            if v.version != self.chain.version:
-                raise UnsupportedONNX(f"ONNX graph output {n!r} is not the output of the last layer (branches are "
-                                      f"not supported)")
             if not self.identical(v):
                 raise UnsupportedONNX(f"ONNX graph output {n!r} of shape {fmt(v.shape)} is not in batch-first "
                                       f"order (shmrt layout {fmt(self.full())}); add a Transpose back to batch-first")
         if not self.chain.layers:
             raise UnsupportedONNX("ONNX graph: computes nothing (no layer)")
-        return self.chain.sequential(self.input_shape, merge_recurrent=True)
+        if self.topk_outputs is not None and tuple(outs) == self.topk_outputs:
+            self.chain.switch(vals[0].version)
+        return self.chain.model([("input", self.input_shape)], [self.chain.current], merge_recurrent=True)

@@ -77,14 +77,13 @@ class Layout:
     def stream(self, node, idx, v):
         """Resolve a view for an op that computes on it: it must be the newest stream."""
         if v.last_of is not None:
-            if v.version != self.chain.version or v.last_of != len(self.chain.layers) - 1:
+            self.chain.switch(v.version)
+            if v.last_of != len(self.chain.layers) - 1:
                 self.fail(node, idx, "the recurrent layer's last hidden state is used after other layers ran "
-                                     "(not a chain of layers)")
+                                     "(the layer returns every step to them)")
             self.take_last_step(node, idx)
             v = View(v.shape, v.src, self.chain.version)
-        if v.version != self.chain.version:
-            self.fail(node, idx, "its input is an earlier activation, not the output of the layer just before "
-                                 "(branches and skip connections are not supported: shmrt runs a chain of layers)")
+        self.chain.switch(v.version)  # an earlier activation (a branch, a skip connection): read it
         return v
 
     def take_last_step(self, node, idx):
