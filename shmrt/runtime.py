@@ -256,13 +256,25 @@ class CompiledModel:
         self._released = False
 
     # -- convenience tier ----------------------------------------------------
-    def __call__(self, x):
+    def __call__(self, *xs):
+        x = xs[0] if len(xs) == 1 else None
         if type(x) is np.ndarray and x.dtype == np.float32 and x.shape[1:] == self.plan.in_shape \
                 and 0 < x.shape[0] <= self._fast_rows and x.flags.c_contiguous and self.plan.output.kind == "dense" \
-                and not self._released:
-            return self._small(x)
+                and not self._released and not self.plan.inputs:
+            y = self._small(x)
+            return calls.split(self.plan, y) if self.plan.outputs else y
         self._check_open()
-        x, squeeze = self._validate(x)
+        if self.plan.inputs:  # several inputs: packed side by side into one row (compile/several.py)
+            x, squeeze = calls.pack(self.plan, xs, _REFUSED_KINDS)
+        elif len(xs) != 1:
+            raise TypeError(f"this model takes one input of shape (N, {', '.join(map(str, self.plan.in_shape))}), "
+                            f"got {len(xs)}")
+        else:
+            x, squeeze = self._validate(x)
+        y = self._call_rows(x, squeeze)
+        return calls.split(self.plan, y) if self.plan.outputs else y
+
+    def _call_rows(self, x, squeeze):
         n = x.shape[0]
         o = self.plan.output
         calls.check_room(n, self._row_bytes)

@@ -50,13 +50,14 @@ class Builder:
     "cols" (each worker its own feature columns, ``bounds``)."""
 
     def __init__(self, strategy, P, woff, outs, parts, scratch, inp, wids=None, bline=None, splits=None,
-                 in_name="input", vals=None):
+                 inputs=None, vals=None):
         self.strategy, self.P, self.woff, self.outs = strategy, P, woff, outs
         outs.builder = self
         self.parts, self.scratch = parts, scratch
         # every value so far: where it is and who wrote which part (a pipeline stage gets the values of
         # the stages before it, complete)
-        self.vals = vals if vals is not None else {in_name: Val(inp, "all")}
+        self.vals = vals if vals is not None else {
+            name: Val(o, "all") for name, o in (inputs if inputs is not None else {"input": inp}).items()}
         self.ins = []
         self.wids = list(wids) if wids is not None else list(range(P))  # global worker ids (per-worker scratch)
         self.bline = barrier_line(P) if bline is None else bline  # this group's barrier

@@ -53,8 +53,10 @@ def own_rows(prog) -> tuple | None:
     return tuple(rows)
 
 
-def with_io(prog: np.ndarray, inp, output) -> np.ndarray:
-    """prog [P, steps, ROW] with each worker's INPUT and OUTPUT rows appended (after END)."""
+def with_io(prog: np.ndarray, inp, output, direct_ok=True) -> np.ndarray:
+    """prog [P, steps, ROW] with each worker's INPUT and OUTPUT rows appended (after END).
+    direct_ok=False: never read the input where the caller has it (several inputs: steps read
+    the row at columns other than the input's first)."""
     P = prog.shape[0]
     own = own_rows(prog)
     line = barrier_line(P)
@@ -68,7 +70,7 @@ def with_io(prog: np.ndarray, inp, output) -> np.ndarray:
         out = dict(off=o.off, ld=o.ld or o.width, row_bytes=4 * o.width, off2=-1, ld2=0, row_bytes2=0)
     rows = np.zeros((P, IO_ROWS, prog.shape[2]), np.int64)
     sync = int(own is None)  # (a barrier of one party returns at once)
-    direct = int(own is not None and not _writes_input(prog, inp.off))
+    direct = int(direct_ok and own is not None and not _writes_input(prog, inp.off))
     for w in range(P):
         lo, hi = own[w] if own is not None else tuple(rows_of(w, P).values())
         rows[w, 0] = encode(INPUT, x=inp.off, row_floats=inp.width, lo=lo, hi=hi, sync=sync, line=line, parties=P,

@@ -17,10 +17,10 @@ from shmrt.parallel.control import barrier_line
 MICRO_PER_STAGE = 4
 
 
-def stage_costs(ops, woff, outs, parts, scratch, inp, in_name):
+def stage_costs(ops, woff, outs, parts, scratch, inp, inputs):
     """Per op, a relative cost for balancing stages: flops per row, plus
     weight bytes (read once per micro-batch) at 4 flops a byte."""
-    b = Builder("data", 1, woff, outs, parts, scratch, inp, in_name=in_name)
+    b = Builder("data", 1, woff, outs, parts, scratch, inp, inputs=inputs)
     costs = []
     for op in ops:
         b.add(op)
@@ -61,7 +61,7 @@ def layer_splits(ops, data, model, maxb, rates):
     return out
 
 
-def pipeline(ops, P, woff, outs, parts, scratch, inp, in_name, counters_off, splits=None):
+def pipeline(ops, P, woff, outs, parts, scratch, inp, inputs, counters_off, splits=None):
     """Stages of consecutive ops, each on its own group of workers, split
     within the group as the hybrid plan splits (large layers by model, with
     the group's own barrier); micro-batches flow from stage to stage,
@@ -70,12 +70,12 @@ def pipeline(ops, P, woff, outs, parts, scratch, inp, in_name, counters_off, spl
     every activation, so a stage never waits for room, only for data."""
     S = min(P if P <= 3 else P // 2, len(ops))  # from 4 workers on, groups of 2 or more
     groups = [P // S + (1 if s < P % S else 0) for s in range(S)]
-    cuts = balance(stage_costs(ops, woff, outs, parts, scratch, inp, in_name), groups)
+    cuts = balance(stage_costs(ops, woff, outs, parts, scratch, inp, inputs), groups)
     steps = [[] for _ in range(P)]
     rows, first, start, vals = [], 0, 0, None
     for s, (size, end) in enumerate(zip(groups, cuts)):
         wids = list(range(first, first + size))
-        b = Builder("hybrid", size, woff, outs, parts, scratch, inp, wids, barrier_line(P, s), splits, in_name, vals)
+        b = Builder("hybrid", size, woff, outs, parts, scratch, inp, wids, barrier_line(P, s), splits, inputs, vals)
         for op in ops[start:end]:
             b.add(op)
         head_len = 2 if s > 0 else 1

@@ -42,6 +42,7 @@ from shmrt.compile.ops import family
 from shmrt.compile.ops import output as family_output
 from shmrt.compile.ops import tensors as family_tensors
 from shmrt.compile.ops.conv import geometry
+from shmrt.compile import several
 from shmrt.compile.pipeline import layer_splits, pipeline
 from shmrt.compile.values import Program
 from shmrt.ir import layers as L
@@ -71,6 +72,9 @@ class Plan:
     counters: dict = field(default_factory=dict)  # strategy -> (arena offset, words) to zero before each call
     rates: object = None  # cost.Rates the plans were chosen and are predicted with (None: defaults)
     tuned: dict = field(default_factory=dict)  # batch size -> program, measured (autotune=True)
+    inputs: tuple = ()  # several inputs: (name, shape, first column, width) of each in the input row
+    outputs: tuple = ()  # several outputs: (name, shape, first column, width) of each in the output row
+    named_outputs: bool = False  # several outputs come back as a dict (else a tuple)
     memory: dict = field(default_factory=dict)  # "peak": program -> arena floats it spans; "pair": the largest
     #                                             input + output of one op at max_batch, floats
 
@@ -199,22 +203,6 @@ def _as_graph(model):
     raise TypeError(f"expected a shmrt.Sequential, a shmrt.Graph (or a layer), got {type(model).__name__}")
 
 
-def _input_shape(graph, input_shape):
-    if len(graph.inputs) != 1:
-        raise NotImplementedError(f"compile: this graph has {len(graph.inputs)} inputs "
-                                  f"({', '.join(n for n, _ in graph.inputs)}); shmrt compiles graphs of one input "
-                                  f"so far (several outputs are fine)")
-    in_shape = tuple(int(v) for v in input_shape) if input_shape is not None else graph.input_shape()
-    if in_shape is None:
-        first = graph.nodes[0].layer
-        hint = (f"(T, {first.input_size}) for a sequence of T steps" if isinstance(first, L._Recurrent)
-                else "(features,)")
-        raise ValueError(f"cannot infer the input shape of this model: pass input_shape={hint} to compile")
-    if len(in_shape) not in (1, 2, 3) or min(in_shape) < 1:
-        raise ValueError(f"input_shape must be (F,), (T, F) or (C, H, W) with positive sizes, got {in_shape}")
-    return in_shape
-
-
 # families whose steps write their output with a row stride of its own (out_ld), so that a value may
 # sit in a wider slot; and the layers that need their input's rows packed (a recurrent layer's [N, T, F])
 _STRIDED = (L.Conv2d, L._Pool2d, L.GlobalAvgPool, L._Elementwise, L._Affine, L._Merge)
@@ -230,15 +218,18 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
         raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
     graph = _as_graph(model)
     P, maxb = int(workers), int(max_batch)
-    in_shape = _input_shape(graph, input_shape)
-    in_name = graph.inputs[0][0]
-    shapes = graph.shapes(in_shape)
+    ins = several.input_shapes(graph, input_shape)
+    graph, out_cols = several.pack_outputs(graph, ins)
+    in_cols = several.columns(ins) if len(ins) > 1 else []
+    in_w = sum(int(np.prod(s)) for _, s in ins)
+    in_shape = ins[0][1] if len(ins) == 1 else (in_w,)  # several inputs: one row of them side by side
+    shapes = graph.shapes([s for _, s in ins])
     ops, outputs = _fuse(graph, shapes)
     for op in ops:
         op.shape = shapes[op.out]
-    if len(outputs) != 1:
-        raise NotImplementedError(f"compile: this graph has {len(outputs)} outputs ({', '.join(graph.outputs)}); "
-                                  f"shmrt compiles graphs of one output so far")
+        if in_cols and isinstance(op.layer, L._Recurrent) and op.inputs[0] in dict(ins):
+            raise NotImplementedError(f"compile: {op.layer!r} reads graph input {op.inputs[0]!r} directly; in a "
+                                      f"graph of several inputs a recurrent layer reads a computed value")
     tensors = {}  # every float32 tensor the programs read, by name "<op index>.<name>" (folds applied)
     for op in ops:
         tensors.update({f"{op.index}.{k}": v for k, v in family_tensors(op, shapes[op.inputs[0]]).items()})
@@ -252,7 +243,6 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
     # convolution scratch, the partial sums of row-parallel layers.  Above it, each program's
     # activation slots (values.py).
     arena = Arena()
-    in_w = int(np.prod(in_shape))
     input_off = arena.alloc(maxb * in_w)
     fixed = {}
     for op in ops:
@@ -294,13 +284,15 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
     values.base = arena.size
 
     inp = Output("dense", input_off, in_w, shape=tuple(in_shape))
+    in_vals = ({name: Output("dense", input_off + col, w, shape=shape, ld=in_w) for name, shape, col, w in in_cols}
+               if in_cols else {ins[0][0]: inp})
     built, peaks = {}, {}
 
     def whole(s, splits=None):
         """The (program, explain rows) of a plan over all workers, built once."""
         if s not in built:
             slots = values.slots("rows" if s == "data" or P == 1 else "barrier")
-            b = Builder(s, P, woff, slots, parts, scratch, inp, splits=splits, in_name=in_name)
+            b = Builder(s, P, woff, slots, parts, scratch, inp, splits=splits, inputs=in_vals)
             for op in ops:
                 b.add(op)
             built[s] = b.finish()
@@ -314,7 +306,7 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
     for s in names:
         if s == "pipeline":
             slots = values.slots("none")
-            programs[s], explain[s] = pipeline(ops, P, woff, slots, parts, scratch, inp, in_name, counters[s][0],
+            programs[s], explain[s] = pipeline(ops, P, woff, slots, parts, scratch, inp, in_vals, counters[s][0],
                                                splits)
             peaks[s] = slots.peak
         else:
@@ -330,9 +322,9 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
     arena.alloc(max(peaks.values(), default=0))
     arena.alloc(max([in_w, P * widest] + [o.ld or o.width for o in fixed.values()] +
                     [int(np.prod(shapes[op.out])) for op in ops] + [t * r.hidden_size for r, t in recs]))
-    programs = {s: with_io(p, inp, output) for s, p in programs.items()}
+    programs = {s: with_io(p, inp, output, direct_ok=not in_cols) for s, p in programs.items()}
     pair = max(int(np.prod(shapes[op.inputs[0]])) + int(np.prod(shapes[op.out])) for op in ops) if ops else in_w
     memory = {"peak": {s: values.base + v for s, v in peaks.items()}, "slots": dict(peaks), "base": values.base,
               "pair": maxb * pair}
     return Plan(P, maxb, in_shape, tensors, woff, arena.size, input_off, output, programs, explain, counters, rates,
-                memory=memory)
+                memory=memory, inputs=tuple(in_cols), outputs=tuple(out_cols), named_outputs=graph.named_outputs)

@@ -127,3 +127,46 @@ def local(cm, rows, index, record=None):
     if rows is not None and pool.caller and cm._direct[index] and rows.flags.writeable:
         return got[:5] + (rows.reshape(-1),)
     return got
+
+
+def pack(plan, args, refused_kinds):
+    """cm(x1, x2, ...) or cm({"name": x, ...}) for a graph of several inputs: one float32 array
+    [n, row] with each sample's inputs side by side (compile/several.py), and whether the inputs
+    were single samples (no batch axis)."""
+    specs = plan.inputs
+    names = [name for name, _, _, _ in specs]
+    want = ", ".join(f"{name} (N, {', '.join(map(str, shape))})" for name, shape, _, _ in specs)
+    if len(args) == 1 and isinstance(args[0], dict):
+        got = args[0]
+        if set(got) != set(names):
+            raise TypeError(f"expected the inputs {names} by name, got {sorted(got)}")
+        args = [got[n] for n in names]
+    if len(args) != len(specs):
+        raise TypeError(f"this model takes {len(specs)} inputs, {want}: cm(x1, x2, ...) or cm({{name: x}}); "
+                        f"got {len(args)}")
+    arrs, single = [], None
+    for (name, shape, _, _), x in zip(specs, args):
+        x = np.asarray(x)
+        if x.dtype.kind in refused_kinds:
+            raise TypeError(f"input {name!r}: expected a real numeric array of shape (N, "
+                            f"{', '.join(map(str, shape))}), got dtype {x.dtype} ({refused_kinds[x.dtype.kind]})")
+        one = x.ndim == len(shape)
+        x = x[None] if one else x
+        if tuple(x.shape[1:]) != tuple(shape) or (single is not None and one != single):
+            raise ValueError(f"input {name!r}: expected shape (N, {', '.join(map(str, shape))}) or "
+                             f"{tuple(shape)}, like the others, got {np.shape(args[len(arrs)])}")
+        single = one
+        arrs.append(x.reshape(x.shape[0], -1))
+    if len({a.shape[0] for a in arrs}) != 1:
+        raise ValueError(f"the inputs must have one batch size, got {[a.shape[0] for a in arrs]} for {names}")
+    return np.concatenate(arrs, axis=1).astype(np.float32, copy=False), single
+
+
+def split(plan, y):
+    """The output row of a graph of several outputs as its arrays: a tuple in the graph's order, or a
+    dict by name (outputs given as a dict); y is [n, row] or one row [row]."""
+    lead = y.shape[:-1]
+    outs = [y[..., c:c + w].reshape(lead + tuple(shape)) for _, shape, c, w in plan.outputs]
+    if plan.named_outputs:
+        return {name: o for (name, _, _, _), o in zip(plan.outputs, outs)}
+    return tuple(outs)
