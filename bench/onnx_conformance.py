@@ -16,9 +16,11 @@ first node that is not shape plumbing.  The function-expanded forms of those
 cases (test_x_expanded: the op spelt out in primitive ops, mostly
 unsupported) are filed under "<op> (expanded)" (--no-expanded skips them).
 
-shmrt compiles a model with one dynamic input whose first axis is the
-batch, so every graph input but the first becomes an initializer holding the
-test's data ("one dynamic input + constant weights").  A graph with several
+shmrt compiles a model whose dynamic inputs share a first axis, the batch,
+so every graph input but the first becomes an initializer holding the test's
+data ("one dynamic input + constant weights") -- except the operands of ops
+that join activations (Add, Sub, Mul, Div, Concat: JOIN_OPS), which stay
+inputs where they are float tensors of the first input's rank and batch.  A graph with several
 outputs (other than TopK's values and indices) is run as it is, and once
 more with the graph's outputs cut down to the first one (a case named
 ``test_x[Y]``; for LSTM/GRU/RNN also to each of Y_h, Y_c).
@@ -82,7 +84,7 @@ SUPPORTED_OPS = ("Gemm", "MatMul", "Add", "Relu", "Sigmoid", "Tanh", "LeakyRelu"
                  "Gelu", "Erf",
                  "Softmax", "LogSoftmax", "ArgMax", "TopK", "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization",
                  "Flatten", "LSTM", "GRU", "RNN", "LayerNormalization", "Reshape", "Squeeze", "Unsqueeze",
-                 "Transpose", "Identity", "Constant", "Shape", "Gather", "Concat", "Expand")
+                 "Transpose", "Identity", "Constant", "Shape", "Gather", "Concat", "Expand", "Sub", "Mul", "Div", "ReduceMean")
 PLUMBING = frozenset(("Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Constant", "Shape", "Gather",
                       "Concat", "Expand"))
 REFUSAL_TYPES = (ValueError, TypeError, NotImplementedError)
@@ -222,8 +224,22 @@ def _cases(name, op, model, sets, keep_ops, pat, variants, suffix=""):
     return [c for c in cases if pat is None or pat.search(c.name)]
 
 
-def freeze_inputs(model, inputs, outputs=(), opset_cap=None, dynamic_batch=False):
-    """A copy of ``model`` with every graph input but the first moved into
+JOIN_OPS = ("Add", "Sub", "Mul", "Div", "Concat")  # ops of several activations: their operands stay inputs
+
+
+def dynamic_inputs(op, inputs):
+    """How many leading graph inputs stay dynamic: the first; for the ops that join activations
+    (JOIN_OPS) every following float tensor of the same batch size (rank >= 2) too."""
+    k = 1
+    if op in JOIN_OPS and inputs and isinstance(inputs[0], np.ndarray) and inputs[0].ndim >= 2:
+        while k < len(inputs) and isinstance(inputs[k], np.ndarray) and inputs[k].ndim == inputs[0].ndim \
+                and inputs[k].shape[0] == inputs[0].shape[0] and inputs[k].dtype.kind == "f":
+            k += 1
+    return k
+
+
+def freeze_inputs(model, inputs, outputs=(), opset_cap=None, dynamic_batch=False, keep=1):
+    """A copy of ``model`` with every graph input but the first ``keep`` moved into
     graph.initializer (holding the test's data), and, if ``outputs`` is given,
     graph.output cut down to those names.  opset_cap: lower a default-domain
     opset above it to it (a what-if for importers that stop at an older opset;
@@ -235,16 +251,16 @@ def freeze_inputs(model, inputs, outputs=(), opset_cap=None, dynamic_batch=False
     m = onnx.ModelProto()
     m.CopyFrom(model)
     g = m.graph
-    for vi, arr in zip(list(g.input)[1:], list(inputs)[1:]):
+    for vi, arr in zip(list(g.input)[keep:], list(inputs)[keep:]):
         if isinstance(arr, np.generic):  # a 0-d tensor read back as a numpy scalar (Clip's min and max)
             arr = np.asarray(arr)
         if not isinstance(arr, np.ndarray):
             raise _HarnessError(f"graph input {vi.name!r} is a {type(arr).__name__}, not a tensor; "
                                 f"it cannot become an initializer")
         g.initializer.append(numpy_helper.from_array(np.asarray(arr), vi.name))
-    del g.input[1:]
-    if dynamic_batch and g.input and g.input[0].type.HasField("tensor_type"):
-        dims = g.input[0].type.tensor_type.shape.dim
+    del g.input[keep:]
+    for vi in g.input if dynamic_batch else ():
+        dims = vi.type.tensor_type.shape.dim if vi.type.HasField("tensor_type") else []
         if len(dims):
             dims[0].Clear()
             dims[0].dim_param = "N"
@@ -478,8 +494,9 @@ def run_case(case: Case, holder: RuntimeHolder, from_onnx, strategies=("data",),
         with _alarm(timeout):
             for di, (inputs, outputs) in enumerate(case.data_sets):
                 tag = f"data set {di}: " if len(case.data_sets) > 1 else ""
+                keep = dynamic_inputs(case.op, inputs)
                 try:
-                    model = freeze_inputs(case.model, inputs, case.outputs, opset_cap, dynamic_batch)
+                    model = freeze_inputs(case.model, inputs, case.outputs, opset_cap, dynamic_batch, keep)
                 except _HarnessError as e:
                     return dataclasses.replace(res, status="FAIL", stage="setup", reason=str(e))
                 graph_desc = describe_graph(model)
@@ -498,7 +515,10 @@ def run_case(case: Case, holder: RuntimeHolder, from_onnx, strategies=("data",),
                         reason=f"from_onnx accepted a graph with {what}; shmrt cannot feed it, so from_onnx "
                                f"should raise ValueError (got {smodel!r:.200})")
                 batch = int(x.shape[0]) if x.ndim else 0
+                xs = list(inputs[:keep])
                 in_shape = tuple(int(d) for d in x.shape[1:])
+                if keep > 1:
+                    in_shape = [tuple(int(d) for d in v.shape[1:]) for v in xs]
                 # -- compile and run, per strategy
                 refused = []
                 for s in strategies:
@@ -513,7 +533,7 @@ def run_case(case: Case, holder: RuntimeHolder, from_onnx, strategies=("data",),
                         continue
                     try:
                         try:
-                            got = cm(x)
+                            got = cm(*xs)
                         except Exception as e:
                             return dataclasses.replace(
                                 res, status="FAIL", stage=f"run[{s}]", graph=graph_desc,

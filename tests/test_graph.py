@@ -151,3 +151,41 @@ def test_uneven_adaptive_pool_is_refused_at_compile():
     g = shmrt.Graph(x, shmrt.AdaptiveAvgPool2d(3)(x))
     with pytest.raises(NotImplementedError, match="uneven windows"):
         planner.build(g, 1, "data", 4)
+
+
+def two_in_three_out():
+    shmrt.manual_seed(6)
+    a, b = shmrt.Input((3, 8, 8), name="img"), shmrt.Input((5,), name="meta")
+    h = shmrt.ReLU()(shmrt.Conv2d(3, 4, 3, padding=1)(a))
+    f = shmrt.Add()(shmrt.Flatten()(shmrt.AdaptiveAvgPool2d(1)(h)), shmrt.Linear(5, 4)(b))
+    return a, b, f, shmrt.Softmax()(shmrt.Linear(4, 3)(f)), h
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_several_inputs_and_outputs(strategy):
+    a, b, f, p, h = two_in_three_out()
+    g = shmrt.Graph([a, b], [f, p, h])
+    named = shmrt.Graph([a, b], {"probs": p, "features": f})
+    rng = np.random.default_rng(2)
+    xa, xb = rng.standard_normal((6, 3, 8, 8)).astype(np.float32), rng.standard_normal((6, 5)).astype(np.float32)
+    ref, refn = forward(g, [xa, xb]), forward(named, {"img": xa, "meta": xb})
+    with shmrt.Runtime(workers=2) as rt:
+        cm = rt.compile(g, strategy=strategy, max_batch=4)  # 6 rows: chunked
+        got = cm(xa, xb)
+        assert isinstance(got, tuple) and [o.shape for o in got] == [r.shape for r in ref]
+        for o, r in zip(got, ref):
+            assert np.abs(o - r).max() <= 1e-5 * np.abs(r).max()
+        one = cm(xa[0], xb[0])  # single samples: no batch axis on the way out either
+        assert [o.shape for o in one] == [r.shape[1:] for r in ref]
+        got = rt.compile(named, strategy=strategy, max_batch=8)({"meta": xb, "img": xa})
+        assert list(got) == ["probs", "features"]
+        for k in got:
+            assert np.abs(got[k] - refn[k]).max() <= 1e-5 * np.abs(refn[k]).max()
+        with pytest.raises(TypeError, match=r"takes 2 inputs, img \(N, 3, 8, 8\), meta \(N, 5\)"):
+            cm(xa)
+        with pytest.raises(TypeError, match=r"expected the inputs \['img', 'meta'\] by name"):
+            cm({"img": xa})
+        with pytest.raises(ValueError, match="one batch size"):
+            cm(xa, xb[:5])
+        with pytest.raises(ValueError, match=r"input 'meta': expected shape \(N, 5\)"):
+            cm(xa, xb[:, :4])

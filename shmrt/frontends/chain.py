@@ -94,6 +94,12 @@ class Chain:
         self.counter += 1
         self._new(self.current)
 
+    def add_input(self, name, shape):
+        """Another graph input (per-sample ``shape``): its version, to make views of it with."""
+        self.counter += 1
+        self.states[self.counter] = (name, tuple(shape), len(shape) + 1)
+        return self.counter
+
     def switch(self, version):
         """Make the activation of ``version`` current again (its value, shape and rank)."""
         if version != self.version:

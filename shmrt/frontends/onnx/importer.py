@@ -113,13 +113,21 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
         if overrides:
             raise UnsupportedONNX(f"ONNX graph: initializer(s) {overrides[:5]} are also graph inputs (overridable "
                                   f"initializers); shmrt needs fixed weights: export with keep_initializers_as_inputs=False")
-        if len(inputs) != 1:
-            raise UnsupportedONNX(f"ONNX graph: shmrt needs exactly one dynamic input, got {len(inputs)}: "
-                                  f"{[i.name for i in inputs]}")
-        inp = inputs[0]
-        self.input_shape = self.input_dims(inp)
-        self.chain = Chain(error=UnsupportedONNX, shape=self.input_shape)
-        self.values[inp.name] = View((B,) + self.input_shape, range(len(self.input_shape) + 1), 0)
+        if not inputs:
+            raise UnsupportedONNX("ONNX graph: no dynamic input (every graph input is an initializer)")
+        self.inputs = []  # (value name, per-sample shape) of each graph input
+        for k, inp in enumerate(inputs):
+            shape = self.input_dims(inp)
+            if k == 0:
+                self.input_shape = shape
+                self.chain = Chain(error=UnsupportedONNX, shape=shape)
+                self.chain.current = inp.name
+                self.chain.states[0] = (inp.name, shape, len(shape) + 1)
+                version = 0
+            else:
+                version = self.chain.add_input(inp.name, shape)
+            self.inputs.append((inp.name, shape))
+            self.values[inp.name] = View((B,) + shape, range(len(shape) + 1), version)
         nodes = self.live(list(enumerate(g.node)))
         # a pattern that does not fit returns the nodes as they are
         for rewrite in (patterns.rewrite_silu, patterns.rewrite_gelu, patterns.rewrite_layernorm):
@@ -238,11 +246,7 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
         if topk is not None and isinstance(self.chain.layers[-1], L.TopK) and tuple(outs) != topk:
             raise UnsupportedONNX(f"ONNX graph outputs {outs}: a final TopK must output both its values and indices, "
                                   f"in that order ({list(topk)}): shmrt's TopK returns (values, indices)")
-        if len(outs) == 2 and topk is not None and tuple(outs) == topk:
-            pass
-        elif len(outs) != 1:
-            raise UnsupportedONNX(f"ONNX graph: shmrt models have one output (or TopK's values and indices), got "
-                                  f"{len(outs)}: {outs}")
+        names = []
         for n, v in zip(outs, vals):
             self.chain.switch(v.version)
             if v.last_of is not None:
@@ -254,8 +258,11 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
             if not self.identical(v):
                 raise UnsupportedONNX(f"ONNX graph output {n!r} of shape {fmt(v.shape)} is not in batch-first "
                                       f"order (shmrt layout {fmt(self.full())}); add a Transpose back to batch-first")
+            names.append(self.chain.current)
         if not self.chain.layers:
             raise UnsupportedONNX("ONNX graph: computes nothing (no layer)")
-        if self.topk_outputs is not None and tuple(outs) == self.topk_outputs:
-            self.chain.switch(vals[0].version)
-        return self.chain.model([("input", self.input_shape)], [self.chain.current], merge_recurrent=True)
+        if topk is not None and tuple(outs) == topk:  # TopK's (values, indices): one output of shmrt's
+            names = names[:1]
+        elif len(set(names)) != len(names):
+            raise UnsupportedONNX(f"ONNX graph outputs {outs}: two outputs are one activation")
+        return self.chain.model(self.inputs, names, merge_recurrent=True)
