@@ -184,14 +184,19 @@ def test_hand_built_onnx(rt, kind):
             assert rel_err(cm(x), ref) <= 1e-5, s
 
 
-def test_sigmoid_times_something_else_is_not_silu():
-    """Sigmoid(h) * z with z not h is not SiLU: the pattern must not fire (s * s is then refused as a product
-    of two activations)."""
+def test_sigmoid_times_something_else_is_not_silu(rt):
+    """Sigmoid(h) * z with z not h is not SiLU: the pattern must not fire; s * s is then a product of
+    two activations (a graph's Mul) and computes sigmoid(h) squared."""
     from onnx import helper
     nodes = [helper.make_node("Sigmoid", ["h"], ["s"]), helper.make_node("Mul", ["s", "s"], ["y"])]
-    proto, _ = _graph(nodes)
-    with pytest.raises(ValueError, match="Mul.*both inputs depend on the model input"):  # s * s: refused, not SiLU
-        shmrt.load(proto)
+    proto, w = _graph(nodes)
+    model = shmrt.load(proto)
+    assert not any(isinstance(l, shmrt.SiLU) for l in model.layers), model
+    assert any(isinstance(l, shmrt.Mul) for l in model.layers), model
+    x = np.random.default_rng(1).standard_normal((5, 6)).astype(np.float32)
+    h = x.astype(np.float64) @ w.astype(np.float64).T
+    ref = (1 / (1 + np.exp(-h))) ** 2
+    assert rel_err(rt.compile(model, max_batch=8)(x), ref) <= 1e-5
 
 
 @pytest.mark.parametrize("op, attrs, inputs, expected", [

@@ -9,6 +9,7 @@ thread limit applies only inside it, so peers can be interleaved).
 from __future__ import annotations
 
 import contextlib
+import warnings
 from dataclasses import dataclass
 from typing import Callable
 
@@ -200,7 +201,9 @@ def torch_peer(model, threads):
         mods.append(m)
     net = _GraphModule(nn, g, mods).eval()
     try:  # what a user after speed does in eager PyTorch: fold each BatchNorm into its convolution
-        from torch.fx.experimental.optimization import fuse
+        with warnings.catch_warnings():  # the module imports torch.jit, deprecated; the pass is not
+            warnings.simplefilter("ignore", DeprecationWarning)
+            from torch.fx.experimental.optimization import fuse
         net = fuse(net)
     except Exception:  # noqa: BLE001 (an older torch without the pass: the graph as it is)
         pass

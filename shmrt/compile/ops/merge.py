@@ -67,13 +67,15 @@ def merge(b, op, info):
             pos += sh[ax]
         code, same = COPY, False
         info["flops"] = 0
-    follow = (b.split_model and same and all(v.state == "cols" for v in b.ins)
-              and b.ins[0].bounds == b.ins[1].bounds and all(c % inner == 0 for c in b.ins[0].bounds))
+    # each worker combines its own columns where every operand is split by the same columns or complete
+    split_by = [v.bounds for v in b.ins if v.state == "cols"]
+    follow = (b.split_model and same and split_by and all(v.state in ("cols", "all") for v in b.ins)
+              and all(bd == split_by[0] for bd in split_by) and all(c % inner == 0 for c in split_by[0]))
     if not b.split_model:
         b.need_inputs(("all", "rows"))
         cb = None
     elif follow:
-        cb = [c // inner for c in b.ins[0].bounds]
+        cb = [c // inner for c in split_by[0]]
     else:
         b.need_inputs(("all",))
         cb = split(oshape[0], P, grain=1)
@@ -95,7 +97,7 @@ def merge(b, op, info):
         info["slices"] = [f"rows {w}/{P}..{w + 1}/{P}" for w in range(P)]
         b.set_cur(out, "rows" if P > 1 else "all")
     else:
-        info["partition"] = "channels (follows both inputs)" if follow else "channels"
+        info["partition"] = "channels (follows its inputs)" if follow else "channels"
         info["slices"] = [f"channels {cb[w]}:{cb[w + 1]}" for w in range(P)]
         b.set_cur(out, "cols", [c * inner for c in cb])
 
