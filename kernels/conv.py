@@ -338,3 +338,48 @@ def global_avg_pool(x, out, hw, c0, c1):
         for p in range(hw):
             s += x[c * hw + p]
         out[c] = s / hw
+
+
+@njit(cache=True)
+def _sources(n_out, n_in, bilinear, align):
+    """Per output index along one axis: the two source indices and the second's weight (PyTorch's
+    interpolate: nearest floor(o * in / out); bilinear at half-pixel centres, or corners aligned)."""
+    i0 = np.empty(n_out, np.int64)
+    i1 = np.empty(n_out, np.int64)
+    wt = np.zeros(n_out, np.float32)
+    for o in range(n_out):
+        if not bilinear:
+            i0[o] = min(o * n_in // n_out, n_in - 1)
+            i1[o] = i0[o]
+            continue
+        if align:
+            src = o * (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
+        else:
+            src = max((o + 0.5) * n_in / n_out - 0.5, 0.0)
+        a = min(int(np.floor(src)), n_in - 1)
+        i0[o], i1[o], wt[o] = a, min(a + 1, n_in - 1), src - a
+    return i0, i1, wt
+
+
+@njit(cache=True)
+def upsample2d(x, out, g, c0, c1, bilinear, align):
+    """Channels c0:c1 of one image resized from H x W to OH x OW (flat buffers), g = (C, H, W, OH, OW):
+    each output row is a blend of two source rows (one for nearest), gathered by column tables."""
+    H, W, OH, OW = g[1], g[2], g[3], g[4]
+    r0, r1, wr = _sources(OH, H, bilinear, align)
+    q0, q1, wq = _sources(OW, W, bilinear, align)
+    row = np.empty(W, np.float32)
+    for c in range(c0, c1):
+        for oh in range(OH):
+            a = x[(c * H + r0[oh]) * W:(c * H + r0[oh] + 1) * W]
+            o = out[(c * OH + oh) * OW:(c * OH + oh + 1) * OW]
+            if not bilinear:
+                for k in range(OW):
+                    o[k] = a[q0[k]]
+                continue
+            b = x[(c * H + r1[oh]) * W:(c * H + r1[oh] + 1) * W]
+            w = wr[oh]
+            for k in range(W):
+                row[k] = a[k] + (b[k] - a[k]) * w
+            for k in range(OW):
+                o[k] = row[q0[k]] + (row[q1[k]] - row[q0[k]]) * wq[k]

@@ -246,3 +246,37 @@ class InceptionNet(nn.Module):
 def inception_block(seed=0, **kw):
     torch.manual_seed(seed)
     return _bn_init(InceptionNet(**kw), seed)
+
+
+class DoubleConv(nn.Sequential):
+    def __init__(self, cin, cout):
+        super().__init__(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                         nn.Conv2d(cout, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+class UNet(nn.Module):
+    """A small U-Net (Ronneberger et al. 2015), as the common PyTorch implementations with bilinear
+    upsampling write it: contracting path of double convolutions and 2x2 max pools, expanding path of
+    upsampling, concatenation with the skip connection across the scale, and double convolutions."""
+
+    def __init__(self, cin=3, classes=2, w=8, bilinear=True):
+        super().__init__()
+        self.inc, self.down1, self.down2 = DoubleConv(cin, w), DoubleConv(w, 2 * w), DoubleConv(2 * w, 4 * w)
+        self.pool = nn.MaxPool2d(2)
+        self.up = nn.Upsample(scale_factor=2, mode="bilinear" if bilinear else "nearest",
+                              align_corners=False if bilinear else None)
+        self.conv_up2, self.conv_up1 = DoubleConv(6 * w, 2 * w), DoubleConv(3 * w, w)
+        self.outc = nn.Conv2d(w, classes, 1)
+
+    def forward(self, x):
+        x1 = self.inc(x)
+        x2 = self.down1(self.pool(x1))
+        x3 = self.down2(self.pool(x2))
+        y = self.conv_up2(torch.cat([x2, self.up(x3)], dim=1))
+        y = self.conv_up1(torch.cat([x1, nn.functional.interpolate(y, scale_factor=2, mode="nearest")], dim=1))
+        return self.outc(y)
+
+
+def unet(seed=0, **kw):
+    torch.manual_seed(seed)
+    return _bn_init(UNet(**kw), seed)

@@ -1,5 +1,5 @@
 """Real architectures (tests/archs.py: ResNet-18, ResNet-50, MobileNetV2, a DenseNet block, an
-Inception block) loaded the way users have them -- from the live module (torch.fx traces its own
+Inception block, a small U-Net) loaded the way users have them -- from the live module (torch.fx traces its own
 forward, residuals and branches included) and from its torch.onnx.export file -- and run with
 every strategy on 1-3 workers at several batch sizes, against the module itself in float64.
 
@@ -27,8 +27,9 @@ NETS = {
     "mobilenetv2": (lambda: archs.mobilenetv2(num_classes=10, width_mult=0.25), (3, 32, 32)),
     "densenet_block": (lambda: archs.densenet_block(), (3, 12, 12)),
     "inception_block": (lambda: archs.inception_block(), (3, 12, 12)),
+    "unet": (lambda: archs.unet(), (3, 16, 16)),
 }
-
+ROUTES = {}  # name -> the routes it loads by, where not both
 
 def _reference(module, x):
     m = copy.deepcopy(module).double().eval()
@@ -42,8 +43,7 @@ def _onnx(module, shape, path):
     return path
 
 
-@pytest.mark.parametrize("route", ["module", "onnx"])
-@pytest.mark.parametrize("name", list(NETS))
+@pytest.mark.parametrize("name, route", [(n, r) for n in NETS for r in ROUTES.get(n, ("module", "onnx"))])
 def test_architecture(name, route, tmp_path):
     make, shape = NETS[name]
     module = make()

@@ -192,3 +192,24 @@ def test_several_inputs_and_outputs(strategy):
             cm(xa, xb[:5])
         with pytest.raises(ValueError, match=r"input 'meta': expected shape \(N, 5\)"):
             cm(xa, xb[:, :4])
+
+
+@pytest.mark.parametrize("up", [dict(scale_factor=2), dict(scale_factor=(2, 3), mode="bilinear"),
+                                dict(size=(7, 5), mode="bilinear", align_corners=True), dict(size=(9, 12))],
+                         ids=["nearest2", "bilinear2x3", "bilinear_aligned_size", "nearest_size"])
+def test_upsample_matches_torch(up):
+    torch = pytest.importorskip("torch")
+    shmrt.manual_seed(8)
+    x = shmrt.Input((3, 4, 6))
+    g = shmrt.Graph(x, shmrt.Upsample(**up)(shmrt.Conv2d(3, 4, 1)(x)))
+    xs = np.random.default_rng(3).standard_normal((5, 3, 4, 6)).astype(np.float32)
+    conv = g.nodes[0].layer
+    h = torch.nn.functional.conv2d(torch.from_numpy(xs).double(), torch.from_numpy(conv.params["weight"]).double(),
+                                   torch.from_numpy(conv.params["bias"]).double())
+    kw = dict(up)
+    ref = torch.nn.functional.interpolate(h, **kw).numpy()
+    np.testing.assert_allclose(forward(g, xs), ref, rtol=1e-9, atol=1e-9)
+    with shmrt.Runtime(workers=2) as rt:
+        for s in ("data", "model"):
+            got = rt.compile(g, strategy=s, max_batch=4)(xs)
+            assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max(), s

@@ -93,6 +93,8 @@ _DECLARED = (
     # rows lo:hi, dim-0 indices c0:c1 (channels, when split by model)
     ("MERGE", "merge", ("a", "a_ld", "b", "b_ld", "out", "out_ld", "op", ("d", 3), ("sa", 3), ("sb", 3), ("so", 3),
                         "c0", "c1", "act", "alpha", "lo", "hi")),
+    # channels c0:c1 of images lo:hi resized (kernels/conv.upsample2d): geom (C, H, W, OH, OW); bilinear, align
+    ("RESIZE", "resize", ("x", "x_ld", "out", "out_ld", "c0", "c1", "lo", "hi", ("geom", 5), "bilinear", "align")),
 )
 
 
@@ -114,7 +116,7 @@ OPS = tuple(op for op, _ in _BUILT)  # by code
 _WIDTHS = [widths for _, widths in _BUILT]
 LABELS = tuple(label for _, label, _ in _DECLARED)
 (END, BARRIER, LINEAR, REDUCE, ACT, SOFTMAX, ARGMAX, TOPK, AFFINE, GATHER, LAYERNORM, RECUR, CONV, POOL, GAP,
- MICRO, WAIT, SIGNAL, NEXT, INPUT, OUTPUT, MERGE) = OPS
+ MICRO, WAIT, SIGNAL, NEXT, INPUT, OUTPUT, MERGE, RESIZE) = OPS
 assert [op.__class__.__name__ for op in OPS] == [name.title() for name, _, _ in _DECLARED]  # the names above in order
 
 

@@ -205,7 +205,7 @@ def _as_graph(model):
 
 # families whose steps write their output with a row stride of its own (out_ld), so that a value may
 # sit in a wider slot; and the layers that need their input's rows packed (a recurrent layer's [N, T, F])
-_STRIDED = (L.Conv2d, L._Pool2d, L.GlobalAvgPool, L._Elementwise, L._Affine, L._Merge)
+_STRIDED = (L.Conv2d, L._Pool2d, L.GlobalAvgPool, L.Upsample, L._Elementwise, L._Affine, L._Merge)
 
 
 def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, input_shape=None, rates=None) -> Plan:

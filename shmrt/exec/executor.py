@@ -17,10 +17,10 @@ from numba import njit
 
 from shmrt.kernels import (IDENTITY, NR, affine, apply_act, argmax, conv2d, gather, gemm_packed, global_avg_pool,
                            gru_cell, layernorm, linear, lstm_cell, merge, pool2d, reduce_partials, rnn_cell, softmax,
-                           topk)
+                           topk, upsample2d)
 
 from shmrt.compile.isa import (ACT, AFFINE, ARGMAX, BARRIER, CONV, CONV_GEOM, END, FRAC, GAP, GATES, GATHER, GRU_CELL,
-                               INPUT, LAYERNORM, LINEAR, LSTM_CELL, MERGE, MICRO, NEXT, OP, POOL, POOL_GEOM, RECUR,
+                               INPUT, LAYERNORM, LINEAR, LSTM_CELL, MERGE, MICRO, NEXT, OP, POOL, POOL_GEOM, RECUR, RESIZE,
                                REDUCE, RNN_RELU, SIGNAL, SOFTMAX, TOPK, WAIT)
 from shmrt.parallel import control as C
 from shmrt.exec.moves import _copy_in_rows, _copy_out_rows, copy_in, copy_out
@@ -263,6 +263,15 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
             merge(aa, ao, s[MERGE.a_ld], ba, bo, s[MERGE.b_ld], arena, s[MERGE.out], s[MERGE.out_ld], r0, r1,
                   s[MERGE.op], s[MERGE.d:MERGE.d + 3], s[MERGE.sa:MERGE.sa + 3], s[MERGE.sb:MERGE.sb + 3],
                   s[MERGE.so:MERGE.so + 3], s[MERGE.c0], s[MERGE.c1], s[MERGE.act], alpha)
+        elif op == RESIZE.code:
+            r0, r1 = _rows(base, cnt, w0, w1, s[RESIZE.lo], s[RESIZE.hi])
+            g = s[RESIZE.geom:RESIZE.geom + 5]
+            xld, oo, old = s[RESIZE.x_ld], s[RESIZE.out], s[RESIZE.out_ld]
+            xa, xo = _src(arena, xin, s[RESIZE.x], in_off)
+            insz, outsz = g[0] * g[1] * g[2], g[0] * g[3] * g[4]
+            for img in range(r0, r1):
+                upsample2d(xa[xo + img * xld:xo + img * xld + insz], arena[oo + img * old:oo + img * old + outsz],
+                           g, s[RESIZE.c0], s[RESIZE.c1], s[RESIZE.bilinear] != 0, s[RESIZE.align] != 0)
         elif op == MICRO.code:
             ctr = arena[s[MICRO.counters]:s[MICRO.counters] + 2 * LINE * s[MICRO.workers]].view(np.int32)
             mb_m, mb_k, mb_top = micro_batches(n, s[MICRO.most], s[MICRO.rows]), 0, i + 1

@@ -193,3 +193,44 @@ class Reshape(Layer):
 
     def __repr__(self):
         return f"Reshape{self.shape}"
+
+
+class Upsample(Layer):
+    """[N, C, H, W] -> [N, C, H * s, W * s] (PyTorch's nn.Upsample / F.interpolate with an integer
+    scale_factor, or size=(OH, OW)): mode "nearest" (the source pixel floor(o * H / OH)) or
+    "bilinear" (align_corners False: the half-pixel centres, edges clamped; or True)."""
+
+    def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None):
+        super().__init__()
+        if mode not in ("nearest", "bilinear"):
+            raise ValueError(f"Upsample: mode must be 'nearest' or 'bilinear', got {mode!r}")
+        if (size is None) == (scale_factor is None):
+            raise ValueError(f"Upsample: give exactly one of size and scale_factor, got size={size!r}, "
+                             f"scale_factor={scale_factor!r}")
+        if mode == "nearest" and align_corners:
+            raise ValueError("Upsample: align_corners applies to mode='bilinear' only")
+        self.size = None if size is None else _pair(size, "size", "Upsample")
+        sf = None
+        if scale_factor is not None:
+            t = tuple(scale_factor) if isinstance(scale_factor, (tuple, list)) else (scale_factor, scale_factor)
+            if len(t) != 2 or any(float(v) != int(v) or int(v) < 1 for v in t):
+                raise ValueError(f"Upsample: scale_factor must be a positive integer or a pair of them, got "
+                                 f"{scale_factor!r}")
+            sf = (int(t[0]), int(t[1]))
+        self.scale_factor, self.mode, self.align_corners = sf, mode, bool(align_corners)
+
+    def output_shape(self, shape):
+        if len(shape) != 3:
+            raise ValueError(f"{self!r} expects inputs of shape (N, C, H, W), got (N, {', '.join(map(str, shape))})")
+        if self.size is not None:
+            return (shape[0], *self.size)
+        return (shape[0], shape[1] * self.scale_factor[0], shape[2] * self.scale_factor[1])
+
+    def config(self):
+        return {"size": None if self.size is None else list(self.size),
+                "scale_factor": None if self.scale_factor is None else list(self.scale_factor),
+                "mode": self.mode, "align_corners": self.align_corners}
+
+    def __repr__(self):
+        what = f"size={self.size}" if self.size is not None else f"scale_factor={self.scale_factor}"
+        return f"Upsample({what}, mode={self.mode!r}" + (", align_corners=True)" if self.align_corners else ")")

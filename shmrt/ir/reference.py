@@ -233,7 +233,30 @@ def adaptive_avg_pool2d(layer, x):
     return out
 
 
+def _source(n_out, n_in, mode, align):
+    """Per output index: (i0, i1, weight of i1) along one axis, PyTorch's interpolate."""
+    o = np.arange(n_out, dtype=np.float64)
+    if mode == "nearest":
+        i0 = np.minimum(np.floor(o * n_in / n_out).astype(np.int64), n_in - 1)
+        return i0, i0, np.zeros(n_out)
+    src = o * (n_in - 1) / (n_out - 1) if align and n_out > 1 else np.maximum((o + 0.5) * n_in / n_out - 0.5, 0.0)
+    if align and n_out == 1:
+        src = np.zeros(1)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    return i0, np.minimum(i0 + 1, n_in - 1), src - i0
+
+
+def upsample(layer, x):
+    _, _, H, W = x.shape
+    _, OH, OW = layer.output_shape(x.shape[1:])
+    r0, r1, wr = _source(OH, H, layer.mode, layer.align_corners)
+    c0, c1, wc = _source(OW, W, layer.mode, layer.align_corners)
+    rows = x[:, :, r0] * (1 - wr)[:, None] + x[:, :, r1] * wr[:, None]
+    return rows[:, :, :, c0] * (1 - wc) + rows[:, :, :, c1] * wc
+
+
 _RULES = {
+    L.Upsample: lambda l, p, h: upsample(l, h),
     L._Binary: _binary,
     L.Concat: lambda l, p, *hs: np.concatenate(hs, axis=l.axis(hs[0].ndim - 1) + 1),
     L.AdaptiveAvgPool2d: lambda l, p, h: adaptive_avg_pool2d(l, h),

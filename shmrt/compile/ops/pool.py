@@ -1,10 +1,10 @@
-"""Pooling (MaxPool2d, AvgPool2d, GlobalAvgPool): per channel, so it follows
-a channel split where there is one, else takes batch rows.  Steps: POOL,
-GAP."""
+"""Pooling (MaxPool2d, AvgPool2d, GlobalAvgPool) and resizing (Upsample): per
+channel, so it follows a channel split where there is one, else takes batch
+rows.  Steps: POOL, GAP, RESIZE."""
 from __future__ import annotations
 
-from shmrt.compile.isa import FRAC, GAP, POOL, POOL_GEOM
-from shmrt.compile.layout import rows_of
+from shmrt.compile.isa import FRAC, GAP, POOL, POOL_GEOM, RESIZE
+from shmrt.compile.layout import rows_of, split
 from shmrt.compile.roofline import rows
 from shmrt.ir import layers as L
 
@@ -15,15 +15,21 @@ def pool(b, op, info):
     C, H, W = b.cur_shape
     hw = H * W
     follow = b.split_model and b.state == "cols" and all(v % hw == 0 for v in b.bounds)
+    cb = [v // hw for v in b.bounds] if follow else None
+    if b.split_model and b.state == "all" and P > 1:  # complete for everyone: each worker its share of channels
+        follow, cb = True, split(C, P, grain=1)
     if not follow:
         b.need_rows()
-    cb = [v // hw for v in b.bounds] if follow else None
     out = b.outs[i]  # after the barrier, if any: a slot freed before it may be reused
-    ohw = 1 if isinstance(l, L.GlobalAvgPool) else out.shape[1] * out.shape[2]
+    ohw = 1 if isinstance(l, L.GlobalAvgPool) else out.shape[1] * out.shape[2]  # output floats per channel
     for w in range(P):
         c0, c1 = (cb[w], cb[w + 1]) if follow else (0, C)
         where = dict(lo=0, hi=FRAC) if follow else rows_of(w, P)
-        if isinstance(l, L.GlobalAvgPool):
+        if isinstance(l, L.Upsample):
+            b.emit(w, RESIZE, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.ld or out.width, c0=c0, c1=c1,
+                   geom=(C, H, W, out.shape[1], out.shape[2]), bilinear=int(l.mode == "bilinear"),
+                   align=int(l.align_corners), **where)
+        elif isinstance(l, L.GlobalAvgPool):
             b.emit(w, GAP, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.ld or out.width, hw=hw, c0=c0, c1=c1,
                    **where)
         else:
@@ -32,7 +38,7 @@ def pool(b, op, info):
                    is_max=int(l.is_max), count_include_pad=int(l.count_include_pad), geom=geom, **where)
     info["flops"] = C * hw
     if follow:
-        info["partition"] = "channels (follows producer)"
+        info["partition"] = "channels (follows producer)" if b.state == "cols" else "channels"
         info["slices"] = [f"channels {cb[w]}:{cb[w + 1]}" for w in range(P)]
         b.set_cur(out, "cols", [c * ohw for c in cb])
     else:
@@ -50,6 +56,11 @@ def gap_us(s, cnt, n, rates) -> float:
     return 4.0 * rows(cnt, s[GAP.lo], s[GAP.hi]) * (s[GAP.c1] - s[GAP.c0]) * s[GAP.hw] / (rates.read_gbs * 1e3)
 
 
-LAYERS = (L._Pool2d, L.GlobalAvgPool)
+def resize_us(s, cnt, n, rates) -> float:
+    g = s[RESIZE.geom:RESIZE.geom + 5]
+    return 8.0 * rows(cnt, s[RESIZE.lo], s[RESIZE.hi]) * (s[RESIZE.c1] - s[RESIZE.c0]) * g[3] * g[4] / (rates.read_gbs * 1e3)
+
+
+LAYERS = (L._Pool2d, L.GlobalAvgPool, L.Upsample)
 emit = pool
-COSTS = {POOL.code: pool_us, GAP.code: gap_us}
+COSTS = {POOL.code: pool_us, GAP.code: gap_us, RESIZE.code: resize_us}

@@ -12,7 +12,7 @@ from shmrt.ir import layers as L
 
 
 class GraphOps:
-    """Add, Sub, Mul, Div of two activations; Concat."""
+    """Add, Sub, Mul, Div of two activations; Concat; Resize (an upsampling in a U-Net's expanding path)."""
 
     def operand(self, node, idx, v, k):
         """(value name, per-sample shape) of the activation view v, input k of node."""
@@ -53,3 +53,41 @@ class GraphOps:
         out = layer.output_shape(*(s for _, s in vals))
         self.chain.emit(layer, out, inputs=[n for n, _ in vals])
         return View((B,) + out, tuple(range(len(out) + 1)), self.chain.version)
+
+    def op_Resize(self, node, idx, ins, a):
+        """Resize of [N, C, H, W] by integer scales (or to sizes) as PyTorch exports F.interpolate:
+        nearest with asymmetric coordinates and floor, or linear at half-pixel centres or aligned corners."""
+        v = self.image(node, idx, ins[0])
+        mode = a.get("mode", "nearest")
+        ctm = a.get("coordinate_transformation_mode", "half_pixel")
+        if mode == "nearest":
+            if ctm != "asymmetric" or a.get("nearest_mode", "round_prefer_floor") != "floor":
+                self.fail(node, idx, f"nearest Resize with coordinate_transformation_mode={ctm!r}, nearest_mode="
+                                     f"{a.get('nearest_mode', 'round_prefer_floor')!r} is not supported; expected "
+                                     f"'asymmetric' and 'floor' (PyTorch's)")
+            align = None
+        elif mode == "linear" and ctm in ("half_pixel", "pytorch_half_pixel", "align_corners"):
+            align = ctm == "align_corners"
+        else:
+            self.fail(node, idx, f"Resize mode={mode!r} with coordinate_transformation_mode={ctm!r} is not supported; "
+                                 f"expected nearest (asymmetric, floor) or linear (half_pixel or align_corners)")
+        sizes = ins[3] if len(ins) > 3 and ins[3] is not None else None
+        scales = ins[2] if len(ins) > 2 and ins[2] is not None and np.size(ins[2]) else None
+        C, H, W = self.ir
+        if sizes is not None:
+            sz = [int(t) for t in np.asarray(self.const(node, idx, 3, "sizes")).reshape(-1)]
+            if len(sz) != 4 or sz[1] != C:
+                self.fail(node, idx, f"sizes {sz} must be [N, {C}, OH, OW]")
+            kw = {"size": (sz[2], sz[3])}
+        elif scales is not None:
+            sc = np.asarray(self.const(node, idx, 2, "scales"), np.float64).reshape(-1)
+            if sc.shape != (4,) or sc[0] != 1 or sc[1] != 1 or any(t != int(t) or t < 1 for t in sc[2:]):
+                self.fail(node, idx, f"scales {sc.tolist()} are not supported; expected [1, 1, s, t] with positive "
+                                     f"integers s, t")
+            kw = {"scale_factor": (int(sc[2]), int(sc[3]))}
+        else:
+            self.fail(node, idx, "Resize needs constant scales or sizes")
+        layer = L.Upsample(mode="nearest" if mode == "nearest" else "bilinear", align_corners=align, **kw)
+        out = layer.output_shape((C, H, W))
+        self.chain.emit(layer, out)
+        return View((B,) + out, (0, 1, 2, 3), self.chain.version)

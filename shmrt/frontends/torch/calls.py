@@ -43,6 +43,15 @@ class Calls:
             self.cat(node, a["tensors"], a["dim"])
         elif t in self.fn_zeros:
             self.zeros(node)
+        elif t is self.F.interpolate:
+            a = self.bind(node, ("input", "size", "scale_factor", "mode", "align_corners", "recompute_scale_factor",
+                                 "antialias"), {"size": None, "scale_factor": None, "mode": "nearest",
+                                                "align_corners": None, "recompute_scale_factor": None,
+                                                "antialias": False})
+            if a["antialias"]:
+                raise self.fail(node, "antialias=True is not supported")
+            self.take(node, a["input"])
+            self.emit(node, self.upsample(node, a["size"], a["scale_factor"], a["mode"], a["align_corners"]), rank=4)
         elif t is self.F.adaptive_avg_pool2d:
             a = self.bind(node, ("input", "output_size"))
             self.take(node, a["input"])

@@ -113,6 +113,16 @@ class Modules:
         self.take(node, node.args[0])
         self.emit(node, self.make(node, L.AdaptiveAvgPool2d, m.output_size), rank=4)
 
+    def mod_upsample(self, node, m, kind):
+        self.take(node, node.args[0])
+        self.emit(node, self.upsample(node, m.size, m.scale_factor, m.mode, m.align_corners), rank=4)
+
+    def upsample(self, node, size, scale_factor, mode, align_corners):
+        if mode not in ("nearest", "bilinear"):
+            raise self.fail(node, f"mode={mode!r} is not supported; expected 'nearest' or 'bilinear'")
+        return self.make(node, L.Upsample, size=size, scale_factor=scale_factor, mode=mode,
+                         align_corners=align_corners)
+
     def mod_layernorm(self, node, m, kind):
         self.take(node, node.args[0])
         if len(m.normalized_shape) != 1:
