@@ -84,7 +84,7 @@ SUPPORTED_OPS = ("Gemm", "MatMul", "Add", "Relu", "Sigmoid", "Tanh", "LeakyRelu"
                  "Gelu", "Erf",
                  "Softmax", "LogSoftmax", "ArgMax", "TopK", "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization",
                  "Flatten", "LSTM", "GRU", "RNN", "LayerNormalization", "Reshape", "Squeeze", "Unsqueeze",
-                 "Transpose", "Identity", "Constant", "Shape", "Gather", "Concat", "Expand", "Sub", "Mul", "Div", "ReduceMean")
+                 "Transpose", "Identity", "Constant", "Shape", "Gather", "Concat", "Expand", "Sub", "Mul", "Div", "ReduceMean", "Resize")
 PLUMBING = frozenset(("Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Constant", "Shape", "Gather",
                       "Concat", "Expand"))
 REFUSAL_TYPES = (ValueError, TypeError, NotImplementedError)

@@ -71,6 +71,8 @@ class GraphOps:
         else:
             self.fail(node, idx, f"Resize mode={mode!r} with coordinate_transformation_mode={ctm!r} is not supported; "
                                  f"expected nearest (asymmetric, floor) or linear (half_pixel or align_corners)")
+        if a.get("antialias", 0):
+            self.fail(node, idx, "attribute antialias=1 is not supported (a downsampling filter); expected 0")
         sizes = ins[3] if len(ins) > 3 and ins[3] is not None else None
         scales = ins[2] if len(ins) > 2 and ins[2] is not None and np.size(ins[2]) else None
         C, H, W = self.ir
@@ -89,5 +91,8 @@ class GraphOps:
             self.fail(node, idx, "Resize needs constant scales or sizes")
         layer = L.Upsample(mode="nearest" if mode == "nearest" else "bilinear", align_corners=align, **kw)
         out = layer.output_shape((C, H, W))
+        if ctm == "pytorch_half_pixel" and 1 in out[1:]:
+            self.fail(node, idx, "coordinate_transformation_mode='pytorch_half_pixel' to an output size of 1 (ONNX "
+                                 "samples coordinate 0 there, PyTorch the half-pixel centre) is not supported")
         self.chain.emit(layer, out)
         return View((B,) + out, (0, 1, 2, 3), self.chain.version)
