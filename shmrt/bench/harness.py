@@ -36,7 +36,7 @@ from shmrt.compile.tune import timeit
 from shmrt.compile.cost import cpu_model
 from shmrt.compile.plan import STRATEGIES
 from shmrt.bench.peers import PEERS, Impl, Skip
-from shmrt.bench.workloads import WORKLOADS, numpy_forward
+from shmrt.bench.workloads import GRAPH_WORKLOADS, WORKLOADS, numpy_forward
 
 
 def rel_err(y, ref) -> float:
@@ -428,8 +428,9 @@ def main(argv=None) -> int:
     ap.add_argument("--strategies", "--strategy", default=None,
                     help="comma-separated strategies among auto,data,model,hybrid,pipeline (default: auto; with "
                          "--full all)")
-    ap.add_argument("--workloads", default=",".join(WORKLOADS),
-                    help=f"comma-separated, among {','.join(WORKLOADS)} (default: all)")
+    ap.add_argument("--workloads", default=None,
+                    help=f"comma-separated, among {','.join(WORKLOADS)} (default: all with --full; without it, all "
+                         f"but the 224x224 graph workloads {', '.join(GRAPH_WORKLOADS)}, to stay near a minute)")
     ap.add_argument("--batches", type=_ints, default=None,
                     help="comma-separated batch sizes (default: each workload's own; logreg always runs 1M rows)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
@@ -450,7 +451,8 @@ def main(argv=None) -> int:
         ap.error(f"unknown strategy {bad[0]!r}; expected some of {', '.join(STRATEGIES)}")
     if args.batches and 0 in args.batches:
         ap.error("batch sizes must be >= 1")
-    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()]
+    default = [w for w in WORKLOADS if args.full or w not in GRAPH_WORKLOADS]
+    workloads = [w.strip() for w in args.workloads.split(",") if w.strip()] if args.workloads else default
     bad = [w for w in workloads if w not in WORKLOADS]
     if bad:
         ap.error(f"unknown workload {bad[0]!r}; expected some of {', '.join(WORKLOADS)}")

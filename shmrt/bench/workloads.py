@@ -104,6 +104,7 @@ def mobilenetv2():
                     graphs.mobilenetv2(), (3, 224, 224), (1, 16), 16, "images")
 
 
+GRAPH_WORKLOADS = ("resnet18", "mobilenetv2")  # in --full runs, or named: a default run stays near a minute
 WORKLOADS = {"mlp": mlp, "cnn": cnn, "lstm": lstm, "deep": deep, "logreg": logreg, "logreg-copy": logreg_copy,
              "logreg-stream": logreg_stream, "resnet18": resnet18, "mobilenetv2": mobilenetv2}
 
