@@ -266,11 +266,12 @@ def test_refusals_graph_level():
     with pytest.raises(ValueError, match="opset 11"):
         from_onnx(p)
     # residual connections and branches are graphs now (test_onnx_graph.py); what stays refused is named there
-    # an initializer that is also a graph input (overridable)
-    p = _one("MatMul", (4,), [("W", rnd(4, 2))])
+    # an initializer that is also a graph input (IR < 4, keep_initializers_as_inputs=True): its value is used
+    w = rnd(4, 2)
+    p = _one("MatMul", (4,), [("W", w)])
     p.graph.input.append(helper.make_tensor_value_info("W", TensorProto.FLOAT, [4, 2]))
-    with pytest.raises(ValueError, match="initializer"):
-        from_onnx(p)
+    (lin,) = from_onnx(p).layers
+    np.testing.assert_array_equal(lin.params["weight"], w.T)
 
 
 # -- importer bugs are not refusals -------------------------------------------------------------------------

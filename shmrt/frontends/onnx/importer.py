@@ -108,11 +108,9 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
         init_names = {t.name for t in g.initializer}
         for t in g.initializer:
             self.values[t.name] = self.to_array(t, f"initializer {t.name!r}")
+        # an initializer also listed as a graph input (every IR < 4 model, keep_initializers_as_inputs=True) is a
+        # default a caller could override; shmrt's weights are fixed, so it is read as the constant it holds
         inputs = [i for i in g.input if i.name not in init_names]
-        overrides = [i.name for i in g.input if i.name in init_names]
-        if overrides:
-            raise UnsupportedONNX(f"ONNX graph: initializer(s) {overrides[:5]} are also graph inputs (overridable "
-                                  f"initializers); shmrt needs fixed weights: export with keep_initializers_as_inputs=False")
         if not inputs:
             raise UnsupportedONNX("ONNX graph: no dynamic input (every graph input is an initializer)")
         self.inputs = []  # (value name, per-sample shape) of each graph input
