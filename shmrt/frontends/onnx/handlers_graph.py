@@ -57,7 +57,7 @@ class GraphOps:
     def op_Resize(self, node, idx, ins, a):
         """Resize of [N, C, H, W] by integer scales (or to sizes) as PyTorch exports F.interpolate:
         nearest with asymmetric coordinates and floor, or linear at half-pixel centres or aligned corners."""
-        v = self.image(node, idx, ins[0])
+        self.image(node, idx, ins[0])  # checks the input is an [N, C, H, W] image (and makes it current)
         mode = a.get("mode", "nearest")
         ctm = a.get("coordinate_transformation_mode", "half_pixel")
         if mode == "nearest":
