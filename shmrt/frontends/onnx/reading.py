@@ -6,7 +6,8 @@ import numpy as np
 
 from shmrt.frontends.onnx.errors import UnsupportedONNX
 
-MIN_OPSET, MAX_OPSET = 13, 22
+# 23-25 changed only element types of the ops shmrt reads (float4/8 variants, int2/uint2; TopK-24: bfloat16)
+MIN_OPSET, MAX_OPSET = 13, 25
 
 
 def onnx_module():
