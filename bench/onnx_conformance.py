@@ -84,7 +84,8 @@ SUPPORTED_OPS = ("Gemm", "MatMul", "Add", "Relu", "Sigmoid", "Tanh", "LeakyRelu"
                  "Gelu", "Erf",
                  "Softmax", "LogSoftmax", "ArgMax", "TopK", "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization",
                  "Flatten", "LSTM", "GRU", "RNN", "LayerNormalization", "Reshape", "Squeeze", "Unsqueeze",
-                 "Transpose", "Identity", "Constant", "Shape", "Gather", "Concat", "Expand", "Sub", "Mul", "Div", "ReduceMean", "Resize")
+                 "Transpose", "Identity", "Constant", "Shape", "Gather", "Concat", "Expand", "Sub", "Mul", "Div", "ReduceMean", "Resize",
+                 "Split", "Slice")
 PLUMBING = frozenset(("Reshape", "Squeeze", "Unsqueeze", "Transpose", "Identity", "Constant", "Shape", "Gather",
                       "Concat", "Expand"))
 REFUSAL_TYPES = (ValueError, TypeError, NotImplementedError)

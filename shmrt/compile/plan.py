@@ -154,8 +154,9 @@ def _fuse(graph, shapes) -> tuple:
     for i, node in enumerate(graph.nodes):
         l = node.layer
         ins = [alias.get(u, u) for u in node.inputs]
-        if isinstance(l, (L.Dropout, L.Flatten, L.Reshape)):
-            alias[node.output] = ins[0]  # identity at inference / a free reshape
+        if isinstance(l, (L.Dropout, L.Flatten, L.Reshape)) or (isinstance(l, L._Rearrange) and
+                                                                not l.moves(shapes[node.inputs[0]])):
+            alias[node.output] = ins[0]  # identity at inference / a free reshape (or permute of size-1 dims)
             continue
         if isinstance(l, L.AdaptiveAvgPool2d):
             l = _adaptive(l, shapes[ins[0]])
@@ -205,7 +206,7 @@ def _as_graph(model):
 
 # families whose steps write their output with a row stride of its own (out_ld), so that a value may
 # sit in a wider slot; and the layers that need their input's rows packed (a recurrent layer's [N, T, F])
-_STRIDED = (L.Conv2d, L._Pool2d, L.GlobalAvgPool, L.Upsample, L._Elementwise, L._Affine, L._Merge)
+_STRIDED = (L.Conv2d, L._Pool2d, L.GlobalAvgPool, L.Upsample, L._Elementwise, L._Affine, L._Merge, L._Rearrange)
 
 
 def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, input_shape=None, rates=None) -> Plan:

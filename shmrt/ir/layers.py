@@ -4,7 +4,7 @@ The classes live by family: base.py (Layer, the parameter helpers,
 manual_seed), dense.py (Linear, activations, row-wise layers), norm.py
 (preprocessing and per-feature normalisation), conv.py (Conv2d, pools,
 Flatten), recurrent.py (RNN, LSTM, GRU), merge.py (Add, Mul, Concat, ...: layers
-of several activations), graph.py (Graph, Input) and model.py (Sequential, the
+of several activations), rearrange.py (Permute, Transpose, Slice), graph.py (Graph, Input) and model.py (Sequential, the
 fitted regressions).  This module only re-exports them, the private base
 classes included: the planner and the frontends test layers by family
 (``isinstance(l, L._Recurrent)``).
@@ -18,6 +18,7 @@ from shmrt.ir.graph import Graph, Input, Node, Value
 from shmrt.ir.merge import BINARY_OPS, AdaptiveAvgPool2d, Add, Concat, Div, Mul, Sub, _Binary, _Merge
 from shmrt.ir.model import Sequential, linear_regression, logistic_regression
 from shmrt.ir.norm import BatchNorm1d, Dropout, MinMaxScale, Select, Standardize, _Affine
+from shmrt.ir.rearrange import Permute, Slice, Transpose, _Rearrange, split_sizes
 from shmrt.ir.recurrent import GRU, LSTM, RNN, _Recurrent
 
 __all__ = [
@@ -28,7 +29,8 @@ __all__ = [
     "Conv2d", "BatchNorm2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool", "Flatten", "Reshape", "Upsample",
     "RNN", "LSTM", "GRU",
     "Graph", "Input", "Node", "Value", "Add", "Sub", "Mul", "Div", "Concat", "AdaptiveAvgPool2d", "BINARY_OPS",
+    "Permute", "Transpose", "Slice", "split_sizes",
     # the layer families (private base classes) and helpers that other modules reach through L
-    "_Elementwise", "_RowWise", "_Binary", "_Merge", "_Affine", "_Recurrent", "_Pool2d",
+    "_Elementwise", "_RowWise", "_Binary", "_Merge", "_Rearrange", "_Affine", "_Recurrent", "_Pool2d",
     "_param", "_vector", "_positive_int", "_rng", "_pair", "_out_size",
 ]

@@ -255,6 +255,13 @@ def upsample(layer, x):
     return rows[:, :, :, c0] * (1 - wc) + rows[:, :, :, c1] * wc
 
 
+def _slice(l, h):
+    a, start, n = l.window(h.shape[1:])
+    idx = [slice(None)] * h.ndim
+    idx[a + 1] = slice(start, start + (n - 1) * l.step + 1, l.step)
+    return h[tuple(idx)]
+
+
 _RULES = {
     L.Upsample: lambda l, p, h: upsample(l, h),
     L._Binary: _binary,
@@ -278,4 +285,7 @@ _RULES = {
     L.GlobalAvgPool: lambda l, p, h: h.mean(axis=(2, 3)),
     L.Flatten: lambda l, p, h: h.reshape(h.shape[0], int(np.prod(h.shape[1:]))),
     L.Reshape: lambda l, p, h: h.reshape((h.shape[0],) + l.output_shape(h.shape[1:])),
+    L.Permute: lambda l, p, h: h.transpose([0] + [a + 1 for a in l.order(h.ndim - 1)]),
+    L.Transpose: lambda l, p, h: h.transpose([0] + [a + 1 for a in l.order(h.ndim - 1)]),
+    L.Slice: lambda l, p, h: _slice(l, h),
 }

@@ -1,5 +1,5 @@
-"""Layers of several activations: Add, Sub, Mul, Div (broadcasting) and Concat, as MERGE steps
-(kernels/merge.py).  By batch rows; or, split by model, by the output's first per-sample axis
+"""Layers of several activations: Add, Sub, Mul, Div (broadcasting) and Concat, and the copies
+that rearrange one (Permute, Transpose, Slice), as MERGE steps (kernels/merge.py).  By batch rows; or, split by model, by the output's first per-sample axis
 (channels of an image, features of a vector): where both operands of an elementwise op are the
 same shape and split by the same columns (a residual Add after two channel-split convolutions),
 each worker combines its own columns with no barrier; otherwise a barrier first, then each worker
@@ -55,18 +55,35 @@ def merge(b, op, info):
     if isinstance(l, L._Binary):
         (a, bb), (sha, shb), code = b.ins, op.in_shapes, _OPS[l.op]
         dims, (sa, sb, so) = _geometry(oshape, [(sha, _strides(sha)), (shb, _strides(shb)), (oshape, _strides(oshape))])
-        parts = [(a, bb, 0, dims, sa, sb, so, 0, oshape[0])]  # (a, b, out offset, geometry, dim-0 range)
+        parts = [(a, bb, 0, 0, dims, sa, sb, so, 0, oshape[0])]  # (a, b, a offset, out offset, geometry, dim-0 range)
         same = tuple(sha) == tuple(shb) == oshape
         info["flops"] = int(np.prod(oshape))
+    elif isinstance(l, L._Rearrange):  # one strided copy: the input read in the output's order
+        (v,), (sh,) = b.ins, op.in_shapes
+        st = _strides(sh)
+        if isinstance(l, L.Slice):
+            ax, start, _ = l.window(sh)
+            sa, first = list(st), start * st[ax]
+            sa[ax] *= l.step
+        else:
+            sa, first = [st[k] for k in l.order(len(sh))], 0
+        dims, (sa, so) = _geometry(oshape, [(oshape, sa), (oshape, _strides(oshape))])
+        parts = [(v, v, first, 0, dims, sa, sa, so, 0, oshape[0])]
+        code, same = COPY, False
+        info["flops"] = 0
     else:  # Concat: a strided copy of each input into its place in the output
         ax = l.axis(len(oshape))
         pos, parts = 0, []
         for v, sh in zip(b.ins, op.in_shapes):
             dims, (sa, so) = _geometry(sh, [(sh, _strides(sh)), (oshape, _strides(oshape))])
-            parts.append((v, v, pos * _strides(oshape)[ax], dims, sa, sa, so, 0, sh[0]))
+            parts.append((v, v, 0, pos * _strides(oshape)[ax], dims, sa, sa, so, 0, sh[0]))
             pos += sh[ax]
         code, same = COPY, False
         info["flops"] = 0
+    if any(len(p[4]) > 3 for p in parts):
+        raise NotImplementedError(f"{l!r} over {[f'(N, {s})' for s in op.in_shapes]}: the copy needs "
+                                  f"{len(parts[0][4])} strided dims; at most 3 are supported (expected inputs "
+                                  f"of at most 3 dims besides the batch, or dims that merge)")
     # each worker combines its own columns where every operand is split by the same columns or complete
     split_by = [v.bounds for v in b.ins if v.state == "cols"]
     follow = (b.split_model and same and split_by and all(v.state in ("cols", "all") for v in b.ins)
@@ -82,14 +99,14 @@ def merge(b, op, info):
     out = b.outs[op.index]  # after the barrier, if any: a slot freed before it may be reused
     for w in range(P):
         where = rows_of(w, P) if cb is None else dict(lo=0, hi=FRAC)
-        for a, bb, base, dims, sa, sb, so, lo0, hi0 in parts:
+        for a, bb, first, base, dims, sa, sb, so, lo0, hi0 in parts:
             c0, c1 = (lo0, hi0) if cb is None else (max(cb[w], lo0), min(cb[w + 1], hi0))
             if isinstance(l, L.Concat) and cb is not None and l.axis(len(oshape)) == 0:
                 off = base // max(_strides(oshape)[0], 1)  # this input's first channel in the output
                 c0, c1 = max(cb[w] - off, 0), min(cb[w + 1] - off, hi0)
             if c1 <= c0:
                 continue
-            b.emit(w, MERGE, a=a.out.off, a_ld=a.out.ld or a.out.width, b=bb.out.off, b_ld=bb.out.ld or bb.out.width,
+            b.emit(w, MERGE, a=a.out.off + first, a_ld=a.out.ld or a.out.width, b=bb.out.off, b_ld=bb.out.ld or bb.out.width,
                    out=out.off + base, out_ld=out.ld or out.width, op=code, d=dims, sa=sa, sb=sb, so=so, c0=c0, c1=c1,
                    act=op.act, alpha=alpha, **where)
     if cb is None:
@@ -108,6 +125,6 @@ def merge_us(s, cnt, n, rates) -> float:
     return stream_us(rows(cnt, s[MERGE.lo], s[MERGE.hi]), width, rates, 12.0)
 
 
-LAYERS = (L._Merge,)
+LAYERS = (L._Merge, L._Rearrange)
 emit = merge
 COSTS = {MERGE.code: merge_us}

@@ -74,7 +74,7 @@ class ElementwiseOps:
         vk = 0 if isinstance(ins[0], View) else 1
         if isinstance(ins[1 - vk], View):
             return self.binary_views(node, idx, ins, op)
-        v = self.stream(node, idx, ins[vk])
+        v = self.ordered(node, idx, ins[vk])
         c = np.asarray(ins[1 - vk], dtype=np.float64)
         if op == "Div" and vk == 1:
             self.fail(node, idx, "constant / activation is not supported")
@@ -128,7 +128,7 @@ class ElementwiseOps:
             self.fail(node, idx, "attribute training_mode=1 is not supported (inference only)")
         if any(o for o in node.output[1:]):
             self.fail(node, idx, "the running mean/var outputs are not supported (inference only)")
-        v = self.stream(node, idx, ins[0])
+        v = self.ordered(node, idx, ins[0])
         if not self.identical(v) or len(self.ir) not in (1, 3) or len(v.shape) not in (2, 4):
             self.fail(node, idx, f"needs [N, C] or [N, C, H, W], got ONNX shape {fmt(v.shape)}")
         n = self.ir[0]

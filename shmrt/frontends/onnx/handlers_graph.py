@@ -16,7 +16,7 @@ class GraphOps:
 
     def operand(self, node, idx, v, k):
         """(value name, per-sample shape) of the activation view v, input k of node."""
-        v = self.stream(node, idx, v)
+        v = self.ordered(node, idx, v)
         if not self.identical(v) or v.shape[0] != B or any(n % B == 0 for n in v.shape[1:]):
             self.fail(node, idx, f"input {k} of ONNX shape {fmt(v.shape)} is not in batch-first order (shmrt layout "
                                  f"{fmt(self.full())}); expected the batch axis first and the activation's own order")

@@ -10,7 +10,8 @@ from shmrt.ir import layers as L
 
 
 class ShapeOps:
-    """Identity, Dropout, Cast, Shape, Size, Transpose, Squeeze, Unsqueeze, Reshape, Flatten, Gather, Slice."""
+    """Identity, Dropout, Cast, Shape, Size, Transpose, Squeeze, Unsqueeze, Reshape, Flatten, Gather, Slice,
+    Split."""
 
     def op_Identity(self, node, idx, ins, a):
         return ins[0]
@@ -99,7 +100,7 @@ class ShapeOps:
         if [n for n, _ in old] == new:
             it = iter(s for _, s in old)
             return View(shape, [next(it) if n != 1 else None for n in shape], v.version, v.last_of)
-        v = self.stream(node, idx, v)
+        v = self.ordered(node, idx, v)
         if not self.identical(v) or shape[0] != B:
             self.fail(node, idx, f"reshape of ONNX shape {fmt(v.shape)} to {fmt(shape)} changes the memory order "
                                  f"of the batch-first activation (shmrt layout {fmt(self.full())})")
@@ -179,6 +180,37 @@ class ShapeOps:
                 # a scalar Gather on the features leaves [N]; shmrt keeps [N, 1]
                 return View(shape, src, self.chain.version)
             return View(shape, src, self.chain.version)
-        self.fail(node, idx, f"indexing axis {ax} of ONNX shape {fmt(v.shape)} is not supported (shmrt layout "
-                             f"{fmt(self.full())}); supported: the last step of a recurrent output, or features of "
-                             f"a [N, F] activation")
+        v = self.ordered(node, idx, v)
+        s, shape, src = v.src[ax], list(v.shape), list(v.src)
+        step = np.diff(ind)
+        if self.identical(v) and s and ind.size and (ind.size == 1 or (step[0] >= 1 and np.all(step == step[0]))):
+            k = int(step[0]) if ind.size > 1 else 1  # a range of the axis: a strided copy
+            ir = list(self.ir)
+            ir[s - 1] = int(ind.size)
+            self.chain.emit(L.Slice(s, int(ind[0]), int(ind[-1]) + 1, k), tuple(ir))
+            shape[ax] = int(ind.size)
+            if drop:
+                del shape[ax], src[ax]
+            return View(shape, src, self.chain.version)
+        self.fail(node, idx, f"indexing axis {ax} of ONNX shape {fmt(v.shape)} with {ind.tolist()} is not supported "
+                             f"(shmrt layout {fmt(self.full())}); supported: the last step of a recurrent output, "
+                             f"features of a [N, F] activation, or a range with a positive step")
+
+    def op_Split(self, node, idx, ins, a):
+        v = self.ordered(node, idx, ins[0])
+        ax = self.axis(node, idx, a.get("axis", 0), len(v.shape))
+        n, k = v.shape[ax], len(node.output)
+        if v.src[ax] == 0 or n % B == 0:
+            self.fail(node, idx, "splitting the batch axis is not supported; expected axis >= 1")
+        if len(ins) > 1 and ins[1] is not None:
+            sizes = [int(t) for t in np.asarray(self.const(node, idx, 1, "split")).reshape(-1)]
+        elif "num_outputs" in a:  # opset 18: pieces of ceil(n / num_outputs), the last smaller
+            per = -(-n // int(a["num_outputs"]))
+            sizes = [min(per, n - p) for p in range(0, n, per)]
+        else:
+            sizes = [n // k] * k if n % k == 0 else []
+        if len(sizes) != k or sum(sizes) != n or min(sizes) < 1:
+            self.fail(node, idx, f"split sizes {sizes or 'equal'} for {k} outputs do not cut axis {ax} of size {n} "
+                                 f"(ONNX shape {fmt(v.shape)}); expected {k} positive sizes summing to {n}")
+        starts = np.cumsum([0] + sizes)
+        return [self.index(node, idx, v, ax, np.arange(starts[j], starts[j + 1]), False) for j in range(k)]

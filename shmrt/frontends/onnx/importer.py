@@ -253,6 +253,7 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
                                           f"after that layer (which read its every step)")
                 self.take_last_step(self.graph.node[0], 0)
                 v = View(v.shape, v.src, self.chain.version)
+            v = self.ordered(self.graph.node[-1], len(self.graph.node) - 1, v)
             if not self.identical(v):
                 raise UnsupportedONNX(f"ONNX graph output {n!r} of shape {fmt(v.shape)} is not in batch-first "
                                       f"order (shmrt layout {fmt(self.full())}); add a Transpose back to batch-first")

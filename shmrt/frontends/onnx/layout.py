@@ -86,6 +86,23 @@ class Layout:
         self.chain.switch(v.version)  # an earlier activation (a branch, a skip connection): read it
         return v
 
+    def ordered(self, node, idx, v):
+        """The stream view v, in shmrt's own axis order: where its axes are the activation's in another
+        order (a Transpose that moved data, not only size-1 axes), a Permute is emitted and the view
+        becomes the new activation as it lies.  A view whose batch axis is not first is left as it is."""
+        v = self.stream(node, idx, v)
+        if self.identical(v) or not v.shape or v.shape[0] != B or v.src[0] != 0:
+            return v
+        axes = [s for s in v.src[1:] if s is not None]
+        r = len(self.ir)
+        missing = [k for k in range(1, r + 1) if k not in axes]
+        if len(set(axes)) != len(axes) or any(not 1 <= s <= r for s in axes) or any(self.ir[k - 1] != 1
+                                                                                     for k in missing):
+            return v
+        perm = [0] + axes + missing
+        self.chain.emit(L.Permute(*perm), tuple(self.ir[k - 1] for k in perm[1:]))
+        return View(v.shape, [None if s is None else perm.index(s) for s in v.src], self.chain.version)
+
     def take_last_step(self, node, idx):
         if not self.chain.take_last_step():
             self.fail(node, idx, "taking the last time step needs a recurrent layer right before it")
@@ -102,7 +119,7 @@ class Layout:
 
     def dense(self, node, idx, v):
         """The view as a [N, F] matrix (inserting shmrt.Flatten if the IR is not rank 1)."""
-        v = self.stream(node, idx, v)
+        v = self.ordered(node, idx, v)
         if len(v.shape) != 2 or not self.identical(v):
             self.fail(node, idx, f"needs a [batch, features] input in batch-first order, got ONNX shape "
                                  f"{fmt(v.shape)} (shmrt layout {fmt(self.full())})")
@@ -112,7 +129,7 @@ class Layout:
         return v
 
     def image(self, node, idx, v):
-        v = self.stream(node, idx, v)
+        v = self.ordered(node, idx, v)
         if len(v.shape) != 4 or v.src != (0, 1, 2, 3) or len(self.ir) != 3:
             self.fail(node, idx, f"needs an [N, C, H, W] input, got ONNX shape {fmt(v.shape)} "
                                  f"(shmrt layout {fmt(self.full())}); 1-D/3-D inputs are not supported")

@@ -82,6 +82,8 @@ class Calls:
         elif t in self.fn_squeeze:
             a = self.bind(node, ("input", "dim"), {"dim": None})
             self.squeeze(node, a)
+        elif t in self.fn_rearrange:
+            self.rearrange(node, self.fn_rearrange[t], node.args, node.kwargs)
         elif t is self.F.dropout:
             a = self.bind(node, ("input", "p", "training", "inplace"), {"p": 0.5, "training": True})
             if a["training"] is not False:
@@ -132,12 +134,88 @@ class Calls:
             a = self.bind(node, ("self", "dim"), {"dim": None}, method=True)
             a["input"] = a["self"]
             self.squeeze(node, a)
+        elif t in _REARRANGE:
+            self.rearrange(node, t, node.args, node.kwargs)
         elif t == "contiguous":
             self.bind(node, ("self", "memory_format"), method=True)
             self.take(node, node.args[0])
             self.emit(node, None)
         else:
             raise self.unsupported(node)
+
+    def rearrange(self, node, what, args, kwargs):
+        """permute, transpose, narrow (a layer each) and split, chunk (pieces, taken by indexing)."""
+        names = {"permute": ("input", "dims"), "transpose": ("input", "dim0", "dim1"),
+                 "narrow": ("input", "dim", "start", "length"), "split": ("input", "split_size_or_sections", "dim"),
+                 "chunk": ("input", "chunks", "dim")}[what]
+        if what == "permute" and len(args) > 2:  # x.permute(0, 2, 1)
+            args = (args[0], tuple(args[1:]))
+        a = dict(zip(names, args))
+        for k, v in kwargs.items():
+            a["split_size_or_sections" if k == "split_size" else k] = v
+        if "dim" not in a and what in ("split", "chunk"):
+            a["dim"] = 0
+        missing = [k for k in names if k not in a]
+        if missing or set(a) - set(names):
+            raise self.fail(node, f"expected arguments {names}, got {list(a)}")
+        self.take(node, a["input"])
+        if what == "permute":
+            self.emit(node, self.make(node, L.Permute, *a["dims"]))
+        elif what == "transpose":
+            self.emit(node, self.make(node, L.Transpose, a["dim0"], a["dim1"]))
+        elif what == "narrow":
+            self.emit(node, self.make(node, L.Slice, a["dim"], a["start"], a["start"] + a["length"]))
+        else:
+            self.make(node, L.Slice, a["dim"])  # checks the dim
+            s = a["split_size_or_sections"] if what == "split" else None
+            if what == "chunk" and (isinstance(a["chunks"], bool) or not isinstance(a["chunks"], int) or a["chunks"] < 1):
+                raise self.fail(node, f"chunks must be a positive int, got {a['chunks']!r}")
+            if what == "split" and not isinstance(s, int) and not (
+                    isinstance(s, (list, tuple)) and all(isinstance(v, int) and v >= 0 for v in s)):
+                raise self.fail(node, f"split_size_or_sections must be an int or a list of ints, got {s!r}")
+            self.kind[node] = ("pieces", dict(src=a["input"], dim=a["dim"], split=s, chunks=a.get("chunks")))
+
+    def piece(self, node, spec, i):
+        """Piece i of a split or chunk: a Slice of the tensor it was taken from."""
+        if isinstance(i, bool) or not isinstance(i, int):
+            raise self.fail(node, f"pieces of split/chunk are taken by an int index, got {i!r}")
+        s, dim = spec["split"], spec["dim"]
+        if spec["chunks"] is not None:
+            if not 0 <= i < spec["chunks"]:
+                raise self.fail(node, f"piece {i} of chunk({spec['chunks']}): expected 0..{spec['chunks'] - 1}")
+            layer = self.make(node, L.Slice, dim, chunk=(i, spec["chunks"]))
+        elif isinstance(s, int):
+            layer = self.make(node, L.Slice, dim, i * s, (i + 1) * s)
+        else:
+            if not 0 <= i < len(s):
+                raise self.fail(node, f"piece {i} of split({list(s)}): expected 0..{len(s) - 1}")
+            layer = self.make(node, L.Slice, dim, sum(s[:i]), sum(s[:i + 1]))
+        self.take(node, spec["src"])
+        self.emit(node, layer)
+
+    def index(self, node, x, idx):
+        """x[:, a:b, ::s, ...]: a Slice per dim that is cut (the batch, dim 0, is not)."""
+        idx = idx if isinstance(idx, tuple) else (idx,)
+        if Ellipsis in idx:
+            rank = self.rank_of.get(x)
+            if rank is None or idx.count(Ellipsis) > 1:
+                raise self.fail(node, "x[..., a:b] needs the tensor's rank (give input_shape) and one Ellipsis")
+            k = idx.index(Ellipsis)
+            idx = idx[:k] + (slice(None),) * (rank - len(idx) + 1) + idx[k + 1:]
+        full = slice(None)
+        if not idx or idx[0] != full or any(not isinstance(i, slice) or any(
+                v is not None and (isinstance(v, bool) or not isinstance(v, int)) for v in (i.start, i.stop, i.step))
+                for i in idx):
+            raise self.fail(node, f"indexing x[{_fmt_index(idx)}] is not supported; supported: slices with int "
+                                  f"bounds after a full batch slice, x[:, a:b, ::s]")
+        self.take(node, x)
+        cuts = [(d, i) for d, i in enumerate(idx) if i != full and d > 0]
+        src = self.val[x]
+        for k, (d, i) in enumerate(cuts):  # one Slice per dim cut, the last one named after the node
+            name = node.name if k == len(cuts) - 1 else f"{node.name}.dim{d}"
+            self.chain.emit(self.make(node, L.Slice, d, i.start or 0, i.stop, i.step or 1), inputs=[src], output=name)
+            src = name
+        self.val[node] = src
 
     def binary(self, node, cls, x, y):
         """x <op> y of two tensors of one rank (broadcast per sample: the batch axis is never broadcast)."""
@@ -212,6 +290,12 @@ class Calls:
         if k in ("shape",):
             self.kind[node] = "batch" if idx == 0 else "size"
             return
+        if k == "x":
+            self.index(node, x, idx)
+            return
+        if isinstance(k, tuple) and k[0] == "pieces":
+            self.piece(node, k[1], idx)
+            return
         if not isinstance(k, tuple):
             raise self.fail(node, f"indexing x[{_fmt_index(idx)}] is not supported here; indexing is supported "
                                   f"only on a recurrent module's outputs: {self._RNN_USES}")
@@ -229,6 +313,7 @@ class Calls:
             raise self.fail(node, f"[{_fmt_index(idx)}] on {self.rnn_value(k)} is not supported; {self._RNN_USES}")
 
 
+_REARRANGE = ("permute", "transpose", "narrow", "split", "chunk")
 _BINARY = {operator.add: L.Add, operator.iadd: L.Add, operator.sub: L.Sub, operator.isub: L.Sub,
            operator.mul: L.Mul, operator.imul: L.Mul, operator.truediv: L.Div, operator.itruediv: L.Div}
 _METHODS = {"add": L.Add, "add_": L.Add, "__add__": L.Add, "__iadd__": L.Add, "__radd__": L.Add, "sub": L.Sub,

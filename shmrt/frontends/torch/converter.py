@@ -89,6 +89,8 @@ class _Converter(Modules, Calls):
         self.fn_squeeze = {torch.squeeze}
         self.fn_zeros = {torch.zeros}
         self.fn_cat = {f for f in (getattr(torch, "cat", None), getattr(torch, "concat", None)) if f is not None}
+        self.fn_rearrange = {f: name for name in ("permute", "transpose", "narrow", "split", "chunk")
+                             for f in [getattr(torch, name, None)] if f is not None}
         self.fn_binary = {f: cls for name, cls in (("add", L.Add), ("sub", L.Sub), ("mul", L.Mul), ("div", L.Div))
                           for f in [getattr(torch, name, None)] if f is not None}
 

@@ -20,7 +20,8 @@ SUPPORTED_FUNCTIONS = (
     "torch.softmax / F.softmax / x.softmax(dim), F.log_softmax / x.log_softmax(dim) over the last dim, "
     "torch.flatten(x, 1) / x.flatten(1), x.view(x.size(0), -1) / x.reshape(x.shape[0], -1), "
     "x.mean((2, 3)) (global average pooling), F.adaptive_avg_pool2d, F.interpolate, F.dropout (eval), "
-    "x.contiguous(), "
+    "x.contiguous(), x.permute / torch.permute, x.transpose / torch.transpose, x.narrow / torch.narrow, "
+    "x.split / torch.split and x.chunk / torch.chunk (pieces taken by index), x[:, a:b, ::s] (int slices), "
     "x + y / x - y / x * y / x / y of two tensors (torch.add, x.add, +=, ...), torch.cat([...], dim >= 1), "
     "torch.zeros(num_layers, x.size(0), hidden) as a recurrent initial state, and after a recurrent "
     "module: out, _ = rnn(x) then out or out[:, -1]; _, h = rnn(x) (LSTM: _, (h, c)) then h[-1]")

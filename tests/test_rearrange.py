@@ -1,0 +1,171 @@
+"""Permute / Transpose / Slice (and Split as Slices): written by hand, from a torch module's own
+forward (permute, transpose, split, chunk, narrow, slicing) and from its ONNX export (Transpose,
+Split, Slice), every strategy, 1-2 workers, against the float64 reference and torch in float64."""
+import contextlib
+import io
+import warnings
+
+import numpy as np
+import pytest
+
+import shmrt
+from shmrt.ir.reference import forward
+
+STRATEGIES = ("data", "model", "hybrid", "pipeline", "auto")
+RNG = np.random.default_rng(7)
+
+
+def _x(*shape):
+    return RNG.standard_normal(shape).astype(np.float32)
+
+
+def _check(rt, model, x, ref, strategies=STRATEGIES, max_batch=8):
+    worst = 0.0
+    for st in strategies:
+        cm = rt.compile(model, strategy=st, max_batch=max_batch)
+        got = cm(x)
+        got = got if isinstance(got, tuple) else (got,)
+        ref_t = ref if isinstance(ref, (tuple, list)) else (ref,)
+        assert len(got) == len(ref_t)
+        for g, r in zip(got, ref_t):
+            assert g.shape == r.shape, (st, g.shape, r.shape)
+            err = float(np.abs(g - r).max() / max(np.abs(r).max(), 1e-30))
+            assert err <= 1e-4, (st, err)
+            worst = max(worst, err)
+    return worst
+
+
+@pytest.fixture(scope="module", params=[1, 2], ids=["w1", "w2"])
+def rt(request):
+    with shmrt.Runtime(workers=request.param) as r:
+        yield r
+
+
+def _graph():
+    x = shmrt.Input((6, 5, 4))
+    a = shmrt.Permute(0, 3, 1, 2)(x)  # (4, 6, 5)
+    b = shmrt.Transpose(1, -1)(x)  # (4, 5, 6)
+    c = shmrt.Slice(2, 1, None, 2)(x)  # (6, 2, 4)
+    d = shmrt.ReLU()(shmrt.Conv2d(4, 3, 3, padding=1)(a))  # (3, 6, 5)
+    e = shmrt.Slice(-1, chunk=(1, 2))(d)  # (3, 6, 2): the second of two chunks of 5 (3 + 2)
+    f = shmrt.Add()(b, shmrt.Permute(0, 1, 3, 2)(a))  # (4, 5, 6)
+    return shmrt.Graph(x, [a, c, e, f])
+
+
+def test_by_hand_every_strategy(rt):
+    g = _graph()
+    for n in (1, 5):
+        x = _x(n, 6, 5, 4)
+        ref = forward(g, x.astype(np.float64))
+        assert [r.shape[1:] for r in ref] == [(4, 6, 5), (6, 2, 4), (3, 6, 2), (4, 5, 6)]
+        worst = _check(rt, g, x, ref)
+        print(f"by hand, batch {n}, {rt.workers} workers: worst relative error {worst:.2e}")
+
+
+def test_save_load_round_trip(tmp_path):
+    g = _graph()
+    g.save(tmp_path / "g.shmrt")
+    back = shmrt.load(str(tmp_path / "g.shmrt"))
+    x = _x(3, 6, 5, 4).astype(np.float64)
+    for u, v in zip(forward(g, x), forward(back, x)):
+        np.testing.assert_array_equal(u, v)
+
+
+def test_refusals():
+    with pytest.raises(ValueError, match=r"keeps dim 0 .* got \(1, 0, 2\)"):
+        shmrt.Permute(1, 0, 2)
+    with pytest.raises(ValueError, match="permutation of 0..2"):
+        shmrt.Permute(0, 1, 1)
+    with pytest.raises(ValueError, match="dim 0 is the batch"):
+        shmrt.Slice(0, 1, 2)
+    with pytest.raises(ValueError, match="dim 0 is the batch"):
+        shmrt.Transpose(0, 1)
+    with pytest.raises(ValueError, match="step must be a positive int"):
+        shmrt.Slice(1, 0, 4, -1)
+    with pytest.raises(ValueError, match="selects nothing of dim 1"):
+        shmrt.Sequential([shmrt.Slice(1, 5, 9)]).shapes((4,))
+    with pytest.raises(ValueError, match="out of range"):
+        shmrt.Sequential([shmrt.Transpose(1, 3)]).shapes((4, 5))
+    with pytest.raises(ValueError, match="permutes 4 dims, got inputs of shape"):
+        shmrt.Sequential([shmrt.Permute(0, 2, 1, 3)]).shapes((4, 5))
+
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+
+class Rearranging(nn.Module):
+    """A gated conv (split), chunk, permute, transpose, slicing, narrow; two outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 6, 3, padding=1)
+        self.head = nn.Linear(18, 5)
+
+    def forward(self, x):  # [N, 4, 6, 5]
+        y = self.conv(x)  # [N, 6, 6, 5]
+        a, b = y.split(3, dim=1)
+        g = a * torch.sigmoid(b)  # [N, 3, 6, 5]
+        c, d = torch.chunk(y, 2, 1)
+        h = g + d - c
+        t = h.permute(0, 2, 3, 1)  # [N, 6, 5, 3]
+        u = t.transpose(1, 2)  # [N, 5, 6, 3]
+        v = u[:, 1:4, ::2]  # [N, 3, 3, 3]
+        w = torch.narrow(v, 3, 1, 2)  # [N, 3, 3, 2]
+        return self.head(torch.flatten(w, 1)), t
+
+
+def _torch_ref(m, x):
+    with torch.no_grad():
+        return tuple(o.numpy() for o in m.double()(torch.from_numpy(x.astype(np.float64))))
+
+
+def test_torch_module(rt):
+    torch.manual_seed(0)
+    m = Rearranging().eval()
+    model = shmrt.load(m, input_shape=(4, 6, 5))
+    assert isinstance(model, shmrt.Graph)
+    x = _x(5, 4, 6, 5)
+    ref = _torch_ref(m, x)
+    worst = _check(rt, model, x, ref)
+    print(f"torch module, {rt.workers} workers: worst relative error {worst:.2e}")
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_onnx_export(rt, exporter):
+    torch.manual_seed(1)
+    m = Rearranging().eval()
+    f = io.BytesIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if exporter == "legacy":
+            torch.onnx.export(m, (torch.zeros(2, 4, 6, 5),), f, dynamo=False, opset_version=17, input_names=["x"],
+                              output_names=["y", "t"], dynamic_axes={"x": {0: "N"}, "y": {0: "N"}, "t": {0: "N"}})
+        else:
+            torch.onnx.export(m, (torch.zeros(2, 4, 6, 5),), f, dynamo=True, input_names=["x"],
+                              dynamic_shapes=({0: torch.export.Dim("N")},))
+    import onnx
+    proto = onnx.load_from_string(f.getvalue())
+    ops = {n.op_type for n in proto.graph.node}
+    assert {"Split", "Transpose", "Slice"} <= ops, ops
+    model = shmrt.load(proto)
+    x = _x(3, 4, 6, 5)
+    ref = _torch_ref(m, x)
+    worst = _check(rt, model, x, ref)
+    print(f"ONNX export ({exporter}), {rt.workers} workers: worst relative error {worst:.2e}")
+
+
+def test_torch_refusals():
+    class Bad(nn.Module):
+        def forward(self, x):
+            return x[:, 0]  # an int index drops a dim
+
+    with pytest.raises(ValueError, match=r"indexing x\[:, 0\] is not supported"):
+        shmrt.load(Bad(), input_shape=(4, 3))
+
+    class BadPiece(nn.Module):
+        def forward(self, x):
+            return torch.chunk(x, 2, 1)[2]
+
+    with pytest.raises(ValueError, match=r"piece 2 of chunk\(2\)"):
+        shmrt.load(BadPiece(), input_shape=(4, 3))
