@@ -10,24 +10,29 @@ from numba import njit
 
 
 @njit(cache=True)
-def softmax(x, out, log):
-    """out = softmax(x) (or log_softmax when log) along axis 1."""
-    n, m = x.shape
+def softmax(x, out, log, m, inner):
+    """out = softmax(x) (or log_softmax when log) over the middle dim of each row of x seen as
+    [outer, m, inner] (m == width, inner == 1: along axis 1)."""
+    n, width = x.shape
+    outer = width // (m * inner)
     for i in range(n):
-        mx = -np.inf
-        for j in range(m):
-            if x[i, j] > mx:
-                mx = x[i, j]
-        s = 0.0
-        for j in range(m):
-            s += math.exp(float(x[i, j]) - mx)
-        if log:
-            ls = math.log(s)
-            for j in range(m):
-                out[i, j] = float(x[i, j]) - mx - ls
-        else:
-            for j in range(m):
-                out[i, j] = math.exp(float(x[i, j]) - mx) / s
+        for o in range(outer):
+            for t in range(inner):
+                p = o * m * inner + t
+                mx = -np.inf
+                for j in range(m):
+                    if x[i, p + j * inner] > mx:
+                        mx = x[i, p + j * inner]
+                s = 0.0
+                for j in range(m):
+                    s += math.exp(float(x[i, p + j * inner]) - mx)
+                if log:
+                    ls = math.log(s)
+                    for j in range(m):
+                        out[i, p + j * inner] = float(x[i, p + j * inner]) - mx - ls
+                else:
+                    for j in range(m):
+                        out[i, p + j * inner] = math.exp(float(x[i, p + j * inner]) - mx) / s
 
 
 @njit(cache=True)

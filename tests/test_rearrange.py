@@ -169,3 +169,27 @@ def test_torch_refusals():
 
     with pytest.raises(ValueError, match=r"piece 2 of chunk\(2\)"):
         shmrt.load(BadPiece(), input_shape=(4, 3))
+
+
+@pytest.mark.parametrize("dim", [1, 2, -1, -2, 3])
+def test_softmax_any_dim(rt, dim):
+    for cls, tcls in ((shmrt.Softmax, nn.Softmax), (shmrt.LogSoftmax, nn.LogSoftmax)):
+        model = shmrt.Sequential([shmrt.Conv2d(3, 4, 1), cls(dim=dim)], input_shape=(3, 5, 6))
+        x = _x(4, 3, 5, 6)
+        ref = forward(model, x.astype(np.float64))
+        conv = nn.Conv2d(3, 4, 1)
+        with torch.no_grad():
+            conv.weight.copy_(torch.from_numpy(model.layers[0].params["weight"]))
+            conv.bias.copy_(torch.from_numpy(model.layers[0].params["bias"]))
+        tref = nn.Sequential(conv, tcls(dim=dim)).double()(torch.from_numpy(x.astype(np.float64))).detach().numpy()
+        np.testing.assert_allclose(ref, tref, rtol=1e-10, atol=1e-12)
+        _check(rt, model, x, tref, strategies=("data", "model", "auto"))
+        loaded = shmrt.load(nn.Sequential(conv, tcls(dim=dim)), input_shape=(3, 5, 6))
+        _check(rt, loaded, x, tref, strategies=("auto",))
+
+
+def test_softmax_refusals():
+    with pytest.raises(ValueError, match="dim must be a non-zero int"):
+        shmrt.Softmax(dim=0)
+    with pytest.raises(ValueError, match="dim 4 is out of range"):
+        shmrt.Sequential([shmrt.Softmax(dim=4)]).shapes((3, 5, 6))

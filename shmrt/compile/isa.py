@@ -49,7 +49,8 @@ _DECLARED = (
     ("REDUCE", "reduce", ("parts", "P", "m", "c0", "c1", "b", "act", "out", "out_ld")),
     # out[rows, col:col+width] = act(x[rows, col:col+width]) (out may be x)
     ("ACT", "act", ("x", "x_ld", "col", "width", "act", "lo", "hi", "out", "out_ld", "alpha")),
-    ("SOFTMAX", "softmax", ("x", "x_ld", "width", "out", "out_ld", "log", "lo", "hi")),
+    # over dim m of each row seen as [outer, m, inner] (width = outer * m * inner)
+    ("SOFTMAX", "softmax", ("x", "x_ld", "width", "out", "out_ld", "log", "lo", "hi", "m", "inner")),
     ("ARGMAX", "argmax", ("x", "x_ld", "width", "out", "lo", "hi")),  # out: int64 indices
     ("TOPK", "topk", ("x", "x_ld", "width", "k", "values", "indices", "lo", "hi")),  # indices: int64
     # out[rows, col:col+width] = x[rows, col:col+width] * scale[col:...] + shift[col:...]

@@ -298,7 +298,8 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
             m = s[SOFTMAX.width]
             xa, xo = _src(arena, xin, s[SOFTMAX.x], in_off)
             softmax(_view(xa, xo, s[SOFTMAX.x_ld], r0, r1, 0, m),
-                    _view(arena, s[SOFTMAX.out], s[SOFTMAX.out_ld], r0, r1, 0, m), s[SOFTMAX.log] != 0)
+                    _view(arena, s[SOFTMAX.out], s[SOFTMAX.out_ld], r0, r1, 0, m), s[SOFTMAX.log] != 0,
+                    s[SOFTMAX.m], s[SOFTMAX.inner])
         elif op == ARGMAX.code:
             r0, r1 = _rows(base, cnt, w0, w1, s[ARGMAX.lo], s[ARGMAX.hi])
             out = arena[s[ARGMAX.out]:s[ARGMAX.out] + 2 * n].view(np.int64)[r0:r1]

@@ -106,7 +106,7 @@ def _compile_child_group() -> None:
     i64, mat, ctrl = t["i64"], t["mat"], t["ctrl"]
     _recurrent.compile((t["ivec"], t["wvec"], t["vec"], i64, i64, i64, i64, ctrl, i64, i64, i64, t["vec"], i64))
     wait_reach.compile((ctrl, i64, i64, i64, ctrl, i64, i64, i64))
-    softmax.compile((mat, mat, t["b1"]))
+    softmax.compile((mat, mat, t["b1"], i64, i64))
     topk.compile((mat, mat, t["imat"]))
     C.call.compile((ctrl,) + (i64,) * 7)
     C.finish.compile((ctrl, i64, i64))

@@ -137,10 +137,32 @@ class _RowWise(Layer):
 
 
 class Softmax(_RowWise):
-    pass
+    """PyTorch's nn.Softmax(dim): over any dim but the batch (dim 0); -1, the last, by default."""
+
+    def __init__(self, dim=-1):
+        Layer.__init__(self)
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim == 0:
+            raise ValueError(f"{type(self).__name__}: dim must be a non-zero int (dim 0 is the batch), got {dim!r}")
+        self.dim = int(dim)
+
+    def split(self, shape):
+        """(outer, m, inner): the per-sample ``shape`` as [outer, m, inner] with dim the middle one."""
+        r = len(shape)
+        a = self.dim - 1 if self.dim > 0 else r + self.dim
+        if not 0 <= a < r:
+            raise ValueError(f"{self!r}: dim {self.dim} is out of range for inputs of shape "
+                             f"(N, {', '.join(map(str, shape))}); expected 1..{r} or -{r}..-1")
+        return int(np.prod(shape[:a])), int(shape[a]), int(np.prod(shape[a + 1:]))
+
+    def output_shape(self, shape):
+        self.split(shape)
+        return shape
+
+    def __repr__(self):
+        return f"{type(self).__name__}()" if self.dim == -1 else f"{type(self).__name__}(dim={self.dim})"
 
 
-class LogSoftmax(_RowWise):
+class LogSoftmax(Softmax):
     pass
 
 

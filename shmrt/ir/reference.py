@@ -105,13 +105,15 @@ def _linear(layer, p, h):
 
 
 def _softmax(layer, p, h):
-    e = np.exp(h - h.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
+    ax = layer.dim if layer.dim > 0 else h.ndim + layer.dim
+    e = np.exp(h - h.max(axis=ax, keepdims=True))
+    return e / e.sum(axis=ax, keepdims=True)
 
 
 def _log_softmax(layer, p, h):
-    z = h - h.max(axis=1, keepdims=True)
-    return z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    ax = layer.dim if layer.dim > 0 else h.ndim + layer.dim
+    z = h - h.max(axis=ax, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=ax, keepdims=True))
 
 
 def _topk(layer, p, h):

@@ -19,9 +19,10 @@ def rowwise(b, op, info):
     x, ld, W = b.cur_off, b.cur_ld, b.cur_w
     for w in range(P):
         r = rows_of(w, P)
-        if isinstance(l, (L.Softmax, L.LogSoftmax)):
+        if isinstance(l, L.Softmax):  # and LogSoftmax
+            _, m, inner = l.split(op.in_shapes[0])
             b.emit(w, SOFTMAX, x=x, x_ld=ld, width=W, out=out.off, out_ld=W, log=int(isinstance(l, L.LogSoftmax)),
-                   **r)
+                   m=m, inner=inner, **r)
         elif isinstance(l, L.ArgMax):
             b.emit(w, ARGMAX, x=x, x_ld=ld, width=W, out=out.off, **r)
         elif isinstance(l, L.TopK):

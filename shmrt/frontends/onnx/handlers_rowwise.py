@@ -1,27 +1,32 @@
 """Handlers of ops that reduce or normalise each row of an [N, F] activation over its last axis."""
 from __future__ import annotations
 
-from shmrt.frontends.onnx.layout import B, View
+from shmrt.frontends.onnx.layout import B, View, fmt
 from shmrt.ir import layers as L
 
 
 class RowwiseOps:
     """Softmax, LogSoftmax, ArgMax, TopK, LayerNormalization."""
 
-    def _rowwise(self, node, idx, ins, a, layer_cls, default_axis=-1):
-        ax = a.get("axis", default_axis)
-        r = len(ins[0].shape)
-        if ax % r != r - 1:
-            self.fail(node, idx, f"attribute axis={ax} is not supported: only the last axis ({r - 1} or -1)")
-        v = self.dense(node, idx, ins[0])
-        self.chain.emit(layer_cls(), self.ir)
+    def _softmax(self, node, idx, ins, a, cls):
+        """Softmax over one axis (opset >= 13), any but the batch: the same axis of shmrt's layout."""
+        v = self.ordered(node, idx, ins[0])
+        ax = self.axis(node, idx, a.get("axis", -1), len(v.shape))
+        s = v.src[ax]
+        if s == 0 or not self.identical(v):
+            self.fail(node, idx, f"attribute axis={a.get('axis', -1)} of ONNX shape {fmt(v.shape)} (shmrt layout "
+                                 f"{fmt(self.full())}): expected an axis other than the batch, the input batch-first")
+        if s is None:  # a size-1 axis of ONNX only: a softmax over one value
+            self.fail(node, idx, f"attribute axis={a.get('axis', -1)} is a size-1 axis of ONNX shape {fmt(v.shape)}; "
+                                 f"a softmax over one value is not supported")
+        self.chain.emit(cls(dim=s), self.ir)
         return View(v.shape, v.src, self.chain.version)
 
     def op_Softmax(self, node, idx, ins, a):
-        return self._rowwise(node, idx, ins, a, L.Softmax)
+        return self._softmax(node, idx, ins, a, L.Softmax)
 
     def op_LogSoftmax(self, node, idx, ins, a):
-        return self._rowwise(node, idx, ins, a, L.LogSoftmax)
+        return self._softmax(node, idx, ins, a, L.LogSoftmax)
 
     def op_ArgMax(self, node, idx, ins, a):
         if a.get("select_last_index", 0) != 0:

@@ -112,8 +112,11 @@ class ShapeOps:
         if len(new) == 2:
             self.chain.emit(L.Flatten(), (int(np.prod(self.ir)),))
             return View(shape, [0 if n == B else (1 if n != 1 else None) for n in shape], self.chain.version)
-        self.fail(node, idx, f"reshape to {fmt(shape)} needs a shmrt layout other than {fmt(full)}; only "
-                             f"flattening to [N, F] and adding/removing size-1 axes are supported")
+        if len(shape) > 4:
+            self.fail(node, idx, f"reshape to {fmt(shape)}: shmrt activations have at most 3 axes after the batch")
+        per = tuple(shape[1:]) or (1,)  # [N] is kept as [N, 1]
+        self.chain.emit(L.Reshape(*per), per)  # the same memory under a new shape: free
+        return View(shape, tuple(range(len(shape))), self.chain.version)
 
     def op_Gather(self, node, idx, ins, a):
         v = ins[0]

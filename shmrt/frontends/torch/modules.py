@@ -67,13 +67,12 @@ class Modules:
         self.emit(node, self.softmax(node, cls, m.dim))
 
     def softmax(self, node, cls, dim):
-        last = dim == -1 or (self.chain.rank is not None and isinstance(dim, int) and dim in (self.chain.rank - 1, -1))
         if dim is None and self.chain.rank == 2:
-            last = True  # PyTorch's implicit dim for 2-D inputs is 1
-        if not last:
-            rank = "an input of unknown rank (pass input_shape)" if self.chain.rank is None else f"a {self.chain.rank}-D input"
-            raise self.fail(node, f"dim={dim!r} on {rank}: only the last (feature) dim is supported")
-        return cls(dim=-1)
+            dim = -1  # PyTorch's implicit dim for 2-D inputs is 1
+        if dim is None or (self.chain.rank is not None and isinstance(dim, int) and dim % self.chain.rank == 0):
+            rank = "an input of unknown rank" if self.chain.rank is None else f"a {self.chain.rank}-D input"
+            raise self.fail(node, f"dim={dim!r} on {rank}: expected a dim other than the batch (dim 0)")
+        return self.make(node, cls, dim=dim)
 
     def mod_dropout(self, node, m, kind):
         self.take(node, node.args[0])
