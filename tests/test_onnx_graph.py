@@ -73,3 +73,34 @@ def test_a_branch_shmrt_cannot_run_is_refused_naming_node_op_and_what_is_missing
     print("\n" + msg)
     assert "ONNX node" in msg and "op MatMul" in msg and "product of two activations" in msg, msg
     assert "not supported yet" in msg, msg
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_tutorial_lstm_initial_state_from_the_batch_size(exporter):
+    """The tutorials' classifier builds h0 = torch.zeros(layers, x.size(0), hidden): Shape -> Gather ->
+    Concat -> ConstantOfShape (legacy) or Shape -> Concat -> Expand (dynamo), folded in the batch size."""
+    import contextlib
+    import warnings
+
+    from test_torch_import import TutorialLSTM
+    torch.manual_seed(3)
+    m = TutorialLSTM().eval()
+    f = io.BytesIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        if exporter == "legacy":
+            torch.onnx.export(m, (torch.zeros(2, 7, 6),), f, dynamo=False, input_names=["x"],
+                              dynamic_axes={"x": {0: "N"}}, opset_version=17)
+        else:
+            torch.onnx.export(m, (torch.zeros(2, 7, 6),), f, dynamo=True, input_names=["x"],
+                              dynamic_shapes=({0: torch.export.Dim("N")},))
+    model = from_onnx(f.getvalue())
+    x = np.random.default_rng(1).standard_normal((4, 7, 6)).astype(np.float32)
+    with torch.no_grad():
+        ref = m.double()(torch.from_numpy(x).double()).numpy()
+    with shmrt.Runtime(workers=2) as rt:
+        for st in ("data", "model", "auto"):
+            cm = rt.compile(model, strategy=st, max_batch=4)
+            for n in (1, 4):
+                got = cm(x[:n])
+                assert np.abs(got - ref[:n]).max() <= 1e-5 * np.abs(ref[:n]).max(), (st, n)
