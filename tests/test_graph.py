@@ -213,3 +213,19 @@ def test_upsample_matches_torch(up):
         for s in ("data", "model"):
             got = rt.compile(g, strategy=s, max_batch=4)(xs)
             assert np.abs(got - ref).max() <= 1e-5 * np.abs(ref).max(), s
+
+
+def test_pipeline_cuts_where_the_fewest_bytes_cross():
+    """Of the stage cuts nearly as balanced as the best, the one where the fewest values cross."""
+    from types import SimpleNamespace as Op
+
+    from shmrt.compile.pipeline import balance, crossing
+    # a -> b -> c -> d, and a skip a -> d: a cut after b carries a and b's wide output, one after c
+    # carries a and c
+    ops = [Op(inputs=["x"], out="a", shape=(10,)), Op(inputs=["a"], out="b", shape=(100,)),
+           Op(inputs=["b"], out="c", shape=(10,)), Op(inputs=["c", "a"], out="d", shape=(10,))]
+    assert crossing(ops).tolist() == [0, 10, 110, 20, 0]
+    costs = [0.5, 1.5, 0.1, 1.0]  # a cut after a alone would leave 0.5 | 2.6: too unbalanced
+    assert balance(costs, [1, 1]) == [2, 4]  # balance alone: 2 | 1.1
+    assert balance(costs, [1, 1], crossing(ops)) == [3, 4]  # 2.1 | 1, within 1.25x, 20 floats cross, not 110
+    assert balance(costs, [1, 1], crossing(ops), slack=1.0) == [2, 4]

@@ -3,7 +3,9 @@
 A pipeline runs stages of consecutive ops, each on its own group of
 workers, split within the group as the hybrid plan splits; micro-batches
 flow from stage to stage, each stage counting the micro-batches it finished
-(MICRO, WAIT, SIGNAL, NEXT).  Stages are balanced on a relative cost."""
+(MICRO, WAIT, SIGNAL, NEXT).  Stages are balanced on a relative cost; among
+cuts nearly as balanced as the best, the graph is cut where the fewest
+bytes cross from stage to stage (a residual block is not cut through)."""
 from __future__ import annotations
 
 import numpy as np
@@ -29,21 +31,47 @@ def stage_costs(ops, woff, outs, parts, scratch, inp, inputs):
     return costs
 
 
-def balance(costs, groups):
-    """Cut costs (in order) into len(groups) consecutive non-empty stages,
-    minimising the largest cost / group size (exhaustive DP; few ops)."""
+def crossing(ops):
+    """Per cut position j (stages ops[:j] | ops[j:]), the floats per batch row of the values that
+    ops before j write and ops from j on read: what crosses from stage to stage there."""
+    last = {}
+    for k, op in enumerate(ops):
+        for v in op.inputs:
+            last[v] = k
+    cross = np.zeros(len(ops) + 1)
+    for k, op in enumerate(ops):
+        cross[k + 1:last.get(op.out, k) + 1] += int(np.prod(op.shape)) if op.shape else 1
+    return cross
+
+
+def balance(costs, groups, cross=None, slack=1.25):
+    """Cut costs (in order) into len(groups) consecutive non-empty stages: of the cuts whose largest
+    cost / group size is within ``slack`` of the best balance, those where the fewest values cross
+    (``cross``: per cut position, see crossing(); exhaustive DP, few ops)."""
     n, S = len(costs), len(groups)
     pre = np.concatenate([[0.0], np.cumsum(costs)])
-    best = {(0, 0): (0.0, [])}
-    for s in range(S):
-        nxt = {}
-        for (i, _), (worst, cuts) in best.items():
-            for j in range(i + 1, n - (S - s - 1) + 1):
-                w = max(worst, (pre[j] - pre[i]) / groups[s])
-                if (j, s + 1) not in nxt or w < nxt[(j, s + 1)][0]:
-                    nxt[(j, s + 1)] = (w, cuts + [j])
-        best = nxt
-    return best[(n, S)][1]
+
+    def cuts_by(score, cap, start):
+        best = {0: (start, [])}
+        for s in range(S):
+            nxt = {}
+            for i, (acc, cuts) in best.items():
+                for j in range(i + 1, n - (S - s - 1) + 1):
+                    load = (pre[j] - pre[i]) / groups[s]
+                    if load > cap:
+                        continue
+                    v = score(acc, load, j)
+                    if j not in nxt or v < nxt[j][0]:
+                        nxt[j] = (v, cuts + [j])
+            best = nxt
+        return best[n]
+
+    worst, cuts = cuts_by(lambda acc, load, j: max(acc, load), np.inf, 0.0)
+    if cross is None:
+        return cuts
+    # (floats crossing, then the largest load): ties go to the better balance
+    return cuts_by(lambda acc, load, j: (acc[0] + (cross[j] if j < n else 0.0), max(acc[1], load)),
+                   worst * slack + 1e-9, (0.0, 0.0))[1]
 
 
 def layer_splits(ops, data, model, maxb, rates):
@@ -70,7 +98,7 @@ def pipeline(ops, P, woff, outs, parts, scratch, inp, inputs, counters_off, spli
     every activation, so a stage never waits for room, only for data."""
     S = min(P if P <= 3 else P // 2, len(ops))  # from 4 workers on, groups of 2 or more
     groups = [P // S + (1 if s < P % S else 0) for s in range(S)]
-    cuts = balance(stage_costs(ops, woff, outs, parts, scratch, inp, inputs), groups)
+    cuts = balance(stage_costs(ops, woff, outs, parts, scratch, inp, inputs), groups, crossing(ops))
     steps = [[] for _ in range(P)]
     rows, first, start, vals = [], 0, 0, None
     for s, (size, end) in enumerate(zip(groups, cuts)):
