@@ -87,6 +87,19 @@ def _pad_image(x, xp, c0, c1, H, W, top, left, Hp, Wp):
                 xp[o + k] = 0.0
 
 
+@njit(cache=True, fastmath={"contract"})
+def _row_taps(w, xp, offs, N, acc):
+    """acc[0:N] = sum over k of w[k] * xp[offs[k]:offs[k] + N]: one output channel's phase, tap by tap
+    (one long loop each, which vectorises)."""
+    for j in range(N):
+        acc[j] = 0.0
+    for k in range(w.shape[0]):
+        wv = w[k]
+        src = xp[offs[k]:offs[k] + N]
+        for j in range(N):
+            acc[j] += wv * src[j]
+
+
 @njit(cache=True, inline="always")
 def _put_row(out, o, step, src, n, bb, act):
     """out[o + j * step] = act(src[j] + bb) for j < n."""
@@ -160,8 +173,12 @@ def conv_transpose2d(x, wp, b, out, g, cout, co0, co1, oh0, oh1, scratch, act):
                             col = (q + pw - tx[j] * dw) // sw + left
                             offs[kk] = (grp * Cg + cl) * S + row * Wp + col
                             kk += 1
-                tmp = scratch[tmp_at:tmp_at + (z - a) * N].reshape((z - a, N))
-                gemm_cols(wmat[a:z], xp, offs, N, tmp)
+                if z - a == 1:  # one output channel (depthwise): a GEMM of one row would waste the tile
+                    tmp = np.empty((1, N), np.float32)  # not in scratch: the tap loop vectorises where it cannot alias
+                    _row_taps(wmat[a], xp, offs, N, tmp[0])
+                else:
+                    tmp = scratch[tmp_at:tmp_at + (z - a) * N].reshape((z - a, N))
+                    gemm_cols(wmat[a:z], xp, offs, N, tmp)
                 for c in range(z - a):
                     bb = b[a + c] if has_b else np.float32(0.0)
                     for t in range(nrows):

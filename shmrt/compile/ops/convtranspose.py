@@ -60,13 +60,15 @@ def conv_transpose(b, op, info):
 
 
 def convt_us(s, cnt, n, rates) -> float:
-    """The GEMMs' flops at the rate their channel count allows, and the padded image written and read."""
+    """The GEMMs' flops at the rate their channel count allows; the image padded (read and written) and
+    this worker's part of the output written."""
     r = rows(cnt, s[CONVT.lo], s[CONVT.hi])
     g = s[CONVT.geom:CONVT.geom + CONV_GEOM]
-    C, H, W, kh, kw, groups, OH = g[0], g[1], g[2], g[3], g[4], g[11], g[12]
-    co, frac = s[CONVT.co1] - s[CONVT.co0], (s[CONVT.oh1] - s[CONVT.oh0]) / max(OH, 1)
-    per_image = 2.0 * C // groups * co * kh * kw * H * W * frac
-    return r * (per_image / (rates.gflops * 1e3 * (co / (co + ROWS_HALF))) + 8.0 * C * H * W / (rates.read_gbs * 1e3))
+    C, H, W, kh, kw, groups, OH, OW = g[0], g[1], g[2], g[3], g[4], g[11], g[12], g[13]
+    co, oh = s[CONVT.co1] - s[CONVT.co0], s[CONVT.oh1] - s[CONVT.oh0]
+    per_image = 2.0 * (C // groups) * co * kh * kw * H * W * oh / max(OH, 1)
+    moved = 8.0 * C * H * W + 4.0 * co * oh * OW
+    return r * (per_image / (rates.gflops * 1e3 * (co / (co + ROWS_HALF))) + moved / (rates.read_gbs * 1e3))
 
 
 def tensors(op, before) -> dict:
