@@ -140,6 +140,9 @@ def conv_transpose2d(x, wp, b, out, g, cout, co0, co1, oh0, oh1, scratch, act):
     ty = np.empty(kh, np.int64)
     tx = np.empty(kw, np.int64)
     has_b = b.shape[0] > 0
+    # one channel's phase, for the tap loop: not in scratch, where it could alias xp and would not vectorise
+    one = np.empty(((oh1 - oh0 + sh - 1) // sh) * Wp, np.float32)
+    offs_all = np.empty(Cg * kh * kw, np.int64)  # where each im2col row of a phase starts in xp
     w_at = 0
     for r in range(sh):
         nty = 0
@@ -162,7 +165,7 @@ def conv_transpose2d(x, wp, b, out, g, cout, co0, co1, oh0, oh1, scratch, act):
                 continue
             N = nrows * Wp
             OWq = (OW - q + sw - 1) // sw
-            offs = np.empty(K, np.int64)
+            offs = offs_all[:K]
             for grp in range(g0, g1):
                 a, z = max(co0, grp * Og), min(co1, (grp + 1) * Og)
                 kk = 0
@@ -174,8 +177,8 @@ def conv_transpose2d(x, wp, b, out, g, cout, co0, co1, oh0, oh1, scratch, act):
                             offs[kk] = (grp * Cg + cl) * S + row * Wp + col
                             kk += 1
                 if z - a == 1:  # one output channel (depthwise): a GEMM of one row would waste the tile
-                    tmp = np.empty((1, N), np.float32)  # not in scratch: the tap loop vectorises where it cannot alias
-                    _row_taps(wmat[a], xp, offs, N, tmp[0])
+                    tmp = one[:N].reshape((1, N))
+                    _row_taps(wmat[a], xp, offs, N, one)
                 else:
                     tmp = scratch[tmp_at:tmp_at + (z - a) * N].reshape((z - a, N))
                     gemm_cols(wmat[a:z], xp, offs, N, tmp)
