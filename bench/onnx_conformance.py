@@ -82,7 +82,7 @@ if _ROOT not in sys.path:
 
 SUPPORTED_OPS = ("Gemm", "MatMul", "Add", "Relu", "Sigmoid", "Tanh", "LeakyRelu", "HardSwish", "HardSigmoid", "Clip",
                  "Gelu", "Erf",
-                 "Softmax", "LogSoftmax", "ArgMax", "TopK", "Conv", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization",
+                 "Softmax", "LogSoftmax", "ArgMax", "TopK", "Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "BatchNormalization",
                  "Flatten", "LSTM", "GRU", "RNN", "LayerNormalization", "Reshape", "Squeeze", "Unsqueeze",
                  "Transpose", "Identity", "Constant", "Shape", "Gather", "Concat", "Expand", "Sub", "Mul", "Div", "ReduceMean", "Resize",
                  "Split", "Slice")

@@ -96,6 +96,10 @@ _DECLARED = (
                         "c0", "c1", "act", "alpha", "lo", "hi")),
     # channels c0:c1 of images lo:hi resized (kernels/conv.upsample2d): geom (C, H, W, OH, OW); bilinear, align
     ("RESIZE", "resize", ("x", "x_ld", "out", "out_ld", "c0", "c1", "lo", "hi", ("geom", 5), "bilinear", "align")),
+    # a transposed convolution (kernels/convtranspose.py): output channels co0:co1, rows oh0:oh1 of images lo:hi;
+    # w: its phases' packed weights; geom as CONV's (OH, OW the output's); scratch: this worker's padded image
+    ("CONVT", "conv transpose", ("x", "x_ld", "out", "out_ld", "w", "b", "act", "co0", "co1", "oh0", "oh1", "lo", "hi",
+                                 "scratch", ("geom", CONV_GEOM), "cout", "scratch_floats")),
 )
 
 
@@ -117,7 +121,7 @@ OPS = tuple(op for op, _ in _BUILT)  # by code
 _WIDTHS = [widths for _, widths in _BUILT]
 LABELS = tuple(label for _, label, _ in _DECLARED)
 (END, BARRIER, LINEAR, REDUCE, ACT, SOFTMAX, ARGMAX, TOPK, AFFINE, GATHER, LAYERNORM, RECUR, CONV, POOL, GAP,
- MICRO, WAIT, SIGNAL, NEXT, INPUT, OUTPUT, MERGE, RESIZE) = OPS
+ MICRO, WAIT, SIGNAL, NEXT, INPUT, OUTPUT, MERGE, RESIZE, CONVT) = OPS
 assert [op.__class__.__name__ for op in OPS] == [name.title() for name, _, _ in _DECLARED]  # the names above in order
 
 

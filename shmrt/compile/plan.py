@@ -40,6 +40,7 @@ from shmrt.compile.io import with_io
 from shmrt.compile.layout import Arena, Output
 from shmrt.compile.ops import family
 from shmrt.compile.ops import output as family_output
+from shmrt.compile.ops import scratch as family_scratch
 from shmrt.compile.ops import tensors as family_tensors
 from shmrt.compile.ops.conv import geometry
 from shmrt.compile import several
@@ -180,7 +181,7 @@ def _fuse_into(prev, l) -> bool:
         prev.pool = True
         return True
     # nothing fuses after a pool: an activation or a BatchNorm applied before the max would differ
-    if isinstance(prev.layer, (L.Linear, L.Conv2d, L._Binary)) and prev.act == 0 and not prev.pool:
+    if isinstance(prev.layer, (L.Linear, L.Conv2d, L.ConvTranspose2d, L._Binary)) and prev.act == 0 and not prev.pool:
         if isinstance(l, L._Elementwise) and l.alpha is None:  # fused into the epilogue (it takes no parameter)
             prev.act = act_code(l.act)
             return True
@@ -206,7 +207,8 @@ def _as_graph(model):
 
 # families whose steps write their output with a row stride of its own (out_ld), so that a value may
 # sit in a wider slot; and the layers that need their input's rows packed (a recurrent layer's [N, T, F])
-_STRIDED = (L.Conv2d, L._Pool2d, L.GlobalAvgPool, L.Upsample, L._Elementwise, L._Affine, L._Merge, L._Rearrange)
+_STRIDED = (L.Conv2d, L.ConvTranspose2d, L._Pool2d, L.GlobalAvgPool, L.Upsample, L._Elementwise, L._Affine, L._Merge,
+            L._Rearrange)
 
 
 def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, input_shape=None, rates=None) -> Plan:
@@ -269,9 +271,9 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
         scratch = {"gates": arena.alloc(G * gstride), "gstride": gstride,
                    "aux": arena.alloc(maxb * H), "hinit": arena.alloc(maxb * H)}
     convs = [(op, shapes[op.inputs[0]]) for op in ops if isinstance(op.layer, L.Conv2d)]
-    if convs:  # per worker: conv2d's scratch for the largest convolution
-        per = max(conv_scratch_floats(geometry(op.layer, i, op.layer.output_shape(i)), op.layer.out_channels)
-                  for op, i in convs)
+    per = max([conv_scratch_floats(geometry(op.layer, i, op.layer.output_shape(i)), op.layer.out_channels)
+               for op, i in convs] + [family_scratch(op, shapes[op.inputs[0]]) for op in ops] + [0])
+    if per:  # per worker: the scratch of the convolution (or other family's step) that needs the most
         scratch["conv"], scratch["conv_per"] = arena.alloc(P * align(per)), align(per)
     names = [strategy] if strategy != "auto" else (["data", "model", "hybrid", "pipeline"] if P > 1 else ["data"])
     model_maxb = maxb if set(names) & {"model", "hybrid", "pipeline"} else 0

@@ -21,8 +21,9 @@ from shmrt.kernels import (IDENTITY, NR, affine, apply_act, argmax, conv2d, gath
 
 from shmrt.compile.isa import (ACT, AFFINE, ARGMAX, BARRIER, CONV, CONV_GEOM, END, FRAC, GAP, GATES, GATHER, GRU_CELL,
                                INPUT, LAYERNORM, LINEAR, LSTM_CELL, MERGE, MICRO, NEXT, OP, POOL, POOL_GEOM, RECUR, RESIZE,
-                               REDUCE, RNN_RELU, SIGNAL, SOFTMAX, TOPK, WAIT)
+                               REDUCE, RNN_RELU, SIGNAL, SOFTMAX, TOPK, WAIT, CONVT)
 from shmrt.parallel import control as C
+from shmrt.exec.convtranspose import convt_step
 from shmrt.exec.moves import _copy_in_rows, _copy_out_rows, copy_in, copy_out
 from shmrt.parallel.xmem import addr_of
 from shmrt.parallel.sync import ABORTED, LINE, TIMEOUT, barrier, bump, monotonic_ns, wait_change, wait_reach
@@ -272,6 +273,10 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
             for img in range(r0, r1):
                 upsample2d(xa[xo + img * xld:xo + img * xld + insz], arena[oo + img * old:oo + img * old + outsz],
                            g, s[RESIZE.c0], s[RESIZE.c1], s[RESIZE.bilinear] != 0, s[RESIZE.align] != 0)
+        elif op == CONVT.code:
+            r0, r1 = _rows(base, cnt, w0, w1, s[CONVT.lo], s[CONVT.hi])
+            xa, xo = _src(arena, xin, s[CONVT.x], in_off)
+            convt_step(s, weights, arena, xa, xo, r0, r1)
         elif op == MICRO.code:
             ctr = arena[s[MICRO.counters]:s[MICRO.counters] + 2 * LINE * s[MICRO.workers]].view(np.int32)
             mb_m, mb_k, mb_top = micro_batches(n, s[MICRO.most], s[MICRO.rows]), 0, i + 1

@@ -12,6 +12,7 @@ classes included: the planner and the frontends test layers by family
 from shmrt.ir.base import Layer, _param, _positive_int, _rng, _vector, manual_seed
 from shmrt.ir.conv import (AvgPool2d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool, MaxPool2d, Reshape, Upsample,
                            _out_size, _pair, _Pool2d)
+from shmrt.ir.convtranspose import ConvTranspose2d
 from shmrt.ir.dense import (ACTIVATIONS, GELU, ArgMax, Hardsigmoid, Hardswish, LayerNorm, LeakyReLU, Linear, LogSoftmax,
                             ReLU, ReLU6, Sigmoid, SiLU, Softmax, Tanh, TopK, _Elementwise, _RowWise)
 from shmrt.ir.graph import Graph, Input, Node, Value
@@ -26,7 +27,7 @@ __all__ = [
     "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "SiLU", "Hardswish", "LeakyReLU", "ReLU6", "Hardsigmoid", "ACTIVATIONS",
     "Softmax", "LogSoftmax", "ArgMax", "TopK", "LayerNorm",
     "Standardize", "MinMaxScale", "BatchNorm1d", "Select", "Dropout",
-    "Conv2d", "BatchNorm2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool", "Flatten", "Reshape", "Upsample",
+    "Conv2d", "ConvTranspose2d", "BatchNorm2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool", "Flatten", "Reshape", "Upsample",
     "RNN", "LSTM", "GRU",
     "Graph", "Input", "Node", "Value", "Add", "Sub", "Mul", "Div", "Concat", "AdaptiveAvgPool2d", "BINARY_OPS",
     "Permute", "Transpose", "Slice", "split_sizes",

@@ -199,6 +199,28 @@ def conv2d(layer, p, x):
     return np.ascontiguousarray(y)
 
 
+def conv_transpose2d(layer, p, x):
+    """The scatter form: each kernel tap (ky, kx) adds x @ w[:, :, ky, kx] (per group) into every
+    stride-th output pixel from (ky dh, kx dw) of the uncropped output, which is then cropped by the
+    padding (output_padding: zero rows and columns past the end, before the bias)."""
+    N, C, H, W = x.shape
+    G, Cout = layer.groups, layer.out_channels
+    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = layer.kernel_size, layer.stride, layer.padding, layer.dilation
+    _, OH, OW = layer.output_shape(x.shape[1:])
+    FH, FW = max((H - 1) * sh + (kh - 1) * dh + 1, ph + OH), max((W - 1) * sw + (kw - 1) * dw + 1, pw + OW)
+    full = np.zeros((N, G, Cout // G, FH, FW), x.dtype)
+    xg = x.reshape(N, G, C // G, H, W)
+    w = p["weight"].reshape(G, C // G, Cout // G, kh, kw)
+    for ky in range(kh):
+        for kx in range(kw):
+            full[:, :, :, ky * dh:ky * dh + (H - 1) * sh + 1:sh, kx * dw:kx * dw + (W - 1) * sw + 1:sw] += np.einsum(
+                "ngchw,gco->ngohw", xg, w[:, :, :, ky, kx])
+    y = full.reshape(N, Cout, FH, FW)[:, :, ph:ph + OH, pw:pw + OW]
+    if "bias" in p:
+        y = y + p["bias"].reshape(1, -1, 1, 1)
+    return np.ascontiguousarray(y)
+
+
 def pool2d(layer, x):
     """MaxPool2d / AvgPool2d; a non-overlapping unpadded window (the common 2x2 stride 2) as a reshape."""
     (kh, kw), is_max = layer.kernel_size, isinstance(layer, L.MaxPool2d)
@@ -283,6 +305,7 @@ _RULES = {
     L.Dropout: lambda l, p, h: h,
     L._Recurrent: recurrent,
     L.Conv2d: conv2d,
+    L.ConvTranspose2d: conv_transpose2d,
     L._Pool2d: lambda l, p, h: pool2d(l, h),
     L.GlobalAvgPool: lambda l, p, h: h.mean(axis=(2, 3)),
     L.Flatten: lambda l, p, h: h.reshape(h.shape[0], int(np.prod(h.shape[1:]))),

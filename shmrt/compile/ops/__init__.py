@@ -11,15 +11,16 @@ A family module declares:
   emit(builder, op, info)         the steps of op on every worker
   COSTS    {isa code: price(step, rows, n, rates)} in microseconds
   tensors(op, input shape) -> {name: float32 array}   (optional: default, the layer's params)
-  output(op, shape, model input shape, max_batch, arena) -> Output | None   (optional: dense)"""
+  output(op, shape, model input shape, max_batch, arena) -> Output | None   (optional: dense)
+  scratch(op, input shape) -> floats of per-worker scratch its steps need   (optional: none)"""
 from __future__ import annotations
 
 import numpy as np
 
 from shmrt.compile.layout import Output
-from shmrt.compile.ops import conv, dense, featurewise, merge, pool, recurrent, rowwise
+from shmrt.compile.ops import conv, convtranspose, dense, featurewise, merge, pool, recurrent, rowwise
 
-FAMILIES = (dense, featurewise, rowwise, recurrent, conv, pool, merge)
+FAMILIES = (dense, featurewise, rowwise, recurrent, conv, pool, merge, convtranspose)
 _BY_CLASS = {cls: fam for fam in FAMILIES for cls in fam.LAYERS}
 COSTS = {code: fn for fam in FAMILIES for code, fn in fam.COSTS.items()}
 
@@ -42,6 +43,13 @@ def tensors(op, before) -> dict:
     fam = family(op.layer)
     hook = getattr(fam, "tensors", None)
     return hook(op, before) if hook is not None else dict(op.layer.params)
+
+
+def scratch(op, before) -> int:
+    """Floats of per-worker scratch op's steps need (the "conv" region, shared by every op); before: its
+    input's per-sample shape."""
+    hook = getattr(family(op.layer), "scratch", None)
+    return hook(op, before) if hook is not None else 0
 
 
 def output(op, shape, in_shape, maxb, arena) -> Output:

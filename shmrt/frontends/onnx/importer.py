@@ -27,6 +27,7 @@ from shmrt.frontends.onnx import patterns
 from shmrt.frontends.onnx.errors import UnsupportedONNX, refusals_only
 from shmrt.frontends.onnx.external import resolve_external
 from shmrt.frontends.onnx.folding import Folding
+from shmrt.frontends.onnx.handlers_convtranspose import ConvTransposeOps
 from shmrt.frontends.onnx.handlers_dense import DenseOps
 from shmrt.frontends.onnx.handlers_elementwise import ElementwiseOps
 from shmrt.frontends.onnx.handlers_graph import GraphOps
@@ -72,7 +73,8 @@ def load_onnx_file(path) -> L.Sequential:
     return from_onnx(model, base_dir=os.path.dirname(os.path.abspath(path)))
 
 
-class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps, DenseOps, RecurrentOps):
+class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps, DenseOps, RecurrentOps,
+                 ConvTransposeOps):
     """One conversion: the graph's values, the chain of layers, and the walk over the nodes.  An op
     ``X`` on the stream is handled by the method ``op_X`` (found by name, from the handler mixins)."""
 

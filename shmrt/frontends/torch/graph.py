@@ -10,7 +10,7 @@ _ACT_MODULES = ", ".join(f"nn.{c.__name__}" for c in L.ACTIVATIONS)
 _ACT_FUNCTIONS = ", ".join(f"F.{c.fn or c.act}" for c in L.ACTIVATIONS
                            if (c.fn or c.act) not in ("relu", "sigmoid", "tanh"))
 SUPPORTED_MODULES = (
-    "nn.Linear, nn.Conv2d (padding_mode='zeros'), nn.BatchNorm1d, nn.BatchNorm2d (track_running_stats=True), "
+    "nn.Linear, nn.Conv2d, nn.ConvTranspose2d (padding_mode='zeros'), nn.BatchNorm1d, nn.BatchNorm2d (track_running_stats=True), "
     f"{_ACT_MODULES}, nn.Softmax, nn.LogSoftmax, nn.Dropout, nn.Identity, "
     "nn.Flatten(1, -1), nn.MaxPool2d, nn.AvgPool2d (ceil_mode=False), nn.AdaptiveAvgPool2d, "
     "nn.Upsample (nearest, bilinear; integer scale_factor or size), nn.LayerNorm (last dim), nn.RNN, nn.LSTM, nn.GRU (batch_first=True, one direction, proj_size=0; an initial "
@@ -91,7 +91,7 @@ def module_table(nn):
             nn.Linear: "linear", nn.Conv2d: "conv2d", nn.BatchNorm1d: "bn", nn.BatchNorm2d: "bn", nn.Softmax: "softmax",
             nn.LogSoftmax: "softmax", nn.Dropout: "dropout", nn.Identity: "identity", nn.Flatten: "flatten",
             nn.MaxPool2d: "pool", nn.AvgPool2d: "pool", nn.AdaptiveAvgPool2d: "adaptive", nn.LayerNorm: "layernorm",
-            nn.RNN: "rnn", nn.LSTM: "rnn", nn.GRU: "rnn", nn.Upsample: "upsample"}
+            nn.RNN: "rnn", nn.LSTM: "rnn", nn.GRU: "rnn", nn.Upsample: "upsample", nn.ConvTranspose2d: "convtranspose"}
 
 
 def fn_name(fn):

@@ -47,6 +47,16 @@ class Modules:
                                   bias=False if m.bias is None else self.param(node, m.bias, "bias"),
                                   weight=self.param(node, m.weight, "weight")), rank=4)
 
+    def mod_convtranspose(self, node, m, kind):
+        self.take(node, node.args[0])
+        if m.padding_mode != "zeros":
+            raise self.fail(node, f"padding_mode={m.padding_mode!r} is not supported; only 'zeros'")
+        self.emit(node, self.make(node, L.ConvTranspose2d, m.in_channels, m.out_channels, tuple(m.kernel_size),
+                                  stride=tuple(m.stride), padding=tuple(m.padding),
+                                  output_padding=tuple(m.output_padding), groups=m.groups, dilation=tuple(m.dilation),
+                                  bias=False if m.bias is None else self.param(node, m.bias, "bias"),
+                                  weight=self.param(node, m.weight, "weight")), rank=4)
+
     def mod_bn(self, node, m, kind):
         self.take(node, node.args[0])
         if not m.track_running_stats or m.running_mean is None or m.running_var is None:
