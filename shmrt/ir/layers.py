@@ -15,7 +15,7 @@ from shmrt.ir.conv import (AvgPool2d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPoo
 from shmrt.ir.dense import (ACTIVATIONS, GELU, ArgMax, Hardsigmoid, Hardswish, LayerNorm, LeakyReLU, Linear, LogSoftmax,
                             ReLU, ReLU6, Sigmoid, SiLU, Softmax, Tanh, TopK, _Elementwise, _RowWise)
 from shmrt.ir.graph import Graph, Input, Node, Value
-from shmrt.ir.merge import BINARY_OPS, AdaptiveAvgPool2d, Add, Concat, Div, Mul, Sub, _Binary, _Merge
+from shmrt.ir.merge import BINARY_OPS, AdaptiveAvgPool2d, AdaptiveMaxPool2d, _AdaptivePool2d, Add, Concat, Div, Mul, Sub, _Binary, _Merge
 from shmrt.ir.model import Sequential, linear_regression, logistic_regression
 from shmrt.ir.norm import BatchNorm1d, Dropout, MinMaxScale, Select, Standardize, _Affine
 from shmrt.ir.recurrent import GRU, LSTM, RNN, _Recurrent
@@ -27,8 +27,9 @@ __all__ = [
     "Standardize", "MinMaxScale", "BatchNorm1d", "Select", "Dropout",
     "Conv2d", "BatchNorm2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool", "Flatten", "Reshape", "Upsample",
     "RNN", "LSTM", "GRU",
-    "Graph", "Input", "Node", "Value", "Add", "Sub", "Mul", "Div", "Concat", "AdaptiveAvgPool2d", "BINARY_OPS",
+    "Graph", "Input", "Node", "Value", "Add", "Sub", "Mul", "Div", "Concat", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
+    "BINARY_OPS",
     # the layer families (private base classes) and helpers that other modules reach through L
-    "_Elementwise", "_RowWise", "_Binary", "_Merge", "_Affine", "_Recurrent", "_Pool2d",
+    "_Elementwise", "_RowWise", "_Binary", "_Merge", "_Affine", "_Recurrent", "_Pool2d", "_AdaptivePool2d",
     "_param", "_vector", "_positive_int", "_rng", "_pair", "_out_size",
 ]
