@@ -343,3 +343,17 @@ def test_onnx_refusals_that_stay():
     proto = onnx_model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], pads=[3, 0, 0, 0])], [1, 4, 4])
     with pytest.raises(UnsupportedONNX, match="wholly in the padding"):
         from_onnx(proto)
+
+
+@pytest.mark.parametrize("cip", [0, 1])
+@pytest.mark.parametrize("attrs", [dict(kernel_shape=[2, 2], dilations=[2, 2]),
+                                   dict(kernel_shape=[3, 2], strides=[2, 1], dilations=[2, 3], pads=[1, 1, 2, 0]),
+                                   dict(kernel_shape=[2, 3], strides=[2, 2], dilations=[3, 2], pads=[1, 1, 1, 1],
+                                        ceil_mode=1)])
+def test_onnx_average_pool_dilations(rt, attrs, cip):
+    from onnx import helper
+    proto = onnx_model([helper.make_node("AveragePool", ["x"], ["y"], count_include_pad=cip, **attrs)], [3, 9, 8])
+    model = check_onnx(rt, proto, rnd(3, 3, 9, 8, seed=26))
+    x = rnd(2, 3, 9, 8, seed=27)
+    (l,) = model.layers
+    assert rel_err(reference.forward(model, x), brute_pool(x, l, "mean", bool(cip))) <= 1e-12

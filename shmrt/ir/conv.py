@@ -195,13 +195,20 @@ class MaxPool2d(_Pool2d):
 
 
 class AvgPool2d(_Pool2d):
+    """PyTorch's AvgPool2d (divisor_override=None); ``pads`` and ``dilation`` are ONNX's AveragePool
+    extensions (PyTorch's has neither): the divisor counts the window's taps inside the image, or
+    inside the padded image with count_include_pad."""
     is_max = False
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, pads=None):
-        super().__init__(kernel_size, stride, padding, 1, ceil_mode, count_include_pad, pads)
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, pads=None,
+                 dilation=1):
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, pads)
 
     def config(self):
-        return dict(super().config(), count_include_pad=self.count_include_pad)
+        c = dict(super().config(), count_include_pad=self.count_include_pad)
+        if self.dilation != (1, 1):
+            c["dilation"] = self.dilation
+        return c
 
 
 class GlobalAvgPool(Layer):

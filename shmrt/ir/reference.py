@@ -221,9 +221,9 @@ def pool2d(layer, x):
         return _windows(x, layer, -np.inf).max(axis=(4, 5))
     _, _, H, W = x.shape
     _, OH, OW = layer.output_shape(x.shape[1:])
-    (sh, sw), (t, l, b, r) = layer.stride, layer.pads
-    rows = _taps(H, OH, kh, sh, 1, t, b, layer.count_include_pad)
-    cols = _taps(W, OW, kw, sw, 1, l, r, layer.count_include_pad)
+    (sh, sw), (dh, dw), (t, l, b, r) = layer.stride, layer.dilation, layer.pads
+    rows = _taps(H, OH, kh, sh, dh, t, b, layer.count_include_pad)
+    cols = _taps(W, OW, kw, sw, dw, l, r, layer.count_include_pad)
     return _windows(x, layer, 0.0).sum(axis=(4, 5)) / np.outer(rows, cols)
 
 

@@ -108,15 +108,13 @@ class DenseOps:
             self.fail(node, idx, f"only 2-D pooling is supported, got kernel_shape={list(k)}")
         s = tuple(a.get("strides", [1, 1]))
         dl = tuple(a.get("dilations", [1, 1]))
-        if not is_max and dl != (1, 1):
-            self.fail(node, idx, f"attribute dilations={list(dl)} is not supported for AveragePool")
         pads = self._pads(node, idx, a, k, s, dl, self.ir[1:])
         ceil = bool(a.get("ceil_mode", 0))
         if is_max:
             layer = L.MaxPool2d(k, stride=s, dilation=dl, ceil_mode=ceil, pads=pads)
         else:
             layer = L.AvgPool2d(k, stride=s, ceil_mode=ceil, count_include_pad=bool(a.get("count_include_pad", 0)),
-                                pads=pads)
+                                pads=pads, dilation=dl)
         ir = layer.output_shape(self.ir)  # the layer's own checks refuse (see bugs())
         self.chain.emit(layer, ir)
         return View((B,) + ir, (0, 1, 2, 3), self.chain.version)
