@@ -169,8 +169,10 @@ def test_avg_pool_explicit_pads_floor_mode(rt, pads, k, s, cip):
 @pytest.mark.parametrize("pads", [(0, 1, 2, 0), (2, 0, 1, 3), (4, 4, 4, 4)])
 def test_conv_explicit_pads(rt, pads):
     shmrt.manual_seed(7)
-    for k, s, d, g in (((3, 3), 1, 1, 1), ((3, 2), (2, 1), (1, 2), 1), ((3, 3), 2, 1, 4)):
-        conv = shmrt.Conv2d(4, 8, k, stride=s, dilation=d, groups=g, pads=pads)
+    # 8 output channels: split by channel under "model"; 1: by output rows (spatial)
+    for k, s, d, g, co in (((3, 3), 1, 1, 1, 8), ((3, 2), (2, 1), (1, 2), 1, 8), ((3, 3), 2, 1, 4, 8),
+                           ((2, 3), 1, 1, 1, 1), ((3, 3), (2, 1), 1, 1, 1)):
+        conv = shmrt.Conv2d(4, co, k, stride=s, dilation=d, groups=g, pads=pads)
         model = shmrt.Sequential([conv, shmrt.ReLU()], input_shape=(4, 9, 8))
         x = rnd(3, 4, 9, 8, seed=8)
         want = F.relu(F.conv2d(t64(padded(x, pads, 0.0)), t64(conv.params["weight"]), t64(conv.params["bias"]),
@@ -315,6 +317,16 @@ def test_onnx_average_pool(rt, attrs, cip):
     from onnx import helper
     proto = onnx_model([helper.make_node("AveragePool", ["x"], ["y"], count_include_pad=cip, **attrs)], [3, 9, 8])
     check_onnx(rt, proto, rnd(3, 3, 9, 8, seed=22))
+
+
+def test_onnx_route_on_one_worker(rt1):
+    from onnx import helper
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[0, 1, 2, 0]),
+             helper.make_node("MaxPool", ["c"], ["m"], kernel_shape=[3, 3], strides=[2, 2], pads=[1, 0, 0, 1],
+                              ceil_mode=1),
+             helper.make_node("AveragePool", ["m"], ["y"], kernel_shape=[2, 2], auto_pad="SAME_LOWER")]
+    proto = onnx_model(nodes, [3, 11, 10], [("w", rnd(5, 3, 3, 3, seed=28))])
+    check_onnx(rt1, proto, rnd(3, 3, 11, 10, seed=29), strategies=("data", "model"))
 
 
 @pytest.mark.parametrize("attrs", [
