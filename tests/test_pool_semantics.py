@@ -348,6 +348,8 @@ def test_onnx_refusals_that_stay():
     proto.graph.output.append(helper.make_tensor_value_info("i", TensorProto.INT64, None))
     with pytest.raises(UnsupportedONNX, match="Indices"):
         from_onnx(proto)
+    del proto.graph.output[1]  # Indices named but used by nobody: the values alone are imported
+    assert isinstance(from_onnx(proto).layers[0], shmrt.MaxPool2d)
     proto = onnx_model([helper.make_node("MaxPool", ["x"], ["y"], kernel_shape=[2, 2], auto_pad="SAME_UPPER",
                                          ceil_mode=1)], [1, 4, 4])
     with pytest.raises(UnsupportedONNX, match="ceil_mode=1"):

@@ -101,8 +101,8 @@ class DenseOps:
 
     def _pool(self, node, idx, ins, a, is_max):
         self.image(node, idx, ins[0])
-        if any(o for o in node.output[1:]):
-            self.fail(node, idx, "the Indices output is not supported (the values only)")
+        if any(o and o in self.consumed for o in node.output[1:]):  # named but unused: the values only
+            self.fail(node, idx, "the Indices output is not supported (only Y may be used)")
         k = tuple(a["kernel_shape"])
         if len(k) != 2:
             self.fail(node, idx, f"only 2-D pooling is supported, got kernel_shape={list(k)}")
