@@ -371,3 +371,14 @@ def test_onnx_average_pool_dilations(rt, attrs, cip):
     x = rnd(2, 3, 9, 8, seed=27)
     (l,) = model.layers
     assert rel_err(reference.forward(model, x), brute_pool(x, l, "mean", bool(cip))) <= 1e-12
+
+
+def test_pool_constructors_keep_pytorchs_positional_order():
+    m = shmrt.MaxPool2d(3, 2, 1, 2, False, True)  # kernel, stride, padding, dilation, return_indices, ceil_mode
+    assert (m.dilation, m.ceil_mode) == ((2, 2), True)
+    a = shmrt.AvgPool2d(3, 2, 1, True, False)  # kernel, stride, padding, ceil_mode, count_include_pad
+    assert (a.ceil_mode, a.count_include_pad) == (True, False)
+    with pytest.raises(ValueError, match="divisor_override=2 is not supported"):
+        shmrt.AvgPool2d(3, 2, 1, True, False, 2)
+    with pytest.raises(ValueError, match="return_indices=True is not supported"):
+        shmrt.MaxPool2d(2, return_indices=True)

@@ -51,7 +51,7 @@ class Conv2d(Layer):
     """2-D convolution over [N, C, H, W]; weight [out, in/groups, kh, kw] (PyTorch's)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, weight=None, pads=None):
+                 bias=True, weight=None, *, pads=None):
         super().__init__()
         name = f"Conv2d({in_channels}, {out_channels}, {kernel_size})"
         self.in_channels = _positive_int(in_channels, "in_channels", name)
@@ -184,7 +184,7 @@ class _Pool2d(Layer):
 class MaxPool2d(_Pool2d):
     is_max = True
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False,
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False, *,
                  pads=None):
         if return_indices:
             raise ValueError("MaxPool2d: return_indices=True is not supported (the values only)")
@@ -200,8 +200,10 @@ class AvgPool2d(_Pool2d):
     inside the padded image with count_include_pad."""
     is_max = False
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True, pads=None,
-                 dilation=1):
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None, *, pads=None, dilation=1):
+        if divisor_override is not None:
+            raise ValueError(f"AvgPool2d: divisor_override={divisor_override!r} is not supported; only None")
         super().__init__(kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, pads)
 
     def config(self):
