@@ -92,6 +92,13 @@ REFUSAL_TYPES = (ValueError, TypeError, NotImplementedError)
 FLOORS_PATH = os.path.join(_ROOT, "bench", "results", "onnx-floors.json")
 BATCH_AXES = ("fixed", "symbolic")  # as shipped; the input's batch axis made symbolic (run_case's dynamic_batch)
 RTOL = 1e-5
+# cases whose stored expected output is itself off by more than RTOL: name -> (tolerance, why); each
+# checked by hand against onnxruntime (ONNX's own runner takes every case at rtol 1e-3)
+ERRATA = {
+    "test_averagepool_2d_ceil_last_window_starts_on_pad": (
+        3e-4, "the expected [0.1511, 0.2841, 0.3572] is hand-written to 4 digits: channel 1's mean over the "
+              "window (count_include_pad, divisor 9) is 2.5564 / 9 = 0.284044, as onnxruntime gives"),
+}
 CASE_TIMEOUT_S = 60
 # words that make a refusal message specific even when it names nothing of the graph
 _CLEAR_WORDS = ("shape", "dtype", "axis", "axes", "batch", "rank", "float32", "layout", "dimension", "output",
@@ -436,7 +443,7 @@ def _sample(a, n=6):
     return np.array2string(a[:n], precision=6, separator=", ") + (" ..." if a.size > n else "")
 
 
-def compare(got, expected, names=None):
+def compare(got, expected, names=None, rtol=RTOL):
     """Compare shmrt's outputs with ONNX's: (ok, reason, notes)."""
     got = list(got) if isinstance(got, tuple) else [got]
     notes = []
@@ -475,9 +482,9 @@ def compare(got, expected, names=None):
         if fin.any():
             diff = np.where(fin, np.abs(gf - np.where(fin, ef, 0.0)), -1.0)
             err = float(diff.max()) / max(float(np.max(np.abs(ef[fin]))), 1e-6)
-            if err > RTOL:
+            if err > rtol:
                 at = tuple(int(i) for i in np.unravel_index(int(np.argmax(diff)), ef.shape))
-                return False, (f"{label}: max |got - expected| / max |expected| = {err:.3g} > {RTOL:g} "
+                return False, (f"{label}: max |got - expected| / max |expected| = {err:.3g} > {rtol:g} "
                                f"(worst at {at}: got {gf[at]:.7g}, expected {ef[at]:.7g})" + both), notes
     return True, "", notes
 
@@ -541,7 +548,10 @@ def run_case(case: Case, holder: RuntimeHolder, from_onnx, strategies=("data",),
                                 reason=f"{tag}{type(e).__name__} at call time: {e}\n  input {x.dtype}{list(x.shape)}, "
                                        f"compiled with input_shape={in_shape}, max_batch={max(batch, 1)}; "
                                        f"model: {smodel!r}")
-                        ok, why, notes = compare(got, outputs, out_names)
+                        erratum = ERRATA.get(case.name.split("[")[0])
+                        ok, why, notes = compare(got, outputs, out_names, erratum[0] if erratum else RTOL)
+                        if erratum and f"erratum: {erratum[1]}" not in res.notes:
+                            res.notes.append(f"erratum: {erratum[1]}")
                         for n in notes:
                             if n not in res.notes:
                                 res.notes.append(n)

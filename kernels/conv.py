@@ -15,7 +15,8 @@ Worker slices are an output channel range (model parallel), an output row
 range (spatial, batch 1) or whole images (data parallel); the kernel only
 sees the bounds.  ``scratch_floats`` is the scratch one worker needs.
 
-g = (C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, groups, OH, OW): the geometry.
+g = (C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, groups, OH, OW): the geometry; ph, pw the top and left
+padding, the bottom and right as far as OH, OW reach (asymmetric padding: ONNX's pads).
 """
 import numpy as np
 from numba import njit
@@ -28,8 +29,18 @@ from .tile import NR
 def scratch_floats(g, cout):
     """Floats of scratch conv2d needs for any slice of geometry g with cout output channels."""
     C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, groups, OH, OW = (int(v) for v in g)
-    Hs, Ws = -(-(H + 2 * ph) // sh), -(-(W + 2 * pw) // sw)
+    Hs, Ws = _plane_dims(H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW)
     return C * sh * sw * Hs * Ws + (kw - 1) * dw // sw + NR + cout // groups * OH * Ws
+
+
+@njit(cache=True, inline="always")
+def _plane_dims(H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW):
+    """(Hs, Ws): a phase plane's rows and columns -- the image padded by ph, pw on every side, or as
+    far as the output's windows reach where that is further (asymmetric padding: more at the bottom
+    or right than at the top or left; ph, pw are the top and left padding)."""
+    Hs = max((H + 2 * ph + sh - 1) // sh, OH + (kh - 1) * dh // sh)
+    Ws = max((W + 2 * pw + sw - 1) // sw, OW + (kw - 1) * dw // sw)
+    return Hs, Ws
 
 
 @njit(cache=True)
@@ -54,7 +65,7 @@ def _conv_depthwise(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act):
     row is written out."""
     C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW = (g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8],
                                                        g[9], g[10], g[12], g[13])
-    Hs, Ws = (H + 2 * ph + sh - 1) // sh, (W + 2 * pw + sw - 1) // sw
+    Hs, Ws = _plane_dims(H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW)
     S = Hs * Ws
     slack = (kw - 1) * dw // sw + 1
     xp = scratch[:sh * sw * S + slack]
@@ -123,7 +134,7 @@ def _conv_phased(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act, pool):
     Cout = wmat.shape[0]
     Cg, Og = C // groups, Cout // groups
     Kg = Cg * kh * kw
-    Hs, Ws = (H + 2 * ph + sh - 1) // sh, (W + 2 * pw + sw - 1) // sw
+    Hs, Ws = _plane_dims(H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW)
     S = Hs * Ws
     # the phases of the zero-padded image, and slack the last im2col row's last panel may read past its end
     xp = scratch[:C * sh * sw * S + (kw - 1) * dw // sw + NR]
@@ -182,40 +193,33 @@ def _act_pool_rows(t, Wp, rows, OW, bb, act, dst, ph0):
 
 
 @njit(cache=True)
-def pool2d(x, out, g, c0, c1, is_max, count_include_pad):
+def pool2d(x, out, g, c0, c1, is_max, count_include_pad, adaptive):
     """Max or average pooling of channels c0:c1 of one image (flat buffers).
-    g = (C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW).  NaN propagates
-    through max.  Windows that all lie inside the image (no padding) take
-    a path without bounds checks."""
-    C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW = (g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8],
-                                                       g[9], g[10], g[11], g[12])
-    if ph == 0 and pw == 0:
+    g = (C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, pb, pr): pt, pl the top and left padding,
+    pb, pr the bottom and right (a window in ceil mode may reach past them: it takes what lies inside).
+    adaptive: PyTorch's adaptive windows over H x W instead (kernel, stride, padding unused).  NaN
+    propagates through max.  Windows that all lie inside the image take a path without bounds checks."""
+    H, W, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW = (g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10],
+                                                    g[11], g[12])
+    if adaptive:
+        _pool_adaptive(x, out, H, W, OH, OW, c0, c1, is_max)
+    elif (pt == 0 and pl == 0 and (OH - 1) * sh + (kh - 1) * dh < H and (OW - 1) * sw + (kw - 1) * dw < W):
         _pool_inside(x, out, g, c0, c1, is_max)
-        return
-    if is_max or count_include_pad:
-        _pool_padded(x, out, g, c0, c1, is_max)
-        return
-    for c in range(c0, c1):
-        for oh in range(OH):
-            for ow in range(OW):
-                best = -np.inf
-                s = 0.0
-                cnt = 0
-                for i in range(kh):
-                    ih = oh * sh - ph + i * dh
-                    for j in range(kw):
-                        iw = ow * sw - pw + j * dw
-                        if 0 <= ih < H and 0 <= iw < W:
-                            v = x[(c * H + ih) * W + iw]
-                            best = _max_nan(v, best)
-                            s += v
-                            cnt += 1
-                        elif count_include_pad and ih < H + ph and iw < W + pw:
-                            cnt += 1
-                if is_max:
-                    out[(c * OH + oh) * OW + ow] = best
-                else:
-                    out[(c * OH + oh) * OW + ow] = s / max(cnt, 1)
+    else:
+        _pool_padded(x, out, g, c0, c1, is_max, count_include_pad)
+
+
+@njit(cache=True)
+def _taps(n, o, k, s, d, p0, p1, include_pad):
+    """Per output index along one axis: the taps of its window inside the input, or inside the
+    padded input [-p0, n + p1) when include_pad (the average's divisor, PyTorch's and ONNX's)."""
+    lo, hi = (-p0, n + p1) if include_pad else (0, n)
+    cnt = np.zeros(o, np.float64)
+    for q in range(o):
+        for i in range(k):
+            if lo <= q * s - p0 + i * d < hi:
+                cnt[q] += 1.0
+    return cnt
 
 
 @njit(cache=True)
@@ -250,21 +254,27 @@ def _pool_inside(x, out, g, c0, c1, is_max):
 
 
 @njit(cache=True)
-def _pool_padded(x, out, g, c0, c1, is_max):
-    """pool2d with padding, max or average counting the padding (every window then divides by
-    kh * kw: in floor mode no window reaches past the padded image).  Per output row: the window's
-    rows inside the image combined element by element into one row (a loop that vectorises), then
-    for each column offset j the output columns whose input column lies inside the image -- one
-    range, computed once -- take theirs, branch-free."""
-    H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW = (g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10],
-                                                    g[11], g[12])
-    inv = np.float32(1.0 / (kh * kw))
+def _pool_padded(x, out, g, c0, c1, is_max, count_include_pad):
+    """pool2d where a window may reach outside the image (padding, ceil mode).  Per output row: the
+    window's rows inside the image combined element by element into one row (a loop that
+    vectorises), then for each column offset j the output columns whose input column lies inside the
+    image -- one range, computed once -- take theirs, branch-free.  An average divides by its
+    window's taps inside the image, or inside the padded image with count_include_pad (_taps)."""
+    H, W, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, pb, pr = (g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9],
+                                                            g[10], g[11], g[12], g[13], g[14])
     lo = np.empty(kw, np.int64)  # output columns lo[j]:hi[j] read an input column inside the image at offset j
     hi = np.empty(kw, np.int64)
     for j in range(kw):
-        first = pw - j * dw  # ow * sw >= first
+        first = pl - j * dw  # ow * sw >= first
         lo[j] = (first + sw - 1) // sw if first > 0 else 0
-        hi[j] = min(OW, (W - 1 + pw - j * dw) // sw + 1) if W - 1 + pw - j * dw >= 0 else 0
+        hi[j] = min(OW, (W - 1 + pl - j * dw) // sw + 1) if W - 1 + pl - j * dw >= 0 else 0
+    inv = np.empty((0 if is_max else OH, OW), np.float32)
+    if not is_max:
+        rows = _taps(H, OH, kh, sh, dh, pt, pb, count_include_pad)
+        cols = _taps(W, OW, kw, sw, dw, pl, pr, count_include_pad)
+        for oh in range(OH):
+            for ow in range(OW):
+                inv[oh, ow] = 1.0 / max(rows[oh] * cols[ow], 1.0)
     t = np.empty(W, np.float32)
     fill = np.float32(-np.inf) if is_max else np.float32(0.0)
     for c in range(c0, c1):
@@ -272,7 +282,7 @@ def _pool_padded(x, out, g, c0, c1, is_max):
             o = out[(c * OH + oh) * OW:(c * OH + oh + 1) * OW]
             first = True
             for i in range(kh):
-                ih = oh * sh - ph + i * dh
+                ih = oh * sh - pt + i * dh
                 if ih < 0 or ih >= H:
                     continue
                 row = x[(c * H + ih) * W:(c * H + ih + 1) * W]
@@ -287,8 +297,10 @@ def _pool_padded(x, out, g, c0, c1, is_max):
                         t[k] += row[k]
             for ow in range(OW):
                 o[ow] = fill
+            if first:  # no row of this window inside the image (an average counting the padding: 0)
+                continue
             for j in range(kw):
-                base = j * dw - pw
+                base = j * dw - pl
                 if is_max:
                     for ow in range(lo[j], hi[j]):
                         o[ow] = _max_nan(t[base + ow * sw], o[ow])
@@ -297,7 +309,33 @@ def _pool_padded(x, out, g, c0, c1, is_max):
                         o[ow] += t[base + ow * sw]
             if not is_max:
                 for ow in range(OW):
-                    o[ow] *= inv
+                    o[ow] *= inv[oh, ow]
+
+
+@njit(cache=True)
+def _pool_adaptive(x, out, H, W, OH, OW, c0, c1, is_max):
+    """PyTorch's adaptive pooling: output cell (i, j) covers rows floor(i * H / OH) .. ceil((i + 1) *
+    H / OH) and the columns alike; its rows combined into one row first, then each cell's columns."""
+    t = np.empty(W, np.float32)
+    for c in range(c0, c1):
+        for oh in range(OH):
+            h0, h1 = oh * H // OH, ((oh + 1) * H + OH - 1) // OH
+            t[:] = x[(c * H + h0) * W:(c * H + h0 + 1) * W]
+            for ih in range(h0 + 1, h1):
+                row = x[(c * H + ih) * W:(c * H + ih + 1) * W]
+                if is_max:
+                    for k in range(W):
+                        t[k] = _max_nan(row[k], t[k])
+                else:
+                    for k in range(W):
+                        t[k] += row[k]
+            o = out[(c * OH + oh) * OW:(c * OH + oh + 1) * OW]
+            for ow in range(OW):
+                w0, w1 = ow * W // OW, ((ow + 1) * W + OW - 1) // OW
+                v = t[w0]
+                for k in range(w0 + 1, w1):
+                    v = _max_nan(t[k], v) if is_max else v + t[k]
+                o[ow] = v if is_max else np.float32(v / ((h1 - h0) * (w1 - w0)))
 
 
 @njit(cache=True, inline="always")

@@ -337,11 +337,11 @@ def test_residual_shared_module_and_unflattened_pool_convert(make, shape):
     (Scaled, r"node 'mul' \(operator.mul\): an operand 2 is a constant; shmrt supports Mul of two tensors"),
     (lambda: nn.Sequential(nn.Conv2d(3, 3, 3, padding_mode="reflect")), r"padding_mode='reflect' is not supported"),
     (lambda: nn.Sequential(nn.BatchNorm1d(3, track_running_stats=False)), r"track_running_stats must be True"),
-    (lambda: nn.Sequential(nn.MaxPool2d(2, ceil_mode=True)), r"'0' \(MaxPool2d\): ceil_mode=True"),
+    (lambda: nn.Sequential(nn.MaxPool2d(2, return_indices=True)), r"'0' \(MaxPool2d\): return_indices=True"),
     (lambda: nn.Sequential(nn.Linear(3, 4), nn.Softmax(dim=0)), r"'1' \(Softmax\): dim=0 on a 2-D input"),
     (lambda: nn.Sequential(nn.LSTM(4, 4, batch_first=True)), r"the model returns the \(output, h_n\) tuple"),
 ], ids=["conv1d", "embedding", "bidirectional", "batch_first", "first_step", "mul",
-        "reflect", "bn_no_stats", "ceil_mode", "softmax_dim0", "rnn_tuple_out"])
+        "reflect", "bn_no_stats", "return_indices", "softmax_dim0", "rnn_tuple_out"])
 def test_refusals_name_the_node_and_type(make, match):
     with pytest.raises(ValueError, match=match):
         from_torch(make())

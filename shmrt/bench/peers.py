@@ -85,13 +85,12 @@ def _onnx_graph(model, input_shape):
             nodes.append(helper.make_node("GlobalAveragePool", [cur], [out]))
         elif isinstance(l, L.Conv2d):
             ins = [cur, const(l.params["weight"])] + ([const(l.params["bias"])] if "bias" in l.params else [])
-            ph, pw = l.padding
             nodes.append(helper.make_node("Conv", ins, [out], kernel_shape=list(l.kernel_size), strides=list(l.stride),
-                                          pads=[ph, pw, ph, pw], dilations=list(l.dilation), group=l.groups))
+                                          pads=list(l.pads), dilations=list(l.dilation), group=l.groups))
         elif isinstance(l, L.MaxPool2d):
-            ph, pw = l.padding
             nodes.append(helper.make_node("MaxPool", [cur], [out], kernel_shape=list(l.kernel_size),
-                                          strides=list(l.stride), pads=[ph, pw, ph, pw]))
+                                          strides=list(l.stride), pads=list(l.pads), dilations=list(l.dilation),
+                                          ceil_mode=int(l.ceil_mode)))
         elif isinstance(l, L.Flatten):
             nodes.append(helper.make_node("Flatten", [cur], [out], axis=1))
         elif isinstance(l, L.LSTM) and l.num_layers == 1 and not l.return_sequences:
@@ -154,6 +153,8 @@ def torch_peer(model, threads):
         p = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in l.params.items()}
         if isinstance(l, L.Linear):
             m = nn.Linear(l.in_features, l.out_features, bias="bias" in p)
+        elif isinstance(l, (L.Conv2d, L._Pool2d)) and l.padding is None:
+            raise Skip(f"{l!r}: asymmetric padding has no torch module in the peer harness")
         elif isinstance(l, L.Conv2d):
             m = nn.Conv2d(l.in_channels, l.out_channels, l.kernel_size, l.stride, l.padding, l.dilation, l.groups,
                           bias="bias" in p)
@@ -191,7 +192,7 @@ def torch_peer(model, threads):
         elif isinstance(l, L.Softmax):
             m = nn.Softmax(dim=1)
         elif isinstance(l, L.MaxPool2d):
-            m = nn.MaxPool2d(l.kernel_size, l.stride, l.padding, l.dilation)
+            m = nn.MaxPool2d(l.kernel_size, l.stride, l.padding, l.dilation, ceil_mode=l.ceil_mode)
         elif isinstance(l, L.Flatten):
             m = nn.Flatten()
         else:

@@ -25,7 +25,7 @@ def _hybrid_by_size(op) -> bool:
     l = op.layer
     if isinstance(l, (L.Linear, L._Recurrent)):
         return 4 * sum(v.size for v in l.params.values()) >= HYBRID_MODEL_BYTES
-    return isinstance(l, (L._Pool2d, L.GlobalAvgPool, L.Upsample))  # these follow a channel split where there is one
+    return isinstance(l, (L._Pool2d, L._AdaptivePool2d, L.GlobalAvgPool, L.Upsample))  # these follow a channel split where there is one
 
 
 def _fused_name(l) -> str:

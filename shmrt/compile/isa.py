@@ -32,7 +32,7 @@ OP = 0  # the column of the op's code
 FRAC = 1 << 20  # batch-row fractions are in units of 1/FRAC
 MICRO_ROWS = 8  # a pipeline's micro-batches have at least this many rows
 CONV_GEOM = 14  # conv2d's geometry (kernels/conv.py): C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, groups, OH, OW
-POOL_GEOM = 13  # pool2d's geometry: C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW
+POOL_GEOM = 15  # pool2d's geometry: C, H, W, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW, pb, pr (pads top, left, bottom, right)
 
 # Recurrent cells (a RECUR step's mode) and activations (an ``act`` field) are
 # coded by the kernels' own tables, CELLS / GATES and ACT_NAMES, re-exported here.
@@ -66,8 +66,9 @@ _DECLARED = (
     # pool: a 2x2 max pool fused (out holds the pooled image, oh0:oh1 even, in the convolution's rows)
     ("CONV", "conv", ("x", "x_ld", "out", "out_ld", "w", "b", "act", "co0", "co1", "oh0", "oh1", "lo", "hi",
                       "scratch", ("geom", CONV_GEOM), "cout", "scratch_floats", "pool")),
+    # adaptive: PyTorch's adaptive windows over H x W (geom's kernel, stride and padding unused)
     ("POOL", "pool", ("x", "x_ld", "out", "out_ld", "c0", "c1", "is_max", "count_include_pad", "lo", "hi",
-                      ("geom", POOL_GEOM))),
+                      ("geom", POOL_GEOM), "adaptive")),
     ("GAP", "global avg pool", ("x", "x_ld", "out", "out_ld", "hw", "c0", "c1", "lo", "hi")),
     # Pipeline stages: a stage's worker loops over micro-batches.  MICRO: the call runs
     # min(most, n // rows) micro-batches (at least 1) of at least `rows` rows; counters: int32

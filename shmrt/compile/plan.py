@@ -130,19 +130,18 @@ def _fusable_pool(prev, l) -> bool:
     convolution's epilogue, from its output rows while they are in cache, instead of a step of its own."""
     return (isinstance(prev.layer, L.Conv2d) and prev.layer.stride == (1, 1) and not prev.pool
             and type(l) is L.MaxPool2d and l.kernel_size == (2, 2) and l.stride == (2, 2)
-            and l.padding == (0, 0) and l.dilation == (1, 1))
+            and l.pads == (0, 0, 0, 0) and l.dilation == (1, 1) and not l.ceil_mode)
 
 
 def _adaptive(l, shape):
-    """An AdaptiveAvgPool2d as the pool it is over ``shape``: global, or equal windows."""
-    if l.output_size == (1, 1):
+    """An adaptive pool as the pool it is over ``shape``: global average, equal windows, or itself
+    (PyTorch's uneven windows, planned by the pool family)."""
+    if l.output_size == (1, 1) and not l.is_max:
         return L.GlobalAvgPool()
     win = l.window(shape)
     if win is None:
-        raise NotImplementedError(f"{l!r} over (N, {', '.join(map(str, shape))}): output sizes that do not divide "
-                                  f"the input's (uneven windows) are not supported; expected H, W multiples of "
-                                  f"{l.output_size}")
-    return L.AvgPool2d(win[0], stride=win[1])
+        return l
+    return L.MaxPool2d(win[0], stride=win[1]) if l.is_max else L.AvgPool2d(win[0], stride=win[1])
 
 
 def _fuse(graph, shapes) -> tuple:
@@ -159,7 +158,7 @@ def _fuse(graph, shapes) -> tuple:
                                                                 not l.moves(shapes[node.inputs[0]])):
             alias[node.output] = ins[0]  # identity at inference / a free reshape (or permute of size-1 dims)
             continue
-        if isinstance(l, L.AdaptiveAvgPool2d):
+        if isinstance(l, L._AdaptivePool2d):
             l = _adaptive(l, shapes[ins[0]])
         src = node.inputs[0]
         prev = by_out.get(src) if len(ins) == 1 and len(readers.get(src, ())) == 1 and src not in outputs else None
@@ -207,8 +206,8 @@ def _as_graph(model):
 
 # families whose steps write their output with a row stride of its own (out_ld), so that a value may
 # sit in a wider slot; and the layers that need their input's rows packed (a recurrent layer's [N, T, F])
-_STRIDED = (L.Conv2d, L.ConvTranspose2d, L._Pool2d, L.GlobalAvgPool, L.Upsample, L._Elementwise, L._Affine, L._Merge,
-            L._Rearrange)
+_STRIDED = (L.Conv2d, L.ConvTranspose2d, L._Pool2d, L._AdaptivePool2d, L.GlobalAvgPool, L.Upsample, L._Elementwise,
+            L._Affine, L._Merge, L._Rearrange)
 
 
 def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, input_shape=None, rates=None) -> Plan:

@@ -248,7 +248,8 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
             insz, outsz = g[0] * g[1] * g[2], g[0] * g[11] * g[12]
             for img in range(r0, r1):
                 pool2d(xa[xo + img * xld:xo + img * xld + insz], arena[oo + img * old:oo + img * old + outsz],
-                       g, s[POOL.c0], s[POOL.c1], s[POOL.is_max] != 0, s[POOL.count_include_pad] != 0)
+                       g, s[POOL.c0], s[POOL.c1], s[POOL.is_max] != 0, s[POOL.count_include_pad] != 0,
+                       s[POOL.adaptive] != 0)
         elif op == GAP.code:
             r0, r1 = _rows(base, cnt, w0, w1, s[GAP.lo], s[GAP.hi])
             xld, oo, old = s[GAP.x_ld], s[GAP.out], s[GAP.out_ld]

@@ -84,7 +84,7 @@ def _compile_parent_group() -> None:
     i64, b1, mat, wvec, vec, ivec = t["i64"], t["b1"], t["mat"], t["wvec"], t["vec"], t["ivec"]
     linear.compile((mat, t["wmat"], wvec, mat, i64))
     conv2d.compile((vec, t["wcmat"], wvec, vec, ivec, i64, i64, i64, i64, vec, i64, i64))
-    pool2d.compile((vec, vec, ivec, i64, i64, b1, b1))
+    pool2d.compile((vec, vec, ivec, i64, i64, b1, b1, b1))
     reduce_partials.compile((mat, i64, i64, wvec, mat, i64))
     apply_act.compile((mat, mat, i64, types.float32))
     affine.compile((mat, wvec, wvec, mat))

@@ -14,15 +14,44 @@ def _pair(v, what, layer, minimum=1):
     return int(t[0]), int(t[1])
 
 
-def _out_size(n, k, s, p, d):
-    return (n + 2 * p - d * (k - 1) - 1) // s + 1
+def _out_size(n, k, s, p, d, p_end=None, ceil_mode=False):
+    """Output size along one axis: padding p before and p_end (default p) after; in ceil mode the last
+    window must start inside the input or the leading padding (PyTorch's and ONNX's rule)."""
+    span = n + p + (p if p_end is None else p_end) - d * (k - 1) - 1
+    if span < 0:
+        return 0
+    o = (-(-span // s) if ceil_mode else span // s) + 1
+    if ceil_mode and (o - 1) * s >= n + p:
+        o -= 1
+    return o
+
+
+def _pads_arg(padding, pads, layer):
+    """(top, left, bottom, right) from PyTorch's symmetric ``padding`` or ONNX's explicit ``pads``
+    [top, left, bottom, right] (given in place of padding: then padding must stay 0)."""
+    if pads is None:
+        ph, pw = _pair(padding, "padding", layer, minimum=0)
+        return (ph, pw, ph, pw), False
+    t = tuple(pads) if isinstance(pads, (tuple, list)) else None
+    if t is None or len(t) != 4 or any(isinstance(a, bool) or not isinstance(a, (int, np.integer)) or a < 0
+                                       for a in t):
+        raise ValueError(f"{layer}: pads must be 4 ints >= 0 [top, left, bottom, right], got {pads!r}")
+    if _pair(padding, "padding", layer, minimum=0) != (0, 0):
+        raise ValueError(f"{layer}: give padding or pads, not both (got padding={padding!r}, pads={pads!r})")
+    return tuple(int(a) for a in t), True
+
+
+def _sym(pads):
+    """PyTorch's padding pair where pads are symmetric, else None (asymmetric: only ``pads`` says it)."""
+    t, l, b, r = pads
+    return (t, l) if (t, l) == (b, r) else None
 
 
 class Conv2d(Layer):
     """2-D convolution over [N, C, H, W]; weight [out, in/groups, kh, kw] (PyTorch's)."""
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1, groups=1,
-                 bias=True, weight=None):
+                 bias=True, weight=None, *, pads=None):
         super().__init__()
         name = f"Conv2d({in_channels}, {out_channels}, {kernel_size})"
         self.in_channels = _positive_int(in_channels, "in_channels", name)
@@ -42,7 +71,8 @@ class Conv2d(Layer):
             if any(t % 2 for t in tot):
                 raise ValueError(f"{name}: padding='same' with an even effective kernel is not supported")
             padding = (tot[0] // 2, tot[1] // 2)
-        self.padding = _pair(padding, "padding", name, minimum=0)
+        self.pads, _ = _pads_arg(padding, pads, name)  # (top, left, bottom, right); pads: ONNX's, may be asymmetric
+        self.padding = _sym(self.pads)  # PyTorch's pair, None where the padding is asymmetric
         kh, kw = self.kernel_size
         fan_in = self.in_channels // self.groups * kh * kw
         self.params["weight"] = _param(weight, (self.out_channels, self.in_channels // self.groups, kh, kw),
@@ -55,22 +85,28 @@ class Conv2d(Layer):
         if len(shape) != 3 or shape[0] != self.in_channels:
             raise ValueError(f"{self!r} expects inputs of shape (N, {self.in_channels}, H, W), "
                              f"got (N, {', '.join(map(str, shape))})")
-        oh = _out_size(shape[1], self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0])
-        ow = _out_size(shape[2], self.kernel_size[1], self.stride[1], self.padding[1], self.dilation[1])
+        t, l, b, r = self.pads
+        oh = _out_size(shape[1], self.kernel_size[0], self.stride[0], t, self.dilation[0], b)
+        ow = _out_size(shape[2], self.kernel_size[1], self.stride[1], l, self.dilation[1], r)
         if oh < 1 or ow < 1:
             raise ValueError(f"{self!r}: input {shape[1]}x{shape[2]} is too small for the kernel (output {oh}x{ow})")
         return (self.out_channels, oh, ow)
 
     def config(self):
-        c = {k: getattr(self, k) for k in ("in_channels", "out_channels", "kernel_size", "stride", "padding",
-                                            "dilation", "groups")}
+        c = {k: getattr(self, k) for k in ("in_channels", "out_channels", "kernel_size", "stride", "dilation",
+                                            "groups")}
+        if self.padding is not None:
+            c["padding"] = self.padding
+        else:
+            c["pads"] = list(self.pads)
         if "bias" not in self.params:
             c["bias"] = False
         return c
 
     def __repr__(self):
+        pad = f"padding={self.padding}" if self.padding is not None else f"pads={self.pads}"
         return (f"Conv2d({self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-                f"stride={self.stride}, padding={self.padding}, dilation={self.dilation}, groups={self.groups})")
+                f"stride={self.stride}, {pad}, dilation={self.dilation}, groups={self.groups})")
 
 
 class BatchNorm2d(BatchNorm1d):
@@ -91,52 +127,90 @@ class BatchNorm2d(BatchNorm1d):
 
 
 class _Pool2d(Layer):
+    """MaxPool2d / AvgPool2d.  ``padding`` is PyTorch's (symmetric, at most half the kernel); ``pads``
+    [top, left, bottom, right] is ONNX's explicit form, given in place of padding (ONNX import): it may be
+    asymmetric and larger than half the kernel.  ``self.pads`` always holds the four; ``self.padding``
+    is PyTorch's pair, None where the padding is asymmetric."""
     is_max = True
 
-    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, count_include_pad=True):
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, count_include_pad=True,
+                 pads=None):
         super().__init__()
         name = type(self).__name__
         self.kernel_size = _pair(kernel_size, "kernel_size", name)
         self.stride = _pair(stride if stride is not None else kernel_size, "stride", name)
-        self.padding = _pair(padding, "padding", name, minimum=0)
         self.dilation = _pair(dilation, "dilation", name)
-        if ceil_mode:
-            raise ValueError(f"{name}: ceil_mode=True is not supported")
-        if any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
-            raise ValueError(f"{name}: padding must be at most half the kernel size, got {padding!r}")
+        self.pads, explicit = _pads_arg(padding, pads, name)
+        self.padding = _sym(self.pads)
+        if not explicit and any(2 * p > k for p, k in zip(self.padding, self.kernel_size)):
+            raise ValueError(f"{name}: padding must be at most half the kernel size, got {padding!r} for "
+                             f"kernel_size={self.kernel_size} (PyTorch's rule; ONNX's larger pads go through pads=)")
+        self.ceil_mode = bool(ceil_mode)
         self.count_include_pad = bool(count_include_pad)
 
     def output_shape(self, shape):
         if len(shape) != 3:
             raise ValueError(f"{self!r} expects inputs of shape (N, C, H, W), got (N, {', '.join(map(str, shape))})")
-        oh = _out_size(shape[1], self.kernel_size[0], self.stride[0], self.padding[0], self.dilation[0])
-        ow = _out_size(shape[2], self.kernel_size[1], self.stride[1], self.padding[1], self.dilation[1])
+        t, l, b, r = self.pads
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel_size, self.stride, self.dilation
+        oh = _out_size(shape[1], kh, sh, t, dh, b, self.ceil_mode)
+        ow = _out_size(shape[2], kw, sw, l, dw, r, self.ceil_mode)
         if oh < 1 or ow < 1:
             raise ValueError(f"{self!r}: input {shape[1]}x{shape[2]} is too small for the window")
+        if self.is_max or not self.count_include_pad:  # a window of padding only has no value to give
+            for n, o, k, s, d, p, axis in ((shape[1], oh, kh, sh, dh, t, "row"), (shape[2], ow, kw, sw, dw, l, "column")):
+                for q in range(o):
+                    if not any(0 <= q * s - p + i * d < n for i in range(k)):
+                        raise ValueError(f"{self!r}: over input {shape[1]}x{shape[2]}, output {axis} {q}'s window "
+                                         f"lies wholly in the padding; expected every window to hold an input value")
         return (shape[0], oh, ow)
 
     def config(self):
-        return {"kernel_size": self.kernel_size, "stride": self.stride, "padding": self.padding}
+        c = {"kernel_size": self.kernel_size, "stride": self.stride}
+        if self.padding is not None and all(2 * p <= k for p, k in zip(self.padding, self.kernel_size)):
+            c["padding"] = self.padding
+        else:
+            c["pads"] = list(self.pads)
+        if self.ceil_mode:
+            c["ceil_mode"] = True
+        return c
 
     def __repr__(self):
-        return f"{type(self).__name__}(kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding})"
+        pad = f"padding={self.padding}" if self.padding is not None else f"pads={self.pads}"
+        return (f"{type(self).__name__}(kernel_size={self.kernel_size}, stride={self.stride}, {pad}"
+                + (", ceil_mode=True)" if self.ceil_mode else ")"))
 
 
 class MaxPool2d(_Pool2d):
     is_max = True
+
+    def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False, *,
+                 pads=None):
+        if return_indices:
+            raise ValueError("MaxPool2d: return_indices=True is not supported (the values only)")
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, True, pads)
 
     def config(self):
         return dict(super().config(), dilation=self.dilation)
 
 
 class AvgPool2d(_Pool2d):
+    """PyTorch's AvgPool2d (divisor_override=None); ``pads`` and ``dilation`` are ONNX's AveragePool
+    extensions (PyTorch's has neither): the divisor counts the window's taps inside the image, or
+    inside the padded image with count_include_pad."""
     is_max = False
 
-    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True):
-        super().__init__(kernel_size, stride, padding, 1, ceil_mode, count_include_pad)
+    def __init__(self, kernel_size, stride=None, padding=0, ceil_mode=False, count_include_pad=True,
+                 divisor_override=None, *, pads=None, dilation=1):
+        if divisor_override is not None:
+            raise ValueError(f"AvgPool2d: divisor_override={divisor_override!r} is not supported; only None")
+        super().__init__(kernel_size, stride, padding, dilation, ceil_mode, count_include_pad, pads)
 
     def config(self):
-        return dict(super().config(), count_include_pad=self.count_include_pad)
+        c = dict(super().config(), count_include_pad=self.count_include_pad)
+        if self.dilation != (1, 1):
+            c["dilation"] = self.dilation
+        return c
 
 
 class GlobalAvgPool(Layer):

@@ -90,17 +90,18 @@ class Concat(_Merge):
         return f"Concat(dim={self.dim})"
 
 
-class AdaptiveAvgPool2d(Layer):
-    """[N, C, H, W] -> [N, C, oh, ow] by averaging (PyTorch's windows).  Planned as a global average
-    pool for output 1x1, as an AvgPool2d where the output size divides the input's; other sizes
-    are refused at compile time."""
+class _AdaptivePool2d(Layer):
+    """[N, C, H, W] -> [N, C, oh, ow] over PyTorch's windows: output cell i covers rows
+    floor(i * H / oh) .. ceil((i + 1) * H / oh) (uneven, possibly overlapping, where oh does not divide H)."""
+    is_max = False
 
     def __init__(self, output_size=1):
         super().__init__()
+        name = type(self).__name__
         t = tuple(output_size) if isinstance(output_size, (tuple, list)) else (output_size, output_size)
         if len(t) != 2:
-            raise ValueError(f"AdaptiveAvgPool2d: output_size must be an int or a pair, got {output_size!r}")
-        self.output_size = tuple(_positive_int(v, "output_size", "AdaptiveAvgPool2d") for v in t)
+            raise ValueError(f"{name}: output_size must be an int or a pair, got {output_size!r}")
+        self.output_size = tuple(_positive_int(v, "output_size", name) for v in t)
 
     def output_shape(self, shape):
         if len(shape) != 3:
@@ -119,4 +120,20 @@ class AdaptiveAvgPool2d(Layer):
         return {"output_size": list(self.output_size)}
 
     def __repr__(self):
-        return f"AdaptiveAvgPool2d(output_size={self.output_size})"
+        return f"{type(self).__name__}(output_size={self.output_size})"
+
+
+class AdaptiveAvgPool2d(_AdaptivePool2d):
+    """Planned as a global average pool for output 1x1, as an AvgPool2d where the output size divides
+    the input's, else as PyTorch's uneven windows."""
+    is_max = False
+
+
+class AdaptiveMaxPool2d(_AdaptivePool2d):
+    """The max over PyTorch's adaptive windows (return_indices=False only)."""
+    is_max = True
+
+    def __init__(self, output_size=1, return_indices=False):
+        if return_indices:
+            raise ValueError("AdaptiveMaxPool2d: return_indices=True is not supported (the values only)")
+        super().__init__(output_size)

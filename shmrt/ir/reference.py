@@ -178,12 +178,24 @@ def recurrent(layer, p, x):
 # -- convolutional ------------------------------------------------------------------------------
 
 def _windows(x, layer, fill):
-    """[N, C, OH, OW, kh, kw]: the windows of ``layer`` (kernel, stride, padding, dilation) over the
-    [N, C, H, W] input padded with ``fill`` (a view: no copy beyond the padding)."""
-    (kh, kw), (sh, sw), (ph, pw), (dh, dw) = layer.kernel_size, layer.stride, layer.padding, layer.dilation
-    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)), constant_values=fill) if ph or pw else x
-    win = sliding_window_view(xp, (dh * (kh - 1) + 1, dw * (kw - 1) + 1), axis=(2, 3))
-    return win[:, :, ::sh, ::sw, ::dh, ::dw]
+    """[N, C, OH, OW, kh, kw]: the windows of ``layer`` (kernel, stride, pads [top, left, bottom, right],
+    dilation; a pool's ceil mode) over the [N, C, H, W] input padded with ``fill``, the bottom and right
+    as far as the last window reaches (a view: no copy beyond the padding)."""
+    (kh, kw), (sh, sw), (dh, dw) = layer.kernel_size, layer.stride, layer.dilation
+    t, l, _, _ = layer.pads
+    _, OH, OW = layer.output_shape(x.shape[1:])
+    eh, ew = dh * (kh - 1) + 1, dw * (kw - 1) + 1
+    bottom, right = max((OH - 1) * sh + eh - x.shape[2] - t, 0), max((OW - 1) * sw + ew - x.shape[3] - l, 0)
+    xp = np.pad(x, ((0, 0), (0, 0), (t, bottom), (l, right)), constant_values=fill) if t or l or bottom or right else x
+    win = sliding_window_view(xp, (eh, ew), axis=(2, 3))
+    return win[:, :, ::sh, ::sw, ::dh, ::dw][:, :, :OH, :OW]
+
+
+def _taps(n, o, k, s, d, p0, p1, include_pad):
+    """Per output index along one axis: how many of its window's taps lie inside the input (or inside
+    the padded input [-p0, n + p1) when include_pad: PyTorch's and ONNX's divisor in ceil mode)."""
+    lo, hi = (-p0, n + p1) if include_pad else (0, n)
+    return np.array([sum(lo <= q * s - p0 + i * d < hi for i in range(k)) for q in range(o)], np.float64)
 
 
 def conv2d(layer, p, x):
@@ -224,17 +236,19 @@ def conv_transpose2d(layer, p, x):
 def pool2d(layer, x):
     """MaxPool2d / AvgPool2d; a non-overlapping unpadded window (the common 2x2 stride 2) as a reshape."""
     (kh, kw), is_max = layer.kernel_size, isinstance(layer, L.MaxPool2d)
-    if layer.stride == (kh, kw) and layer.padding == (0, 0) and layer.dilation == (1, 1):
+    if (layer.stride == (kh, kw) and layer.pads == (0, 0, 0, 0) and layer.dilation == (1, 1)
+            and not layer.ceil_mode):
         N, C, H, W = x.shape
         tiles = x[:, :, :H // kh * kh, :W // kw * kw].reshape(N, C, H // kh, kh, W // kw, kw)
         return tiles.max(axis=(3, 5)) if is_max else tiles.mean(axis=(3, 5))
     if is_max:
         return _windows(x, layer, -np.inf).max(axis=(4, 5))
-    win = _windows(x, layer, 0.0)
-    if layer.count_include_pad:
-        return win.mean(axis=(4, 5))
-    counts = _windows(np.ones_like(x[:1, :1]), layer, 0.0).sum(axis=(4, 5))
-    return win.sum(axis=(4, 5)) / counts
+    _, _, H, W = x.shape
+    _, OH, OW = layer.output_shape(x.shape[1:])
+    (sh, sw), (dh, dw), (t, l, b, r) = layer.stride, layer.dilation, layer.pads
+    rows = _taps(H, OH, kh, sh, dh, t, b, layer.count_include_pad)
+    cols = _taps(W, OW, kw, sw, dw, l, r, layer.count_include_pad)
+    return _windows(x, layer, 0.0).sum(axis=(4, 5)) / np.outer(rows, cols)
 
 
 def _binary(layer, p, a, b):
@@ -244,8 +258,8 @@ def _binary(layer, p, a, b):
     return {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[layer.op](a, b)
 
 
-def adaptive_avg_pool2d(layer, x):
-    """PyTorch's windows: output cell i covers floor(i*H/oh) .. ceil((i+1)*H/oh)."""
+def adaptive_pool2d(layer, x):
+    """PyTorch's windows: output cell i covers floor(i*H/oh) .. ceil((i+1)*H/oh); the mean or the max."""
     N, C, H, W = x.shape
     oh, ow = layer.output_size
     out = np.empty((N, C, oh, ow), x.dtype)
@@ -253,7 +267,8 @@ def adaptive_avg_pool2d(layer, x):
         h0, h1 = i * H // oh, -(-(i + 1) * H // oh)
         for j in range(ow):
             w0, w1 = j * W // ow, -(-(j + 1) * W // ow)
-            out[:, :, i, j] = x[:, :, h0:h1, w0:w1].mean(axis=(2, 3))
+            win = x[:, :, h0:h1, w0:w1]
+            out[:, :, i, j] = win.max(axis=(2, 3)) if layer.is_max else win.mean(axis=(2, 3))
     return out
 
 
@@ -290,7 +305,7 @@ _RULES = {
     L.Upsample: lambda l, p, h: upsample(l, h),
     L._Binary: _binary,
     L.Concat: lambda l, p, *hs: np.concatenate(hs, axis=l.axis(hs[0].ndim - 1) + 1),
-    L.AdaptiveAvgPool2d: lambda l, p, h: adaptive_avg_pool2d(l, h),
+    L._AdaptivePool2d: lambda l, p, h: adaptive_pool2d(l, h),
     L.Linear: _linear,
     L._Elementwise: lambda l, p, h: act(h, l),
     L.Softmax: _softmax,

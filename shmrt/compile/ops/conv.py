@@ -13,7 +13,7 @@ from shmrt.ir import layers as L
 def geometry(l, in_shape, out_shape):
     """conv2d's geometry row (kernels/conv.py) for layer l."""
     (C, H, W), (_, OH, OW) = in_shape, out_shape
-    return (C, H, W, *l.kernel_size, *l.stride, *l.padding, *l.dilation, l.groups, OH, OW)
+    return (C, H, W, *l.kernel_size, *l.stride, *l.pads[:2], *l.dilation, l.groups, OH, OW)  # bottom, right: by OH, OW
 
 
 def conv(b, op, info):

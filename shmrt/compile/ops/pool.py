@@ -1,4 +1,4 @@
-"""Pooling (MaxPool2d, AvgPool2d, GlobalAvgPool) and resizing (Upsample): per
+"""Pooling (MaxPool2d, AvgPool2d, the adaptive pools' uneven windows, GlobalAvgPool) and resizing (Upsample): per
 channel, so it follows a channel split where there is one, else takes batch
 rows.  Steps: POOL, GAP, RESIZE."""
 from __future__ import annotations
@@ -32,10 +32,16 @@ def pool(b, op, info):
         elif isinstance(l, L.GlobalAvgPool):
             b.emit(w, GAP, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.ld or out.width, hw=hw, c0=c0, c1=c1,
                    **where)
-        else:
-            geom = (C, H, W, *l.kernel_size, *l.stride, *l.padding, *l.dilation, out.shape[1], out.shape[2])
+        elif isinstance(l, L._AdaptivePool2d):  # uneven windows (the even ones are planned as a _Pool2d)
+            geom = (C, H, W, 0, 0, 1, 1, 0, 0, 1, 1, out.shape[1], out.shape[2], 0, 0)
             b.emit(w, POOL, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.ld or out.width, c0=c0, c1=c1,
-                   is_max=int(l.is_max), count_include_pad=int(l.count_include_pad), geom=geom, **where)
+                   is_max=int(l.is_max), count_include_pad=0, geom=geom, adaptive=1, **where)
+        else:
+            t, left, bottom, right = l.pads
+            geom = (C, H, W, *l.kernel_size, *l.stride, t, left, *l.dilation, out.shape[1], out.shape[2], bottom,
+                    right)
+            b.emit(w, POOL, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.ld or out.width, c0=c0, c1=c1,
+                   is_max=int(l.is_max), count_include_pad=int(l.count_include_pad), geom=geom, adaptive=0, **where)
     info["flops"] = C * hw
     if follow:
         info["partition"] = "channels (follows producer)" if b.state == "cols" else "channels"
@@ -61,6 +67,6 @@ def resize_us(s, cnt, n, rates) -> float:
     return 8.0 * rows(cnt, s[RESIZE.lo], s[RESIZE.hi]) * (s[RESIZE.c1] - s[RESIZE.c0]) * g[3] * g[4] / (rates.read_gbs * 1e3)
 
 
-LAYERS = (L._Pool2d, L.GlobalAvgPool, L.Upsample)
+LAYERS = (L._Pool2d, L._AdaptivePool2d, L.GlobalAvgPool, L.Upsample)
 emit = pool
 COSTS = {POOL.code: pool_us, GAP.code: gap_us, RESIZE.code: resize_us}

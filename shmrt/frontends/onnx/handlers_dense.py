@@ -58,24 +58,25 @@ class DenseOps:
                                  f"each (2-D)")
         auto = a.get("auto_pad", "NOTSET")
         if auto == "VALID":
-            return (0, 0)
+            return (0, 0, 0, 0)
         if auto in ("SAME_UPPER", "SAME_LOWER"):
-            pads = []
-            for i in range(2):
+            if a.get("ceil_mode", 0):
+                self.fail(node, idx, f"attribute auto_pad={auto} with ceil_mode=1 is not supported (ONNX leaves the "
+                                     f"pair undefined); expected ceil_mode=0 or explicit pads")
+            head, tail = [], []
+            for i in range(2):  # output ceil(n / s); the odd one of the total at the end (UPPER) or start (LOWER)
                 out = -(-hw[i] // s[i])
                 tot = max((out - 1) * s[i] + d[i] * (k[i] - 1) + 1 - hw[i], 0)
-                if tot % 2:
-                    self.fail(node, idx, f"attribute auto_pad={auto} needs asymmetric padding here (total {tot} on "
-                                         f"axis {i}); only symmetric padding is supported")
-                pads.append(tot // 2)
-            return tuple(pads)
+                small, big = tot // 2, tot - tot // 2
+                head.append(small if auto == "SAME_UPPER" else big)
+                tail.append(big if auto == "SAME_UPPER" else small)
+            return (head[0], head[1], tail[0], tail[1])
         if auto != "NOTSET":
             self.fail(node, idx, f"attribute auto_pad={auto!r} is not supported")
         p = a.get("pads", [0, 0, 0, 0])
-        if len(p) != 4 or p[0] != p[2] or p[1] != p[3]:
-            self.fail(node, idx, f"attribute pads={p} is asymmetric; only symmetric padding "
-                                 f"[top, left, top, left] is supported")
-        return (p[0], p[1])
+        if len(p) != 4 or min(p) < 0:
+            self.fail(node, idx, f"attribute pads={p}: expected 4 ints >= 0 [top, left, bottom, right] (2-D)")
+        return tuple(int(v) for v in p)
 
     def op_Conv(self, node, idx, ins, a):
         self.image(node, idx, ins[0])
@@ -93,31 +94,27 @@ class DenseOps:
         if Cg * g != C:
             self.fail(node, idx, f"W {W.shape} with group={g} does not match {C} input channels")
         bias = self.const(node, idx, 2, "B") if len(ins) > 2 and ins[2] is not None else False
-        layer = L.Conv2d(C, O, (kh, kw), stride=s, padding=pads, dilation=dl, groups=g, bias=bias, weight=W)
+        layer = L.Conv2d(C, O, (kh, kw), stride=s, pads=pads, dilation=dl, groups=g, bias=bias, weight=W)
         ir = layer.output_shape(self.ir)  # the layer's own checks refuse (see bugs())
         self.chain.emit(layer, ir)
         return View((B,) + ir, (0, 1, 2, 3), self.chain.version)
 
     def _pool(self, node, idx, ins, a, is_max):
         self.image(node, idx, ins[0])
-        if any(o for o in node.output[1:]):
-            self.fail(node, idx, "the Indices output is not supported")
-        if a.get("ceil_mode", 0):
-            self.fail(node, idx, "attribute ceil_mode=1 is not supported (ceil_mode=0 only)")
-        if a.get("storage_order", 0):
-            self.fail(node, idx, "attribute storage_order=1 is not supported")
+        if any(o and o in self.consumed for o in node.output[1:]):  # named but unused: the values only
+            self.fail(node, idx, "the Indices output is not supported (only Y may be used)")
         k = tuple(a["kernel_shape"])
         if len(k) != 2:
             self.fail(node, idx, f"only 2-D pooling is supported, got kernel_shape={list(k)}")
         s = tuple(a.get("strides", [1, 1]))
         dl = tuple(a.get("dilations", [1, 1]))
-        if not is_max and dl != (1, 1):
-            self.fail(node, idx, f"attribute dilations={list(dl)} is not supported for AveragePool")
         pads = self._pads(node, idx, a, k, s, dl, self.ir[1:])
+        ceil = bool(a.get("ceil_mode", 0))
         if is_max:
-            layer = L.MaxPool2d(k, stride=s, padding=pads, dilation=dl)
+            layer = L.MaxPool2d(k, stride=s, dilation=dl, ceil_mode=ceil, pads=pads)
         else:
-            layer = L.AvgPool2d(k, stride=s, padding=pads, count_include_pad=bool(a.get("count_include_pad", 0)))
+            layer = L.AvgPool2d(k, stride=s, ceil_mode=ceil, count_include_pad=bool(a.get("count_include_pad", 0)),
+                                pads=pads, dilation=dl)
         ir = layer.output_shape(self.ir)  # the layer's own checks refuse (see bugs())
         self.chain.emit(layer, ir)
         return View((B,) + ir, (0, 1, 2, 3), self.chain.version)

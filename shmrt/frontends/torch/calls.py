@@ -56,6 +56,12 @@ class Calls:
             a = self.bind(node, ("input", "output_size"))
             self.take(node, a["input"])
             self.emit(node, self.make(node, L.AdaptiveAvgPool2d, a["output_size"]), rank=4)
+        elif t is self.F.adaptive_max_pool2d:
+            a = self.bind(node, ("input", "output_size", "return_indices"), {"return_indices": False})
+            if a["return_indices"]:
+                raise self.fail(node, "return_indices=True is not supported")
+            self.take(node, a["input"])
+            self.emit(node, self.make(node, L.AdaptiveMaxPool2d, a["output_size"]), rank=4)
         elif t in self.fn_act:  # F.<fn>(input, <the layer's config keys>..., inplace)
             cls = self.fn_act[t]
             defaults = cls().config()

@@ -12,14 +12,15 @@ _ACT_FUNCTIONS = ", ".join(f"F.{c.fn or c.act}" for c in L.ACTIVATIONS
 SUPPORTED_MODULES = (
     "nn.Linear, nn.Conv2d, nn.ConvTranspose2d (padding_mode='zeros'), nn.BatchNorm1d, nn.BatchNorm2d (track_running_stats=True), "
     f"{_ACT_MODULES}, nn.Softmax, nn.LogSoftmax, nn.Dropout, nn.Identity, "
-    "nn.Flatten(1, -1), nn.MaxPool2d, nn.AvgPool2d (ceil_mode=False), nn.AdaptiveAvgPool2d, "
+    "nn.Flatten(1, -1), nn.MaxPool2d, nn.AvgPool2d (divisor_override=None), nn.AdaptiveAvgPool2d, "
+    "nn.AdaptiveMaxPool2d (return_indices=False), "
     "nn.Upsample (nearest, bilinear; integer scale_factor or size), nn.LayerNorm (last dim), nn.RNN, nn.LSTM, nn.GRU (batch_first=True, one direction, proj_size=0; an initial "
     "state of zeros)")
 SUPPORTED_FUNCTIONS = (
     f"torch.relu / F.relu / x.relu(), torch.sigmoid / x.sigmoid(), torch.tanh / x.tanh(), {_ACT_FUNCTIONS}, "
     "torch.softmax / F.softmax / x.softmax(dim), F.log_softmax / x.log_softmax(dim) over the last dim, "
     "torch.flatten(x, 1) / x.flatten(1), x.view(x.size(0), -1) / x.reshape(x.shape[0], -1), "
-    "x.mean((2, 3)) (global average pooling), F.adaptive_avg_pool2d, F.interpolate, F.dropout (eval), "
+    "x.mean((2, 3)) (global average pooling), F.adaptive_avg_pool2d, F.adaptive_max_pool2d, F.interpolate, F.dropout (eval), "
     "x.contiguous(), x.permute / torch.permute, x.transpose / torch.transpose, x.narrow / torch.narrow, "
     "x.split / torch.split and x.chunk / torch.chunk (pieces taken by index), x[:, a:b, ::s] (int slices), "
     "x + y / x - y / x * y / x / y of two tensors (torch.add, x.add, +=, ...), torch.cat([...], dim >= 1), "
@@ -90,7 +91,8 @@ def module_table(nn):
     return {getattr(nn, c.__name__): "act" for c in L.ACTIVATIONS} | {
             nn.Linear: "linear", nn.Conv2d: "conv2d", nn.BatchNorm1d: "bn", nn.BatchNorm2d: "bn", nn.Softmax: "softmax",
             nn.LogSoftmax: "softmax", nn.Dropout: "dropout", nn.Identity: "identity", nn.Flatten: "flatten",
-            nn.MaxPool2d: "pool", nn.AvgPool2d: "pool", nn.AdaptiveAvgPool2d: "adaptive", nn.LayerNorm: "layernorm",
+            nn.MaxPool2d: "pool", nn.AvgPool2d: "pool", nn.AdaptiveAvgPool2d: "adaptive",
+            nn.AdaptiveMaxPool2d: "adaptive", nn.LayerNorm: "layernorm",
             nn.RNN: "rnn", nn.LSTM: "rnn", nn.GRU: "rnn", nn.Upsample: "upsample", nn.ConvTranspose2d: "convtranspose"}
 
 

@@ -104,22 +104,25 @@ class Modules:
 
     def mod_pool(self, node, m, kind):
         self.take(node, node.args[0])
-        if m.ceil_mode:
-            raise self.fail(node, "ceil_mode=True is not supported")
         if kind is self.nn.MaxPool2d:
             if m.return_indices:
                 raise self.fail(node, "return_indices=True is not supported")
             layer = self.make(node, L.MaxPool2d, m.kernel_size, stride=m.stride, padding=m.padding,
-                              dilation=m.dilation)
+                              dilation=m.dilation, ceil_mode=m.ceil_mode)
         else:
             if m.divisor_override is not None:
                 raise self.fail(node, f"divisor_override={m.divisor_override!r} is not supported; only None")
             layer = self.make(node, L.AvgPool2d, m.kernel_size, stride=m.stride, padding=m.padding,
-                              count_include_pad=m.count_include_pad)
+                              ceil_mode=m.ceil_mode, count_include_pad=m.count_include_pad)
         self.emit(node, layer, rank=4)
 
     def mod_adaptive(self, node, m, kind):
         self.take(node, node.args[0])
+        if kind is self.nn.AdaptiveMaxPool2d:
+            if m.return_indices:
+                raise self.fail(node, "return_indices=True is not supported")
+            self.emit(node, self.make(node, L.AdaptiveMaxPool2d, m.output_size), rank=4)
+            return
         self.emit(node, self.make(node, L.AdaptiveAvgPool2d, m.output_size), rank=4)
 
     def mod_upsample(self, node, m, kind):
