@@ -1,5 +1,5 @@
-"""Elementwise ops of two activations with broadcasting (Add, Sub, Mul, Div), and the strided copy
-that Concat is made of.  Operands are rows of flat buffers: row r of a starts at a[ao + r * a_ld];
+"""Elementwise ops of two activations (or of one and a constant) with broadcasting (Add, Sub, Mul,
+Div), and the strided copy that Concat, Permute and Slice are made of.  Operands are rows of flat buffers: row r of a starts at a[ao + r * a_ld];
 within a row, element (i0, i1, i2) of the output's three dims is at i0*sa[0] + i1*sa[1] + i2*sa[2]
 of a (a stride of 0 broadcasts), and likewise for b and out."""
 import numpy as np
@@ -62,11 +62,12 @@ def _row_scalar(o, x, y, op):
 
 
 @njit(cache=True)
-def merge(a, ao, a_ld, b, bo, b_ld, out, oo, o_ld, r0, r1, op, d, sa, sb, so, c0, c1, act, alpha):
-    """out = act(a <op> b) for rows r0:r1 and dim-0 indices c0:c1 of the output's dims d (three)."""
+def merge(a, ao, a_ld, b, bo, b_ld, out, oo, o_ld, r0, r1, op, d, sa, sb, so, c0, c1, act, swap):
+    """out = act(a <op> b) (swap: act(b <op> a)) for rows r0:r1 and dim-0 indices c0:c1 of the output's
+    dims d (three)."""
     d1, d2 = d[1], d[2]
-    unit = sa[2] == 1 and so[2] == 1 and (sb[2] == 1 or op == COPY)
-    bcast = sb[2] == 0 and sa[2] == 1 and so[2] == 1 and op != COPY
+    unit = sa[2] == 1 and so[2] == 1 and (sb[2] == 1 or op == COPY) and not swap
+    bcast = sb[2] == 0 and sa[2] == 1 and so[2] == 1 and op != COPY and not swap
     zero = np.float32(0.0)
     for r in range(r0, r1):
         for i0 in range(c0, c1):
@@ -79,13 +80,16 @@ def merge(a, ao, a_ld, b, bo, b_ld, out, oo, o_ld, r0, r1, op, d, sa, sb, so, c0
                     _row(o, a[pa:pa + d2], b[pb:pb + d2], op)
                 elif bcast:
                     _row_scalar(o, a[pa:pa + d2], b[pb], op)
+                elif swap:
+                    for i2 in range(d2):
+                        out[po + i2 * so[2]] = _op(b[pb + i2 * sb[2]], a[pa + i2 * sa[2]], op)
                 else:
                     for i2 in range(d2):
                         out[po + i2 * so[2]] = _op(a[pa + i2 * sa[2]], b[pb + i2 * sb[2]], op)
                 if act == IDENTITY:
                     continue
-                if so[2] == 1 and alpha == 0.0:
+                if so[2] == 1:
                     add_act_row(o, o, zero, act)
                 else:
                     for i2 in range(d2):
-                        out[po + i2 * so[2]] = act1(float(out[po + i2 * so[2]]), act, alpha)
+                        out[po + i2 * so[2]] = act1(float(out[po + i2 * so[2]]), act, 0.0)

@@ -193,3 +193,64 @@ def test_softmax_refusals():
         shmrt.Softmax(dim=0)
     with pytest.raises(ValueError, match="dim 4 is out of range"):
         shmrt.Sequential([shmrt.Softmax(dim=4)]).shapes((3, 5, 6))
+
+
+def test_onnx_gemm_trans_a_of_a_transposed_activation(rt):
+    """Transpose [N, K] -> [K, N], then Gemm(transA=1): A^T is the activation again."""
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+
+    W, b = _x(5, 3), _x(3)
+    nodes = [helper.make_node("Transpose", ["x"], ["xt"], perm=[1, 0]),
+             helper.make_node("Gemm", ["xt", "W", "b"], ["y"], transA=1, alpha=0.5)]
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                          [numpy_helper.from_array(W, "W"), numpy_helper.from_array(b, "b")])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    x = _x(4, 5)
+    ref = 0.5 * x.astype(np.float64) @ W + b
+    _check(rt, shmrt.load(proto), x, ref, strategies=("data", "model"))
+    nodes[0] = helper.make_node("Identity", ["x"], ["xt"])  # A = [N, K] itself: A^T has the batch last
+    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])],
+                          [numpy_helper.from_array(W, "W"), numpy_helper.from_array(b, "b")])
+    with pytest.raises(ValueError, match="batch-first"):
+        shmrt.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+
+
+def test_binary_with_a_broadcast_constant(rt):
+    """x <op> c and c <op> x with c broadcast along any per-sample axis (ONNX's Add of a [F] constant
+    on [N, T, F], a [T, 1] one, ...), by hand and from ONNX, against float64."""
+    x = _x(5, 4, 6) + 3.0  # away from 0 for the divisions
+    rng = np.random.default_rng(3)
+    for shape in [(6,), (4, 1), (4, 6), ()]:
+        c = rng.uniform(0.5, 2.0, shape).astype(np.float32)
+        for cls in (shmrt.Add, shmrt.Sub, shmrt.Mul, shmrt.Div):
+            for reverse in (False, True):
+                inp = shmrt.Input((4, 6))
+                g = shmrt.Graph(inp, shmrt.ReLU()(cls(constant=c, reverse=reverse)(inp)))
+                ref = forward(g, x.astype(np.float64))
+                op = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[cls.__name__]
+                x64, c64 = x.astype(np.float64), c.astype(np.float64)
+                np.testing.assert_allclose(ref, np.maximum(op(c64, x64) if reverse else op(x64, c64), 0), rtol=1e-12)
+                _check(rt, g, x, ref, strategies=("data", "model"))
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
+    for op, first in (("Add", False), ("Sub", True), ("Div", True), ("Mul", False)):
+        c = rng.uniform(0.5, 2.0, (4, 1)).astype(np.float32)
+        ins = ["c", "x"] if first else ["x", "c"]
+        g = helper.make_graph([helper.make_node(op, ins, ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 6])],
+                              [numpy_helper.from_array(c, "c")])
+        model = shmrt.load(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]))
+        fn = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide}[op]
+        x64, c64 = x.astype(np.float64), c.astype(np.float64)
+        _check(rt, model, x, fn(c64, x64) if first else fn(x64, c64), strategies=("data", "model"))
+
+
+def test_binary_constant_refusals():
+    with pytest.raises(ValueError, match="does not broadcast to inputs"):
+        shmrt.Sequential([shmrt.Add(constant=np.ones((3, 6), np.float32))]).shapes((4, 6))
+    with pytest.raises(ValueError, match="reverse=True needs a constant"):
+        shmrt.Sub(reverse=True)

@@ -91,10 +91,11 @@ _DECLARED = (
     ("OUTPUT", "output", ("off", "ld", "row_bytes", "off2", "ld2", "row_bytes2", "lo", "hi", "sync", "line",
                           "parties")),
     # out = act(a <op> b) over the output's three dims d (kernels/merge.py: op ADD, SUB, MUL, DIV, or COPY
-    # of a into a part of out: Concat), each operand's strides within a row sa, sb, so (0: broadcast);
-    # rows lo:hi, dim-0 indices c0:c1 (channels, when split by model)
+    # of a into a part of out: Concat, Permute, Slice), each operand's strides within a row sa, sb, so (0:
+    # broadcast); rows lo:hi, dim-0 indices c0:c1 (channels, when split by model); b_w: b is a constant in
+    # the weight store (b_ld 0), swap: out = act(b <op> a)
     ("MERGE", "merge", ("a", "a_ld", "b", "b_ld", "out", "out_ld", "op", ("d", 3), ("sa", 3), ("sb", 3), ("so", 3),
-                        "c0", "c1", "act", "alpha", "lo", "hi")),
+                        "c0", "c1", "act", "b_w", "swap", "lo", "hi")),
     # channels c0:c1 of images lo:hi resized (kernels/conv.upsample2d): geom (C, H, W, OH, OW); bilinear, align
     ("RESIZE", "resize", ("x", "x_ld", "out", "out_ld", "c0", "c1", "lo", "hi", ("geom", 5), "bilinear", "align")),
     # a transposed convolution (kernels/convtranspose.py): output channels co0:co1, rows oh0:oh1 of images lo:hi;

@@ -260,11 +260,15 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
         elif op == MERGE.code:
             r0, r1 = _rows(base, cnt, w0, w1, s[MERGE.lo], s[MERGE.hi])
             aa, ao = _src(arena, xin, s[MERGE.a], in_off)
-            ba, bo = _src(arena, xin, s[MERGE.b], in_off)
-            alpha = weights[s[MERGE.alpha]] if s[MERGE.alpha] >= 0 else np.float32(0.0)
-            merge(aa, ao, s[MERGE.a_ld], ba, bo, s[MERGE.b_ld], arena, s[MERGE.out], s[MERGE.out_ld], r0, r1,
-                  s[MERGE.op], s[MERGE.d:MERGE.d + 3], s[MERGE.sa:MERGE.sa + 3], s[MERGE.sb:MERGE.sb + 3],
-                  s[MERGE.so:MERGE.so + 3], s[MERGE.c0], s[MERGE.c1], s[MERGE.act], alpha)
+            d, sa, sb = s[MERGE.d:MERGE.d + 3], s[MERGE.sa:MERGE.sa + 3], s[MERGE.sb:MERGE.sb + 3]
+            so = s[MERGE.so:MERGE.so + 3]
+            if s[MERGE.b_w]:  # b: a constant in the weight store (a separate call: another array type)
+                merge(aa, ao, s[MERGE.a_ld], weights, s[MERGE.b], 0, arena, s[MERGE.out], s[MERGE.out_ld], r0, r1,
+                      s[MERGE.op], d, sa, sb, so, s[MERGE.c0], s[MERGE.c1], s[MERGE.act], s[MERGE.swap] != 0)
+            else:
+                ba, bo = _src(arena, xin, s[MERGE.b], in_off)
+                merge(aa, ao, s[MERGE.a_ld], ba, bo, s[MERGE.b_ld], arena, s[MERGE.out], s[MERGE.out_ld], r0, r1,
+                      s[MERGE.op], d, sa, sb, so, s[MERGE.c0], s[MERGE.c1], s[MERGE.act], False)
         elif op == RESIZE.code:
             r0, r1 = _rows(base, cnt, w0, w1, s[RESIZE.lo], s[RESIZE.hi])
             g = s[RESIZE.geom:RESIZE.geom + 5]

@@ -20,17 +20,60 @@ class _Merge(Layer):
 
 
 class _Binary(_Merge):
-    """out = a <op> b, with NumPy broadcasting of the per-sample shapes (the batch is never broadcast)."""
+    """out = a <op> b, with NumPy broadcasting of the per-sample shapes (the batch is never broadcast).
+    With ``constant`` (an array of a per-sample shape, batch excluded) the layer takes one activation a
+    and computes a <op> constant, or constant <op> a with ``reverse=True``; the result keeps a's shape."""
     op = "add"
+
+    def __init__(self, constant=None, reverse=False):
+        super().__init__()
+        self.reverse = bool(reverse)
+        if constant is not None:
+            c = np.asarray(constant)
+            if c.dtype.kind not in "fiub" or c.ndim > 3:
+                raise ValueError(f"{type(self).__name__}: constant must be a real array of at most 3 dims (a "
+                                 f"per-sample shape), got dtype {c.dtype}, shape {c.shape}")
+            self.params["constant"] = np.ascontiguousarray(c, dtype=np.float32)
+            self.arity = 1
+        elif self.reverse:
+            raise ValueError(f"{type(self).__name__}: reverse=True needs a constant")
+
+    @property
+    def constant(self):
+        return self.params.get("constant")
+
+    def check_arity(self, shapes):
+        if self.constant is None:
+            return super().check_arity(shapes)
+        if len(shapes) != 1:
+            raise ValueError(f"{self!r} with a constant takes 1 input, got {len(shapes)}")
 
     def output_shape(self, *shapes):
         self.check_arity(shapes)
+        if self.constant is not None:
+            c, s = self.constant.shape, tuple(shapes[0])
+            try:
+                out = tuple(int(v) for v in np.broadcast_shapes(s, c))
+            except ValueError:
+                out = None
+            if out != s:
+                raise ValueError(f"{self!r}: a constant of shape {c} does not broadcast to inputs (N, "
+                                 f"{', '.join(map(str, s))}) (NumPy rules, the input's shape kept)")
+            return s
         try:
             return tuple(int(v) for v in np.broadcast_shapes(*(tuple(s) for s in shapes)))
         except ValueError:
             raise ValueError(f"{self!r}: operand shapes (N, {', '.join(map(str, shapes[0]))}) and "
                              f"(N, {', '.join(map(str, shapes[1]))}) do not broadcast (NumPy rules: "
                              f"trailing sizes equal or 1)") from None
+
+    def config(self):
+        return {"reverse": True} if self.reverse else {}
+
+    def __repr__(self):
+        if self.constant is None:
+            return f"{type(self).__name__}()"
+        return f"{type(self).__name__}(constant of shape {self.constant.shape}{', reverse=True' if self.reverse else ''})"
 
 
 class Add(_Binary):

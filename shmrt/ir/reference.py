@@ -251,8 +251,13 @@ def pool2d(layer, x):
     return _windows(x, layer, 0.0).sum(axis=(4, 5)) / np.outer(rows, cols)
 
 
-def _binary(layer, p, a, b):
-    """NumPy broadcasting of the per-sample shapes (the batch axis is never broadcast)."""
+def _binary(layer, p, a, b=None):
+    """NumPy broadcasting of the per-sample shapes (the batch axis is never broadcast); b None: the
+    layer's constant (before a where the layer is reversed)."""
+    if b is None:
+        b = np.asarray(p["constant"], np.float64)[None]
+        if layer.reverse:
+            a, b = b, a
     r = max(a.ndim, b.ndim)
     a, b = (v.reshape(v.shape[:1] + (1,) * (r - v.ndim) + v.shape[1:]) for v in (a, b))
     return {"add": np.add, "sub": np.subtract, "mul": np.multiply, "div": np.divide}[layer.op](a, b)

@@ -1,5 +1,6 @@
-"""Layers of several activations: Add, Sub, Mul, Div (broadcasting) and Concat, and the copies
-that rearrange one (Permute, Transpose, Slice), as MERGE steps (kernels/merge.py).  By batch rows; or, split by model, by the output's first per-sample axis
+"""Layers of several activations: Add, Sub, Mul, Div (broadcasting; or of one activation and a
+constant) and Concat, and the copies that rearrange one (Permute, Transpose, Slice), as MERGE steps
+(kernels/merge.py).  By batch rows; or, split by model, by the output's first per-sample axis
 (channels of an image, features of a vector): where both operands of an elementwise op are the
 same shape and split by the same columns (a residual Add after two channel-split convolutions),
 each worker combines its own columns with no barrier; otherwise a barrier first, then each worker
@@ -51,8 +52,14 @@ def merge(b, op, info):
     P, l = b.P, op.layer
     oshape = tuple(op.shape)
     inner = int(np.prod(oshape[1:])) if len(oshape) > 1 else 1
-    alpha = -1
-    if isinstance(l, L._Binary):
+    const = None  # (weight offset) of a _Binary's constant operand
+    if isinstance(l, L._Binary) and l.constant is not None:
+        (a,), (sha,), shb, code = b.ins, op.in_shapes, l.constant.shape, _OPS[l.op]
+        dims, (sa, sb, so) = _geometry(oshape, [(sha, _strides(sha)), (shb, _strides(shb)), (oshape, _strides(oshape))])
+        parts = [(a, None, 0, 0, dims, sa, sb, so, 0, oshape[0])]
+        same, const = tuple(shb) == oshape, b.w(f"{op.index}.constant")
+        info["flops"] = int(np.prod(oshape))
+    elif isinstance(l, L._Binary):
         (a, bb), (sha, shb), code = b.ins, op.in_shapes, _OPS[l.op]
         dims, (sa, sb, so) = _geometry(oshape, [(sha, _strides(sha)), (shb, _strides(shb)), (oshape, _strides(oshape))])
         parts = [(a, bb, 0, 0, dims, sa, sb, so, 0, oshape[0])]  # (a, b, a offset, out offset, geometry, dim-0 range)
@@ -106,9 +113,11 @@ def merge(b, op, info):
                 c0, c1 = max(cb[w] - off, 0), min(cb[w + 1] - off, hi0)
             if c1 <= c0:
                 continue
-            b.emit(w, MERGE, a=a.out.off + first, a_ld=a.out.ld or a.out.width, b=bb.out.off, b_ld=bb.out.ld or bb.out.width,
-                   out=out.off + base, out_ld=out.ld or out.width, op=code, d=dims, sa=sa, sb=sb, so=so, c0=c0, c1=c1,
-                   act=op.act, alpha=alpha, **where)
+            b_at = dict(b=const, b_ld=0, b_w=1) if bb is None else dict(b=bb.out.off, b_ld=bb.out.ld or bb.out.width,
+                                                                       b_w=0)
+            b.emit(w, MERGE, a=a.out.off + first, a_ld=a.out.ld or a.out.width, **b_at, out=out.off + base,
+                   out_ld=out.ld or out.width, op=code, d=dims, sa=sa, sb=sb, so=so, c0=c0, c1=c1, act=op.act,
+                   swap=int(getattr(l, "reverse", False)), **where)
     if cb is None:
         info["partition"] = "batch rows"
         info["slices"] = [f"rows {w}/{P}..{w + 1}/{P}" for w in range(P)]

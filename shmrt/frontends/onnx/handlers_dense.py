@@ -13,8 +13,11 @@ class DenseOps:
     def op_Gemm(self, node, idx, ins, a):
         if not isinstance(ins[0], View) or isinstance(ins[1], View):
             self.fail(node, idx, "only A = the activation and B = a constant weight are supported")
-        if a.get("transA", 0) != 0:
-            self.fail(node, idx, "attribute transA=1 is not supported (transA=0 only)")
+        if a.get("transA", 0) != 0:  # A^T: a view with its two axes swapped (batch-first only if A was [K, N])
+            v = ins[0]
+            if len(v.shape) != 2:
+                self.fail(node, idx, f"transA=1 needs a 2-D A, got ONNX shape {fmt(v.shape)}")
+            ins = [View(v.shape[::-1], v.src[::-1], v.version, v.last_of)] + list(ins[1:])
         W = np.asarray(self.const(node, idx, 1, "B"), dtype=np.float64)
         if W.ndim != 2:
             self.fail(node, idx, f"weight B must be 2-D, got shape {W.shape}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from shmrt.frontends.onnx.folding import compact
-from shmrt.frontends.onnx.layout import View, fmt
+from shmrt.frontends.onnx.layout import B, View, fmt
 from shmrt.ir import layers as L
 
 
@@ -76,8 +76,6 @@ class ElementwiseOps:
             return self.binary_views(node, idx, ins, op)
         v = self.ordered(node, idx, ins[vk])
         c = np.asarray(ins[1 - vk], dtype=np.float64)
-        if op == "Div" and vk == 1:
-            self.fail(node, idx, "constant / activation is not supported")
         r = len(v.shape)
         if c.ndim > r:
             self.fail(node, idx, f"constant of shape {c.shape} broadcasts beyond the activation {fmt(v.shape)}")
@@ -88,9 +86,8 @@ class ElementwiseOps:
                                  f"{fmt(v.shape)}")
         feat_ax = [k for k, s in enumerate(v.src) if s == 1]
         varying = [k for k in range(r) if cc.shape[k] != 1]
-        if any(k not in feat_ax for k in varying) or len(self.ir) not in (1, 3):
-            self.fail(node, idx, f"{op} with a constant of shape {c.shape} on ONNX shape {fmt(v.shape)}: only a "
-                                 f"scalar or one value per feature ([N, F]) / per channel ([N, C, H, W]) is supported")
+        if any(k not in feat_ax for k in varying) or len(self.ir) not in (1, 3) or (op == "Div" and vk == 1):
+            return self._constant_operand(node, idx, v, c, op, vk)
         n = self.ir[0]
         vec = cc.reshape(-1) if varying else np.full(n, cc.reshape(-1)[0])
         if vec.shape != (n,):
@@ -109,6 +106,21 @@ class ElementwiseOps:
             scale, shift = (vec if op == "Mul" else 1.0 / vec), np.zeros(n)
         cls = L.BatchNorm1d if len(self.ir) == 1 else L.BatchNorm2d
         self.chain.emit(cls(n, eps=0.0, weight=scale, bias=shift), self.ir)
+        return View(v.shape, v.src, self.chain.version)
+
+    def _constant_operand(self, node, idx, v, c, op, vk):
+        """activation <op> constant (constant <op> activation where vk is 1) with the constant broadcast
+        over each sample: a layer that holds it (one sample's worth, in shmrt's layout)."""
+        r = len(v.shape)
+        cc = c.reshape((1,) * (r - c.ndim) + c.shape)
+        if cc.shape[0] != 1 or any(n % B == 0 for n in v.shape[1:]):
+            self.fail(node, idx, f"{op} with a constant of shape {c.shape} on ONNX shape {fmt(v.shape)}: the constant "
+                                 f"varies along the batch axis; expected one value per sample position")
+        try:
+            full = np.broadcast_to(cc, (1,) + tuple(v.shape[1:]))
+        except ValueError:
+            self.fail(node, idx, f"constant of shape {c.shape} does not broadcast to ONNX shape {fmt(v.shape)}")
+        self.chain.emit(getattr(L, op)(constant=full.reshape(self.ir), reverse=vk == 1), self.ir)
         return View(v.shape, v.src, self.chain.version)
 
     def op_Add(self, node, idx, ins, a):
