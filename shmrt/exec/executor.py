@@ -16,12 +16,12 @@ import numpy as np
 from numba import njit
 
 from shmrt.kernels import (IDENTITY, NR, affine, apply_act, argmax, conv2d, gather, gemm_packed, global_avg_pool,
-                           gru_cell, layernorm, linear, lstm_cell, merge, pool2d, reduce_partials, rnn_cell, softmax,
-                           topk, upsample2d)
+                           gru_cell, gru_lbr0_cell, gru_reset, layernorm, linear, lstm_cell, merge, pool2d,
+                           reduce_partials, rnn_cell, softmax, topk, upsample2d)
 
 from shmrt.compile.isa import (ACT, AFFINE, ARGMAX, BARRIER, CONV, CONV_GEOM, END, FRAC, GAP, GATES, GATHER, GRU_CELL,
-                               INPUT, LAYERNORM, LINEAR, LSTM_CELL, MERGE, MICRO, NEXT, OP, POOL, POOL_GEOM, RECUR, RESIZE,
-                               REDUCE, RNN_RELU, SIGNAL, SOFTMAX, TOPK, WAIT)
+                               GRU_LBR0, INPUT, LAYERNORM, LINEAR, LSTM_CELL, MERGE, MICRO, NEXT, OP, POOL, POOL_GEOM,
+                               RECUR, RESIZE, REDUCE, RNN_RELU, SIGNAL, SOFTMAX, TOPK, WAIT)
 from shmrt.parallel import control as C
 from shmrt.exec.moves import _copy_in_rows, _copy_out_rows, copy_in, copy_out
 from shmrt.parallel.xmem import addr_of
@@ -73,10 +73,10 @@ def _recurrent(s, weights, arena, base, cnt, w0, w1, ctrl, spin_ns, block_ns, pp
     worker's rows and hidden units u0:u1.  Returns 0, or -2 if aborted.
 
     The input projection of every step is one GEMM per gate up front (packed
-    weights, both biases fused); each
-    step then multiplies the full h(t-1) by this worker's rows of W_hh,
-    applies the cell to its own units, writes them into h(t), and meets the
-    others at the barrier -- the whole loop stays in this function.
+    weights, both biases fused); each step then multiplies the full h(t-1) by
+    this worker's rows of W_hh, applies the cell to its own units, writes them
+    into h(t), and meets the others at the barrier (GRU_LBR0: also once before
+    its n gate, which reads r * h(t-1) of every unit) -- all in this function.
     """
     T, F, H = s[RECUR.T], s[RECUR.F], s[RECUR.H]
     u0, u1 = s[RECUR.u0], s[RECUR.u1]
@@ -107,21 +107,24 @@ def _recurrent(s, weights, arena, base, cnt, w0, w1, ctrl, spin_ns, block_ns, pp
     bline = s[RECUR.line]
     if parties > 1 and barrier(ctrl, bline, parties, C.ABORT, spin_ns, block_ns, ppid) == ABORTED:
         return -2
+    live = R > 0 and hs > 0
     for t in range(T):
-        if R > 0 and hs > 0:
-            if t == 0:
-                hp = _view(arena, hinit, H, r0, r1, 0, H)
-            else:
-                hp = _view(arena, out + (t - 1) * H, TH, r0, r1, 0, H)
-            ht = _view(arena, out + t * H, TH, r0, r1, u0, hs)
+        hp = _view(arena, hinit, H, r0, r1, 0, H) if t == 0 else _view(arena, out + (t - 1) * H, TH, r0, r1, 0, H)
+        ht, g0 = _view(arena, out + t * H, TH, r0, r1, u0, hs), _view(arena, go + t * H, TH, r0, r1, u0, hs)
+        if live:
             for g in range(G):
                 gt = _view(arena, go + g * gstride + t * H, TH, r0, r1, u0, hs)
                 whh = weights[w_hh + (g * Hp + u0) * H:]
                 if mode == GRU_CELL and g == 2:
                     gemm_packed(hp, whh, H * NR, empty, _view(arena, aux, H, r0, r1, u0, hs), IDENTITY, False)
-                else:
+                elif mode != GRU_LBR0 or g < 2:  # GRU_LBR0's n gate multiplies r * h(t-1), made just below
                     gemm_packed(hp, whh, H * NR, empty, gt, IDENTITY, True)
-            g0 = _view(arena, go + t * H, TH, r0, r1, u0, hs)
+            if mode == GRU_LBR0:  # gate r of step t := r * h(t-1); split by units, every worker reads all of it
+                gru_reset(g0, hp[:, u0:u1])
+        if mode == GRU_LBR0 and parties > 1 and barrier(ctrl, bline, parties, C.ABORT, spin_ns, block_ns,
+                                                         ppid) == ABORTED:
+            return -2
+        if live:
             if mode == LSTM_CELL:
                 lstm_cell(g0, _view(arena, go + gstride + t * H, TH, r0, r1, u0, hs),
                           _view(arena, go + 2 * gstride + t * H, TH, r0, r1, u0, hs),
@@ -132,6 +135,12 @@ def _recurrent(s, weights, arena, base, cnt, w0, w1, ctrl, spin_ns, block_ns, pp
                 gru_cell(g0, _view(arena, go + gstride + t * H, TH, r0, r1, u0, hs),
                          _view(arena, go + 2 * gstride + t * H, TH, r0, r1, u0, hs),
                          _view(arena, aux, H, r0, r1, u0, hs), bhn, hp[:, u0:u1], ht)
+            elif mode == GRU_LBR0:
+                hn = _view(arena, aux, H, r0, r1, u0, hs)
+                gemm_packed(_view(arena, go + t * H, TH, r0, r1, 0, H), weights[w_hh + (2 * Hp + u0) * H:], H * NR,
+                            empty, hn, IDENTITY, False)
+                gru_lbr0_cell(_view(arena, go + gstride + t * H, TH, r0, r1, u0, hs),
+                              _view(arena, go + 2 * gstride + t * H, TH, r0, r1, u0, hs), hn, hp[:, u0:u1], ht)
             else:
                 rnn_cell(g0, ht, mode == RNN_RELU)
         if parties > 1 and barrier(ctrl, bline, parties, C.ABORT, spin_ns, block_ns, ppid) == ABORTED:

@@ -17,9 +17,9 @@ class RecurrentOps:
         return self._recurrent(node, idx, ins, a, "LSTM", 4)
 
     def op_GRU(self, node, idx, ins, a):
-        if a.get("linear_before_reset", 0) != 1:
-            self.fail(node, idx, f"attribute linear_before_reset={a.get('linear_before_reset', 0)} is not supported: "
-                                 f"shmrt's GRU has PyTorch's semantics (linear_before_reset=1)")
+        lbr = a.get("linear_before_reset", 0)
+        if lbr not in (0, 1):
+            self.fail(node, idx, f"attribute linear_before_reset={lbr} is not supported (expected 0 or 1)")
         return self._recurrent(node, idx, ins, a, "GRU", 3)
 
     def op_RNN(self, node, idx, ins, a):
@@ -84,6 +84,8 @@ class RecurrentOps:
         cls = {"LSTM": L.LSTM, "GRU": L.GRU, "RNN": L.RNN}[kind]
         if kind == "RNN":
             kw["nonlinearity"] = nonlin
+        if kind == "GRU":
+            kw["linear_before_reset"] = a.get("linear_before_reset", 0) == 1
         layer = cls(F, H, num_layers=1, bias=bias, return_sequences=True, **kw, **p)
         self.chain.emit(layer, (T, H))
         me = len(self.chain.layers) - 1
