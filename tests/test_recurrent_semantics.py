@@ -117,12 +117,13 @@ def model_proto(kind, T, F, H, N=None, outputs=("Y",), layout=0, lbr=None, seed=
     outs = [names[o] if o in outputs else "" for o in ("Y", "Y_h", "Y_c")[:3 if kind == "LSTM" else 2]]
     while outs and not outs[-1]:
         outs.pop()
-    if h0 or c0:  # the state [1, 1, H] expanded to [1, N, H] by the input's batch size, as exporters do
+    if h0 or c0:  # the state [1, 1, H] expanded to [1, N, H] ([N, 1, H]: layout 1) by the batch size, as exporters do
         inits.update(zero=np.array(0, np.int64), zero1=np.array([0], np.int64), one1=np.array([1], np.int64),
                      hh=np.array([H], np.int64))
         pre = [helper.make_node("Shape", ["x"], ["shp"]), helper.make_node("Gather", ["shp", "zero"], ["n"], axis=0),
                helper.make_node("Unsqueeze", ["n", "zero1"], ["n1"]),
-               helper.make_node("Concat", ["one1", "n1", "hh"], ["sshape"], axis=0)]
+               helper.make_node("Concat", ["one1", "n1", "hh"] if layout == 0 else ["n1", "one1", "hh"], ["sshape"],
+                                axis=0)]
         for st in ("h0", "c0"):
             if st in ins:
                 pre.append(helper.make_node("Expand", [st, "sshape"], [st + "e"]))
@@ -134,10 +135,14 @@ def model_proto(kind, T, F, H, N=None, outputs=("Y",), layout=0, lbr=None, seed=
     if layout == 0 and "Y" in outs:  # Y [T, 1, N, H] read back batch-first: [N, T, 1, H]
         outs[0] = "Yt"
         nodes.append(helper.make_node("Transpose", ["Yt"], ["Y"], perm=[2, 0, 1, 3]))
+    for k, st in ((1, "Y_h"), (2, "Y_c")):
+        if layout == 0 and st in outs:  # [1, N, H] read back batch-first: [N, 1, H]
+            outs[k] = st + "t"
+            nodes.append(helper.make_node("Transpose", [st + "t"], [st], perm=[1, 0, 2]))
     nodes.insert(len(pre) + (1 if layout == 0 else 0), helper.make_node(kind, ins, outs, **attrs))
     inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, [N or "N", T, F])
     oshape = {"Y": ["N", T, 1, H],
-              "Y_h": [1, "N", H] if layout == 0 else ["N", 1, H]}
+              "Y_h": ["N", 1, H]}
     oshape["Y_c"] = oshape["Y_h"]
     vals = [helper.make_tensor_value_info(o, TensorProto.FLOAT, oshape[o]) for o in outputs]
     g = helper.make_graph(nodes, "g", [inp], vals, [numpy_helper.from_array(v, k) for k, v in inits.items()])
@@ -222,3 +227,52 @@ def test_gru_lbr0_ir_save_load_and_reference(rt, tmp_path):
         assert rel_err(y, want) <= TOL, s
     with pytest.raises(ValueError, match="linear_before_reset must be True"):
         shmrt.GRU(F, H, linear_before_reset=0)
+
+
+# -- 2. Y_h (and Y_c) as graph outputs -----------------------------------------------------------------------
+
+def _check_outputs(rt, proto, inits, kind, x, outputs, lbr=0, seq_lens=None, ort_proto=None):
+    """ort_proto: the same model in layout 0 (onnxruntime runs no layout=1 recurrent node)."""
+    Y, Yh, Yc = expected(kind, inits, x, lbr=lbr, seq_lens=seq_lens)
+    want = {"Y": Y[:, 0].transpose(1, 0, 2), "Y_h": Yh[0], "Y_c": Yc[0]}  # shmrt's [N, T, H] and [N, H]
+    refs = ort_run(ort_proto or proto, x)
+    for name, ref in zip(outputs, refs):  # onnxruntime agrees with the equations
+        assert rel_err(ref.reshape(want[name].shape), want[name]) <= 1e-5, name
+    model = from_onnx(proto)
+    for s, got in run_all(rt, model, x):
+        got = got if isinstance(got, tuple) else (got,)
+        assert len(got) == len(outputs), s
+        for name, g in zip(outputs, got):
+            assert rel_err(g, want[name]) <= TOL, (s, name)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+@pytest.mark.parametrize("layout", [0, 1])
+@pytest.mark.parametrize("outputs", [("Y", "Y_h"), ("Y_h",), ("Y_h", "Y")], ids=["Y+Y_h", "Y_h", "Y_h+Y"])
+def test_y_and_y_h_outputs(rt, kind, layout, outputs):
+    T, F, H = 5, 3, 20
+    proto, inits = model_proto(kind, T, F, H, outputs=outputs, layout=layout, h0=True, seed=3)
+    proto0, _ = model_proto(kind, T, F, H, outputs=outputs, layout=0, h0=True, seed=3)
+    model = _check_outputs(rt, proto, inits, kind, rnd(4, T, F, seed=11), outputs, ort_proto=proto0)
+    if outputs == ("Y_h",):  # alone: the layer itself returns its last step only
+        assert model.layers[0].return_sequences is False and len(model.layers) == 1
+
+
+def test_y_h_read_by_a_layer_while_y_is_an_output(rt):
+    """Y_h feeds a Gemm while Y is a graph output too: the sequence stays whole, Y_h is its last step."""
+    T, F, H = 4, 3, 8
+    proto, inits = model_proto("GRU", T, F, H, outputs=("Y", "Y_h"), layout=0, seed=5)
+    g = proto.graph
+    Wd = rnd(H, 2, seed=9)
+    g.initializer.extend([numpy_helper.from_array(Wd, "Wd"), numpy_helper.from_array(np.array([1], np.int64), "a1")])
+    g.node.extend([helper.make_node("Squeeze", ["Y_h", "a1"], ["hs"]), helper.make_node("MatMul", ["hs", "Wd"], ["d"])])
+    del g.output[1]
+    g.output.extend([helper.make_tensor_value_info("d", TensorProto.FLOAT, ["N", 2])])
+    x = rnd(3, T, F, seed=12)
+    Y, Yh, _ = expected("GRU", inits, x)
+    refs = ort_run(proto, x)
+    assert rel_err(refs[1], Yh[0] @ Wd) <= 1e-5
+    for s, (y, d) in run_all(rt, from_onnx(proto), x):
+        assert rel_err(y, Y[:, 0].transpose(1, 0, 2)) <= TOL, s
+        assert rel_err(d, Yh[0] @ Wd) <= TOL, s

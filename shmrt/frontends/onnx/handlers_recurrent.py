@@ -89,6 +89,8 @@ class RecurrentOps:
         layer = cls(F, H, num_layers=1, bias=bias, return_sequences=True, **kw, **p)
         self.chain.emit(layer, (T, H))
         me = len(self.chain.layers) - 1
+        if node.output and node.output[0] and self.uses.get(node.output[0]):  # Y is read: Y_h cannot cut it short
+            self.seq_used.add(me)
         if layout == 0:
             Y = View((T, 1, B, H), (1, None, 0, 2), self.chain.version)
             Yh = View((1, B, H), (None, 0, 1), self.chain.version, last_of=me)
