@@ -276,3 +276,54 @@ def test_y_h_read_by_a_layer_while_y_is_an_output(rt):
     for s, (y, d) in run_all(rt, from_onnx(proto), x):
         assert rel_err(y, Y[:, 0].transpose(1, 0, 2)) <= TOL, s
         assert rel_err(d, Yh[0] @ Wd) <= TOL, s
+
+
+@pytest.mark.parametrize("layout", [0, 1])
+@pytest.mark.parametrize("outputs", [("Y", "Y_h", "Y_c"), ("Y_c",), ("Y_h", "Y_c")], ids=["all", "Y_c", "Y_h+Y_c"])
+def test_lstm_y_c(rt, layout, outputs):
+    """Y_c, the final cell state: an LSTM (the same weights) whose output is its cell state."""
+    T, F, H = 6, 3, 20
+    proto, inits = model_proto("LSTM", T, F, H, outputs=outputs, layout=layout, h0=True, c0=True, seed=8)
+    proto0, _ = model_proto("LSTM", T, F, H, outputs=outputs, layout=0, h0=True, c0=True, seed=8)
+    model = _check_outputs(rt, proto, inits, "LSTM", rnd(5, T, F, seed=13), outputs, ort_proto=proto0)
+    cells = [l for l in model.layers if getattr(l, "return_cell_state", False)]
+    assert len(cells) == 1 and cells[0].return_sequences is False
+
+
+def test_lstm_return_cell_state_ir_two_layers(rt, tmp_path):
+    """shmrt.LSTM(return_cell_state=True), 2 layers: the last layer's c(T), after save/load, vs torch float64."""
+    torch = pytest.importorskip("torch")
+    T, F, H = 5, 4, 24
+    m = torch.nn.LSTM(F, H, num_layers=2, batch_first=True).double()
+    p = {k: v.detach().numpy().astype(np.float32) for k, v in m.named_parameters()}
+    lstm = shmrt.LSTM(F, H, num_layers=2, return_sequences=False, return_cell_state=True, **p)
+    model = shmrt.Sequential([lstm], input_shape=(T, F))
+    model.save(tmp_path / "c.npz")
+    back = shmrt.load(tmp_path / "c.npz")
+    assert back.layers[0].return_cell_state is True
+    x = rnd(6, T, F, seed=2)
+    with torch.no_grad():
+        m.load_state_dict({k: torch.from_numpy(v.astype(np.float64)) for k, v in p.items()})
+        _, (_, c) = m(torch.from_numpy(x.astype(np.float64)))
+    want = c[-1].numpy()
+    for s, y in run_all(rt, back, x):
+        assert rel_err(y, want) <= TOL, s
+    with pytest.raises(ValueError, match="return_sequences=False"):
+        shmrt.LSTM(F, H, return_cell_state=True)
+
+
+# -- 3. sequence_lens ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["LSTM", "GRU", "RNN"])
+def test_sequence_lens_all_full(rt, kind):
+    """A constant sequence_lens whose entries all equal T changes nothing: accepted."""
+    T, F, H = 4, 3, 8
+    proto, inits = model_proto(kind, T, F, H, outputs=("Y", "Y_h"), seq_lens=[T] * 5, seed=4)
+    _check_outputs(rt, proto, inits, kind, rnd(5, T, F, seed=14), ("Y", "Y_h"), seq_lens=[T] * 5)
+
+
+def test_sequence_lens_per_sample_refused():
+    T, F, H = 4, 3, 8
+    proto, _ = model_proto("LSTM", T, F, H, seq_lens=[4, 2, 3], seed=4)
+    with pytest.raises(UnsupportedONNX, match=r"sequence_lens \[4, 2, 3\].*all equal the sequence length T=4"):
+        from_onnx(proto)

@@ -82,7 +82,24 @@ class RNN(_Recurrent):
 
 
 class LSTM(_Recurrent):
+    """return_cell_state=True: the layer's output is the last layer's final cell state c(T), [N, H]
+    (ONNX's Y_c), instead of h; it needs return_sequences=False."""
+
     cell = "lstm"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, return_cell_state=False, **kw):
+        self.return_cell_state = bool(return_cell_state)
+        super().__init__(input_size, hidden_size, num_layers, **kw)
+        if self.return_cell_state and self.return_sequences:
+            raise ValueError(f"{self!r}: return_cell_state=True outputs the final cell state [N, H]; it needs "
+                             f"return_sequences=False")
+
+    def config(self):
+        return dict(super().config(), **({"return_cell_state": True} if self.return_cell_state else {}))
+
+    def __repr__(self):
+        r = super().__repr__()
+        return r[:-1] + ", return_cell_state=True)" if self.return_cell_state else r
 
 
 class GRU(_Recurrent):

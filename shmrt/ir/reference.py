@@ -176,6 +176,8 @@ def recurrent(layer, p, x):
                 raise NotImplementedError(f"the numpy reference has no cell {layer.cell!r} ({layer!r})")
             out[:, t] = h
         seq = out
+    if getattr(layer, "return_cell_state", False):  # LSTM: the last layer's final cell state
+        return c
     return seq if layer.return_sequences else seq[:, -1]
 
 

@@ -47,7 +47,8 @@ def recurrent(b, op, info):
             b.emit(w, RECUR, x=x_off, T=T, F=F, out=out.seqs[k], H=H, w_ih=b.w(f"{i}.panels_ih_l{k}"),
                    w_hh=b.w(f"{i}.panels_hh_l{k}"), b_ih=b.w(f"{i}.gate_bias_l{k}"),
                    b_hh=b.w(f"{i}.bias_hh_l{k}"), h0=h0, c0=c0, u0=u0, u1=u1, gates=sc["gates"],
-                   gate_stride=sc["gstride"], aux=sc["aux"], hinit=sc["hinit"], mode=CELLS.index(l.cell),
+                   gate_stride=sc["gstride"], aux=out.cell if k == l.num_layers - 1 and out.cell >= 0 else sc["aux"],
+                   hinit=sc["hinit"], mode=CELLS.index(l.cell),
                    parties=P if split_units else 1, line=b.bline, **where)
         if split_units:
             b.barriers += T * (2 if l.cell == "gru_lbr0" else 1) + 1
@@ -103,13 +104,18 @@ def tensors(op, before) -> dict:
 
 def output(op, shape, in_shape, maxb, arena):
     """One [N, T, H] sequence per stacked layer (the next layer's input); the layer's output is the
-    last one, or its last step ([N, H], leading dimension T*H) without return_sequences."""
+    last one, or its last step ([N, H], leading dimension T*H) without return_sequences, or (LSTM
+    return_cell_state) the final cell state [N, H]: the last layer's RECUR keeps its cell state there."""
     l = op.layer
     T, H = in_shape[0], l.hidden_size
     seqs = [arena.alloc(maxb * T * H) for _ in range(l.num_layers)]
     o = Output("dense", seqs[-1], T * H, shape=(T, H))
     if not l.return_sequences:
         o = Output("dense", seqs[-1] + (T - 1) * H, H, shape=(H,), ld=T * H)
+    o.cell = -1  # the last layer's cell state (the step's aux) where it is the output, else the shared scratch
+    if getattr(l, "return_cell_state", False):
+        o = Output("dense", arena.alloc(maxb * H), H, shape=(H,))
+        o.cell = o.off
     o.seqs = seqs
     return o
 
