@@ -1,7 +1,7 @@
 """Recurrent semantics beyond PyTorch's: GRU with linear_before_reset=0 (ONNX's default), recurrent
 state outputs (Y_h, Y_c) as graph outputs, sequence_lens.  Every number is checked against a float64
 numpy implementation of ONNX's equations (written here, from the ONNX operator spec, sharing nothing
-with shmrt) and against onnxruntime; strategies data, model and auto, on 1 and 2 workers."""
+with shmrt) and against onnxruntime; every strategy (data, model, auto, hybrid, pipeline), on 1 and 2 workers."""
 import numpy as np
 import pytest
 
@@ -14,7 +14,7 @@ from models import rnd  # noqa: E402
 from reference import rel_err  # noqa: E402
 from shmrt.frontends.onnx_import import UnsupportedONNX, from_onnx  # noqa: E402
 
-STRATS = ("data", "model", "auto")
+STRATS = ("data", "model", "auto", "hybrid", "pipeline")
 TOL = 1e-4
 
 
