@@ -37,6 +37,7 @@ def recurrent(b, op, info):
     if split_units:
         b.need_all()
     u = split_panels(H, P) if split_units else None
+    cell = getattr(out, "cell", -1)  # LSTM return_cell_state: the last layer keeps its cell state there
     for k in range(l.num_layers):
         F = l.input_size if k == 0 else H
         h0 = b.w(f"{i}.h0") + k * H if f"{i}.h0" in b.woff else -1
@@ -47,7 +48,7 @@ def recurrent(b, op, info):
             b.emit(w, RECUR, x=x_off, T=T, F=F, out=out.seqs[k], H=H, w_ih=b.w(f"{i}.panels_ih_l{k}"),
                    w_hh=b.w(f"{i}.panels_hh_l{k}"), b_ih=b.w(f"{i}.gate_bias_l{k}"),
                    b_hh=b.w(f"{i}.bias_hh_l{k}"), h0=h0, c0=c0, u0=u0, u1=u1, gates=sc["gates"],
-                   gate_stride=sc["gstride"], aux=out.cell if k == l.num_layers - 1 and out.cell >= 0 else sc["aux"],
+                   gate_stride=sc["gstride"], aux=cell if k == l.num_layers - 1 and cell >= 0 else sc["aux"],
                    hinit=sc["hinit"], mode=CELLS.index(l.cell),
                    parties=P if split_units else 1, line=b.bline, **where)
         if split_units:
