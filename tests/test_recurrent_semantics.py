@@ -327,3 +327,26 @@ def test_sequence_lens_per_sample_refused():
     proto, _ = model_proto("LSTM", T, F, H, seq_lens=[4, 2, 3], seed=4)
     with pytest.raises(UnsupportedONNX, match=r"sequence_lens \[4, 2, 3\].*all equal the sequence length T=4"):
         from_onnx(proto)
+
+
+def test_lstm_y_c_of_a_second_node_merges(rt):
+    """LSTM -> LSTM (layout 1), only the second's Y_c out: one 2-layer LSTM(return_cell_state=True)."""
+    T, F, H = 5, 3, 12
+    W1, R1, B1 = rnd(1, 4 * H, F, seed=1) * 0.5, rnd(1, 4 * H, H, seed=2) * 0.5, rnd(1, 8 * H, seed=3) * 0.5
+    W2, R2, B2 = rnd(1, 4 * H, H, seed=4) * 0.5, rnd(1, 4 * H, H, seed=5) * 0.5, rnd(1, 8 * H, seed=7) * 0.5
+    nodes = [helper.make_node("LSTM", ["x", "W1", "R1", "B1"], ["y1"], hidden_size=H, layout=1),
+             helper.make_node("Squeeze", ["y1", "ax"], ["s1"]),
+             helper.make_node("LSTM", ["s1", "W2", "R2", "B2"], ["", "", "Y_c"], hidden_size=H, layout=1)]
+    inits = {"W1": W1, "R1": R1, "B1": B1, "W2": W2, "R2": R2, "B2": B2, "ax": np.array([2], np.int64)}
+    inp = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", T, F])
+    out = helper.make_tensor_value_info("Y_c", TensorProto.FLOAT, ["N", 1, H])
+    g = helper.make_graph(nodes, "g", [inp], [out], [numpy_helper.from_array(v, k) for k, v in inits.items()])
+    proto = helper.make_model(g, opset_imports=[helper.make_opsetid("", 20)])
+    proto.ir_version = 9
+    model = from_onnx(proto)
+    assert len(model.layers) == 1 and model.layers[0].num_layers == 2 and model.layers[0].return_cell_state
+    x = rnd(4, T, F, seed=6)
+    Y1, _, _ = onnx_recurrent("LSTM", x.transpose(1, 0, 2), W1, R1, B1)
+    _, _, Yc = onnx_recurrent("LSTM", Y1[:, 0], W2, R2, B2)
+    for s, y in run_all(rt, model, x):
+        assert rel_err(y.reshape(4, H), Yc[0]) <= TOL, s
