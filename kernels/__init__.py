@@ -12,11 +12,11 @@ from .conv import conv2d, global_avg_pool, pool2d, upsample2d
 from .linear import linear, reduce_partials
 from .merge import merge
 from .norm import affine, gather, layernorm
-from .recurrent import gru_cell, lstm_cell, rnn_cell
+from .recurrent import gru_cell, gru_lbr0_cell, gru_reset, lstm_cell, rnn_cell
 from .rowwise import argmax, softmax, topk
 
 __all__ = ["ACT_NAMES", "IDENTITY", "RELU", "SIGMOID", "TANH", "GELU", "GELU_TANH", "SILU", "HARDSWISH", "LEAKY_RELU", "RELU6",
            "HARDSIGMOID",
            "act1", "apply_act", "bias_act",
-           "gemm_nt", "gemm_packed", "pack", "packed_size", "ISA", "MR", "NR", "conv2d", "pool2d", "upsample2d", "global_avg_pool", "linear", "reduce_partials", "affine", "merge", "gather", "layernorm", "gru_cell",
+           "gemm_nt", "gemm_packed", "pack", "packed_size", "ISA", "MR", "NR", "conv2d", "pool2d", "upsample2d", "global_avg_pool", "linear", "reduce_partials", "affine", "merge", "gather", "layernorm", "gru_cell", "gru_lbr0_cell", "gru_reset",
            "lstm_cell", "rnn_cell", "argmax", "softmax", "topk"]

@@ -11,9 +11,11 @@ import numpy as np
 from numba import njit
 
 # The cells, by code (a RECUR step's mode; the layers name them), and each one's gates per hidden unit.
-CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru")
-RNN_TANH, RNN_RELU, LSTM_CELL, GRU_CELL = range(len(CELLS))
-GATES = (1, 1, 4, 3)
+# "gru" is PyTorch's GRU (ONNX linear_before_reset=1): n = tanh(W_in x + b_in + r * (W_hn h + b_hn));
+# "gru_lbr0" is ONNX's default GRU (linear_before_reset=0): n = tanh(W_in x + b_in + W_hn (r * h) + b_hn).
+CELLS = ("rnn_tanh", "rnn_relu", "lstm", "gru", "gru_lbr0")
+RNN_TANH, RNN_RELU, LSTM_CELL, GRU_CELL, GRU_LBR0 = range(len(CELLS))
+GATES = (1, 1, 4, 3, 3)
 
 # tanh as a rational function (Eigen's float32 ptanh): branch-free
 # arithmetic, so the cell loops vectorise, unlike a libm call per element.
@@ -82,6 +84,28 @@ def gru_cell(gr, gz, gn, hn, b_hn, h_prev, h):
             z = _sigmoid(gz[r, u])
             a = hn[r, u] + (b_hn[u] if has_b else np.float32(0.0))
             nn = _tanh(gn[r, u] + rr * a)
+            h[r, u] = (np.float32(1.0) - z) * nn + z * h_prev[r, u]
+
+
+@njit(cache=True, fastmath=_FAST, error_model="numpy")
+def gru_reset(gr, h_prev):
+    """gr = sigmoid(gr) * h_prev: the reset gate applied to h(t-1), in place (GRU linear_before_reset=0)."""
+    n, m = gr.shape
+    for r in range(n):
+        for u in range(m):
+            gr[r, u] = _sigmoid(gr[r, u]) * h_prev[r, u]
+
+
+@njit(cache=True, fastmath=_FAST, error_model="numpy")
+def gru_lbr0_cell(gz, gn, hn, h_prev, h):
+    """z = sigmoid(gz); n = tanh(gn + hn); h = (1 - z) * n + z * h_prev.
+
+    gz, gn hold the input projections with both biases added; hn = (r * h_prev)_full @ W_hn^T."""
+    n, m = h.shape
+    for r in range(n):
+        for u in range(m):
+            z = _sigmoid(gz[r, u])
+            nn = _tanh(gn[r, u] + hn[r, u])
             h[r, u] = (np.float32(1.0) - z) * nn + z * h_prev[r, u]
 
 

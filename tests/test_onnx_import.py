@@ -241,7 +241,8 @@ def _one(op, in_shape=(4,), inits=(), **attrs):
     (lambda: _one("Softmax", axis=0), "axis=0"),
     (lambda: _one("Conv", (2, 5, 5), [("w", rnd(2, 2, 2, 2))], pads=[0, 0, 1]), "pads"),
     (lambda: _one("AveragePool", (2, 5, 5), kernel_shape=[2, 2], auto_pad="SAME_UPPER", ceil_mode=1), "ceil_mode"),
-    (lambda: _one("GRU", (3, 4), [("W", rnd(1, 9, 4)), ("R", rnd(1, 9, 3))], hidden_size=3, layout=1), "linear_before_reset"),
+    (lambda: _one("GRU", (3, 4), [("W", rnd(1, 9, 4)), ("R", rnd(1, 9, 3))], hidden_size=3, layout=1, clip=1.0),
+     "clip"),
     (lambda: _one("LSTM", (3, 4), [("W", rnd(1, 12, 4)), ("R", rnd(1, 12, 3))], hidden_size=3, layout=1,
                   direction="bidirectional"), "direction"),
     # malformed nodes (checked against the op's schema before any handler sees them)
@@ -251,7 +252,7 @@ def _one(op, in_shape=(4,), inits=(), **attrs):
     # a shmrt layer's own argument check (BatchNorm1d: running_var >= 0)
     (lambda: _one("BatchNormalization", (4,), [(k, rnd(4, seed=i)) for i, k in enumerate("sbm")]
                   + [("v", -np.ones(4, np.float32))]), "running_var must be >= 0"),
-], ids=["Foo", "Hardmax", "softmax_axis0", "conv_pads", "avgpool_ceil", "gru_lbr0", "lstm_bidir",
+], ids=["Foo", "Hardmax", "softmax_axis0", "conv_pads", "avgpool_ceil", "gru_clip", "lstm_bidir",
         "maxpool_no_kernel_shape", "gemm_one_input", "softmax_axis_ints", "batchnorm_negative_var"])
 def test_unsupported_raises(proto, match):
     with pytest.raises(ValueError, match=match) as e:

@@ -25,7 +25,8 @@ from collections import namedtuple
 import numpy as np
 
 from shmrt.kernels.activations import ACT_NAMES
-from shmrt.kernels.recurrent import CELLS, GATES, GRU_CELL, LSTM_CELL, RNN_RELU, RNN_TANH  # noqa: F401 (re-exported)
+from shmrt.kernels.recurrent import (CELLS, GATES, GRU_CELL, GRU_LBR0, LSTM_CELL, RNN_RELU,  # noqa: F401 (re-exported)
+                                     RNN_TANH)
 
 ROW = 32  # columns of a program row
 OP = 0  # the column of the op's code

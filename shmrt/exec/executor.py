@@ -15,15 +15,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from shmrt.kernels import (IDENTITY, NR, affine, apply_act, argmax, conv2d, gather, gemm_packed, global_avg_pool,
-                           gru_cell, layernorm, linear, lstm_cell, merge, pool2d, reduce_partials, rnn_cell, softmax,
-                           topk, upsample2d)
+from shmrt.kernels import (IDENTITY, NR, affine, apply_act, argmax, gather, gemm_packed, gru_cell, gru_lbr0_cell,
+                           gru_reset, layernorm, linear, lstm_cell, reduce_partials, rnn_cell, softmax, topk)
 
-from shmrt.compile.isa import (ACT, AFFINE, ARGMAX, BARRIER, CONV, CONV_GEOM, END, FRAC, GAP, GATES, GATHER, GRU_CELL,
-                               INPUT, LAYERNORM, LINEAR, LSTM_CELL, MERGE, MICRO, NEXT, OP, POOL, POOL_GEOM, RECUR, RESIZE,
-                               REDUCE, RNN_RELU, SIGNAL, SOFTMAX, TOPK, WAIT, CONVT)
+from shmrt.compile.isa import (ACT, AFFINE, ARGMAX, BARRIER, CONV, END, FRAC, GAP, GATES, GATHER, GRU_CELL,
+                               GRU_LBR0, INPUT, LAYERNORM, LINEAR, LSTM_CELL, MERGE, MICRO, NEXT, OP, POOL,
+                               RECUR, RESIZE, REDUCE, RNN_RELU, SIGNAL, SOFTMAX, TOPK, WAIT, CONVT)
 from shmrt.parallel import control as C
-from shmrt.exec.convtranspose import convt_step
+from shmrt.exec.images import conv_step, convt_step, gap_step, merge_step, pool_step, resize_step
 from shmrt.exec.moves import _copy_in_rows, _copy_out_rows, copy_in, copy_out
 from shmrt.parallel.xmem import addr_of
 from shmrt.parallel.sync import ABORTED, LINE, TIMEOUT, barrier, bump, monotonic_ns, wait_change, wait_reach
@@ -74,10 +73,10 @@ def _recurrent(s, weights, arena, base, cnt, w0, w1, ctrl, spin_ns, block_ns, pp
     worker's rows and hidden units u0:u1.  Returns 0, or -2 if aborted.
 
     The input projection of every step is one GEMM per gate up front (packed
-    weights, both biases fused); each
-    step then multiplies the full h(t-1) by this worker's rows of W_hh,
-    applies the cell to its own units, writes them into h(t), and meets the
-    others at the barrier -- the whole loop stays in this function.
+    weights, both biases fused); each step then multiplies the full h(t-1) by
+    this worker's rows of W_hh, applies the cell to its own units, writes them
+    into h(t), and meets the others at the barrier (GRU_LBR0: also once before
+    its n gate, which reads r * h(t-1) of every unit) -- all in this function.
     """
     T, F, H = s[RECUR.T], s[RECUR.F], s[RECUR.H]
     u0, u1 = s[RECUR.u0], s[RECUR.u1]
@@ -108,21 +107,24 @@ def _recurrent(s, weights, arena, base, cnt, w0, w1, ctrl, spin_ns, block_ns, pp
     bline = s[RECUR.line]
     if parties > 1 and barrier(ctrl, bline, parties, C.ABORT, spin_ns, block_ns, ppid) == ABORTED:
         return -2
+    live = R > 0 and hs > 0
     for t in range(T):
-        if R > 0 and hs > 0:
-            if t == 0:
-                hp = _view(arena, hinit, H, r0, r1, 0, H)
-            else:
-                hp = _view(arena, out + (t - 1) * H, TH, r0, r1, 0, H)
-            ht = _view(arena, out + t * H, TH, r0, r1, u0, hs)
+        hp = _view(arena, hinit, H, r0, r1, 0, H) if t == 0 else _view(arena, out + (t - 1) * H, TH, r0, r1, 0, H)
+        ht, g0 = _view(arena, out + t * H, TH, r0, r1, u0, hs), _view(arena, go + t * H, TH, r0, r1, u0, hs)
+        if live:
             for g in range(G):
                 gt = _view(arena, go + g * gstride + t * H, TH, r0, r1, u0, hs)
                 whh = weights[w_hh + (g * Hp + u0) * H:]
                 if mode == GRU_CELL and g == 2:
                     gemm_packed(hp, whh, H * NR, empty, _view(arena, aux, H, r0, r1, u0, hs), IDENTITY, False)
-                else:
+                elif mode != GRU_LBR0 or g < 2:  # GRU_LBR0's n gate multiplies r * h(t-1), made just below
                     gemm_packed(hp, whh, H * NR, empty, gt, IDENTITY, True)
-            g0 = _view(arena, go + t * H, TH, r0, r1, u0, hs)
+            if mode == GRU_LBR0:  # gate r of step t := r * h(t-1); split by units, every worker reads all of it
+                gru_reset(g0, hp[:, u0:u1])
+        if mode == GRU_LBR0 and parties > 1 and barrier(ctrl, bline, parties, C.ABORT, spin_ns, block_ns,
+                                                         ppid) == ABORTED:
+            return -2
+        if live:
             if mode == LSTM_CELL:
                 lstm_cell(g0, _view(arena, go + gstride + t * H, TH, r0, r1, u0, hs),
                           _view(arena, go + 2 * gstride + t * H, TH, r0, r1, u0, hs),
@@ -133,6 +135,12 @@ def _recurrent(s, weights, arena, base, cnt, w0, w1, ctrl, spin_ns, block_ns, pp
                 gru_cell(g0, _view(arena, go + gstride + t * H, TH, r0, r1, u0, hs),
                          _view(arena, go + 2 * gstride + t * H, TH, r0, r1, u0, hs),
                          _view(arena, aux, H, r0, r1, u0, hs), bhn, hp[:, u0:u1], ht)
+            elif mode == GRU_LBR0:
+                hn = _view(arena, aux, H, r0, r1, u0, hs)
+                gemm_packed(_view(arena, go + t * H, TH, r0, r1, 0, H), weights[w_hh + (2 * Hp + u0) * H:], H * NR,
+                            empty, hn, IDENTITY, False)
+                gru_lbr0_cell(_view(arena, go + gstride + t * H, TH, r0, r1, u0, hs),
+                              _view(arena, go + 2 * gstride + t * H, TH, r0, r1, u0, hs), hn, hp[:, u0:u1], ht)
             else:
                 rnn_cell(g0, ht, mode == RNN_RELU)
         if parties > 1 and barrier(ctrl, bline, parties, C.ABORT, spin_ns, block_ns, ppid) == ABORTED:
@@ -227,57 +235,25 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
                       weights[bo:bo + m], float(weights[s[LAYERNORM.eps]]), _view(arena, s[LAYERNORM.out], m, r0, r1, 0, m))
         elif op == CONV.code:
             r0, r1 = _rows(base, cnt, w0, w1, s[CONV.lo], s[CONV.hi])
-            g = s[CONV.geom:CONV.geom + CONV_GEOM]
-            cout, xld, oo, old = s[CONV.cout], s[CONV.x_ld], s[CONV.out], s[CONV.out_ld]
             xa, xo = _src(arena, xin, s[CONV.x], in_off)
-            K = g[0] // g[11] * g[3] * g[4]
-            wmat = weights[s[CONV.w]:s[CONV.w] + cout * K].reshape((cout, K))
-            b = weights[s[CONV.b]:s[CONV.b] + cout] if s[CONV.b] >= 0 else empty
-            pool = s[CONV.pool]
-            insz = g[0] * g[1] * g[2]
-            outsz = cout * (g[12] // 2) * (g[13] // 2) if pool else cout * g[12] * g[13]
-            scratch = arena[s[CONV.scratch]:s[CONV.scratch] + s[CONV.scratch_floats]]
-            for img in range(r0, r1):
-                conv2d(xa[xo + img * xld:xo + img * xld + insz], wmat, b, arena[oo + img * old:oo + img * old + outsz],
-                       g, s[CONV.co0], s[CONV.co1], s[CONV.oh0], s[CONV.oh1], scratch, s[CONV.act], pool)
+            conv_step(s, weights, arena, xa, xo, r0, r1)
         elif op == POOL.code:
             r0, r1 = _rows(base, cnt, w0, w1, s[POOL.lo], s[POOL.hi])
-            g = s[POOL.geom:POOL.geom + POOL_GEOM]
-            xld, oo, old = s[POOL.x_ld], s[POOL.out], s[POOL.out_ld]
             xa, xo = _src(arena, xin, s[POOL.x], in_off)
-            insz, outsz = g[0] * g[1] * g[2], g[0] * g[11] * g[12]
-            for img in range(r0, r1):
-                pool2d(xa[xo + img * xld:xo + img * xld + insz], arena[oo + img * old:oo + img * old + outsz],
-                       g, s[POOL.c0], s[POOL.c1], s[POOL.is_max] != 0, s[POOL.count_include_pad] != 0,
-                       s[POOL.adaptive] != 0)
+            pool_step(s, arena, xa, xo, r0, r1)
         elif op == GAP.code:
             r0, r1 = _rows(base, cnt, w0, w1, s[GAP.lo], s[GAP.hi])
-            xld, oo, old = s[GAP.x_ld], s[GAP.out], s[GAP.out_ld]
             xa, xo = _src(arena, xin, s[GAP.x], in_off)
-            for img in range(r0, r1):
-                global_avg_pool(xa[xo + img * xld:xo + (img + 1) * xld], arena[oo + img * old:oo + (img + 1) * old],
-                                s[GAP.hw], s[GAP.c0], s[GAP.c1])
+            gap_step(s, arena, xa, xo, r0, r1)
         elif op == MERGE.code:
             r0, r1 = _rows(base, cnt, w0, w1, s[MERGE.lo], s[MERGE.hi])
             aa, ao = _src(arena, xin, s[MERGE.a], in_off)
-            d, sa, sb = s[MERGE.d:MERGE.d + 3], s[MERGE.sa:MERGE.sa + 3], s[MERGE.sb:MERGE.sb + 3]
-            so = s[MERGE.so:MERGE.so + 3]
-            if s[MERGE.b_w]:  # b: a constant in the weight store (a separate call: another array type)
-                merge(aa, ao, s[MERGE.a_ld], weights, s[MERGE.b], 0, arena, s[MERGE.out], s[MERGE.out_ld], r0, r1,
-                      s[MERGE.op], d, sa, sb, so, s[MERGE.c0], s[MERGE.c1], s[MERGE.act], s[MERGE.swap] != 0)
-            else:
-                ba, bo = _src(arena, xin, s[MERGE.b], in_off)
-                merge(aa, ao, s[MERGE.a_ld], ba, bo, s[MERGE.b_ld], arena, s[MERGE.out], s[MERGE.out_ld], r0, r1,
-                      s[MERGE.op], d, sa, sb, so, s[MERGE.c0], s[MERGE.c1], s[MERGE.act], False)
+            ba, bo = _src(arena, xin, s[MERGE.b], in_off)
+            merge_step(s, weights, arena, aa, ao, ba, bo, r0, r1)
         elif op == RESIZE.code:
             r0, r1 = _rows(base, cnt, w0, w1, s[RESIZE.lo], s[RESIZE.hi])
-            g = s[RESIZE.geom:RESIZE.geom + 5]
-            xld, oo, old = s[RESIZE.x_ld], s[RESIZE.out], s[RESIZE.out_ld]
             xa, xo = _src(arena, xin, s[RESIZE.x], in_off)
-            insz, outsz = g[0] * g[1] * g[2], g[0] * g[3] * g[4]
-            for img in range(r0, r1):
-                upsample2d(xa[xo + img * xld:xo + img * xld + insz], arena[oo + img * old:oo + img * old + outsz],
-                           g, s[RESIZE.c0], s[RESIZE.c1], s[RESIZE.bilinear] != 0, s[RESIZE.align] != 0)
+            resize_step(s, arena, xa, xo, r0, r1)
         elif op == CONVT.code:
             r0, r1 = _rows(base, cnt, w0, w1, s[CONVT.lo], s[CONVT.hi])
             xa, xo = _src(arena, xin, s[CONVT.x], in_off)

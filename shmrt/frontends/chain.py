@@ -181,6 +181,10 @@ def _merge_recurrent(layers):
                 else:
                     p.pop(st, None)
             extra = {"nonlinearity": "relu" if l.mode == 1 else "tanh"} if isinstance(l, L.RNN) else {}
+            if isinstance(l, L.GRU):
+                extra["linear_before_reset"] = l.linear_before_reset
+            if isinstance(l, L.LSTM) and l.return_cell_state:
+                extra["return_cell_state"] = True
             merged = type(l)(prev.input_size, prev.hidden_size, num_layers=k + 1, bias=prev.bias,
                              return_sequences=l.return_sequences, **extra, **kw, **p)
             out[-1] = merged

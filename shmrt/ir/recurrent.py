@@ -1,6 +1,8 @@
 """Recurrent layers over [N, T, F]: RNN, LSTM, GRU (one class each, a cell name apart)."""
 from __future__ import annotations
 
+import numpy as np
+
 from shmrt.ir.base import Layer, _param, _positive_int
 from shmrt.kernels.recurrent import CELLS, GATES
 
@@ -80,8 +82,42 @@ class RNN(_Recurrent):
 
 
 class LSTM(_Recurrent):
+    """return_cell_state=True: the layer's output is the last layer's final cell state c(T), [N, H]
+    (ONNX's Y_c), instead of h; it needs return_sequences=False."""
+
     cell = "lstm"
+
+    def __init__(self, input_size, hidden_size, num_layers=1, return_cell_state=False, **kw):
+        self.return_cell_state = bool(return_cell_state)
+        super().__init__(input_size, hidden_size, num_layers, **kw)
+        if self.return_cell_state and self.return_sequences:
+            raise ValueError(f"{self!r}: return_cell_state=True outputs the final cell state [N, H]; it needs "
+                             f"return_sequences=False")
+
+    def config(self):
+        return dict(super().config(), **({"return_cell_state": True} if self.return_cell_state else {}))
+
+    def __repr__(self):
+        r = super().__repr__()
+        return r[:-1] + ", return_cell_state=True)" if self.return_cell_state else r
 
 
 class GRU(_Recurrent):
-    cell = "gru"
+    """GRU with PyTorch's semantics by default: n = tanh(W_in x + b_in + r * (W_hn h + b_hn)).
+    linear_before_reset=False (ONNX's default, linear_before_reset=0) applies the reset gate
+    before the product: n = tanh(W_in x + b_in + W_hn (r * h) + b_hn)."""
+
+    def __init__(self, input_size, hidden_size, num_layers=1, linear_before_reset=True, **kw):
+        if not isinstance(linear_before_reset, (bool, np.bool_)):
+            raise ValueError(f"GRU: linear_before_reset must be True (PyTorch's GRU) or False (ONNX's "
+                             f"linear_before_reset=0), got {linear_before_reset!r}")
+        self.linear_before_reset = bool(linear_before_reset)
+        self.cell = "gru" if self.linear_before_reset else "gru_lbr0"
+        super().__init__(input_size, hidden_size, num_layers, **kw)
+
+    def config(self):
+        return dict(super().config(), linear_before_reset=self.linear_before_reset)
+
+    def __repr__(self):
+        r = super().__repr__()
+        return r if self.linear_before_reset else r[:-1] + ", linear_before_reset=False)"

@@ -148,7 +148,7 @@ def recurrent(layer, p, x):
         bi = p.get(f"bias_ih_l{k}", np.zeros(Wi.shape[0], x.dtype))
         bh = p.get(f"bias_hh_l{k}", np.zeros(Wi.shape[0], x.dtype))
         xi = seq @ Wi.T + bi
-        if layer.cell != "gru":  # GRU's hidden bias sits inside r * (h W_hn + b_hn): it stays in the loop
+        if layer.cell != "gru":  # PyTorch GRU's hidden bias sits inside r * (h W_hn + b_hn): it stays in the loop
             xi += bh
         h = np.broadcast_to(p["h0"][k], (N, H)).copy() if "h0" in p else np.zeros((N, H), x.dtype)
         c = np.broadcast_to(p["c0"][k], (N, H)).copy() if "c0" in p else np.zeros((N, H), x.dtype)
@@ -165,6 +165,12 @@ def recurrent(layer, p, x):
                 z = _sig(xi[:, t, H:2 * H] + hh[:, H:2 * H])
                 n = np.tanh(xi[:, t, 2 * H:] + r * hh[:, 2 * H:])
                 h = (1 - z) * n + z * h
+            elif layer.cell == "gru_lbr0":  # ONNX linear_before_reset=0: n = tanh(W_in x + W_hn (r * h) + b_in + b_hn)
+                hh = h @ Wh_t[:, :2 * H]
+                r = _sig(xi[:, t, :H] + hh[:, :H])
+                z = _sig(xi[:, t, H:2 * H] + hh[:, H:])
+                n = np.tanh(xi[:, t, 2 * H:] + (r * h) @ Wh_t[:, 2 * H:])
+                h = (1 - z) * n + z * h
             elif layer.cell in ("rnn_tanh", "rnn_relu"):
                 v = xi[:, t] + h @ Wh_t
                 h = np.maximum(v, 0.0) if layer.cell == "rnn_relu" else np.tanh(v)
@@ -172,6 +178,8 @@ def recurrent(layer, p, x):
                 raise NotImplementedError(f"the numpy reference has no cell {layer.cell!r} ({layer!r})")
             out[:, t] = h
         seq = out
+    if getattr(layer, "return_cell_state", False):  # LSTM: the last layer's final cell state
+        return c
     return seq if layer.return_sequences else seq[:, -1]
 
 

@@ -8,12 +8,17 @@ The weights are packed once, gate by gate, into the panels of the packed
 GEMM (kernels/gemm.py): gate g of W_ih at g * packed_size(H, F), of W_hh at
 g * packed_size(H, H), so a worker's units u0:u1 (u0 a multiple of NR) of
 each gate are a run of whole panels.  Both biases are added into one per
-gate (GRU's n gate: b_in only; b_hn stays apart, the cell needs it)."""
+gate (PyTorch GRU's n gate: b_in only; b_hn stays apart, the cell needs it).
+
+GRU with linear_before_reset=0 (cell "gru_lbr0", ONNX's default) needs
+r * h(t-1) of ALL units before its n gate's product W_hn (r * h): split by
+units, each worker writes r * h(t-1) of its units over its gate r of step t
+and meets the others at a second barrier per step before that product."""
 from __future__ import annotations
 
 import numpy as np
 
-from shmrt.compile.isa import CELLS, FRAC, GATES, GRU_CELL, RECUR
+from shmrt.compile.isa import CELLS, FRAC, GATES, GRU_CELL, GRU_LBR0, RECUR
 from shmrt.compile.layout import Output
 from shmrt.compile.layout import rows_of
 from shmrt.compile.roofline import gemm_us, rows
@@ -32,6 +37,7 @@ def recurrent(b, op, info):
     if split_units:
         b.need_all()
     u = split_panels(H, P) if split_units else None
+    cell = getattr(out, "cell", -1)  # LSTM return_cell_state: the last layer keeps its cell state there
     for k in range(l.num_layers):
         F = l.input_size if k == 0 else H
         h0 = b.w(f"{i}.h0") + k * H if f"{i}.h0" in b.woff else -1
@@ -42,16 +48,18 @@ def recurrent(b, op, info):
             b.emit(w, RECUR, x=x_off, T=T, F=F, out=out.seqs[k], H=H, w_ih=b.w(f"{i}.panels_ih_l{k}"),
                    w_hh=b.w(f"{i}.panels_hh_l{k}"), b_ih=b.w(f"{i}.gate_bias_l{k}"),
                    b_hh=b.w(f"{i}.bias_hh_l{k}"), h0=h0, c0=c0, u0=u0, u1=u1, gates=sc["gates"],
-                   gate_stride=sc["gstride"], aux=sc["aux"], hinit=sc["hinit"], mode=CELLS.index(l.cell),
+                   gate_stride=sc["gstride"], aux=cell if k == l.num_layers - 1 and cell >= 0 else sc["aux"],
+                   hinit=sc["hinit"], mode=CELLS.index(l.cell),
                    parties=P if split_units else 1, line=b.bline, **where)
         if split_units:
-            b.barriers += T + 1
+            b.barriers += T * (2 if l.cell == "gru_lbr0" else 1) + 1
         x_off = out.seqs[k]
     G = l.gates
     info["flops"] = 2 * G * H * (l.input_size + H + (l.num_layers - 1) * 2 * H) * T
     info["weight_bytes"] = 4 * sum(v.size for v in l.params.values())
     if split_units:
-        info["partition"] = f"hidden units, one barrier per time step ({T} steps x {l.num_layers} layer(s))"
+        info["partition"] = (f"hidden units, {'two barriers' if l.cell == 'gru_lbr0' else 'one barrier'} per time "
+                             f"step ({T} steps x {l.num_layers} layer(s))")
         info["slices"] = [f"units {u[w]}:{u[w + 1]}" for w in range(P)]
         info["read_per_worker"] = info["weight_bytes"] // P
         b.set_cur(out, "all")
@@ -71,12 +79,13 @@ def recurrent_us(s, cnt, n, rates) -> float:
         return 0.0
     proj = gemm_us(2.0 * r * T * F * G * hs, 4.0 * G * hs * F, 4.0 * r * T * (F + G * hs), r * T, rates)
     step = gemm_us(2.0 * r * H * G * hs, 4.0 * G * hs * H, 4.0 * r * (H + G * hs), r, rates)
-    return proj + T * (step + (rates.barrier_us if s[RECUR.parties] > 1 else 0.0))
+    meets = 2 if int(s[RECUR.mode]) == GRU_LBR0 else 1  # barriers per step
+    return proj + T * (step + (meets * rates.barrier_us if s[RECUR.parties] > 1 else 0.0))
 
 
 def tensors(op, before) -> dict:
     """Per stacked layer k: panels_ih_l{k}, panels_hh_l{k} (each gate packed on its own), gate_bias_l{k}
-    (b_ih + b_hh, GRU's n gate b_in only) and, for GRU, bias_hh_l{k} (b_hn); h0, c0 as given."""
+    (b_ih + b_hh, PyTorch GRU's n gate b_in only) and, for GRU, bias_hh_l{k} (b_hn); h0, c0 as given."""
     l = op.layer
     H, G, p = l.hidden_size, l.gates, l.params
     out = {name: p[name] for name in ("h0", "c0") if name in p}
@@ -96,13 +105,18 @@ def tensors(op, before) -> dict:
 
 def output(op, shape, in_shape, maxb, arena):
     """One [N, T, H] sequence per stacked layer (the next layer's input); the layer's output is the
-    last one, or its last step ([N, H], leading dimension T*H) without return_sequences."""
+    last one, or its last step ([N, H], leading dimension T*H) without return_sequences, or (LSTM
+    return_cell_state) the final cell state [N, H]: the last layer's RECUR keeps its cell state there."""
     l = op.layer
     T, H = in_shape[0], l.hidden_size
     seqs = [arena.alloc(maxb * T * H) for _ in range(l.num_layers)]
     o = Output("dense", seqs[-1], T * H, shape=(T, H))
     if not l.return_sequences:
         o = Output("dense", seqs[-1] + (T - 1) * H, H, shape=(H,), ld=T * H)
+    o.cell = -1  # the last layer's cell state (the step's aux) where it is the output, else the shared scratch
+    if getattr(l, "return_cell_state", False):
+        o = Output("dense", arena.alloc(maxb * H), H, shape=(H,))
+        o.cell = o.off
     o.seqs = seqs
     return o
 

@@ -51,7 +51,9 @@ def tensors(op, before) -> dict:
     if isinstance(l, L.LayerNorm):
         return {"weight": l.params["weight"], "bias": l.params["bias"], "eps": np.array([l.eps], np.float32)}
     if isinstance(l, L.Select):
-        return {"index": l.resolve(before[0]).astype(np.float32)}
+        # its input as rows of prod(before) features: a Flatten before it is an alias (plan._fuse), so
+        # ``before`` may be the shape it flattened, e.g. a recurrent layer's (T, H)
+        return {"index": l.resolve(int(np.prod(before))).astype(np.float32)}
     return dict(l.params)
 
 

@@ -17,9 +17,9 @@ class RecurrentOps:
         return self._recurrent(node, idx, ins, a, "LSTM", 4)
 
     def op_GRU(self, node, idx, ins, a):
-        if a.get("linear_before_reset", 0) != 1:
-            self.fail(node, idx, f"attribute linear_before_reset={a.get('linear_before_reset', 0)} is not supported: "
-                                 f"shmrt's GRU has PyTorch's semantics (linear_before_reset=1)")
+        lbr = a.get("linear_before_reset", 0)
+        if lbr not in (0, 1):
+            self.fail(node, idx, f"attribute linear_before_reset={lbr} is not supported (expected 0 or 1)")
         return self._recurrent(node, idx, ins, a, "GRU", 3)
 
     def op_RNN(self, node, idx, ins, a):
@@ -44,8 +44,6 @@ class RecurrentOps:
         layout = a.get("layout", 0)
         if layout not in (0, 1):
             self.fail(node, idx, f"attribute layout={layout} is not supported")
-        if len(ins) > 4 and ins[4] is not None:
-            self.fail(node, idx, "input sequence_lens is not supported (every sequence runs all time steps)")
         if kind == "LSTM" and len(ins) > 7 and ins[7] is not None:
             self.fail(node, idx, "input P (peepholes) is not supported")
         v = self.stream(node, idx, ins[0])
@@ -55,6 +53,8 @@ class RecurrentOps:
                                  f"{'transposed to [T, N, F]' if layout == 0 else '[N, T, F]'} (shmrt layout "
                                  f"{fmt(self.full())})")
         T, F = self.ir
+        if len(ins) > 4 and ins[4] is not None:
+            self.sequence_lens(node, idx, ins[4], T)
         H = a.get("hidden_size")
         W = np.asarray(self.const(node, idx, 1, "W"), dtype=np.float32)
         R = np.asarray(self.const(node, idx, 2, "R"), dtype=np.float32)
@@ -84,19 +84,44 @@ class RecurrentOps:
         cls = {"LSTM": L.LSTM, "GRU": L.GRU, "RNN": L.RNN}[kind]
         if kind == "RNN":
             kw["nonlinearity"] = nonlin
-        layer = cls(F, H, num_layers=1, bias=bias, return_sequences=True, **kw, **p)
-        self.chain.emit(layer, (T, H))
-        me = len(self.chain.layers) - 1
-        if layout == 0:
-            Y = View((T, 1, B, H), (1, None, 0, 2), self.chain.version)
-            Yh = View((1, B, H), (None, 0, 1), self.chain.version, last_of=me)
-        else:
-            Y = View((B, T, 1, H), (0, 1, None, 2), self.chain.version)
-            Yh = View((B, 1, H), (0, None, 1), self.chain.version, last_of=me)
-        outs = [Y, Yh]
-        if kind == "LSTM":
-            outs.append(Poison(f"{self.where(node, idx)}: output Y_c (the last cell state) is not supported"))
-        return outs
+        if kind == "GRU":
+            kw["linear_before_reset"] = a.get("linear_before_reset", 0) == 1
+        used = [bool(k < len(node.output) and node.output[k] and self.uses.get(node.output[k])) for k in range(3)]
+        before = self.chain.version
+        outs = [Poison(f"{self.where(node, idx)}: output {n} is not computed (unused)") for n in ("Y", "Y_h", "Y_c")]
+        if used[0] or used[1] or not used[2]:
+            layer = cls(F, H, num_layers=1, bias=bias, return_sequences=True, **kw, **p)
+            self.chain.emit(layer, (T, H))
+            me = len(self.chain.layers) - 1
+            if used[0]:  # Y is read: Y_h cannot cut it short
+                self.seq_used.add(me)
+            if layout == 0:
+                outs[0] = View((T, 1, B, H), (1, None, 0, 2), self.chain.version)
+                outs[1] = View((1, B, H), (None, 0, 1), self.chain.version, last_of=me)
+            else:
+                outs[0] = View((B, T, 1, H), (0, 1, None, 2), self.chain.version)
+                outs[1] = View((B, 1, H), (0, None, 1), self.chain.version, last_of=me)
+        if kind == "LSTM" and used[2]:  # Y_c: a second LSTM of the same weights whose output is its last cell state
+            self.chain.switch(before)
+            self.chain.emit(cls(F, H, num_layers=1, bias=bias, return_sequences=False, return_cell_state=True,
+                                **kw, **p), (H,))
+            outs[2] = View((1, B, H) if layout == 0 else (B, 1, H), (None, 0, 1) if layout == 0 else (0, None, 1),
+                           self.chain.version)
+        return outs[:3 if kind == "LSTM" else 2]
+
+    def sequence_lens(self, node, idx, v, T):
+        """Accepted only when it changes nothing: a constant whose entries all equal T (every sequence runs
+        every step).  Per-sample lengths (zeros in Y past a sample's end, Y_h/Y_c its last valid state)
+        are refused."""
+        if isinstance(v, View):
+            self.fail(node, idx, f"input sequence_lens (input 4) depends on the model input: per-sample lengths "
+                                 f"are not supported; expected a constant whose entries all equal T={T}")
+        sl = np.asarray(v)
+        if sl.ndim != 1 or sl.dtype.kind not in "iu" or not np.all(sl == T):
+            shown = np.array2string(sl.reshape(-1)[:8], separator=", ") + (" ..." if sl.size > 8 else "")
+            self.fail(node, idx, f"input sequence_lens {shown} (shape {list(sl.shape)}) is not supported: per-sample "
+                                 f"lengths are not; expected a 1-D int constant whose entries all equal the sequence "
+                                 f"length T={T} (every sequence runs every step)")
 
     def state(self, node, idx, k, H, layout, name):
         s = np.asarray(self.const(node, idx, k, name))

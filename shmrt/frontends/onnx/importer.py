@@ -86,6 +86,8 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
         self.values = {}      # ONNX value name -> numpy constant, View of the stream, or Poison
         self.static_batch = 0   # the graph input's fixed batch size, 0 if dynamic (set by input_dims)
         self.topk_outputs = None  # (values, indices) output names of a TopK node (set by op_TopK)
+        self.seq_used = set()     # recurrent layers (by index) whose sequence Y is read (set by _recurrent)
+        self.last_states = {}     # chain version of a Y_h view -> that of its last step (set by last_state)
 
     @property
     def ir(self):
@@ -250,11 +252,8 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
         for n, v in zip(outs, vals):
             self.chain.switch(v.version)
             if v.last_of is not None:
-                if v.last_of != len(self.chain.layers) - 1:
-                    raise UnsupportedONNX(f"ONNX graph output {n!r}: a recurrent layer's last state, with layers "
-                                          f"after that layer (which read its every step)")
-                self.take_last_step(self.graph.node[0], 0)
-                v = View(v.shape, v.src, self.chain.version)
+                v = self.last_state(v)
+                self.chain.switch(v.version)
             v = self.ordered(self.graph.node[-1], len(self.graph.node) - 1, v)
             if not self.identical(v):
                 raise UnsupportedONNX(f"ONNX graph output {n!r} of shape {fmt(v.shape)} is not in batch-first "

@@ -77,12 +77,7 @@ class Layout:
     def stream(self, node, idx, v):
         """Resolve a view for an op that computes on it: it must be the newest stream."""
         if v.last_of is not None:
-            self.chain.switch(v.version)
-            if v.last_of != len(self.chain.layers) - 1:
-                self.fail(node, idx, "the recurrent layer's last hidden state is used after other layers ran "
-                                     "(the layer returns every step to them)")
-            self.take_last_step(node, idx)
-            v = View(v.shape, v.src, self.chain.version)
+            v = self.last_state(v)
         self.chain.switch(v.version)  # an earlier activation (a branch, a skip connection): read it
         return v
 
@@ -102,6 +97,21 @@ class Layout:
         perm = [0] + axes + missing
         self.chain.emit(L.Permute(*perm), tuple(self.ir[k - 1] for k in perm[1:]))
         return View(v.shape, [None if s is None else perm.index(s) for s in v.src], self.chain.version)
+
+    def last_state(self, v):
+        """A recurrent layer's Y_h (the view ``v``, its last step) as a view of an activation: the
+        layer returns only its last step when it is the last layer and nothing reads its sequence
+        (Y); else Flatten + Select of the last step's columns read the sequence, [N, T*H] -> [N, H]."""
+        seen = self.last_states
+        if v.version not in seen:
+            self.chain.switch(v.version)
+            if v.last_of != len(self.chain.layers) - 1 or v.last_of in self.seq_used \
+                    or not self.chain.take_last_step():
+                T, H = self.chain.shape
+                self.chain.emit(L.Flatten(), (T * H,))
+                self.chain.emit(L.Select(slice((T - 1) * H, T * H)), (H,))
+            seen[v.version] = self.chain.version
+        return View(v.shape, v.src, seen[v.version])
 
     def take_last_step(self, node, idx):
         if not self.chain.take_last_step():
