@@ -16,10 +16,33 @@ def geometry(l, in_shape, out_shape):
     return (C, H, W, *l.kernel_size, *l.stride, *l.pads[:2], *l.dilation, l.groups, OH, OW)  # bottom, right: by OH, OW
 
 
+def image_slices(b, info, Cout, OH, per_channel, pairs=False, spatial="spatial"):
+    """How a layer over whole images splits, as (slices, state, bounds): batch rows (data); by model
+    its Cout output channels (per_channel output floats each), or the OH output rows of each image
+    (in pairs: a fused 2x2 pool) when there are fewer than 2 channels per worker.  A slice is
+    ((c0, c1), (h0, h1), rows)."""
+    P = b.P
+    if not b.split_model:
+        b.need_rows()
+        info["partition"] = "batch rows (whole images)"
+        info["slices"] = [f"images {w}/{P}..{w + 1}/{P}" for w in range(P)]
+        return [((0, Cout), (0, OH), rows_of(w, P)) for w in range(P)], ("rows" if P > 1 else "all"), None
+    b.need_all()
+    if Cout >= 2 * P:
+        c = split(Cout, P, grain=1)
+        info["partition"] = "output channels"
+        info["slices"] = [f"channels {c[w]}:{c[w + 1]}" for w in range(P)]
+        return [((c[w], c[w + 1]), (0, OH), dict(lo=0, hi=FRAC)) for w in range(P)], "cols", [v * per_channel for v in c]
+    r = [2 * v for v in split(OH // 2, P, grain=1)] if pairs else split(OH, P, grain=1)
+    info["partition"] = f"output rows of each image ({spatial})"
+    info["slices"] = [f"rows {r[w]}:{r[w + 1]}" for w in range(P)]
+    return [((0, Cout), (r[w], r[w + 1]), dict(lo=0, hi=FRAC)) for w in range(P)], "spatial", None
+
+
 def conv(b, op, info):
     """Batch rows (data); output channels, or output rows of each image when
     there are fewer than 2 channels per worker (model)."""
-    P, l, i, sc = b.P, op.layer, op.index, b.scratch
+    l, i, sc = op.layer, op.index, b.scratch
     C, H, W = b.cur_shape
     Cout, OH, OW = l.output_shape(b.cur_shape)  # the convolution's own output; out: pooled when op.pool
     geom = geometry(l, b.cur_shape, (Cout, OH, OW))
@@ -28,27 +51,9 @@ def conv(b, op, info):
     K = C // l.groups * l.kernel_size[0] * l.kernel_size[1]
     info["flops"] = 2 * Cout * OH * OW * K
     info["weight_bytes"] = 4 * (Cout * K + (Cout if b_off >= 0 else 0))
-    if not b.split_model:
-        b.need_rows()
-        slices = [((0, Cout), (0, OH), rows_of(w, P)) for w in range(P)]
-        info["partition"] = "batch rows (whole images)"
-        info["slices"] = [f"images {w}/{P}..{w + 1}/{P}" for w in range(P)]
-        state, bounds = ("rows" if P > 1 else "all"), None
-    elif Cout >= 2 * P:
-        b.need_all()
-        c = split(Cout, P, grain=1)
-        slices = [((c[w], c[w + 1]), (0, OH), dict(lo=0, hi=FRAC)) for w in range(P)]
-        info["partition"] = "output channels"
-        info["slices"] = [f"channels {c[w]}:{c[w + 1]}" for w in range(P)]
-        state, bounds = "cols", [v * PH * PW for v in c]
-    else:
-        b.need_all()
-        r = [2 * v for v in split(PH, P, grain=1)] if op.pool else split(OH, P, grain=1)  # pooled: pairs of rows
-        slices = [((0, Cout), (r[w], r[w + 1]), dict(lo=0, hi=FRAC)) for w in range(P)]
-        halo = (l.kernel_size[0] - 1) * l.dilation[0]
-        info["partition"] = f"output rows of each image (spatial; input halo {halo} rows)"
-        info["slices"] = [f"rows {r[w]}:{r[w + 1]}" for w in range(P)]
-        state, bounds = "spatial", None
+    halo = (l.kernel_size[0] - 1) * l.dilation[0]
+    slices, state, bounds = image_slices(b, info, Cout, OH, PH * PW, pairs=op.pool,
+                                         spatial=f"spatial; input halo {halo} rows")
     out = b.outs[i]  # after the barrier, if any: a slot freed before it may be reused
     for w, ((c0, c1), (h0, h1), where) in enumerate(slices):
         b.emit(w, CONV, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.ld or out.width, w=w_off, b=b_off,

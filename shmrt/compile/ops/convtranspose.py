@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from shmrt.compile.isa import CONV_GEOM, CONVT, FRAC
-from shmrt.compile.layout import rows_of, split
+from shmrt.compile.isa import CONV_GEOM, CONVT
+from shmrt.compile.ops.conv import image_slices
 from shmrt.compile.roofline import ROWS_HALF, rows
 from shmrt.ir import layers as L
 from shmrt.kernels.convtranspose import pack, scratch_floats
@@ -23,33 +23,14 @@ def geometry(l, in_shape):
 def conv_transpose(b, op, info):
     """Batch rows (data); output channels, or output rows of each image when there are fewer than 2
     channels per worker (model)."""
-    P, l, i, sc = b.P, op.layer, op.index, b.scratch
+    l, i, sc = op.layer, op.index, b.scratch
     Cout, OH, OW = l.output_shape(b.cur_shape)
     geom = geometry(l, b.cur_shape)
     w_off, b_off = b.w(f"{i}.phases"), b.w(f"{i}.bias")
     C, H, W = b.cur_shape
     info["flops"] = 2 * C * (Cout // l.groups) * l.kernel_size[0] * l.kernel_size[1] * H * W
     info["weight_bytes"] = 4 * (l.params["weight"].size + (Cout if b_off >= 0 else 0))
-    if not b.split_model:
-        b.need_rows()
-        slices = [((0, Cout), (0, OH), rows_of(w, P)) for w in range(P)]
-        info["partition"] = "batch rows (whole images)"
-        info["slices"] = [f"images {w}/{P}..{w + 1}/{P}" for w in range(P)]
-        state, bounds = ("rows" if P > 1 else "all"), None
-    elif Cout >= 2 * P:
-        b.need_all()
-        c = split(Cout, P, grain=1)
-        slices = [((c[w], c[w + 1]), (0, OH), dict(lo=0, hi=FRAC)) for w in range(P)]
-        info["partition"] = "output channels"
-        info["slices"] = [f"channels {c[w]}:{c[w + 1]}" for w in range(P)]
-        state, bounds = "cols", [v * OH * OW for v in c]
-    else:
-        b.need_all()
-        r = split(OH, P, grain=1)
-        slices = [((0, Cout), (r[w], r[w + 1]), dict(lo=0, hi=FRAC)) for w in range(P)]
-        info["partition"] = "output rows of each image (spatial)"
-        info["slices"] = [f"rows {r[w]}:{r[w + 1]}" for w in range(P)]
-        state, bounds = "spatial", None
+    slices, state, bounds = image_slices(b, info, Cout, OH, OH * OW)
     out = b.outs[i]  # after the barrier, if any: a slot freed before it may be reused
     for w, ((c0, c1), (h0, h1), where) in enumerate(slices):
         b.emit(w, CONVT, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.ld or out.width, w=w_off, b=b_off,
