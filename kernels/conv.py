@@ -379,33 +379,24 @@ def global_avg_pool(x, out, hw, c0, c1):
 
 
 @njit(cache=True)
-def _sources(n_out, n_in, bilinear, align):
-    """Per output index along one axis: the two source indices and the second's weight (PyTorch's
-    interpolate: nearest floor(o * in / out); bilinear at half-pixel centres, or corners aligned)."""
-    i0 = np.empty(n_out, np.int64)
-    i1 = np.empty(n_out, np.int64)
-    wt = np.zeros(n_out, np.float32)
-    for o in range(n_out):
-        if not bilinear:
-            i0[o] = min(o * n_in // n_out, n_in - 1)
-            i1[o] = i0[o]
-            continue
-        if align:
-            src = o * (n_in - 1) / (n_out - 1) if n_out > 1 else 0.0
-        else:
-            src = max((o + 0.5) * n_in / n_out - 0.5, 0.0)
-        a = min(int(np.floor(src)), n_in - 1)
-        i0[o], i1[o], wt[o] = a, min(a + 1, n_in - 1), src - a
-    return i0, i1, wt
+def _table(t, at, n):
+    """Rows at, at + n, at + 2n of a taps table: source indices i0, i1 (stored as floats) and weights w."""
+    i0 = np.empty(n, np.int64)
+    i1 = np.empty(n, np.int64)
+    for k in range(n):
+        i0[k], i1[k] = int(t[at + k]), int(t[at + n + k])
+    return i0, i1, t[at + 2 * n:at + 3 * n]
 
 
 @njit(cache=True)
-def upsample2d(x, out, g, c0, c1, bilinear, align):
+def upsample2d(x, out, g, c0, c1, bilinear, taps):
     """Channels c0:c1 of one image resized from H x W to OH x OW (flat buffers), g = (C, H, W, OH, OW):
-    each output row is a blend of two source rows (one for nearest), gathered by column tables."""
+    each output row is a blend of two source rows (one for nearest), gathered by column tables.  taps:
+    the source tables (i0, i1, w) over the OH rows, then over the OW columns (the layer's, made at
+    compile time: any coordinate transform, nearest rounding and scale)."""
     H, W, OH, OW = g[1], g[2], g[3], g[4]
-    r0, r1, wr = _sources(OH, H, bilinear, align)
-    q0, q1, wq = _sources(OW, W, bilinear, align)
+    r0, r1, wr = _table(taps, 0, OH)
+    q0, q1, wq = _table(taps, 3 * OH, OW)
     row = np.empty(W, np.float32)
     for c in range(c0, c1):
         for oh in range(OH):

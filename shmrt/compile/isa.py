@@ -97,8 +97,9 @@ _DECLARED = (
     # the weight store (b_ld 0), swap: out = act(b <op> a)
     ("MERGE", "merge", ("a", "a_ld", "b", "b_ld", "out", "out_ld", "op", ("d", 3), ("sa", 3), ("sb", 3), ("so", 3),
                         "c0", "c1", "act", "b_w", "swap", "lo", "hi")),
-    # channels c0:c1 of images lo:hi resized (kernels/conv.upsample2d): geom (C, H, W, OH, OW); bilinear, align
-    ("RESIZE", "resize", ("x", "x_ld", "out", "out_ld", "c0", "c1", "lo", "hi", ("geom", 5), "bilinear", "align")),
+    # channels c0:c1 of images lo:hi resized (kernels/conv.upsample2d): geom (C, H, W, OH, OW); bilinear; taps:
+    # the source tables in the weight store, (i0, i1, w) over OH rows then (i0, i1, w) over OW columns
+    ("RESIZE", "resize", ("x", "x_ld", "out", "out_ld", "c0", "c1", "lo", "hi", ("geom", 5), "bilinear", "taps")),
     # a transposed convolution (kernels/convtranspose.py): output channels co0:co1, rows oh0:oh1 of images lo:hi;
     # w: its phases' packed weights; geom as CONV's (OH, OW the output's); scratch: this worker's padded image
     ("CONVT", "conv transpose", ("x", "x_ld", "out", "out_ld", "w", "b", "act", "co0", "co1", "oh0", "oh1", "lo", "hi",

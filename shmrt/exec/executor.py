@@ -253,7 +253,7 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
         elif op == RESIZE.code:
             r0, r1 = _rows(base, cnt, w0, w1, s[RESIZE.lo], s[RESIZE.hi])
             xa, xo = _src(arena, xin, s[RESIZE.x], in_off)
-            resize_step(s, arena, xa, xo, r0, r1)
+            resize_step(s, weights, arena, xa, xo, r0, r1)
         elif op == CONVT.code:
             r0, r1 = _rows(base, cnt, w0, w1, s[CONVT.lo], s[CONVT.hi])
             xa, xo = _src(arena, xin, s[CONVT.x], in_off)

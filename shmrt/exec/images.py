@@ -46,13 +46,14 @@ def gap_step(s, arena, xa, xo, r0, r1):
 
 
 @njit(cache=True, nogil=True)
-def resize_step(s, arena, xa, xo, r0, r1):
+def resize_step(s, weights, arena, xa, xo, r0, r1):
     g = s[RESIZE.geom:RESIZE.geom + 5]
     xld, oo, old = s[RESIZE.x_ld], s[RESIZE.out], s[RESIZE.out_ld]
     insz, outsz = g[0] * g[1] * g[2], g[0] * g[3] * g[4]
+    taps = weights[s[RESIZE.taps]:s[RESIZE.taps] + 3 * (g[3] + g[4])]
     for img in range(r0, r1):
         upsample2d(xa[xo + img * xld:xo + img * xld + insz], arena[oo + img * old:oo + img * old + outsz],
-                   g, s[RESIZE.c0], s[RESIZE.c1], s[RESIZE.bilinear] != 0, s[RESIZE.align] != 0)
+                   g, s[RESIZE.c0], s[RESIZE.c1], s[RESIZE.bilinear] != 0, taps)
 
 
 @njit(cache=True, nogil=True)

@@ -270,11 +270,18 @@ class Reshape(Layer):
 
 
 class Upsample(Layer):
-    """[N, C, H, W] -> [N, C, H * s, W * s] (PyTorch's nn.Upsample / F.interpolate with an integer
-    scale_factor, or size=(OH, OW)): mode "nearest" (the source pixel floor(o * H / OH)) or
-    "bilinear" (align_corners False: the half-pixel centres, edges clamped; or True)."""
+    """[N, C, H, W] -> [N, C, OH, OW] (PyTorch's nn.Upsample / F.interpolate; ONNX's Resize): size=(OH, OW),
+    or scale_factor s (a number or a pair; OH = floor(H * s), and s maps the coordinates).  mode "nearest"
+    or "bilinear".  PyTorch's defaults: nearest takes the source pixel floor(o / s); bilinear samples at
+    the half-pixel centres (edges clamped), or with align_corners=True at aligned corners.  ONNX's
+    other forms: coordinate_transformation_mode "half_pixel", "pytorch_half_pixel", "align_corners" or
+    "asymmetric", and for nearest nearest_mode "floor", "ceil", "round_prefer_floor", "round_prefer_ceil"."""
 
-    def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None):
+    CTMS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")
+    NEAREST = ("floor", "ceil", "round_prefer_floor", "round_prefer_ceil")
+
+    def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None,
+                 coordinate_transformation_mode=None, nearest_mode=None):
         super().__init__()
         if mode not in ("nearest", "bilinear"):
             raise ValueError(f"Upsample: mode must be 'nearest' or 'bilinear', got {mode!r}")
@@ -283,28 +290,74 @@ class Upsample(Layer):
                              f"scale_factor={scale_factor!r}")
         if mode == "nearest" and align_corners:
             raise ValueError("Upsample: align_corners applies to mode='bilinear' only")
+        ctm = coordinate_transformation_mode
+        if ctm is not None and ctm not in self.CTMS:
+            raise ValueError(f"Upsample: coordinate_transformation_mode must be one of {self.CTMS}, got {ctm!r}")
+        if nearest_mode is not None and (nearest_mode not in self.NEAREST or mode != "nearest"):
+            raise ValueError(f"Upsample: nearest_mode (mode='nearest' only) must be one of {self.NEAREST}, got "
+                             f"{nearest_mode!r}")
         self.size = None if size is None else _pair(size, "size", "Upsample")
         sf = None
         if scale_factor is not None:
             t = tuple(scale_factor) if isinstance(scale_factor, (tuple, list)) else (scale_factor, scale_factor)
-            if len(t) != 2 or any(float(v) != int(v) or int(v) < 1 for v in t):
-                raise ValueError(f"Upsample: scale_factor must be a positive integer or a pair of them, got "
+            if len(t) != 2 or any(isinstance(v, bool) or not isinstance(v, (int, float, np.integer, np.floating))
+                                  or not np.isfinite(v) or v <= 0 for v in t):
+                raise ValueError(f"Upsample: scale_factor must be a positive number or a pair of them, got "
                                  f"{scale_factor!r}")
-            sf = (int(t[0]), int(t[1]))
+            sf = tuple(int(v) if float(v) == int(v) else float(v) for v in t)
         self.scale_factor, self.mode, self.align_corners = sf, mode, bool(align_corners)
+        self._onnx = ctm is not None  # ONNX's coordinates: with scales, the resized length is in * scale, unrounded
+        self.coordinate_transformation_mode = ctm or (
+            "asymmetric" if mode == "nearest" else "align_corners" if align_corners else "half_pixel")
+        self.nearest_mode = nearest_mode or ("floor" if mode == "nearest" else None)
 
     def output_shape(self, shape):
         if len(shape) != 3:
             raise ValueError(f"{self!r} expects inputs of shape (N, C, H, W), got (N, {', '.join(map(str, shape))})")
-        if self.size is not None:
-            return (shape[0], *self.size)
-        return (shape[0], shape[1] * self.scale_factor[0], shape[2] * self.scale_factor[1])
+        out = self.size if self.size is not None else tuple(int(np.floor(n * s + 1e-9)) for n, s in
+                                                            zip(shape[1:], self.scale_factor))
+        if min(out) < 1:
+            raise ValueError(f"{self!r}: input {shape[1]}x{shape[2]} gives an empty output {out[0]}x{out[1]}")
+        return (shape[0], *out)
+
+    def taps(self, n_in, n_out, axis):
+        """Per output index along spatial axis ``axis`` (0: rows, 1: columns), float64 arrays (i0, i1, w):
+        the output is x[i0] * (1 - w) + x[i1] * w (nearest: i1 = i0, w = 0)."""
+        scale = self.scale_factor[axis] if self.scale_factor is not None else n_out / n_in
+        length = n_in * scale if self._onnx else n_out  # the resized length the coordinates divide by
+        o = np.arange(n_out, dtype=np.float64)
+        ctm = self.coordinate_transformation_mode
+        if ctm == "align_corners":
+            src = o * (n_in - 1) / (length - 1) if length != 1 else np.zeros(n_out)
+        elif ctm == "asymmetric":
+            src = o / scale
+        elif ctm == "pytorch_half_pixel" and length <= 1:
+            src = np.zeros(n_out)
+        else:
+            src = (o + 0.5) / scale - 0.5
+        if self.mode == "nearest":
+            nm = self.nearest_mode
+            i0 = {"floor": np.floor(src), "ceil": np.ceil(src), "round_prefer_floor": np.ceil(src - 0.5),
+                  "round_prefer_ceil": np.floor(src + 0.5)}[nm]
+            i0 = np.clip(i0, 0, n_in - 1)
+            return i0, i0, np.zeros(n_out)
+        src = np.clip(src, 0, n_in - 1)
+        i0 = np.floor(src)
+        return i0, np.minimum(i0 + 1, n_in - 1), src - i0
 
     def config(self):
         return {"size": None if self.size is None else list(self.size),
                 "scale_factor": None if self.scale_factor is None else list(self.scale_factor),
-                "mode": self.mode, "align_corners": self.align_corners}
+                "mode": self.mode, "align_corners": self.align_corners,
+                "coordinate_transformation_mode": self.coordinate_transformation_mode if self._onnx else None,
+                "nearest_mode": self.nearest_mode}
 
     def __repr__(self):
         what = f"size={self.size}" if self.size is not None else f"scale_factor={self.scale_factor}"
-        return f"Upsample({what}, mode={self.mode!r}" + (", align_corners=True)" if self.align_corners else ")")
+        default = "asymmetric" if self.mode == "nearest" else "align_corners" if self.align_corners else \
+            "half_pixel"
+        extra = "" if self.coordinate_transformation_mode == default else \
+            f", coordinate_transformation_mode={self.coordinate_transformation_mode!r}"
+        if self.nearest_mode not in (None, "floor"):
+            extra += f", nearest_mode={self.nearest_mode!r}"
+        return f"Upsample({what}, mode={self.mode!r}" + (", align_corners=True" if self.align_corners else "") + extra + ")"

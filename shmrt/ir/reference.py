@@ -285,24 +285,13 @@ def adaptive_pool2d(layer, x):
     return out
 
 
-def _source(n_out, n_in, mode, align):
-    """Per output index: (i0, i1, weight of i1) along one axis, PyTorch's interpolate."""
-    o = np.arange(n_out, dtype=np.float64)
-    if mode == "nearest":
-        i0 = np.minimum(np.floor(o * n_in / n_out).astype(np.int64), n_in - 1)
-        return i0, i0, np.zeros(n_out)
-    src = o * (n_in - 1) / (n_out - 1) if align and n_out > 1 else np.maximum((o + 0.5) * n_in / n_out - 0.5, 0.0)
-    if align and n_out == 1:
-        src = np.zeros(1)
-    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    return i0, np.minimum(i0 + 1, n_in - 1), src - i0
-
-
 def upsample(layer, x):
+    """Each output pixel a blend of two source rows and two source columns (the layer's taps)."""
     _, _, H, W = x.shape
     _, OH, OW = layer.output_shape(x.shape[1:])
-    r0, r1, wr = _source(OH, H, layer.mode, layer.align_corners)
-    c0, c1, wc = _source(OW, W, layer.mode, layer.align_corners)
+    r0, r1, wr = layer.taps(H, OH, 0)
+    c0, c1, wc = layer.taps(W, OW, 1)
+    r0, r1, c0, c1 = (v.astype(np.int64) for v in (r0, r1, c0, c1))
     rows = x[:, :, r0] * (1 - wr)[:, None] + x[:, :, r1] * wr[:, None]
     return rows[:, :, :, c0] * (1 - wc) + rows[:, :, :, c1] * wc
 

@@ -3,6 +3,8 @@ channel, so it follows a channel split where there is one, else takes batch
 rows.  Steps: POOL, GAP, RESIZE."""
 from __future__ import annotations
 
+import numpy as np
+
 from shmrt.compile.isa import FRAC, GAP, POOL, POOL_GEOM, RESIZE
 from shmrt.compile.layout import rows_of, split
 from shmrt.compile.roofline import rows
@@ -28,7 +30,7 @@ def pool(b, op, info):
         if isinstance(l, L.Upsample):
             b.emit(w, RESIZE, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.ld or out.width, c0=c0, c1=c1,
                    geom=(C, H, W, out.shape[1], out.shape[2]), bilinear=int(l.mode == "bilinear"),
-                   align=int(l.align_corners), **where)
+                   taps=b.w(f"{i}.taps"), **where)
         elif isinstance(l, L.GlobalAvgPool):
             b.emit(w, GAP, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.ld or out.width, hw=hw, c0=c0, c1=c1,
                    **where)
@@ -65,6 +67,16 @@ def gap_us(s, cnt, n, rates) -> float:
 def resize_us(s, cnt, n, rates) -> float:
     g = s[RESIZE.geom:RESIZE.geom + 5]
     return 8.0 * rows(cnt, s[RESIZE.lo], s[RESIZE.hi]) * (s[RESIZE.c1] - s[RESIZE.c0]) * g[3] * g[4] / (rates.read_gbs * 1e3)
+
+
+def tensors(op, before) -> dict:
+    """An Upsample's source tables (its taps over rows, then columns: i0, i1, w each), float32."""
+    l = op.layer
+    if not isinstance(l, L.Upsample):
+        return dict(l.params)
+    _, H, W = before
+    _, OH, OW = l.output_shape(tuple(before))
+    return {"taps": np.concatenate([*l.taps(H, OH, 0), *l.taps(W, OW, 1)]).astype(np.float32)}
 
 
 LAYERS = (L._Pool2d, L._AdaptivePool2d, L.GlobalAvgPool, L.Upsample)

@@ -55,44 +55,41 @@ class GraphOps:
         return View((B,) + out, tuple(range(len(out) + 1)), self.chain.version)
 
     def op_Resize(self, node, idx, ins, a):
-        """Resize of [N, C, H, W] by integer scales (or to sizes) as PyTorch exports F.interpolate:
-        nearest with asymmetric coordinates and floor, or linear at half-pixel centres or aligned corners."""
+        """Resize of [N, C, H, W] over H and W by constant scales or sizes: nearest (any coordinate
+        transform but half_pixel_symmetric, any nearest_mode) or linear (no antialias filter)."""
         self.image(node, idx, ins[0])  # checks the input is an [N, C, H, W] image (and makes it current)
         mode = a.get("mode", "nearest")
         ctm = a.get("coordinate_transformation_mode", "half_pixel")
-        if mode == "nearest":
-            if ctm != "asymmetric" or a.get("nearest_mode", "round_prefer_floor") != "floor":
-                self.fail(node, idx, f"nearest Resize with coordinate_transformation_mode={ctm!r}, nearest_mode="
-                                     f"{a.get('nearest_mode', 'round_prefer_floor')!r} is not supported; expected "
-                                     f"'asymmetric' and 'floor' (PyTorch's)")
-            align = None
-        elif mode == "linear" and ctm in ("half_pixel", "pytorch_half_pixel", "align_corners"):
-            align = ctm == "align_corners"
-        else:
+        nearest = a.get("nearest_mode", "round_prefer_floor") if mode == "nearest" else None
+        if mode not in ("nearest", "linear") or ctm not in L.Upsample.CTMS:
             self.fail(node, idx, f"Resize mode={mode!r} with coordinate_transformation_mode={ctm!r} is not supported; "
-                                 f"expected nearest (asymmetric, floor) or linear (half_pixel or align_corners)")
+                                 f"expected nearest or linear with one of {L.Upsample.CTMS}")
         if a.get("antialias", 0):
             self.fail(node, idx, "attribute antialias=1 is not supported (a downsampling filter); expected 0")
-        sizes = ins[3] if len(ins) > 3 and ins[3] is not None else None
+        if a.get("keep_aspect_ratio_policy", "stretch") != "stretch":
+            self.fail(node, idx, f"attribute keep_aspect_ratio_policy={a['keep_aspect_ratio_policy']!r} is not "
+                                 f"supported; expected 'stretch'")
+        sizes = ins[3] if len(ins) > 3 and ins[3] is not None and np.size(ins[3]) else None
         scales = ins[2] if len(ins) > 2 and ins[2] is not None and np.size(ins[2]) else None
         C, H, W = self.ir
+        axes = [int(t) % 4 for t in a.get("axes", [0, 1, 2, 3])]
+        if sorted(axes) not in ([0, 1, 2, 3], [2, 3]):
+            self.fail(node, idx, f"attribute axes={a.get('axes')} is not supported; expected the spatial axes [2, 3]")
         if sizes is not None:
-            sz = [int(t) for t in np.asarray(self.const(node, idx, 3, "sizes")).reshape(-1)]
-            if len(sz) != 4 or sz[1] != C:
-                self.fail(node, idx, f"sizes {sz} must be [N, {C}, OH, OW]")
-            kw = {"size": (sz[2], sz[3])}
+            got = dict(zip(axes, (int(t) for t in np.asarray(self.const(node, idx, 3, "sizes")).reshape(-1))))
+            if len(got) != len(axes) or got.get(1, C) != C or got.get(0, B) not in (B, self.static_batch):
+                self.fail(node, idx, f"sizes {sorted(got.items())} must keep the batch and the {C} channels")
+            kw = {"size": (got[2], got[3])}
         elif scales is not None:
-            sc = np.asarray(self.const(node, idx, 2, "scales"), np.float64).reshape(-1)
-            if sc.shape != (4,) or sc[0] != 1 or sc[1] != 1 or any(t != int(t) or t < 1 for t in sc[2:]):
-                self.fail(node, idx, f"scales {sc.tolist()} are not supported; expected [1, 1, s, t] with positive "
-                                     f"integers s, t")
-            kw = {"scale_factor": (int(sc[2]), int(sc[3]))}
+            got = dict(zip(axes, np.asarray(self.const(node, idx, 2, "scales"), np.float64).reshape(-1)))
+            if len(got) != len(axes) or got.get(0, 1) != 1 or got.get(1, 1) != 1 or min(got[2], got[3]) <= 0:
+                self.fail(node, idx, f"scales {sorted(got.items())} are not supported; expected [1, 1, s, t] with "
+                                     f"s, t > 0")
+            kw = {"scale_factor": (float(got[2]), float(got[3]))}
         else:
             self.fail(node, idx, "Resize needs constant scales or sizes")
-        layer = L.Upsample(mode="nearest" if mode == "nearest" else "bilinear", align_corners=align, **kw)
+        layer = L.Upsample(mode="nearest" if mode == "nearest" else "bilinear", coordinate_transformation_mode=ctm,
+                           nearest_mode=nearest, **kw)
         out = layer.output_shape((C, H, W))
-        if ctm == "pytorch_half_pixel" and 1 in out[1:]:
-            self.fail(node, idx, "coordinate_transformation_mode='pytorch_half_pixel' to an output size of 1 (ONNX "
-                                 "samples coordinate 0 there, PyTorch the half-pixel centre) is not supported")
         self.chain.emit(layer, out)
         return View((B,) + out, (0, 1, 2, 3), self.chain.version)

@@ -50,6 +50,11 @@ class Calls:
                                                 "antialias": False})
             if a["antialias"]:
                 raise self.fail(node, "antialias=True is not supported")
+            sf = a["scale_factor"]
+            if a["recompute_scale_factor"] and sf is not None and any(
+                    float(v) != int(v) for v in (sf if isinstance(sf, (tuple, list)) else (sf,))):
+                raise self.fail(node, "recompute_scale_factor=True with a non-integer scale_factor is not supported; "
+                                      "expected size=, or recompute_scale_factor left out")
             self.take(node, a["input"])
             self.emit(node, self.upsample(node, a["size"], a["scale_factor"], a["mode"], a["align_corners"]), rank=4)
         elif t is self.F.adaptive_avg_pool2d:
