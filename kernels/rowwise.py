@@ -36,15 +36,16 @@ def softmax(x, out, log, m, inner):
 
 
 @njit(cache=True)
-def argmax(x, out):
-    """out[i] = index of the largest x[i, :] (the first on ties; NaN wins, like numpy)."""
+def argmax(x, out, last):
+    """out[i] = index of the largest x[i, :] (the first on ties, the last with ``last``; the first NaN
+    wins, like numpy)."""
     n, m = x.shape
     for i in range(n):
         best = 0
         for j in range(1, m):
             if x[i, best] != x[i, best]:
                 break
-            if x[i, j] > x[i, best] or x[i, j] != x[i, j]:
+            if x[i, j] > x[i, best] or x[i, j] != x[i, j] or (last and x[i, j] == x[i, best]):
                 best = j
         out[i] = best
 

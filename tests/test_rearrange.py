@@ -254,3 +254,15 @@ def test_binary_constant_refusals():
         shmrt.Sequential([shmrt.Add(constant=np.ones((3, 6), np.float32))]).shapes((4, 6))
     with pytest.raises(ValueError, match="reverse=True needs a constant"):
         shmrt.Sub(reverse=True)
+
+
+def test_argmax_select_last_index(rt):
+    """Ties go to the first index, or the last with ONNX's select_last_index."""
+    x = np.array([[1, 3, 3, 0], [2, 2, 2, 2], [0, 1, 5, 5], [np.nan, 1, np.nan, 0]], np.float32)
+    for last in (False, True):
+        model = shmrt.Sequential([shmrt.ArgMax(select_last_index=last)], input_shape=(4,))
+        ref = forward(model, x[:3].astype(np.float64))
+        assert ref.tolist() == ([1, 0, 2] if not last else [2, 3, 3])
+        for st in ("data", "model"):
+            got = rt.compile(model, strategy=st, max_batch=4)(x)
+            assert got[:3].tolist() == ref.tolist() and got[3] == 0, (st, got)

@@ -290,7 +290,7 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
             r0, r1 = _rows(base, cnt, w0, w1, s[ARGMAX.lo], s[ARGMAX.hi])
             out = arena[s[ARGMAX.out]:s[ARGMAX.out] + 2 * n].view(np.int64)[r0:r1]
             xa, xo = _src(arena, xin, s[ARGMAX.x], in_off)
-            argmax(_view(xa, xo, s[ARGMAX.x_ld], r0, r1, 0, s[ARGMAX.width]), out)
+            argmax(_view(xa, xo, s[ARGMAX.x_ld], r0, r1, 0, s[ARGMAX.width]), out, s[ARGMAX.last] != 0)
         elif op == TOPK.code:
             r0, r1 = _rows(base, cnt, w0, w1, s[TOPK.lo], s[TOPK.hi])
             k = s[TOPK.k]

@@ -91,7 +91,7 @@ def _compile_parent_group() -> None:
     gather.compile((mat, wvec, mat))
     layernorm.compile((mat, wvec, wvec, t["f32"], mat))
     global_avg_pool.compile((vec, vec, i64, i64, i64))
-    argmax.compile((mat, ivec))
+    argmax.compile((mat, ivec, b1))
 
 
 def _compile_child_group() -> None:

@@ -167,10 +167,18 @@ class LogSoftmax(Softmax):
 
 
 class ArgMax(_RowWise):
-    """Index of the largest feature per row (the first one on ties); int64 output."""
+    """Index of the largest feature per row (the first one on ties; the last with ONNX's
+    select_last_index=True); int64 output."""
+
+    def __init__(self, dim=-1, select_last_index=False):
+        super().__init__(dim)
+        self.select_last_index = bool(select_last_index)
 
     def output_shape(self, shape):
         return ()
+
+    def config(self):
+        return {"dim": self.dim, **({"select_last_index": True} if self.select_last_index else {})}
 
 
 class TopK(_RowWise):

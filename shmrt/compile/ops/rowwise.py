@@ -24,7 +24,7 @@ def rowwise(b, op, info):
             b.emit(w, SOFTMAX, x=x, x_ld=ld, width=W, out=out.off, out_ld=W, log=int(isinstance(l, L.LogSoftmax)),
                    m=m, inner=inner, **r)
         elif isinstance(l, L.ArgMax):
-            b.emit(w, ARGMAX, x=x, x_ld=ld, width=W, out=out.off, **r)
+            b.emit(w, ARGMAX, x=x, x_ld=ld, width=W, out=out.off, last=int(l.select_last_index), **r)
         elif isinstance(l, L.TopK):
             b.emit(w, TOPK, x=x, x_ld=ld, width=W, k=l.k, values=out.off, indices=out.idx_off, **r)
         elif isinstance(l, L.LayerNorm):

@@ -29,14 +29,12 @@ class RowwiseOps:
         return self._softmax(node, idx, ins, a, L.LogSoftmax)
 
     def op_ArgMax(self, node, idx, ins, a):
-        if a.get("select_last_index", 0) != 0:
-            self.fail(node, idx, "attribute select_last_index=1 is not supported (shmrt returns the first maximum)")
         ax = a.get("axis", 0)
         r = len(ins[0].shape)
         if ax % r != r - 1:
             self.fail(node, idx, f"attribute axis={ax} is not supported: only the last axis ({r - 1} or -1)")
         self.dense(node, idx, ins[0])
-        self.chain.emit(L.ArgMax(), ())
+        self.chain.emit(L.ArgMax(select_last_index=bool(a.get("select_last_index", 0))), ())
         if a.get("keepdims", 1):
             return View((B, 1), (0, None), self.chain.version)
         return View((B,), (0,), self.chain.version)
