@@ -19,7 +19,7 @@ from shmrt.ir.graph import Graph, Input, Node, Value
 from shmrt.ir.merge import BINARY_OPS, AdaptiveAvgPool2d, AdaptiveMaxPool2d, _AdaptivePool2d, Add, Concat, Div, Mul, Sub, _Binary, _Merge
 from shmrt.ir.model import Sequential, linear_regression, logistic_regression
 from shmrt.ir.norm import BatchNorm1d, Dropout, MinMaxScale, Select, Standardize, _Affine
-from shmrt.ir.rearrange import Permute, Slice, Transpose, _Rearrange, split_sizes
+from shmrt.ir.rearrange import Permute, Slice, Transpose, _Rearrange
 from shmrt.ir.recurrent import GRU, LSTM, RNN, _Recurrent
 
 __all__ = [
@@ -30,7 +30,7 @@ __all__ = [
     "Conv2d", "ConvTranspose2d", "BatchNorm2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool", "Flatten", "Reshape", "Upsample",
     "RNN", "LSTM", "GRU",
     "Graph", "Input", "Node", "Value", "Add", "Sub", "Mul", "Div", "Concat", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
-    "BINARY_OPS", "Permute", "Transpose", "Slice", "split_sizes",
+    "BINARY_OPS", "Permute", "Transpose", "Slice",
     # the layer families (private base classes) and helpers that other modules reach through L
     "_Elementwise", "_RowWise", "_Binary", "_Merge", "_Rearrange", "_Affine", "_Recurrent", "_Pool2d", "_AdaptivePool2d",
     "_param", "_vector", "_positive_int", "_rng", "_pair", "_out_size",

@@ -155,21 +155,3 @@ class Slice(_Rearrange):
             return f"Slice(dim={self.dim}, chunk={self.chunk})"
         return f"Slice(dim={self.dim}, start={self.start}, stop={self.stop}, step={self.step})"
 
-
-def split_sizes(size, split_size_or_sections, what="split"):
-    """torch.split's pieces of an axis of ``size``: an int (equal pieces, the last may be smaller)
-    or a list of sizes that sum to it.  Returns [(start, stop)]."""
-    s = split_size_or_sections
-    if isinstance(s, (int, np.integer)) and not isinstance(s, bool):
-        if s < 1:
-            raise ValueError(f"{what}: split size must be a positive int, got {s}")
-        sizes = [min(s, size - k) for k in range(0, size, int(s))]
-    else:
-        sizes = [int(v) for v in s]
-        if any(v < 0 for v in sizes) or sum(sizes) != size:
-            raise ValueError(f"{what}: sizes {sizes} must be >= 0 and sum to the dim's size {size}")
-    out, pos = [], 0
-    for v in sizes:
-        out.append((pos, pos + v))
-        pos += v
-    return out
