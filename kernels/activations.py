@@ -4,10 +4,11 @@ Codes: the index of the activation's name in ACT_NAMES -- the one table
 of them; the instruction set (shmrt/compile/isa.py) and the layers name
 activations from it.  LeakyReLU takes its negative slope as ``alpha``
 (ACT steps only; the others ignore it, so the fused epilogues pass 0).
-Math is done in float64 and rounded once to float32 -- except sigmoid and
-SiLU over a row (bias_act_row, apply_act), which use fastmath32's float32
-exp: within 2 ulps, and a loop of them vectorises (a libm exp per element
-cost 15 ns, more than reading the row).
+Math is done in float64 and rounded once to float32 -- except over a row
+(add_act_row, bias_act_row, apply_act): there the piecewise-linear ones
+(ReLU, ReLU6, Hardswish, Hardsigmoid, LeakyReLU) are float32 loops that
+vectorise, and sigmoid and SiLU use fastmath32's float32 exp: within 2
+ulps (a libm exp per element cost 15 ns, more than reading the row).
 """
 import math
 
@@ -67,20 +68,29 @@ def _sigmoid_or_silu(v, act):
 
 
 @njit(cache=True, inline="always")
+def _relu6_32(v):
+    """min(max(v, 0), 6) in float32; NaN fails both tests and stays NaN."""
+    return np.float32(0.0) if v < np.float32(0.0) else (np.float32(6.0) if v > np.float32(6.0) else v)
+
+
+@njit(cache=True, inline="always")
+def _vectorised(act):
+    """The activations add_act_row computes in float32, one loop each, which vectorise."""
+    return act == IDENTITY or act == RELU or act == RELU6 or act == HARDSWISH or act == HARDSIGMOID
+
+
+@njit(cache=True, inline="always")
 def bias_act_row(o, b, act):
-    """o[j] = act(o[j] + b[j]) in place, one row; b may be empty.  Identity and
-    ReLU stay in float32 and vectorise; the others go through act1.  Inlined:
-    a call per row costs more than a narrow row (logreg's one column)."""
+    """o[j] = act(o[j] + b[j]) in place, one row; b may be empty.  The piecewise-linear activations
+    stay in float32 and vectorise (add_act_row); sigmoid and SiLU use fastmath32; the others go through
+    act1.  Inlined: a call per row costs more than a narrow row (logreg's one column)."""
     has_b = b.shape[0] > 0
-    if act == IDENTITY or act == RELU:
+    if _vectorised(act):
         if has_b:
             for j in range(o.shape[0]):
                 o[j] += b[j]
-        if act == RELU:
-            zero = np.float32(0.0)
-            for j in range(o.shape[0]):
-                v = o[j]
-                o[j] = zero if v <= zero else v  # NaN stays NaN
+        if act != IDENTITY:
+            add_act_row(o, o, np.float32(0.0), act)
         return
     if act == SIGMOID or act == SILU:
         for j in range(o.shape[0]):
@@ -97,18 +107,29 @@ def bias_act_row(o, b, act):
 @njit(cache=True, inline="always")
 def add_act_row(dst, src, bb, act):
     """dst[j] = act(src[j] + bb), one row with one bias for all of it (a convolution's channel); dst may
-    be src.  Identity and ReLU stay in float32 and vectorise; the others go through act1 -- the
-    convolutions' epilogue called act1 per element, and when act1 grew from 6 to 11 functions that
-    loop stopped vectorising (a CNN's calls took 1.5-1.6x as long)."""
+    be src.  Identity, ReLU, ReLU6, Hardswish and Hardsigmoid stay in float32, one loop each, and
+    vectorise; the others go through act1 per element.  That loop does not vectorise: when act1 grew
+    from 6 to 11 functions a CNN's calls took 1.5-1.6x as long, and ReLU6 through it cost MobileNetV2's
+    expansion convolutions 5-8x their GEMM (7.5 ns an element; bench/conv_kernel.py)."""
     n = dst.shape[0]
+    zero, three, six = np.float32(0.0), np.float32(3.0), np.float32(6.0)
     if act == IDENTITY:
         for j in range(n):
             dst[j] = src[j] + bb
     elif act == RELU:
-        zero = np.float32(0.0)
         for j in range(n):
             v = src[j] + bb
             dst[j] = zero if v <= zero else v  # NaN stays NaN
+    elif act == RELU6:
+        for j in range(n):
+            dst[j] = _relu6_32(src[j] + bb)
+    elif act == HARDSWISH:  # x * relu6(x + 3) / 6, as in PyTorch
+        for j in range(n):
+            v = src[j] + bb
+            dst[j] = v * _relu6_32(v + three) / six
+    elif act == HARDSIGMOID:
+        for j in range(n):
+            dst[j] = _relu6_32(src[j] + bb + three) / six
     else:
         for j in range(n):
             dst[j] = act1(float(src[j]) + bb, act)
@@ -135,6 +156,17 @@ def bias_act(out, b, act):
 def apply_act(x, out, act, alpha):
     """out = act(x), elementwise over 2-D views (out may be x); alpha: LeakyReLU's slope."""
     n, m = x.shape
+    if _vectorised(act):
+        for i in range(n):
+            add_act_row(out[i], x[i], np.float32(0.0), act)
+        return
+    if act == LEAKY_RELU:
+        a32, zero = np.float32(alpha), np.float32(0.0)
+        for i in range(n):
+            for j in range(m):
+                v = x[i, j]
+                out[i, j] = v if v >= zero else v * a32  # NaN: the comparison fails, NaN * alpha is NaN
+        return
     a = float(alpha)
     if act == SIGMOID or act == SILU:
         for i in range(n):

@@ -63,7 +63,7 @@ def _conv_depthwise(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act):
     added into the output rows at the plane's width (one long loop per tap, which vectorises: 6x
     the loop per output row, 2.7 against 16 us for a 56 x 56 channel), bias and activation as each
     row is written out."""
-    C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW = (g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8],
+    _, H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW = (g[0], g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8],
                                                        g[9], g[10], g[12], g[13])
     Hs, Ws = _plane_dims(H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW)
     S = Hs * Ws
@@ -145,9 +145,10 @@ def _conv_phased(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act, pool):
     offs = np.empty(Kg, np.int64)  # im2col row (c, i, j) of this group: where it starts in the phases
     tmp_at = xp.shape[0]
     PW = OW // 2
-    out2 = out[:0 if pool else Cout * OH * OW].reshape((0 if pool else Cout, OH * OW))
     pooled = out[:Cout * (OH // 2) * PW if pool else 0].reshape((Cout if pool else 0, (OH // 2) * PW))
     has_b = b.shape[0] > 0
+    # The epilogue reads and writes flat slices of out and scratch: a row of a 2-D slice is typed with an
+    # unknown stride, and there ReLU6's loop compiled to branches (10x the GEMM on random signs).
     for grp in range(co0 // Og, (co1 - 1) // Og + 1):
         a, z = max(co0, grp * Og), min(co1, (grp + 1) * Og)
         r = 0
@@ -158,21 +159,22 @@ def _conv_phased(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act, pool):
                     offs[r] = plane * S + (oh0 + (i * dh) // sh) * Ws + (j * dw) // sw
                     r += 1
         if Ws == OW and not pool:  # no padding columns (a 1x1, or unpadded): the GEMM writes the output itself
-            o2 = out2[a:z, oh0 * OW:oh1 * OW]
-            gemm_cols(wmat[a:z], xp, offs, N, o2)
+            gemm_cols(wmat[a:z], xp, offs, N, out[:Cout * OH * OW].reshape((Cout, OH * OW))[a:z, oh0 * OW:oh1 * OW])
             if has_b or act != 0:
-                for q in range(z - a):
-                    add_act_row(o2[q], o2[q], b[a + q] if has_b else np.float32(0.0), act)
+                for q in range(a, z):
+                    row = out[q * OH * OW + oh0 * OW:q * OH * OW + oh1 * OW]
+                    add_act_row(row, row, b[q] if has_b else np.float32(0.0), act)
             continue
-        tmp = scratch[tmp_at:tmp_at + (z - a) * N].reshape((z - a, N))
-        gemm_cols(wmat[a:z], xp, offs, N, tmp)
+        tmp = scratch[tmp_at:tmp_at + (z - a) * N]
+        gemm_cols(wmat[a:z], xp, offs, N, tmp.reshape((z - a, N)))
         for q in range(z - a):
             bb = b[a + q] if has_b else np.float32(0.0)  # one type: a float64 0.0 here made the loop 7x slower
             if pool:
-                _act_pool_rows(tmp[q], Ws, oh1 - oh0, OW, bb, act, pooled[a + q], oh0 // 2)
+                _act_pool_rows(tmp[q * N:(q + 1) * N], Ws, oh1 - oh0, OW, bb, act, pooled[a + q], oh0 // 2)
                 continue
             for oh in range(oh1 - oh0):
-                add_act_row(out2[a + q, (oh0 + oh) * OW:(oh0 + oh + 1) * OW], tmp[q, oh * Ws:oh * Ws + OW], bb, act)
+                o = ((a + q) * OH + oh0 + oh) * OW
+                add_act_row(out[o:o + OW], tmp[q * N + oh * Ws:q * N + oh * Ws + OW], bb, act)
 
 
 @njit(cache=True, inline="always")
