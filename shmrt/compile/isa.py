@@ -67,9 +67,10 @@ _DECLARED = (
     # pool: a 2x2 max pool fused (out holds the pooled image, oh0:oh1 even, in the convolution's rows)
     ("CONV", "conv", ("x", "x_ld", "out", "out_ld", "w", "b", "act", "co0", "co1", "oh0", "oh1", "lo", "hi",
                       "scratch", ("geom", CONV_GEOM), "cout", "scratch_floats", "pool")),
-    # adaptive: PyTorch's adaptive windows over H x W (geom's kernel, stride and padding unused)
+    # adaptive: PyTorch's adaptive windows over H x W (geom's kernel, stride and padding unused);
+    # indices: -1, or where ONNX MaxPool's int64 Indices go ([maxb, C*OH*OW]; col_major: storage_order=1)
     ("POOL", "pool", ("x", "x_ld", "out", "out_ld", "c0", "c1", "is_max", "count_include_pad", "lo", "hi",
-                      ("geom", POOL_GEOM), "adaptive")),
+                      ("geom", POOL_GEOM), "adaptive", "indices", "col_major")),
     ("GAP", "global avg pool", ("x", "x_ld", "out", "out_ld", "hw", "c0", "c1", "lo", "hi")),
     # Pipeline stages: a stage's worker loops over micro-batches.  MICRO: the call runs
     # min(most, n // rows) micro-batches (at least 1) of at least `rows` rows; counters: int32

@@ -129,7 +129,7 @@ def _fusable_pool(prev, l) -> bool:
     """A MaxPool2d(2) right after a stride-1 convolution (and its activation): pooled in the
     convolution's epilogue, from its output rows while they are in cache, instead of a step of its own."""
     return (isinstance(prev.layer, L.Conv2d) and prev.layer.stride == (1, 1) and not prev.pool
-            and type(l) is L.MaxPool2d and l.kernel_size == (2, 2) and l.stride == (2, 2)
+            and type(l) is L.MaxPool2d and l.indices is None and l.kernel_size == (2, 2) and l.stride == (2, 2)
             and l.pads == (0, 0, 0, 0) and l.dilation == (1, 1) and not l.ceil_mode)
 
 

@@ -18,8 +18,8 @@ from shmrt.parallel.pool import CopyRefused
 
 
 def row_bytes(o) -> int:
-    """Bytes of output per row (TopK: float32 values and int64 indices)."""
-    return o.width * 12 if o.kind == "topk" else int(np.prod(o.shape)) * (8 if o.kind == "argmax" else 4)
+    """Bytes of output per row (TopK, MaxPool with Indices: float32 values and int64 indices)."""
+    return o.width * 12 if o.paired else int(np.prod(o.shape)) * (8 if o.kind == "argmax" else 4)
 
 
 def check_room(n, nbytes) -> None:
@@ -46,9 +46,9 @@ def stack(programs):
 
 
 def results(o, n) -> list:
-    """The arrays a call of n rows returns: [output], or [values, indices] for TopK."""
-    if o.kind == "topk":
-        return [np.empty((n, o.width), np.float32), np.empty((n, o.width), np.int64)]
+    """The arrays a call of n rows returns: [output], or [values, indices] for TopK (and MaxPool with Indices)."""
+    if o.paired:
+        return [np.empty((n, *o.shape), np.float32), np.empty((n, *o.shape), np.int64)]
     return [np.empty((n, *o.shape), np.int64 if o.kind == "argmax" else np.float32)]
 
 
@@ -71,14 +71,17 @@ def call(cm, x, outs) -> None:
         e = min(x.shape[0], s + cm.max_batch)
         cm.input_buffer(e - s).reshape(e - s, -1)[...] = x[s:e]
         out = cm.run_in_place(e - s)
-        if o.kind == "topk":
+        if o.paired:
             outs[0][s:e], outs[1][s:e] = out
+            if o.idx_step and s:  # the indices of a call count from its first row: from row s here
+                outs[1][s:e] += s * o.idx_step
         else:
             outs[0][s:e] = out
 
 
 def _single_copy(cm, pool, x, outs) -> None:
     n, plan = x.shape[0], cm.plan
+    o = plan.output
     src = x.ctypes.data
     if src == cm.arena[plan.input_off:].ctypes.data:  # x is the arena's input rows: nothing to move in
         src = 0
@@ -100,6 +103,8 @@ def _single_copy(cm, pool, x, outs) -> None:
                      io=(src and src + s * x_rb, dst[0] + s * rbs[0], dst[1] + s * rbs[1], split, xbuf))
         if split:
             cm._share = balance(cm._share, cm._stamps)
+        if o.idx_step and s:  # the indices of a call count from its first row: from row s here
+            outs[1][s:e] += s * o.idx_step
 
 
 def balance(share, stamps) -> float:

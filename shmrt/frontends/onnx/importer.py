@@ -85,7 +85,7 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
         self.chain = Chain(error=UnsupportedONNX)  # the layers and the activation; shaped by convert()
         self.values = {}      # ONNX value name -> numpy constant, View of the stream, or Poison
         self.static_batch = 0   # the graph input's fixed batch size, 0 if dynamic (set by input_dims)
-        self.topk_outputs = None  # (values, indices) output names of a TopK node (set by op_TopK)
+        self.topk_outputs = None  # (values, indices) output names of a TopK node, or of a MaxPool with Indices
         self.seq_used = set()     # recurrent layers (by index) whose sequence Y is read (set by _recurrent)
         self.last_states = {}     # chain version of a Y_h view -> that of its last step (set by last_state)
 
@@ -137,6 +137,8 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
                 nodes = rewrite(self.onnx, g, nodes)
         nodes = self.live(nodes)
         self.consumed = {o.name for o in g.output} | {x for _, n in nodes for x in n.input if x}
+        self.graph_outputs = {o.name for o in g.output}
+        self.node_inputs = {x for _, n in nodes for x in n.input if x}
         self.uses = collections.Counter([o.name for o in g.output] + [x for _, n in nodes for x in n.input if x])
         for idx, node in nodes:
             with self.bugs(self.where(node, idx)):
@@ -245,9 +247,15 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
             if not isinstance(v, View):
                 raise UnsupportedONNX(f"ONNX graph output {n!r} is a constant (does not depend on the input)")
         topk = self.topk_outputs
-        if topk is not None and isinstance(self.chain.layers[-1], L.TopK) and tuple(outs) != topk:
-            raise UnsupportedONNX(f"ONNX graph outputs {outs}: a final TopK must output both its values and indices, "
-                                  f"in that order ({list(topk)}): shmrt's TopK returns (values, indices)")
+        last = self.chain.layers[-1] if self.chain.layers else None
+        if topk is not None and getattr(last, "indices", None) is None and not isinstance(last, L.TopK):
+            raise UnsupportedONNX(f"ONNX graph outputs {outs}: the node whose indices ({topk[1]!r}) are an "
+                                  f"output must be the last layer, its values ({topk[0]!r}) read by no other node; "
+                                  f"expected its values and indices as the graph's only outputs")
+        if topk is not None and tuple(outs) != topk:
+            raise UnsupportedONNX(f"ONNX graph outputs {outs}: a final {type(last).__name__} must output both its "
+                                  f"values and indices, in that order ({list(topk)}): shmrt returns "
+                                  f"(values, indices)")
         names = []
         for n, v in zip(outs, vals):
             self.chain.switch(v.version)
