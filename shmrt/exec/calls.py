@@ -150,11 +150,15 @@ def pack(plan, args, refused_kinds):
         raise TypeError(f"this model takes {len(specs)} inputs, {want}: cm(x1, x2, ...) or cm({{name: x}}); "
                         f"got {len(args)}")
     arrs, single = [], None
+    lengths = dict(plan.lengths)
+    batched = [np.ndim(x) > len(shape) for (n, shape, _, _), x in zip(specs, args) if n not in lengths]
     for (name, shape, _, _), x in zip(specs, args):
         x = np.asarray(x)
         if x.dtype.kind in refused_kinds:
             raise TypeError(f"input {name!r}: expected a real numeric array of shape (N, "
                             f"{', '.join(map(str, shape))}), got dtype {x.dtype} ({refused_kinds[x.dtype.kind]})")
+        if name in lengths:  # a recurrent layer's lengths: [N] (ONNX's sequence_lens, PyTorch's) or [N, 1]
+            x = check_lengths(name, x, lengths[name], batched[0] if batched else x.ndim > 0)
         one = x.ndim == len(shape)
         x = x[None] if one else x
         if tuple(x.shape[1:]) != tuple(shape) or (single is not None and one != single):
@@ -165,6 +169,17 @@ def pack(plan, args, refused_kinds):
     if len({a.shape[0] for a in arrs}) != 1:
         raise ValueError(f"the inputs must have one batch size, got {[a.shape[0] for a in arrs]} for {names}")
     return np.concatenate(arrs, axis=1).astype(np.float32, copy=False), single
+
+
+def check_lengths(name, x, T, batched):
+    """Lengths as [N, 1] (one sample's: [1]); each an integer 1..T, else refused naming the sample."""
+    flat = x.reshape(-1)
+    bad = np.flatnonzero(~((flat >= 1) & (flat <= T) & (flat == np.round(flat))))
+    if bad.size:
+        k = int(bad[0])
+        raise ValueError(f"input {name!r} (sequence lengths): sample {k} has length {flat[k].item()!r}; expected an "
+                         f"integer 1..{T} (the steps of that sequence to run; a length 0 is not supported)")
+    return x.reshape(-1, 1) if batched else x.reshape(1)
 
 
 def split(plan, y):

@@ -118,7 +118,15 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
         if not inputs:
             raise UnsupportedONNX("ONNX graph: no dynamic input (every graph input is an initializer)")
         self.inputs = []  # (value name, per-sample shape) of each graph input
+        self.lens_inputs = {}  # chain version -> name of an int [batch] graph input: sequence_lens, (1,) in shmrt
         for k, inp in enumerate(inputs):
+            if k > 0 and self.lens_dims(inp):
+                shape = (1,)
+                self.inputs.append((inp.name, shape))
+                version = self.chain.add_input(inp.name, shape)
+                self.lens_inputs[version] = inp.name
+                self.values[inp.name] = View((B,), (0,), version)
+                continue
             shape = self.input_dims(inp)
             if k == 0:
                 self.input_shape = shape
@@ -185,6 +193,12 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
             raise UnsupportedONNX(f"ONNX graph input {inp.name!r}: per-sample rank {len(rest)} is not supported "
                                   f"(shmrt takes (F,), (T, F) or (C, H, W))")
         return tuple(rest)
+
+    def lens_dims(self, inp):
+        """Whether a graph input is an int32/int64 [batch] tensor: a recurrent node's sequence_lens (one
+        value per sample, (1,) in shmrt; any other use of it is refused where it is read)."""
+        tt = inp.type.tensor_type if inp.type.HasField("tensor_type") else None
+        return (tt is not None and tt.elem_type in (6, 7) and tt.HasField("shape") and len(tt.shape.dim) == 1)
 
     def to_array(self, t, what):
         return tensor_array(self.onnx, t, what)
