@@ -134,3 +134,39 @@ def test_constant_full_lengths_accepted(rt):
         None, {"x": x})
     np.testing.assert_allclose(as_onnx("RNN", rt.compile(shmrt.load(m), max_batch=2)(x), ("y",))[0], want[0],
                                rtol=1e-4, atol=2e-5)
+
+
+def test_torch_pack_padded_sequence_export(rt, tmp_path):
+    """torch.onnx.export (dynamo=False) of pack_padded_sequence(enforce_sorted=True) -> LSTM ->
+    pad_packed_sequence: lengths a graph input (Cast twice), loaded and compared with torch.
+    enforce_sorted=False is refused: the export sorts the batch by length (TopK, then Gather over the
+    batch axis), a data-dependent reordering of rows shmrt does not run."""
+    torch = pytest.importorskip("torch")
+    from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+    class M(torch.nn.Module):
+        def __init__(self, sort):
+            super().__init__()
+            self.rnn, self.sort = torch.nn.LSTM(F, H, batch_first=True), sort
+
+        def forward(self, x, lengths):
+            p = pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=self.sort)
+            y, (hn, _) = self.rnn(p)
+            return pad_packed_sequence(y, batch_first=True, total_length=T)[0], hn[0]
+
+    torch.manual_seed(0)
+    x, lens = torch.randn(4, T, F), torch.tensor([5, 3, 2, 1])
+    for sort in (True, False):
+        m, path = M(sort).eval(), str(tmp_path / f"m{sort}.onnx")
+        torch.onnx.export(m, (x, lens), path, dynamo=False, input_names=["x", "lengths"], output_names=["y", "h"],
+                          dynamic_axes={"x": {0: "N"}, "lengths": {0: "N"}}, opset_version=14)
+        if not sort:
+            with pytest.raises(UnsupportedONNX, match="TopK"):
+                shmrt.load(path)
+            continue
+        with torch.no_grad():
+            want = m(x, lens)
+        got = rt.compile(shmrt.load(path), max_batch=4)(x.numpy(), lens.numpy())
+        for g, w in zip(got, want):
+            np.testing.assert_allclose(g, w.numpy(), rtol=1e-4, atol=2e-5)
+        assert not got[0][3, 1:].any()

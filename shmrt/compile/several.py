@@ -60,7 +60,7 @@ def pack_outputs(graph, in_shapes):
     shapes = graph.shapes([s for _, s in in_shapes])
     for n in graph.nodes:
         if n.output in graph.outputs and (isinstance(n.layer, (L.ArgMax, L.TopK))
-                                          or getattr(n.layer, "indices", None) is not None):
+                                          or L.returns_indices(n.layer)):
             raise NotImplementedError(f"compile: output {n.output!r} is {n.layer!r}; a graph of several outputs "
                                       f"returns float activations only")
     nodes = [(n.layer, list(n.inputs), n.output) for n in graph.nodes]

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from shmrt.ir.base import Layer, _bias_arg, _param, _positive_int
+from shmrt.ir.dense import TopK
 from shmrt.ir.norm import BatchNorm1d
 
 
@@ -207,6 +208,12 @@ class MaxPool2d(_Pool2d):
         if self.indices is not None:
             c["indices"] = self.indices
         return c
+
+
+def returns_indices(layer) -> bool:
+    """A layer that returns (values, indices) and so must be a model's last: TopK, or a MaxPool2d with
+    ONNX's Indices."""
+    return isinstance(layer, TopK) or (isinstance(layer, MaxPool2d) and layer.indices is not None)
 
 
 class AvgPool2d(_Pool2d):

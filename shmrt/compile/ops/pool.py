@@ -46,7 +46,7 @@ def pool(b, op, info):
             b.emit(w, POOL, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.ld or out.width, c0=c0, c1=c1,
                    is_max=int(l.is_max), count_include_pad=int(l.count_include_pad), geom=geom, adaptive=0,
                    indices=out.idx_off if out.kind == "maxpool" else -1,
-                   col_major=int(getattr(l, "indices", None) == "col"), **where)
+                   col_major=int(L.returns_indices(l) and l.indices == "col"), **where)
     info["flops"] = C * hw
     if follow:
         info["partition"] = "channels (follows producer)" if b.state == "cols" else "channels"
@@ -62,7 +62,7 @@ def output(op, shape, in_shape, maxb, arena):
     """A MaxPool2d with ONNX's Indices: its values and int64 indices (a call's rows of n add
     n * C*H*W to its indices: ``idx_step``); the rest a dense [N, width]."""
     l = op.layer
-    if getattr(l, "indices", None) is None:
+    if not L.returns_indices(l):
         return None
     width = int(np.prod(shape))
     return Output("maxpool", arena.alloc(maxb * width), width, arena.alloc(2 * maxb * width), tuple(shape),

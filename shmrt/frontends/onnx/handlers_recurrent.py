@@ -92,7 +92,7 @@ class RecurrentOps:
         outs = [Poison(f"{self.where(node, idx)}: output {n} is not computed (unused)") for n in ("Y", "Y_h", "Y_c")]
         x_in = [self.chain.current, lens] if lens else None  # with lengths: the layer reads (x, lengths)
         last = ((1, B, H) if layout == 0 else (B, 1, H), (None, 0, 1) if layout == 0 else (0, None, 1))
-        if used[0] or (used[1] and not lens) or not used[2]:
+        if used[0] or (used[1] and not lens) or not (used[1] or used[2]):
             layer = cls(F, H, num_layers=1, bias=bias, return_sequences=True, **kw, **p)
             self.chain.emit(layer, (T, H), inputs=x_in)
             me = len(self.chain.layers) - 1

@@ -262,7 +262,7 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
                 raise UnsupportedONNX(f"ONNX graph output {n!r} is a constant (does not depend on the input)")
         topk = self.topk_outputs
         last = self.chain.layers[-1] if self.chain.layers else None
-        if topk is not None and getattr(last, "indices", None) is None and not isinstance(last, L.TopK):
+        if topk is not None and not L.returns_indices(last):
             raise UnsupportedONNX(f"ONNX graph outputs {outs}: the node whose indices ({topk[1]!r}) are an "
                                   f"output must be the last layer, its values ({topk[0]!r}) read by no other node; "
                                   f"expected its values and indices as the graph's only outputs")
