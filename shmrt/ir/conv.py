@@ -195,7 +195,7 @@ class MaxPool2d(_Pool2d):
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False, *,
                  pads=None, indices=None):
         if return_indices:
-            raise ValueError("MaxPool2d: return_indices=True (PyTorch's per-plane indices) is not supported; "
+            raise ValueError("MaxPool2d: return_indices=True is not supported (PyTorch's per-plane indices); "
                              "expected False (ONNX's flat Indices: indices='row' or 'col')")
         if indices not in (None, "row", "col"):
             raise ValueError(f"MaxPool2d: indices must be None, 'row' or 'col' (ONNX's storage_order 0 or 1), "
