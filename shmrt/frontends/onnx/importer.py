@@ -119,8 +119,15 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
             raise UnsupportedONNX("ONNX graph: no dynamic input (every graph input is an initializer)")
         self.inputs = []  # (value name, per-sample shape) of each graph input
         self.lens_inputs = {}  # chain version -> name of an int [batch] graph input: sequence_lens, (1,) in shmrt
+        made = {o: n for n in g.node for o in n.output}
+        lens_names = set()
+        for n in g.node:  # a recurrent node's sequence_lens, through Casts back to where it comes from
+            v = n.input[4] if n.op_type in ("LSTM", "GRU", "RNN") and len(n.input) > 4 else ""
+            while v in made and made[v].op_type == "Cast":
+                v = made[v].input[0]
+            lens_names.add(v)
         for k, inp in enumerate(inputs):
-            if k > 0 and self.lens_dims(inp):
+            if k > 0 and inp.name in lens_names and self.lens_dims(inp):
                 shape = (1,)
                 self.inputs.append((inp.name, shape))
                 version = self.chain.add_input(inp.name, shape)
