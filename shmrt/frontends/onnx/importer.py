@@ -127,6 +127,10 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
                 v = made[v].input[0]
             lens_names.add(v)
         for k, inp in enumerate(inputs):
+            if k > 0 and self.lens_dims(inp) and inp.name not in lens_names:
+                raise UnsupportedONNX(f"ONNX graph input {inp.name!r}: an int [batch] input is supported only as "
+                                      f"an LSTM/GRU/RNN node's sequence_lens, read directly or through Casts; "
+                                      f"expected a float input or such lengths")
             if k > 0 and inp.name in lens_names and self.lens_dims(inp):
                 shape = (1,)
                 self.inputs.append((inp.name, shape))
