@@ -8,7 +8,7 @@ from .activations import (ACT_NAMES, GELU, GELU_TANH, HARDSIGMOID, HARDSWISH, ID
 from .blas import gemm_nt
 from .gemm import gemm_packed, pack, packed_size
 from .tile import ISA, MR, NR
-from .conv import conv2d, global_avg_pool, pool2d, upsample2d
+from .conv import conv2d, global_avg_pool, pool2d, pool2d_argmax, upsample2d
 from .linear import linear, reduce_partials
 from .merge import merge
 from .norm import affine, gather, layernorm
@@ -18,5 +18,5 @@ from .rowwise import argmax, softmax, topk
 __all__ = ["ACT_NAMES", "IDENTITY", "RELU", "SIGMOID", "TANH", "GELU", "GELU_TANH", "SILU", "HARDSWISH", "LEAKY_RELU", "RELU6",
            "HARDSIGMOID",
            "act1", "apply_act", "bias_act",
-           "gemm_nt", "gemm_packed", "pack", "packed_size", "ISA", "MR", "NR", "conv2d", "pool2d", "upsample2d", "global_avg_pool", "linear", "reduce_partials", "affine", "merge", "gather", "layernorm", "gru_cell", "gru_lbr0_cell", "gru_reset",
+           "gemm_nt", "gemm_packed", "pack", "packed_size", "ISA", "MR", "NR", "conv2d", "pool2d", "pool2d_argmax", "upsample2d", "global_avg_pool", "linear", "reduce_partials", "affine", "merge", "gather", "layernorm", "gru_cell", "gru_lbr0_cell", "gru_reset",
            "lstm_cell", "rnn_cell", "argmax", "softmax", "topk"]

@@ -414,3 +414,32 @@ def upsample2d(x, out, g, c0, c1, bilinear, taps):
                 row[k] = a[k] + (b[k] - a[k]) * w
             for k in range(OW):
                 o[k] = row[q0[k]] + (row[q1[k]] - row[q0[k]]) * wq[k]
+
+
+@njit(cache=True)
+def pool2d_argmax(x, idx, g, c0, c1, col_major, base):
+    """ONNX MaxPool's Indices for channels c0:c1 of one image (flat buffers; idx int64 [C * OH * OW]):
+    base + the flat index in the image [C, H, W] of each window's max -- row-major c*H*W + h*W + w, or
+    column-major per plane c*H*W + w*H + h (col_major, ONNX's storage_order=1).  Only taps inside the
+    image count (never the padding).  Ties: the first in scan order (rows, then columns), as ONNX's
+    reference; NaN: the first NaN of the window wins, as pool2d's max propagates it."""
+    H, W, kh, kw, sh, sw, pt, pl, dh, dw, OH, OW = (g[1], g[2], g[3], g[4], g[5], g[6], g[7], g[8], g[9], g[10],
+                                                    g[11], g[12])
+    for c in range(c0, c1):
+        plane = c * H * W
+        for oh in range(OH):
+            for ow in range(OW):
+                best, bh, bw = np.float32(0.0), -1, -1
+                for i in range(kh):
+                    h = oh * sh - pt + i * dh
+                    if h < 0 or h >= H:
+                        continue
+                    for j in range(kw):
+                        w = ow * sw - pl + j * dw
+                        if w < 0 or w >= W:
+                            continue
+                        v = x[plane + h * W + w]
+                        if bh < 0 or (best == best and (v > best or v != v)):
+                            best, bh, bw = v, h, w
+                at = plane + (bw * H + bh if col_major else bh * W + bw)
+                idx[(c * OH + oh) * OW + ow] = base + at

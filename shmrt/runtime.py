@@ -282,7 +282,7 @@ class CompiledModel:
         with self.runtime._lock:  # one call at a time owns the arena
             self.runtime._check_open()
             calls.call(self, x, outs)
-        if o.kind == "topk":
+        if o.paired:
             return (outs[0][0], outs[1][0]) if squeeze else tuple(outs)
         return outs[0][0] if squeeze else outs[0]
 
@@ -388,8 +388,8 @@ class CompiledModel:
         if o.ld:  # the last step of a sequence buffer: rows are o.ld apart
             return self.arena[o.off:o.off + n * o.ld].reshape(n, o.ld)[:, :o.width]
         vals = self.arena[o.off:o.off + n * o.width].reshape(n, *o.shape)
-        if o.kind == "topk":
-            return vals, self.arena[o.idx_off:o.idx_off + 2 * n * o.width].view(np.int64).reshape(n, o.width)
+        if o.paired:
+            return vals, self.arena[o.idx_off:o.idx_off + 2 * n * o.width].view(np.int64).reshape(n, *o.shape)
         return vals
 
     def _check_n(self, n):

@@ -61,7 +61,7 @@ def with_io(prog: np.ndarray, inp, output, direct_ok=True) -> np.ndarray:
     own = own_rows(prog)
     line = barrier_line(P)
     o = output
-    if o.kind == "topk":
+    if o.paired:
         out = dict(off=o.off, ld=o.width, row_bytes=4 * o.width, off2=o.idx_off, ld2=2 * o.width,
                    row_bytes2=8 * o.width)
     elif o.kind == "argmax":

@@ -58,18 +58,23 @@ _DECLARED = (
     ("AFFINE", "affine", ("x", "x_ld", "col", "width", "scale", "shift", "out", "out_ld", "lo", "hi")),
     ("GATHER", "gather", ("x", "x_ld", "index", "out", "width", "lo", "hi")),  # out = x[:, index]
     ("LAYERNORM", "layernorm", ("x", "x_ld", "width", "weight", "bias", "eps", "out", "lo", "hi")),
-    # one RNN/LSTM/GRU layer, its whole time loop (executor._recurrent): x [N, T, F], out [N, T, H];
+    # one RNN/LSTM/GRU layer, its whole time loop (executor._recurrent): x [N, T, F] (samples x_ld apart),
+    # out [N, T, H];
     # this worker's hidden units u0:u1; gates: [G, maxb*T, H] regions gate_stride apart; aux [maxb, H]
-    # (LSTM cell state, GRU W_hn h); hinit [maxb, H]; a barrier per step at `line` when parties > 1
-    ("RECUR", "recurrent", ("x", "T", "F", "out", "H", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0", "u0", "u1",
-                            "lo", "hi", "gates", "gate_stride", "aux", "hinit", "mode", "parties", "line")),
+    # (LSTM cell state, GRU W_hn h); hinit [maxb, H]; a barrier per step at `line` when parties > 1;
+    # lens: -1, or each row's length L (a float, rows lens_ld apart): steps t >= L leave the state as it
+    # was and write 0 to out (zero_tail) or the state (the last step then holds the state after L-1)
+    ("RECUR", "recurrent", ("x", "x_ld", "T", "F", "out", "H", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0", "u0", "u1",
+                            "lo", "hi", "gates", "gate_stride", "aux", "hinit", "mode", "parties", "line",
+                            "lens", "lens_ld", "zero_tail")),
     # output channels co0:co1, output rows oh0:oh1 of images lo:hi; scratch: this worker's im2col buffer;
     # pool: a 2x2 max pool fused (out holds the pooled image, oh0:oh1 even, in the convolution's rows)
     ("CONV", "conv", ("x", "x_ld", "out", "out_ld", "w", "b", "act", "co0", "co1", "oh0", "oh1", "lo", "hi",
                       "scratch", ("geom", CONV_GEOM), "cout", "scratch_floats", "pool")),
-    # adaptive: PyTorch's adaptive windows over H x W (geom's kernel, stride and padding unused)
+    # adaptive: PyTorch's adaptive windows over H x W (geom's kernel, stride and padding unused);
+    # indices: -1, or where ONNX MaxPool's int64 Indices go ([maxb, C*OH*OW]; col_major: storage_order=1)
     ("POOL", "pool", ("x", "x_ld", "out", "out_ld", "c0", "c1", "is_max", "count_include_pad", "lo", "hi",
-                      ("geom", POOL_GEOM), "adaptive")),
+                      ("geom", POOL_GEOM), "adaptive", "indices", "col_major")),
     ("GAP", "global avg pool", ("x", "x_ld", "out", "out_ld", "hw", "c0", "c1", "lo", "hi")),
     # Pipeline stages: a stage's worker loops over micro-batches.  MICRO: the call runs
     # min(most, n // rows) micro-batches (at least 1) of at least `rows` rows; counters: int32

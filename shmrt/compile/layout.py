@@ -20,12 +20,18 @@ def split(total: int, parts: int, grain: int = 16) -> list:
 
 @dataclass
 class Output:
-    kind: str  # "dense" | "argmax" | "topk"
+    kind: str  # "dense" | "argmax" | "topk" | "maxpool" (the last two: values, then int64 indices at idx_off)
     off: int
     width: int  # features per row
     idx_off: int = -1
     shape: tuple = ()  # per-sample shape
     ld: int = 0  # row stride (0: width)
+    idx_step: int = 0  # what a row adds to the indices (ONNX MaxPool's: the flat input, C*H*W; 0: none)
+
+    @property
+    def paired(self) -> bool:
+        """Values and int64 indices (TopK, MaxPool with Indices): a call returns the two."""
+        return self.kind in ("topk", "maxpool")
 
 
 class Arena:

@@ -76,6 +76,7 @@ class Plan:
     inputs: tuple = ()  # several inputs: (name, shape, first column, width) of each in the input row
     outputs: tuple = ()  # several outputs: (name, shape, first column, width) of each in the output row
     named_outputs: bool = False  # several outputs come back as a dict (else a tuple)
+    lengths: tuple = ()  # (input name, T): inputs that are a recurrent layer's lengths, 1..T (checked per call)
     memory: dict = field(default_factory=dict)  # "peak": program -> arena floats it spans; "pair": the largest
     #                                             input + output of one op at max_batch, floats
 
@@ -129,7 +130,7 @@ def _fusable_pool(prev, l) -> bool:
     """A MaxPool2d(2) right after a stride-1 convolution (and its activation): pooled in the
     convolution's epilogue, from its output rows while they are in cache, instead of a step of its own."""
     return (isinstance(prev.layer, L.Conv2d) and prev.layer.stride == (1, 1) and not prev.pool
-            and type(l) is L.MaxPool2d and l.kernel_size == (2, 2) and l.stride == (2, 2)
+            and type(l) is L.MaxPool2d and l.indices is None and l.kernel_size == (2, 2) and l.stride == (2, 2)
             and l.pads == (0, 0, 0, 0) and l.dilation == (1, 1) and not l.ceil_mode)
 
 
@@ -229,9 +230,9 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
     ops, outputs = _fuse(graph, shapes)
     for op in ops:
         op.shape = shapes[op.out]
-        if in_cols and isinstance(op.layer, L._Recurrent) and op.inputs[0] in dict(ins):
-            raise NotImplementedError(f"compile: {op.layer!r} reads graph input {op.inputs[0]!r} directly; in a "
-                                      f"graph of several inputs a recurrent layer reads a computed value")
+        if isinstance(op.layer, L._Recurrent) and len(op.inputs) > 1 and op.inputs[1] not in dict(ins):
+            raise NotImplementedError(f"compile: {op.layer!r} reads lengths {op.inputs[1]!r}, a computed value; "
+                                      f"expected a graph input of shape (1,) (checked at each call: 1..T)")
     tensors = {}  # every float32 tensor the programs read, by name "<op index>.<name>" (folds applied)
     for op in ops:
         tensors.update({f"{op.index}.{k}": v for k, v in family_tensors(op, shapes[op.inputs[0]]).items()})
@@ -329,4 +330,6 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
     memory = {"peak": {s: values.base + v for s, v in peaks.items()}, "slots": dict(peaks), "base": values.base,
               "pair": maxb * pair}
     return Plan(P, maxb, in_shape, tensors, woff, arena.size, input_off, output, programs, explain, counters, rates,
-                memory=memory, inputs=tuple(in_cols), outputs=tuple(out_cols), named_outputs=graph.named_outputs)
+                memory=memory, inputs=tuple(in_cols), outputs=tuple(out_cols), named_outputs=graph.named_outputs,
+                lengths=tuple(sorted({(op.inputs[1], shapes[op.inputs[0]][0]) for op in ops
+                                      if isinstance(op.layer, L._Recurrent) and len(op.inputs) > 1})))

@@ -59,7 +59,8 @@ def pack_outputs(graph, in_shapes):
         return graph, []
     shapes = graph.shapes([s for _, s in in_shapes])
     for n in graph.nodes:
-        if n.output in graph.outputs and isinstance(n.layer, (L.ArgMax, L.TopK)):
+        if n.output in graph.outputs and (isinstance(n.layer, (L.ArgMax, L.TopK))
+                                          or L.returns_indices(n.layer)):
             raise NotImplementedError(f"compile: output {n.output!r} is {n.layer!r}; a graph of several outputs "
                                       f"returns float activations only")
     nodes = [(n.layer, list(n.inputs), n.output) for n in graph.nodes]

@@ -18,8 +18,8 @@ from shmrt.parallel.pool import CopyRefused
 
 
 def row_bytes(o) -> int:
-    """Bytes of output per row (TopK: float32 values and int64 indices)."""
-    return o.width * 12 if o.kind == "topk" else int(np.prod(o.shape)) * (8 if o.kind == "argmax" else 4)
+    """Bytes of output per row (TopK, MaxPool with Indices: float32 values and int64 indices)."""
+    return o.width * 12 if o.paired else int(np.prod(o.shape)) * (8 if o.kind == "argmax" else 4)
 
 
 def check_room(n, nbytes) -> None:
@@ -46,9 +46,9 @@ def stack(programs):
 
 
 def results(o, n) -> list:
-    """The arrays a call of n rows returns: [output], or [values, indices] for TopK."""
-    if o.kind == "topk":
-        return [np.empty((n, o.width), np.float32), np.empty((n, o.width), np.int64)]
+    """The arrays a call of n rows returns: [output], or [values, indices] for TopK (and MaxPool with Indices)."""
+    if o.paired:
+        return [np.empty((n, *o.shape), np.float32), np.empty((n, *o.shape), np.int64)]
     return [np.empty((n, *o.shape), np.int64 if o.kind == "argmax" else np.float32)]
 
 
@@ -71,14 +71,17 @@ def call(cm, x, outs) -> None:
         e = min(x.shape[0], s + cm.max_batch)
         cm.input_buffer(e - s).reshape(e - s, -1)[...] = x[s:e]
         out = cm.run_in_place(e - s)
-        if o.kind == "topk":
+        if o.paired:
             outs[0][s:e], outs[1][s:e] = out
+            if o.idx_step and s:  # the indices of a call count from its first row: from row s here
+                outs[1][s:e] += s * o.idx_step
         else:
             outs[0][s:e] = out
 
 
 def _single_copy(cm, pool, x, outs) -> None:
     n, plan = x.shape[0], cm.plan
+    o = plan.output
     src = x.ctypes.data
     if src == cm.arena[plan.input_off:].ctypes.data:  # x is the arena's input rows: nothing to move in
         src = 0
@@ -100,6 +103,8 @@ def _single_copy(cm, pool, x, outs) -> None:
                      io=(src and src + s * x_rb, dst[0] + s * rbs[0], dst[1] + s * rbs[1], split, xbuf))
         if split:
             cm._share = balance(cm._share, cm._stamps)
+        if o.idx_step and s:  # the indices of a call count from its first row: from row s here
+            outs[1][s:e] += s * o.idx_step
 
 
 def balance(share, stamps) -> float:
@@ -145,11 +150,15 @@ def pack(plan, args, refused_kinds):
         raise TypeError(f"this model takes {len(specs)} inputs, {want}: cm(x1, x2, ...) or cm({{name: x}}); "
                         f"got {len(args)}")
     arrs, single = [], None
+    lengths = dict(plan.lengths)
+    batched = [np.ndim(x) > len(shape) for (n, shape, _, _), x in zip(specs, args) if n not in lengths]
     for (name, shape, _, _), x in zip(specs, args):
         x = np.asarray(x)
         if x.dtype.kind in refused_kinds:
             raise TypeError(f"input {name!r}: expected a real numeric array of shape (N, "
                             f"{', '.join(map(str, shape))}), got dtype {x.dtype} ({refused_kinds[x.dtype.kind]})")
+        if name in lengths:  # a recurrent layer's lengths: [N] (ONNX's sequence_lens, PyTorch's) or [N, 1]
+            x = check_lengths(name, x, lengths[name], batched[0] if batched else x.ndim > 0)
         one = x.ndim == len(shape)
         x = x[None] if one else x
         if tuple(x.shape[1:]) != tuple(shape) or (single is not None and one != single):
@@ -160,6 +169,17 @@ def pack(plan, args, refused_kinds):
     if len({a.shape[0] for a in arrs}) != 1:
         raise ValueError(f"the inputs must have one batch size, got {[a.shape[0] for a in arrs]} for {names}")
     return np.concatenate(arrs, axis=1).astype(np.float32, copy=False), single
+
+
+def check_lengths(name, x, T, batched):
+    """Lengths as [N, 1] (one sample's: [1]); each an integer 1..T, else refused naming the sample."""
+    flat = x.reshape(-1)
+    bad = np.flatnonzero(~((flat >= 1) & (flat <= T) & (flat == np.round(flat))))
+    if bad.size:
+        k = int(bad[0])
+        raise ValueError(f"input {name!r} (sequence lengths): sample {k} has length {flat[k].item()!r}; expected an "
+                         f"integer 1..{T} (the steps of that sequence to run; a length 0 is not supported)")
+    return x.reshape(-1, 1) if batched else x.reshape(1)
 
 
 def split(plan, y):

@@ -68,6 +68,15 @@ def _src(arena, xin, off, in_off):
 
 
 @njit(cache=True)
+def _keep_rows(arena, lens, ld, r0, r1, t, src, dst, zero):
+    """Rows r0:r1 whose length (arena[lens + r * ld]) is at most step t: dst := src, or 0 (zero)."""
+    for i in range(r1 - r0):
+        if t >= arena[lens + (r0 + i) * ld]:
+            for u in range(dst.shape[1]):
+                dst[i, u] = 0.0 if zero else src[i, u]
+
+
+@njit(cache=True)
 def _recurrent(s, weights, arena, base, cnt, w0, w1, ctrl, spin_ns, block_ns, ppid, xin, in_off):
     """One recurrent layer (a RECUR step s, fields in isa.py) for this
     worker's rows and hidden units u0:u1.  Returns 0, or -2 if aborted.
@@ -91,11 +100,17 @@ def _recurrent(s, weights, arena, base, cnt, w0, w1, ctrl, spin_ns, block_ns, pp
     empty = weights[0:0]
     if R > 0 and hs > 0:
         xa, xo = _src(arena, xin, s[RECUR.x], in_off)
-        x2 = _view(xa, xo, F, r0 * T, r1 * T, 0, F)  # [N, T, F]: row r, step t at row r * T + t
+        xld = s[RECUR.x_ld]
         for g in range(G):  # the input projection of every step: one GEMM per gate, both biases fused
-            gv = _view(arena, go + g * gstride, H, r0 * T, r1 * T, u0, hs)
             bias = weights[b_ih + g * H + u0:b_ih + g * H + u1] if b_ih >= 0 else empty
-            gemm_packed(x2, weights[w_ih + (g * Hp + u0) * F:], F * NR, bias, gv, IDENTITY, False)
+            if xld == T * F:  # [N, T, F] packed: row r, step t at row r * T + t
+                gemm_packed(_view(xa, xo, F, r0 * T, r1 * T, 0, F), weights[w_ih + (g * Hp + u0) * F:], F * NR,
+                            bias, _view(arena, go + g * gstride, H, r0 * T, r1 * T, u0, hs), IDENTITY, False)
+            else:  # samples xld apart (an input beside others in the row): one GEMM per sample
+                for r in range(r0, r1):
+                    gemm_packed(_view(xa, xo + r * xld, F, 0, T, 0, F), weights[w_ih + (g * Hp + u0) * F:],
+                                F * NR, bias, _view(arena, go + g * gstride, H, r * T, (r + 1) * T, u0, hs),
+                                IDENTITY, False)
         # initial state: this worker's rectangle of h-init (and of c)
         hin = _view(arena, hinit, H, r0, r1, u0, hs)
         cst = _view(arena, aux, H, r0, r1, u0, hs)
@@ -124,6 +139,10 @@ def _recurrent(s, weights, arena, base, cnt, w0, w1, ctrl, spin_ns, block_ns, pp
         if mode == GRU_LBR0 and parties > 1 and barrier(ctrl, bline, parties, C.ABORT, spin_ns, block_ns,
                                                          ppid) == ABORTED:
             return -2
+        lens = s[RECUR.lens]
+        if live and lens >= 0 and t > 0 and mode == LSTM_CELL:  # rows past their length keep c: in hinit
+            _keep_rows(arena, lens, s[RECUR.lens_ld], r0, r1, t, _view(arena, aux, H, r0, r1, u0, hs),
+                       _view(arena, hinit, H, r0, r1, u0, hs), False)
         if live:
             if mode == LSTM_CELL:
                 lstm_cell(g0, _view(arena, go + gstride + t * H, TH, r0, r1, u0, hs),
@@ -143,6 +162,11 @@ def _recurrent(s, weights, arena, base, cnt, w0, w1, ctrl, spin_ns, block_ns, pp
                               _view(arena, go + 2 * gstride + t * H, TH, r0, r1, u0, hs), hn, hp[:, u0:u1], ht)
             else:
                 rnn_cell(g0, ht, mode == RNN_RELU)
+            if lens >= 0 and t > 0:
+                if mode == LSTM_CELL:  # (hinit is free after step 0: every worker is past it)
+                    _keep_rows(arena, lens, s[RECUR.lens_ld], r0, r1, t, _view(arena, hinit, H, r0, r1, u0, hs),
+                               _view(arena, aux, H, r0, r1, u0, hs), False)
+                _keep_rows(arena, lens, s[RECUR.lens_ld], r0, r1, t, hp[:, u0:u1], ht, s[RECUR.zero_tail] != 0)
         if parties > 1 and barrier(ctrl, bline, parties, C.ABORT, spin_ns, block_ns, ppid) == ABORTED:
             return -2
     return 0

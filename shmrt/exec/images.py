@@ -3,10 +3,11 @@ the ops over whole images (CONV, POOL, GAP, RESIZE, CONVT: one kernel call per i
 MERGE.  Each reads its input at xa[xo:] -- the arena, or the calling thread's own input rows."""
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 from shmrt.compile.isa import CONV, CONV_GEOM, CONVT, GAP, MERGE, POOL, POOL_GEOM, RESIZE
-from shmrt.kernels import conv2d, global_avg_pool, merge, pool2d, upsample2d
+from shmrt.kernels import conv2d, global_avg_pool, merge, pool2d, pool2d_argmax, upsample2d
 from shmrt.kernels.convtranspose import conv_transpose2d
 
 
@@ -35,6 +36,12 @@ def pool_step(s, arena, xa, xo, r0, r1):
         pool2d(xa[xo + img * xld:xo + img * xld + insz], arena[oo + img * old:oo + img * old + outsz],
                g, s[POOL.c0], s[POOL.c1], s[POOL.is_max] != 0, s[POOL.count_include_pad] != 0,
                s[POOL.adaptive] != 0)
+    io = s[POOL.indices]
+    if io >= 0:  # ONNX MaxPool's Indices: flat in the call's [n, C, H, W] (calls.py adds a chunk's first row)
+        for img in range(r0, r1):
+            pool2d_argmax(xa[xo + img * xld:xo + img * xld + insz],
+                          arena[io + 2 * img * outsz:io + 2 * (img + 1) * outsz].view(np.int64), g, s[POOL.c0],
+                          s[POOL.c1], s[POOL.col_major] != 0, img * insz)
 
 
 @njit(cache=True, nogil=True)

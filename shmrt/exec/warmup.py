@@ -79,12 +79,13 @@ def _types():
 def _compile_parent_group() -> None:
     """Every kernel but the recurrent ones, softmax and topk: about half of the kernels' compile time."""
     from shmrt.kernels import (affine, apply_act, argmax, conv2d, gather, global_avg_pool, layernorm, linear, pool2d,
-                         reduce_partials)
+                         pool2d_argmax, reduce_partials)
     t = _types()
     i64, b1, mat, wvec, vec, ivec = t["i64"], t["b1"], t["mat"], t["wvec"], t["vec"], t["ivec"]
     linear.compile((mat, t["wmat"], wvec, mat, i64))
     conv2d.compile((vec, t["wcmat"], wvec, vec, ivec, i64, i64, i64, i64, vec, i64, i64))
     pool2d.compile((vec, vec, ivec, i64, i64, b1, b1, b1))
+    pool2d_argmax.compile((vec, ivec, ivec, i64, i64, b1, i64))
     reduce_partials.compile((mat, i64, i64, wvec, mat, i64))
     apply_act.compile((mat, mat, i64, types.float32))
     affine.compile((mat, wvec, wvec, mat))

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from shmrt.ir.base import Layer, _bias_arg, _param, _positive_int
+from shmrt.ir.dense import TopK
 from shmrt.ir.norm import BatchNorm1d
 
 
@@ -182,16 +183,37 @@ class _Pool2d(Layer):
 
 
 class MaxPool2d(_Pool2d):
+    """PyTorch's MaxPool2d (NaN propagates: a window holding one gives NaN).  ``indices`` is ONNX
+    MaxPool's second output Indices, returned with the values as a ``(values, indices)`` pair (as
+    TopK's), so the layer must be the model's last: int64, the flat index into the whole input
+    [N, C, H, W] of each window's max, the batch row counted -- "row": n*C*H*W + c*H*W + h*W + w
+    (storage_order=0), "col": n*C*H*W + c*H*W + w*H + h (storage_order=1).  Only input positions can
+    be the max (never padding); ties go to the first in scan order, a NaN window to its first NaN.
+    PyTorch's return_indices (per-plane indices) is not supported."""
     is_max = True
 
     def __init__(self, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False, *,
-                 pads=None):
+                 pads=None, indices=None):
         if return_indices:
-            raise ValueError("MaxPool2d: return_indices=True is not supported (the values only)")
+            raise ValueError("MaxPool2d: return_indices=True is not supported (PyTorch's per-plane indices); "
+                             "expected False (ONNX's flat Indices: indices='row' or 'col')")
+        if indices not in (None, "row", "col"):
+            raise ValueError(f"MaxPool2d: indices must be None, 'row' or 'col' (ONNX's storage_order 0 or 1), "
+                             f"got {indices!r}")
         super().__init__(kernel_size, stride, padding, dilation, ceil_mode, True, pads)
+        self.indices = indices
 
     def config(self):
-        return dict(super().config(), dilation=self.dilation)
+        c = dict(super().config(), dilation=self.dilation)
+        if self.indices is not None:
+            c["indices"] = self.indices
+        return c
+
+
+def returns_indices(layer) -> bool:
+    """A layer that returns (values, indices) and so must be a model's last: TopK, or a MaxPool2d with
+    ONNX's Indices."""
+    return isinstance(layer, TopK) or (isinstance(layer, MaxPool2d) and layer.indices is not None)
 
 
 class AvgPool2d(_Pool2d):

@@ -11,7 +11,7 @@ classes included: the planner and the frontends test layers by family
 """
 from shmrt.ir.base import Layer, _param, _positive_int, _rng, _vector, manual_seed
 from shmrt.ir.conv import (AvgPool2d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool, MaxPool2d, Reshape, Upsample,
-                           _out_size, _pair, _Pool2d)
+                           _out_size, _pair, _Pool2d, returns_indices)
 from shmrt.ir.convtranspose import ConvTranspose2d
 from shmrt.ir.dense import (ACTIVATIONS, GELU, ArgMax, Hardsigmoid, Hardswish, LayerNorm, LeakyReLU, Linear, LogSoftmax,
                             ReLU, ReLU6, Sigmoid, SiLU, Softmax, Tanh, TopK, _Elementwise, _RowWise)
@@ -32,6 +32,6 @@ __all__ = [
     "Graph", "Input", "Node", "Value", "Add", "Sub", "Mul", "Div", "Concat", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
     "BINARY_OPS", "Permute", "Transpose", "Slice",
     # the layer families (private base classes) and helpers that other modules reach through L
-    "_Elementwise", "_RowWise", "_Binary", "_Merge", "_Rearrange", "_Affine", "_Recurrent", "_Pool2d", "_AdaptivePool2d",
+    "_Elementwise", "_RowWise", "_Binary", "_Merge", "_Rearrange", "_Affine", "_Recurrent", "_Pool2d", "returns_indices", "_AdaptivePool2d",
     "_param", "_vector", "_positive_int", "_rng", "_pair", "_out_size",
 ]

@@ -5,6 +5,7 @@ import numpy as np
 
 from shmrt.ir import native
 from shmrt.ir.base import Layer, check_classes
+from shmrt.ir.conv import returns_indices
 from shmrt.ir.dense import ArgMax, Linear, Sigmoid, Softmax, TopK, _Elementwise, _RowWise
 
 
@@ -28,8 +29,9 @@ class Sequential(Layer, register=False):
             if not isinstance(l, Layer) or isinstance(l, Sequential):
                 raise TypeError(f"Sequential: item {i} must be a shmrt layer, got {type(l).__name__}")
         for i, l in enumerate(layers[:-1]):
-            if isinstance(l, (ArgMax, TopK)):
-                raise ValueError(f"Sequential: {l!r} must be the last layer, found at position {i}")
+            if isinstance(l, (ArgMax, TopK)) or returns_indices(l):
+                raise ValueError(f"Sequential: {l!r} must be the last layer (it returns indices), found at "
+                                 f"position {i}")
         self.layers = layers
         self._input_shape = None
         if input_shape is not None:

@@ -12,7 +12,13 @@ class _Recurrent(Layer):
     or [N, H] (the last step).  PyTorch's names: weight_ih_l{k} [G*H, F_k],
     weight_hh_l{k} [G*H, H], bias_ih_l{k}, bias_hh_l{k}; gates i, f, g, o
     (LSTM) and r, z, n (GRU).  h0 / c0: optional initial state
-    [num_layers, H], the same for every sequence (zeros if left out)."""
+    [num_layers, H], the same for every sequence (zeros if left out).
+
+    Per-sample lengths (PyTorch's pack_padded_sequence, ONNX's sequence_lens): in a shmrt.Graph,
+    call the layer with a second value, ``layer(x, lengths)``, lengths of per-sample shape (1,) --
+    each sequence's count of valid steps L, an integer 1..T (a graph input: the call refuses others).
+    Steps t >= L leave the state as it was: the output sequence is 0 there, and the last step
+    (return_sequences=False; LSTM's return_cell_state) is the state after step L - 1."""
 
     cell = "rnn_tanh"  # the kernels' name of the cell (shmrt.kernels.recurrent.CELLS)
 
@@ -54,7 +60,10 @@ class _Recurrent(Layer):
                 raise ValueError(f"{name}: c0 is for LSTM only")
             self.params["c0"] = _param(c0, (self.num_layers, H), "c0", name, 1)
 
-    def output_shape(self, shape):
+    def output_shape(self, shape, lengths=None):
+        if lengths is not None and tuple(lengths) != (1,):
+            raise ValueError(f"{self!r}: lengths must be one value per sample, shape (N, 1), got "
+                             f"(N, {', '.join(map(str, lengths))})")
         if len(shape) != 2 or shape[1] != self.input_size:
             raise ValueError(f"{self!r} expects inputs of shape (N, T, {self.input_size}), "
                              f"got (N, {', '.join(map(str, shape))})")

@@ -138,9 +138,11 @@ def _batch_norm(layer, p, h):
 
 # -- recurrent ----------------------------------------------------------------------------------
 
-def recurrent(layer, p, x):
-    """PyTorch's equations for RNN / LSTM / GRU, step by step after one input product for all steps."""
+def recurrent(layer, p, x, lengths=None):
+    """PyTorch's equations for RNN / LSTM / GRU, step by step after one input product for all steps;
+    lengths [N, 1]: past its length a sample's state stays, its output sequence is 0."""
     N, T, _ = x.shape
+    keep = None if lengths is None else np.arange(T)[None, :] >= np.asarray(lengths).reshape(N, 1)  # [N, T]
     H = layer.hidden_size
     seq = x
     for k in range(layer.num_layers):
@@ -154,6 +156,7 @@ def recurrent(layer, p, x):
         c = np.broadcast_to(p["c0"][k], (N, H)).copy() if "c0" in p else np.zeros((N, H), x.dtype)
         out = np.empty((N, T, H), x.dtype)
         for t in range(T):
+            h_was, c_was = h, c
             if layer.cell == "lstm":
                 g = xi[:, t] + h @ Wh_t
                 i, f, gg, o = g[:, :H], g[:, H:2 * H], g[:, 2 * H:3 * H], g[:, 3 * H:]
@@ -176,11 +179,15 @@ def recurrent(layer, p, x):
                 h = np.maximum(v, 0.0) if layer.cell == "rnn_relu" else np.tanh(v)
             else:
                 raise NotImplementedError(f"the numpy reference has no cell {layer.cell!r} ({layer!r})")
-            out[:, t] = h
+            if keep is not None:
+                h, c = np.where(keep[:, t:t + 1], h_was, h), np.where(keep[:, t:t + 1], c_was, c)
+                out[:, t] = np.where(keep[:, t:t + 1], 0.0, h)
+            else:
+                out[:, t] = h
         seq = out
     if getattr(layer, "return_cell_state", False):  # LSTM: the last layer's final cell state
         return c
-    return seq if layer.return_sequences else seq[:, -1]
+    return seq if layer.return_sequences else seq[:, -1] if keep is None else h
 
 
 # -- convolutional ------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from shmrt.compile.isa import FRAC, GAP, POOL, POOL_GEOM, RESIZE
-from shmrt.compile.layout import rows_of, split
+from shmrt.compile.layout import Output, rows_of, split
 from shmrt.compile.roofline import rows
 from shmrt.ir import layers as L
 
@@ -37,13 +37,16 @@ def pool(b, op, info):
         elif isinstance(l, L._AdaptivePool2d):  # uneven windows (the even ones are planned as a _Pool2d)
             geom = (C, H, W, 0, 0, 1, 1, 0, 0, 1, 1, out.shape[1], out.shape[2], 0, 0)
             b.emit(w, POOL, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.ld or out.width, c0=c0, c1=c1,
-                   is_max=int(l.is_max), count_include_pad=0, geom=geom, adaptive=1, **where)
+                   is_max=int(l.is_max), count_include_pad=0, geom=geom, adaptive=1, indices=-1, col_major=0,
+                   **where)
         else:
             t, left, bottom, right = l.pads
             geom = (C, H, W, *l.kernel_size, *l.stride, t, left, *l.dilation, out.shape[1], out.shape[2], bottom,
                     right)
             b.emit(w, POOL, x=b.cur_off, x_ld=b.cur_ld, out=out.off, out_ld=out.ld or out.width, c0=c0, c1=c1,
-                   is_max=int(l.is_max), count_include_pad=int(l.count_include_pad), geom=geom, adaptive=0, **where)
+                   is_max=int(l.is_max), count_include_pad=int(l.count_include_pad), geom=geom, adaptive=0,
+                   indices=out.idx_off if out.kind == "maxpool" else -1,
+                   col_major=int(L.returns_indices(l) and l.indices == "col"), **where)
     info["flops"] = C * hw
     if follow:
         info["partition"] = "channels (follows producer)" if b.state == "cols" else "channels"
@@ -53,6 +56,17 @@ def pool(b, op, info):
         info["partition"] = "batch rows (whole images)"
         info["slices"] = [f"images {w}/{P}..{w + 1}/{P}" for w in range(P)]
         b.set_cur(out, "rows" if P > 1 else "all")
+
+
+def output(op, shape, in_shape, maxb, arena):
+    """A MaxPool2d with ONNX's Indices: its values and int64 indices (a call's rows of n add
+    n * C*H*W to its indices: ``idx_step``); the rest a dense [N, width]."""
+    l = op.layer
+    if not L.returns_indices(l):
+        return None
+    width = int(np.prod(shape))
+    return Output("maxpool", arena.alloc(maxb * width), width, arena.alloc(2 * maxb * width), tuple(shape),
+                  idx_step=int(np.prod(in_shape)))
 
 
 def pool_us(s, cnt, n, rates) -> float:

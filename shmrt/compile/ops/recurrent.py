@@ -30,12 +30,16 @@ from shmrt.kernels import pack
 def recurrent(b, op, info):
     P, l, i, sc = b.P, op.layer, op.index, b.scratch
     out = b.outs[i]
-    T = b.cur_w // l.input_size
+    T = int(np.prod(b.cur_shape)) // l.input_size
     H = l.hidden_size
-    x_off = b.cur_off
+    x_off, x_ld = b.cur_off, b.cur_ld  # a graph input beside others: its samples are the row's width apart
     split_units = b.split_model
     if split_units:
         b.need_all()
+    lens, lens_ld = -1, 0
+    if len(b.ins) > 1:  # (x, lengths): each row's length, one float
+        b.need_inputs(("all",) if split_units else ("all", "rows"))
+        lens, lens_ld = b.ins[1].out.off, b.ins[1].out.ld or b.ins[1].out.width
     u = split_panels(H, P) if split_units else None
     cell = getattr(out, "cell", -1)  # LSTM return_cell_state: the last layer keeps its cell state there
     for k in range(l.num_layers):
@@ -45,12 +49,13 @@ def recurrent(b, op, info):
         for w in range(P):
             u0, u1 = (u[w], u[w + 1]) if split_units else (0, H)
             where = dict(lo=0, hi=FRAC) if split_units else rows_of(w, P)
-            b.emit(w, RECUR, x=x_off, T=T, F=F, out=out.seqs[k], H=H, w_ih=b.w(f"{i}.panels_ih_l{k}"),
+            b.emit(w, RECUR, x=x_off, x_ld=x_ld if k == 0 else T * F, T=T, F=F, out=out.seqs[k], H=H, w_ih=b.w(f"{i}.panels_ih_l{k}"),
                    w_hh=b.w(f"{i}.panels_hh_l{k}"), b_ih=b.w(f"{i}.gate_bias_l{k}"),
                    b_hh=b.w(f"{i}.bias_hh_l{k}"), h0=h0, c0=c0, u0=u0, u1=u1, gates=sc["gates"],
                    gate_stride=sc["gstride"], aux=cell if k == l.num_layers - 1 and cell >= 0 else sc["aux"],
                    hinit=sc["hinit"], mode=CELLS.index(l.cell),
-                   parties=P if split_units else 1, line=b.bline, **where)
+                   parties=P if split_units else 1, line=b.bline, lens=lens, lens_ld=lens_ld,
+                   zero_tail=int(l.return_sequences and k == l.num_layers - 1), **where)
         if split_units:
             b.barriers += T * (2 if l.cell == "gru_lbr0" else 1) + 1
         x_off = out.seqs[k]

@@ -104,8 +104,16 @@ class DenseOps:
 
     def _pool(self, node, idx, ins, a, is_max):
         self.image(node, idx, ins[0])
-        if any(o and o in self.consumed for o in node.output[1:]):  # named but unused: the values only
-            self.fail(node, idx, "the Indices output is not supported (only Y may be used)")
+        ind = node.output[1] if len(node.output) > 1 and node.output[1] in self.consumed else ""
+        if ind in self.node_inputs:
+            self.fail(node, idx, f"its Indices output {ind!r} feeds another node; Indices is supported only as a "
+                                 f"graph output (shmrt returns (Y, Indices) as TopK's (values, indices)), expected "
+                                 f"Indices read by no node")
+        if ind and not is_max:  # (AveragePool has no second output: check_node refuses it first)
+            self.fail(node, idx, f"output {ind!r}: only MaxPool has Indices")
+        order = a.get("storage_order", 0)
+        if order not in (0, 1):
+            self.fail(node, idx, f"attribute storage_order={order}: expected 0 (row-major) or 1 (column-major)")
         k = tuple(a["kernel_shape"])
         if len(k) != 2:
             self.fail(node, idx, f"only 2-D pooling is supported, got kernel_shape={list(k)}")
@@ -114,13 +122,18 @@ class DenseOps:
         pads = self._pads(node, idx, a, k, s, dl, self.ir[1:])
         ceil = bool(a.get("ceil_mode", 0))
         if is_max:
-            layer = L.MaxPool2d(k, stride=s, dilation=dl, ceil_mode=ceil, pads=pads)
+            layer = L.MaxPool2d(k, stride=s, dilation=dl, ceil_mode=ceil, pads=pads,
+                                indices=("col" if order else "row") if ind else None)
         else:
             layer = L.AvgPool2d(k, stride=s, ceil_mode=ceil, count_include_pad=bool(a.get("count_include_pad", 0)),
                                 pads=pads, dilation=dl)
         ir = layer.output_shape(self.ir)  # the layer's own checks refuse (see bugs())
         self.chain.emit(layer, ir)
-        return View((B,) + ir, (0, 1, 2, 3), self.chain.version)
+        y = View((B,) + ir, (0, 1, 2, 3), self.chain.version)
+        if not ind:
+            return y
+        self.topk_outputs = (node.output[0], ind)  # a graph output: (Y, Indices) as TopK's pair (finish())
+        return [y, View((B,) + ir, (0, 1, 2, 3), self.chain.version)]
 
     def op_MaxPool(self, node, idx, ins, a):
         return self._pool(node, idx, ins, a, True)

@@ -53,8 +53,9 @@ class RecurrentOps:
                                  f"{'transposed to [T, N, F]' if layout == 0 else '[N, T, F]'} (shmrt layout "
                                  f"{fmt(self.full())})")
         T, F = self.ir
+        lens = None  # the graph input of per-sample lengths, by name
         if len(ins) > 4 and ins[4] is not None:
-            self.sequence_lens(node, idx, ins[4], T)
+            lens = self.sequence_lens(node, idx, ins[4], T)
         H = a.get("hidden_size")
         W = np.asarray(self.const(node, idx, 1, "W"), dtype=np.float32)
         R = np.asarray(self.const(node, idx, 2, "R"), dtype=np.float32)
@@ -89,9 +90,11 @@ class RecurrentOps:
         used = [bool(k < len(node.output) and node.output[k] and self.uses.get(node.output[k])) for k in range(3)]
         before = self.chain.version
         outs = [Poison(f"{self.where(node, idx)}: output {n} is not computed (unused)") for n in ("Y", "Y_h", "Y_c")]
-        if used[0] or used[1] or not used[2]:
+        x_in = [self.chain.current, lens] if lens else None  # with lengths: the layer reads (x, lengths)
+        last = ((1, B, H) if layout == 0 else (B, 1, H), (None, 0, 1) if layout == 0 else (0, None, 1))
+        if used[0] or (used[1] and not lens) or not (used[1] or used[2]):
             layer = cls(F, H, num_layers=1, bias=bias, return_sequences=True, **kw, **p)
-            self.chain.emit(layer, (T, H))
+            self.chain.emit(layer, (T, H), inputs=x_in)
             me = len(self.chain.layers) - 1
             if used[0]:  # Y is read: Y_h cannot cut it short
                 self.seq_used.add(me)
@@ -101,27 +104,35 @@ class RecurrentOps:
             else:
                 outs[0] = View((B, T, 1, H), (0, 1, None, 2), self.chain.version)
                 outs[1] = View((B, 1, H), (0, None, 1), self.chain.version, last_of=me)
+        if lens and used[1]:  # Y is 0 past each length: Y_h, the state at the sample's last step, from a layer of
+            self.chain.switch(before)  # the same weights returning it (its last step holds the state)
+            self.chain.emit(cls(F, H, num_layers=1, bias=bias, return_sequences=False, **kw, **p), (H,),
+                            inputs=x_in)
+            outs[1] = View(*last, self.chain.version)
         if kind == "LSTM" and used[2]:  # Y_c: a second LSTM of the same weights whose output is its last cell state
             self.chain.switch(before)
             self.chain.emit(cls(F, H, num_layers=1, bias=bias, return_sequences=False, return_cell_state=True,
-                                **kw, **p), (H,))
-            outs[2] = View((1, B, H) if layout == 0 else (B, 1, H), (None, 0, 1) if layout == 0 else (0, None, 1),
-                           self.chain.version)
+                                **kw, **p), (H,), inputs=x_in)
+            outs[2] = View(*last, self.chain.version)
         return outs[:3 if kind == "LSTM" else 2]
 
     def sequence_lens(self, node, idx, v, T):
-        """Accepted only when it changes nothing: a constant whose entries all equal T (every sequence runs
-        every step).  Per-sample lengths (zeros in Y past a sample's end, Y_h/Y_c its last valid state)
-        are refused."""
+        """The name of the graph input of per-sample lengths (zeros in Y past a sample's end, Y_h/Y_c
+        its last valid state; each checked 1..T at every call), or None for a constant whose entries
+        all equal T (every sequence runs every step).  Other constants are refused: they fix the batch."""
         if isinstance(v, View):
-            self.fail(node, idx, f"input sequence_lens (input 4) depends on the model input: per-sample lengths "
-                                 f"are not supported; expected a constant whose entries all equal T={T}")
+            if v.version not in self.lens_inputs:
+                self.fail(node, idx, f"input sequence_lens {node.input[4]!r} is computed from the model input; "
+                                     f"expected a graph input (int32 or int64 [batch], possibly Cast) or a constant")
+            return self.lens_inputs[v.version]
         sl = np.asarray(v)
         if sl.ndim != 1 or sl.dtype.kind not in "iu" or not np.all(sl == T):
             shown = np.array2string(sl.reshape(-1)[:8], separator=", ") + (" ..." if sl.size > 8 else "")
-            self.fail(node, idx, f"input sequence_lens {shown} (shape {list(sl.shape)}) is not supported: per-sample "
-                                 f"lengths are not; expected a 1-D int constant whose entries all equal the sequence "
-                                 f"length T={T} (every sequence runs every step)")
+            self.fail(node, idx, f"input sequence_lens {shown} (shape {list(sl.shape)}) is a constant of per-sample "
+                                 f"lengths, which ties the model to one batch size: not supported; expected a graph "
+                                 f"input (int32 [batch]), or a 1-D int constant whose entries all equal the "
+                                 f"sequence length T={T}")
+        return None
 
     def state(self, node, idx, k, H, layout, name):
         s = np.asarray(self.const(node, idx, k, name))

@@ -85,7 +85,7 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
         self.chain = Chain(error=UnsupportedONNX)  # the layers and the activation; shaped by convert()
         self.values = {}      # ONNX value name -> numpy constant, View of the stream, or Poison
         self.static_batch = 0   # the graph input's fixed batch size, 0 if dynamic (set by input_dims)
-        self.topk_outputs = None  # (values, indices) output names of a TopK node (set by op_TopK)
+        self.topk_outputs = None  # (values, indices) output names of a TopK node, or of a MaxPool with Indices
         self.seq_used = set()     # recurrent layers (by index) whose sequence Y is read (set by _recurrent)
         self.last_states = {}     # chain version of a Y_h view -> that of its last step (set by last_state)
 
@@ -118,7 +118,26 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
         if not inputs:
             raise UnsupportedONNX("ONNX graph: no dynamic input (every graph input is an initializer)")
         self.inputs = []  # (value name, per-sample shape) of each graph input
+        self.lens_inputs = {}  # chain version -> name of an int [batch] graph input: sequence_lens, (1,) in shmrt
+        made = {o: n for n in g.node for o in n.output}
+        lens_names = set()
+        for n in g.node:  # a recurrent node's sequence_lens, through Casts back to where it comes from
+            v = n.input[4] if n.op_type in ("LSTM", "GRU", "RNN") and len(n.input) > 4 else ""
+            while v in made and made[v].op_type == "Cast":
+                v = made[v].input[0]
+            lens_names.add(v)
         for k, inp in enumerate(inputs):
+            if k > 0 and self.lens_dims(inp) and inp.name not in lens_names:
+                raise UnsupportedONNX(f"ONNX graph input {inp.name!r}: an int [batch] input is supported only as "
+                                      f"an LSTM/GRU/RNN node's sequence_lens, read directly or through Casts; "
+                                      f"expected a float input or such lengths")
+            if k > 0 and inp.name in lens_names and self.lens_dims(inp):
+                shape = (1,)
+                self.inputs.append((inp.name, shape))
+                version = self.chain.add_input(inp.name, shape)
+                self.lens_inputs[version] = inp.name
+                self.values[inp.name] = View((B,), (0,), version)
+                continue
             shape = self.input_dims(inp)
             if k == 0:
                 self.input_shape = shape
@@ -137,6 +156,8 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
                 nodes = rewrite(self.onnx, g, nodes)
         nodes = self.live(nodes)
         self.consumed = {o.name for o in g.output} | {x for _, n in nodes for x in n.input if x}
+        self.graph_outputs = {o.name for o in g.output}
+        self.node_inputs = {x for _, n in nodes for x in n.input if x}
         self.uses = collections.Counter([o.name for o in g.output] + [x for _, n in nodes for x in n.input if x])
         for idx, node in nodes:
             with self.bugs(self.where(node, idx)):
@@ -183,6 +204,12 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
             raise UnsupportedONNX(f"ONNX graph input {inp.name!r}: per-sample rank {len(rest)} is not supported "
                                   f"(shmrt takes (F,), (T, F) or (C, H, W))")
         return tuple(rest)
+
+    def lens_dims(self, inp):
+        """Whether a graph input is an int32/int64 [batch] tensor: a recurrent node's sequence_lens (one
+        value per sample, (1,) in shmrt; any other use of it is refused where it is read)."""
+        tt = inp.type.tensor_type if inp.type.HasField("tensor_type") else None
+        return (tt is not None and tt.elem_type in (6, 7) and tt.HasField("shape") and len(tt.shape.dim) == 1)
 
     def to_array(self, t, what):
         return tensor_array(self.onnx, t, what)
@@ -245,9 +272,15 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
             if not isinstance(v, View):
                 raise UnsupportedONNX(f"ONNX graph output {n!r} is a constant (does not depend on the input)")
         topk = self.topk_outputs
-        if topk is not None and isinstance(self.chain.layers[-1], L.TopK) and tuple(outs) != topk:
-            raise UnsupportedONNX(f"ONNX graph outputs {outs}: a final TopK must output both its values and indices, "
-                                  f"in that order ({list(topk)}): shmrt's TopK returns (values, indices)")
+        last = self.chain.layers[-1] if self.chain.layers else None
+        if topk is not None and not L.returns_indices(last):
+            raise UnsupportedONNX(f"ONNX graph outputs {outs}: the node whose indices ({topk[1]!r}) are an "
+                                  f"output must be the last layer, its values ({topk[0]!r}) read by no other node; "
+                                  f"expected its values and indices as the graph's only outputs")
+        if topk is not None and tuple(outs) != topk:
+            raise UnsupportedONNX(f"ONNX graph outputs {outs}: a final {type(last).__name__} must output both its "
+                                  f"values and indices, in that order ({list(topk)}): shmrt returns "
+                                  f"(values, indices)")
         names = []
         for n, v in zip(outs, vals):
             self.chain.switch(v.version)
