@@ -1,5 +1,5 @@
 """Layers that need whole feature rows (Softmax, LogSoftmax, ArgMax, TopK,
-LayerNorm, Select): a barrier unless each worker already holds its rows
+LayerNorm and its statistics Mean / RStd, Select): a barrier unless each worker already holds its rows
 complete, then a batch-row split.  Steps: SOFTMAX, ARGMAX, TOPK, LAYERNORM,
 GATHER."""
 from __future__ import annotations
@@ -29,7 +29,11 @@ def rowwise(b, op, info):
             b.emit(w, TOPK, x=x, x_ld=ld, width=W, k=l.k, values=out.off, indices=out.idx_off, **r)
         elif isinstance(l, L.LayerNorm):
             b.emit(w, LAYERNORM, x=x, x_ld=ld, width=W, weight=b.w(f"{i}.weight"), bias=b.w(f"{i}.bias"),
-                   eps=b.w(f"{i}.eps"), out=out.off, **r)
+                   eps=b.w(f"{i}.eps"), out=out.off, norm=l.features, stat=0, **r)
+        elif isinstance(l, L._TrailingStat):  # one float per group of the trailing dims: no weight, no bias
+            e = b.w(f"{i}.eps")
+            b.emit(w, LAYERNORM, x=x, x_ld=ld, width=W, weight=e, bias=e, eps=e, out=out.off,
+                   norm=l.group(op.in_shapes[0]), stat=1 + int(isinstance(l, L.RStd)), **r)
         elif isinstance(l, L.Select):
             b.emit(w, GATHER, x=x, x_ld=ld, index=b.w(f"{i}.index"), out=out.off, width=out.width, **r)
         else:
@@ -49,7 +53,10 @@ def tensors(op, before) -> dict:
     """LayerNorm's weight, bias and eps; Select's feature indices (resolved against its input width)."""
     l = op.layer
     if isinstance(l, L.LayerNorm):
-        return {"weight": l.params["weight"], "bias": l.params["bias"], "eps": np.array([l.eps], np.float32)}
+        return {"weight": l.params["weight"].reshape(-1), "bias": l.params["bias"].reshape(-1),
+                "eps": np.array([l.eps], np.float32)}
+    if isinstance(l, L._TrailingStat):
+        return {"eps": np.array([l.eps], np.float32)}
     if isinstance(l, L.Select):
         # its input as rows of prod(before) features: a Flatten before it is an alias (plan._fuse), so
         # ``before`` may be the shape it flattened, e.g. a recurrent layer's (T, H)
@@ -67,6 +74,6 @@ def output(op, shape, in_shape, maxb, arena):
     return None
 
 
-LAYERS = (L.Softmax, L.LogSoftmax, L.ArgMax, L.TopK, L.LayerNorm, L.Select)
+LAYERS = (L.Softmax, L.LogSoftmax, L.ArgMax, L.TopK, L.LayerNorm, L._TrailingStat, L.Select)
 emit = rowwise
 COSTS = {op.code: rowwise_us for op in (SOFTMAX, ARGMAX, TOPK, LAYERNORM, GATHER)}

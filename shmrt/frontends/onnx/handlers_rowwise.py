@@ -1,6 +1,8 @@
 """Handlers of ops that reduce or normalise each row of an [N, F] activation over its last axis."""
 from __future__ import annotations
 
+import numpy as np
+
 from shmrt.frontends.onnx.layout import B, View, fmt
 from shmrt.ir import layers as L
 
@@ -58,16 +60,64 @@ class RowwiseOps:
         self.topk_outputs = (node.output[0], node.output[1] if len(node.output) > 1 else "")
         return [vv, vi]
 
+    def trailing(self, node, idx, v, ax, what):
+        """The ONNX axes ax.. of the batch-first view v as the trailing k dims of shmrt's activation:
+        k (the activation flattened first where no trailing dims of it hold exactly those axes)."""
+        r = len(v.shape)
+        if ax == 0 or not self.identical(v):
+            self.fail(node, idx, f"{what} from axis {ax} of ONNX shape {fmt(v.shape)} (shmrt layout "
+                                 f"{fmt(self.full())}) is not supported: expected axes after the batch axis 0 of a "
+                                 f"batch-first input")
+        M = int(np.prod(v.shape[ax:]))
+        for k in range(1, len(self.ir) + 1):
+            if int(np.prod(self.ir[len(self.ir) - k:])) == M:
+                break
+        else:
+            k = 0
+        lead = len(self.ir) - k
+        if not k or any(s is not None and not 1 <= s <= lead for s in v.src[1:ax]) \
+                or any(s is not None and s <= lead for s in v.src[ax:r]):
+            if int(np.prod(v.shape[1:ax])) != 1:
+                self.fail(node, idx, f"{what} from axis {ax} of ONNX shape {fmt(v.shape)}: the axes do not line up "
+                                     f"with shmrt's activation {fmt(self.full())}")
+            self.chain.emit(L.Flatten(), (int(np.prod(self.ir)),))
+            return 1
+        return k
+
     def op_LayerNormalization(self, node, idx, ins, a):
-        ax = a.get("axis", -1)
-        r = len(ins[0].shape)
-        if ax % r != r - 1:
-            self.fail(node, idx, f"attribute axis={ax} is not supported: only the last axis (-1)")
-        if any(o and o in self.consumed for o in node.output[1:]):
-            self.fail(node, idx, "the Mean/InvStdDev outputs are not supported (only Y may be used)")
-        v = self.dense(node, idx, ins[0])
-        F = self.ir[0]
-        w = self.vec(node, idx, 1, F, "Scale")
-        b = self.vec(node, idx, 2, F, "B") if len(ins) > 2 and ins[2] is not None else None
-        self.chain.emit(L.LayerNorm(F, eps=a.get("epsilon", 1e-5), weight=w, bias=b), self.ir)
-        return View(v.shape, v.src, self.chain.version)
+        """Over the axes [axis, rank) (the trailing dims: shmrt.LayerNorm's normalized_shape), any axis
+        after the batch; Mean and InvStdDev (one per group: shape [d0..d(axis-1), 1, ..., 1]) by
+        shmrt.Mean and shmrt.RStd on the same input.  Statistics in float64 whatever stash_type says."""
+        v = self.ordered(node, idx, ins[0])
+        r = len(v.shape)
+        ax = self.axis(node, idx, a.get("axis", -1), r)
+        if a.get("stash_type", 1) not in (1, 11):
+            self.fail(node, idx, f"attribute stash_type={a.get('stash_type')} is not supported; expected 1 "
+                                 f"(float) or 11 (double)")
+        k = self.trailing(node, idx, v, ax, "LayerNormalization")
+        shape = tuple(self.ir[len(self.ir) - k:])
+        onnx_shape = tuple(v.shape[ax:])
+
+        def param(j, what):
+            c = np.asarray(self.const(node, idx, j, what), dtype=np.float64)
+            try:
+                return np.broadcast_to(c, onnx_shape).reshape(shape)
+            except ValueError:
+                self.fail(node, idx, f"{what} (input {j}) of shape {c.shape} does not broadcast to the normalised "
+                                     f"shape {list(onnx_shape)}")
+        w = param(1, "Scale")
+        b = param(2, "B") if len(ins) > 2 and ins[2] is not None else None
+        eps = float(a.get("epsilon", 1e-5))
+        before = self.chain.version
+        self.chain.emit(L.LayerNorm(list(shape), eps=eps, weight=w, bias=b), self.ir)
+        outs = [View(v.shape, v.src, self.chain.version)]
+        stat_view = ((B,) + tuple(v.shape[1:ax]) + (1,) * (r - ax), tuple(v.src[:ax]) + (None,) * (r - ax))
+        for o, stat in zip(node.output[1:], (L.Mean(tuple(range(-k, 0)), keepdim=True), L.RStd(list(shape), eps))):
+            if o and o in self.consumed:
+                self.chain.switch(before)
+                lead = tuple(self.ir[:len(self.ir) - k])
+                self.chain.emit(stat, lead + (1,) * k)
+                outs.append(View(*stat_view, self.chain.version))
+            else:
+                outs.append(None)
+        return outs

@@ -1,0 +1,225 @@
+"""ONNX ops widened for the backend-test conformance (issue 16): LayerNormalization over any trailing
+axes (with its Mean and InvStdDev outputs), ReduceMean over axes after the batch, Clip with any bounds,
+HardSigmoid with any alpha and beta.  Each model is built with onnx.helper, its batch axis symbolic,
+and shmrt's answer is compared with onnx's ReferenceEvaluator and with onnxruntime (batches 1 and 3,
+1 and 2 workers, strategies "data" and "model"); what stays out of scope is refused with the node,
+its op and what was expected named.  The public layers behind them (LayerNorm over several dims,
+Hardtanh, Mean) are checked against torch and through the native file format."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+from onnx.reference import ReferenceEvaluator  # noqa: E402
+
+import shmrt  # noqa: E402
+from shmrt.frontends.onnx import from_onnx  # noqa: E402
+from shmrt.ir.reference import forward  # noqa: E402
+
+RTOL = 1e-5
+_RNG = np.random.default_rng(16)
+
+
+@pytest.fixture(scope="module")
+def runtimes():
+    with shmrt.Runtime(workers=1) as r1, shmrt.Runtime(workers=2) as r2:
+        yield (r1, r2)
+
+
+def _model(nodes, shape, outputs, inits=(), opset=18):
+    """One float input x of [N, *shape] (N symbolic); outputs: [(name, ONNX shape with "N")]."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *shape])
+    outs = [helper.make_tensor_value_info(n, TensorProto.FLOAT, s) for n, s in outputs]
+    g = helper.make_graph(nodes, "g", [x], outs, [numpy_helper.from_array(np.asarray(v), k) for k, v in inits])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+    m.ir_version = 8
+    onnx.checker.check_model(m)
+    return m
+
+
+def _err(got, ref):
+    got, ref = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    assert got.size == ref.size, (got.shape, ref.shape)
+    return np.abs(got.reshape(-1) - ref.reshape(-1)).max() / max(np.abs(ref).max(), 1e-30)
+
+
+def _check(m, shape, runtimes, worst=None):
+    """shmrt against ReferenceEvaluator and onnxruntime, every output, batches 1 and 3, 1 and 2
+    workers, strategies data and model; returns the worst relative error seen."""
+    model = from_onnx(m)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    ev = ReferenceEvaluator(m)
+    worst = 0.0
+    for n in (1, 3):
+        x = _RNG.standard_normal((n, *shape)).astype(np.float32) * 2
+        refs = ev.run(None, {"x": x})
+        outs = sess.run(None, {"x": x})
+        for a, b in zip(refs, outs):  # the two references agree first
+            assert _err(b, a) <= RTOL
+        for rt in runtimes:
+            for s in ("data", "model"):
+                got = rt.compile(model, strategy=s, max_batch=3)(x)
+                got = got if isinstance(got, (tuple, list)) else (got,)
+                assert len(got) == len(refs)
+                for g, a, b in zip(got, refs, outs):
+                    assert np.shape(g)[0] == n
+                    e = max(_err(g, a), _err(g, b))
+                    assert e <= RTOL, (s, rt.workers if hasattr(rt, "workers") else "", e)
+                    worst = max(worst, e)
+    return worst
+
+
+def _refused(m, *words):
+    with pytest.raises(ValueError) as e:
+        from_onnx(m)
+    msg = str(e.value)
+    for w in ("ONNX node",) + words:
+        assert w in msg, msg
+    return msg
+
+
+# -- LayerNormalization ---------------------------------------------------------------------------
+
+def _layernorm(shape, axis, stats=False, eps=1e-5, bias=True, stash=None, scale_shape=None):
+    r = len(shape) + 1
+    a = axis % r
+    norm = shape[a - 1:]
+    inits = [("s", _RNG.standard_normal(scale_shape or norm).astype(np.float32))]
+    if bias:
+        inits.append(("b", _RNG.standard_normal(norm).astype(np.float32)))
+    outs = ["y", "mean", "inv"] if stats else ["y"]
+    kw = {"axis": axis, "epsilon": eps}
+    if stash is not None:
+        kw["stash_type"] = stash
+    node = helper.make_node("LayerNormalization", ["x", "s"] + (["b"] if bias else []), outs, **kw)
+    st = ["N", *shape[:a - 1]] + [1] * (r - a)
+    return _model([node], shape, [("y", ["N", *shape])] + ([("mean", st), ("inv", st)] if stats else []), inits)
+
+
+@pytest.mark.parametrize("shape,axis", [((5,), 1), ((5,), -1), ((3, 5), 1), ((3, 5), 2), ((3, 5), -1),
+                                        ((3, 4, 5), 1), ((3, 4, 5), 2), ((3, 4, 5), 3), ((3, 4, 5), -2),
+                                        ((3, 4, 5), -3)])
+@pytest.mark.parametrize("stats", [False, True])
+def test_layernorm_over_trailing_axes_with_mean_and_invstddev(shape, axis, stats, runtimes):
+    e = _check(_layernorm(shape, axis, stats, eps=1e-3 if stats else 1e-5), shape, runtimes)
+    print(f"\nLayerNormalization {shape} axis {axis} stats {stats}: worst relative error {e:.2e}")
+
+
+def test_layernorm_without_bias_broadcast_scale_and_double_stash(runtimes):
+    _check(_layernorm((3, 4, 5), 2, bias=False, stash=11, scale_shape=(5,)), (3, 4, 5), runtimes)
+
+
+@pytest.mark.parametrize("axis", [0, -4])
+def test_layernorm_over_the_batch_axis_is_refused(axis):
+    msg = _refused(_layernorm((3, 4, 5), axis), "op LayerNormalization", "axis 0", "batch")
+    print("\n" + msg)
+
+
+def test_layernorm_with_a_scale_that_does_not_broadcast_is_refused():
+    _refused(_layernorm((3, 4, 5), 2, scale_shape=(3,)), "op LayerNormalization", "Scale", "[4, 5]")
+
+
+# -- ReduceMean -----------------------------------------------------------------------------------
+
+def _reduce_mean(shape, axes, keepdims, as_input=True):
+    r = len(shape) + 1
+    kept = [1 if k in [a % r for a in axes] else n for k, n in enumerate(["N", *shape])]
+    out = kept if keepdims else [n for k, n in enumerate(["N", *shape]) if k not in [a % r for a in axes]]
+    if as_input:
+        node = helper.make_node("ReduceMean", ["x", "axes"], ["y"], keepdims=keepdims)
+        return _model([node], shape, [("y", out)], [("axes", np.array(axes, np.int64))])
+    node = helper.make_node("ReduceMean", ["x"], ["y"], keepdims=keepdims, axes=axes)
+    return _model([node], shape, [("y", out)], opset=13)
+
+
+@pytest.mark.parametrize("shape,axes", [((2, 3), [1]), ((2, 3), [-2]), ((2, 3), [2]), ((2, 3), [1, 2]),
+                                        ((3, 4, 5), [2]), ((3, 4, 5), [2, 3]), ((3, 4, 5), [1, 3]),
+                                        ((3, 4, 5), [1, 2, 3]), ((6,), [1])])
+@pytest.mark.parametrize("keepdims", [0, 1])
+def test_reduce_mean_over_axes_after_the_batch(shape, axes, keepdims, runtimes):
+    _check(_reduce_mean(shape, axes, keepdims), shape, runtimes)
+
+
+def test_reduce_mean_axes_as_attribute_opset13(runtimes):
+    _check(_reduce_mean((3, 4), [1], 1, as_input=False), (3, 4), runtimes)
+
+
+def test_reduce_mean_over_the_batch_or_every_axis_is_refused():
+    _refused(_reduce_mean((2, 3), [0, 1], 1), "ReduceMean", "axis 0 is the batch")
+    node = helper.make_node("ReduceMean", ["x"], ["y"], keepdims=1)
+    _refused(_model([node], (2, 3), [("y", [1, 1, 1])]), "ReduceMean", "axis 0 is the batch")
+
+
+# -- Clip, HardSigmoid ----------------------------------------------------------------------------
+
+def _clip(lo, hi, opset=13):
+    if opset < 11:
+        kw = {k: v for k, v in (("min", lo), ("max", hi)) if v is not None}
+        return _model([helper.make_node("Clip", ["x"], ["y"], **kw)], (3, 4), [("y", ["N", 3, 4])], opset=6)
+    ins = ["x", "lo" if lo is not None else "", "hi" if hi is not None else ""]
+    while ins[-1] == "":
+        ins.pop()
+    inits = [(k, np.array(v, np.float32)) for k, v in (("lo", lo), ("hi", hi)) if v is not None]
+    return _model([helper.make_node("Clip", ins, ["y"])], (3, 4), [("y", ["N", 3, 4])], inits, opset=opset)
+
+
+@pytest.mark.parametrize("lo,hi,opset", [(-1.0, 1.0, 13), (None, 0.0, 13), (-0.5, None, 13), (2.0, 1.0, 13),
+                                         (-1.0, 1.0, 6), (0.0, 6.0, 13), (0.0, None, 11), (None, None, 13)])
+def test_clip_any_bounds(lo, hi, opset, runtimes):
+    _check(_clip(lo, hi, opset), (3, 4), runtimes)
+
+
+def test_clip_with_a_bound_from_the_input_is_refused():
+    node = helper.make_node("Clip", ["x", "m"], ["y"])
+    g = helper.make_graph([helper.make_node("ReduceMax", ["x"], ["m"], keepdims=0, axes=[0, 1, 2]), node], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 4])])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    with pytest.raises(ValueError) as e:
+        from_onnx(m)
+    assert "ONNX node" in str(e.value) and "ReduceMax" in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("alpha,beta", [(0.5, 0.6), (0.2, 0.5), (1 / 6, 0.5), (-0.3, 0.1)])
+def test_hardsigmoid_any_alpha_beta(alpha, beta, runtimes):
+    node = helper.make_node("HardSigmoid", ["x"], ["y"], alpha=alpha, beta=beta)
+    _check(_model([node], (3, 4), [("y", ["N", 3, 4])]), (3, 4), runtimes)
+
+
+# -- the public layers: PyTorch's semantics, the native format --------------------------------------
+
+def test_layers_match_torch_and_save_load(tmp_path, runtimes):
+    torch = pytest.importorskip("torch")
+    ln = torch.nn.LayerNorm((4, 5), eps=1e-4)
+    with torch.no_grad():
+        ln.weight.normal_()
+        ln.bias.normal_()
+    model = shmrt.Sequential([shmrt.LayerNorm([4, 5], eps=1e-4, weight=ln.weight.detach().numpy(),
+                                              bias=ln.bias.detach().numpy()),
+                              shmrt.Hardtanh(-0.5, 0.7), shmrt.Mean(dim=-1)], input_shape=(3, 4, 5))
+    x = _RNG.standard_normal((3, 3, 4, 5)).astype(np.float32)
+    with torch.no_grad():
+        ref = torch.nn.functional.hardtanh(ln(torch.from_numpy(x)), -0.5, 0.7).mean(-1).numpy()
+    assert _err(forward(model, x), ref) <= RTOL
+    path = tmp_path / "m.shmrt"
+    model.save(path)
+    back = shmrt.load(path)
+    assert [repr(layer) for layer in back.layers] == [repr(layer) for layer in model.layers]
+    for rt in runtimes:
+        for m in (model, back):
+            assert _err(rt.compile(m, strategy="data", max_batch=3)(x), ref) <= RTOL
+
+
+def test_layer_arguments_are_checked():
+    with pytest.raises(ValueError, match="min_val must be a number"):
+        shmrt.Hardtanh(float("nan"), 1.0)
+    with pytest.raises(ValueError, match="trailing dims"):
+        shmrt.Mean(dim=(1, 3))
+    with pytest.raises(ValueError, match=r"weight must have shape \(4, 5\)"):
+        shmrt.LayerNorm([4, 5], weight=np.ones(3))
+    with pytest.raises(ValueError, match="expects inputs of shape"):
+        shmrt.Sequential([shmrt.LayerNorm([4, 5])], input_shape=(5, 4)).shapes((5, 4))
