@@ -246,3 +246,23 @@ def test_torch_layernorm_over_two_dims_hardtanh_and_mean_load(runtimes):
     for rt in runtimes:
         for s in ("data", "model"):
             assert _err(rt.compile(model, strategy=s, max_batch=3)(x), ref) <= RTOL
+
+
+# -- a graph that only re-labels its input ----------------------------------------------------------
+
+@pytest.mark.parametrize("op,kw,out", [("Identity", {}, ["N", 3, 4]), ("Unsqueeze", {"axes": [1]}, ["N", 1, 3, 4]),
+                                       ("Transpose", {"perm": [0, 1, 2]}, ["N", 3, 4])])
+def test_a_graph_that_computes_nothing_runs_as_a_copy(op, kw, out, runtimes):
+    if op == "Unsqueeze":
+        node = helper.make_node(op, ["x", "axes"], ["y"])
+        m = _model([node], (3, 4), [("y", out)], [("axes", np.array(kw["axes"], np.int64))])
+    else:
+        m = _model([helper.make_node(op, ["x"], ["y"], **kw)], (3, 4), [("y", out)])
+    _check(m, (3, 4), runtimes)
+
+
+def test_a_graph_moving_the_batch_axis_is_still_refused():
+    m = _model([helper.make_node("Unsqueeze", ["x", "axes"], ["y"])], (3, 4), [("y", [1, "N", 3, 4])],
+               [("axes", np.array([0], np.int64))])
+    with pytest.raises(ValueError, match="not in batch-first order"):
+        from_onnx(m)

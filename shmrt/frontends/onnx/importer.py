@@ -259,8 +259,12 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
                 raise UnsupportedONNX(f"ONNX graph output {n!r} of shape {fmt(v.shape)} is not in batch-first "
                                       f"order (shmrt layout {fmt(self.full())}); add a Transpose back to batch-first")
             names.append(self.chain.current)
-        if not self.chain.layers:
-            raise UnsupportedONNX("ONNX graph: computes nothing (no layer)")
+        if not self.chain.layers:  # only re-labels its input (Identity, Unsqueeze, ...): a copy of it
+            if len(names) != 1:
+                raise UnsupportedONNX(f"ONNX graph outputs {outs}: the graph computes nothing (no layer) and has "
+                                      f"{len(names)} outputs; expected one")
+            self.chain.emit(L.Dropout(), self.ir)
+            names = [self.chain.current]
         if topk is not None and tuple(outs) == topk:  # TopK's (values, indices): one output of shmrt's
             names = names[:1]
         elif len(set(names)) != len(names):
