@@ -47,7 +47,7 @@ def _err(got, ref):
     return np.abs(got.reshape(-1) - ref.reshape(-1)).max() / max(np.abs(ref).max(), 1e-30)
 
 
-def _check(m, shape, runtimes, worst=None):
+def _check(m, shape, runtimes, ties=False):
     """shmrt against ReferenceEvaluator and onnxruntime, every output, batches 1 and 3, 1 and 2
     workers, strategies data and model; returns the worst relative error seen."""
     model = from_onnx(m)
@@ -56,6 +56,8 @@ def _check(m, shape, runtimes, worst=None):
     worst = 0.0
     for n in (1, 3):
         x = _RNG.standard_normal((n, *shape)).astype(np.float32) * 2
+        if ties:  # few distinct values: ties decide the index
+            x = np.round(x / 2)
         refs = ev.run(None, {"x": x})
         outs = sess.run(None, {"x": x})
         for a, b in zip(refs, outs):  # the two references agree first
@@ -67,6 +69,9 @@ def _check(m, shape, runtimes, worst=None):
                 assert len(got) == len(refs)
                 for g, a, b in zip(got, refs, outs):
                     assert np.shape(g)[0] == n
+                    if a.dtype.kind == "i":  # indices: exactly
+                        assert np.array_equal(np.reshape(g, a.shape), a) and np.array_equal(a, b), (s, g, a)
+                        continue
                     e = max(_err(g, a), _err(g, b))
                     assert e <= RTOL, (s, rt.workers if hasattr(rt, "workers") else "", e)
                     worst = max(worst, e)
@@ -246,6 +251,29 @@ def test_torch_layernorm_over_two_dims_hardtanh_and_mean_load(runtimes):
     for rt in runtimes:
         for s in ("data", "model"):
             assert _err(rt.compile(model, strategy=s, max_batch=3)(x), ref) <= RTOL
+
+
+# -- ArgMax ---------------------------------------------------------------------------------------
+
+def _argmax(shape, axis, keepdims, last):
+    r = len(shape) + 1
+    a = axis % r
+    out = [1 if k == a else n for k, n in enumerate(["N", *shape]) if keepdims or k != a]
+    node = helper.make_node("ArgMax", ["x"], ["y"], axis=axis, keepdims=keepdims, select_last_index=last)
+    g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *shape])],
+                          [helper.make_tensor_value_info("y", TensorProto.INT64, out)])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+
+
+@pytest.mark.parametrize("shape,axis", [((5,), 1), ((5,), -1), ((3, 4), 1), ((3, 4), 2), ((3, 4), -1),
+                                        ((2, 3, 4), 1), ((2, 3, 4), 2), ((2, 3, 4), 3)])
+@pytest.mark.parametrize("keepdims,last", [(1, 0), (0, 0), (1, 1), (0, 1)])
+def test_argmax_along_any_axis_after_the_batch(shape, axis, keepdims, last, runtimes):
+    _check(_argmax(shape, axis, keepdims, last), shape, runtimes, ties=True)
+
+
+def test_argmax_along_the_batch_axis_is_refused():
+    _refused(_argmax((3, 4), 0, 1, 0), "op ArgMax", "axis=0", "batch")
 
 
 # -- a graph that only re-labels its input ----------------------------------------------------------

@@ -52,7 +52,8 @@ _DECLARED = (
     ("ACT", "act", ("x", "x_ld", "col", "width", "act", "lo", "hi", "out", "out_ld", "alpha")),
     # over dim m of each row seen as [outer, m, inner] (width = outer * m * inner)
     ("SOFTMAX", "softmax", ("x", "x_ld", "width", "out", "out_ld", "log", "lo", "hi", "m", "inner")),
-    ("ARGMAX", "argmax", ("x", "x_ld", "width", "out", "lo", "hi", "last")),  # out: int64 indices; last: of ties
+    # out: int64 indices [N, width // m], one per group of m floats of a row; last: of ties
+    ("ARGMAX", "argmax", ("x", "x_ld", "width", "out", "lo", "hi", "last", "m")),
     ("TOPK", "topk", ("x", "x_ld", "width", "k", "values", "indices", "lo", "hi")),  # indices: int64
     # out[rows, col:col+width] = x[rows, col:col+width] * scale[col:...] + shift[col:...]
     ("AFFINE", "affine", ("x", "x_ld", "col", "width", "scale", "shift", "out", "out_ld", "lo", "hi")),

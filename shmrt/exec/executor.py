@@ -297,9 +297,12 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
                     s[SOFTMAX.m], s[SOFTMAX.inner])
         elif op == ARGMAX.code:
             r0, r1 = _rows(base, cnt, w0, w1, s[ARGMAX.lo], s[ARGMAX.hi])
-            out = arena[s[ARGMAX.out]:s[ARGMAX.out] + 2 * n].view(np.int64)[r0:r1]
+            m, W = s[ARGMAX.m], s[ARGMAX.width]
+            G = W // m
+            out = arena[s[ARGMAX.out]:s[ARGMAX.out] + 2 * n * G].view(np.int64).reshape((n, G))
             xa, xo = _src(arena, xin, s[ARGMAX.x], in_off)
-            argmax(_view(xa, xo, s[ARGMAX.x_ld], r0, r1, 0, s[ARGMAX.width]), out, s[ARGMAX.last] != 0)
+            for g in range(G):  # each group of m floats of a row: one index
+                argmax(_view(xa, xo, s[ARGMAX.x_ld], r0, r1, g * m, m), out[r0:r1, g], s[ARGMAX.last] != 0)
         elif op == TOPK.code:
             r0, r1 = _rows(base, cnt, w0, w1, s[TOPK.lo], s[TOPK.hi])
             k = s[TOPK.k]

@@ -203,15 +203,19 @@ class LogSoftmax(Softmax):
 
 
 class ArgMax(_RowWise):
-    """Index of the largest feature per row (the first one on ties; the last with ONNX's
-    select_last_index=True); int64 output."""
+    """Index of the largest value along the last dim (torch.argmax(x, dim=-1)): one per row of
+    [N, F], per (n, t) of [N, T, F], ...; the first one on ties, the last with ONNX's
+    select_last_index=True; int64 output of the input's shape without its last dim."""
 
     def __init__(self, dim=-1, select_last_index=False):
         super().__init__(dim)
         self.select_last_index = bool(select_last_index)
 
     def output_shape(self, shape):
-        return ()
+        if self.dim == 1 and len(shape) > 1:
+            raise ValueError(f"{self!r}: dim=1 of inputs of shape (N, {', '.join(map(str, shape))}) is not the last "
+                             f"dim; expected dim=-1")
+        return tuple(shape[:-1])
 
     def config(self):
         return {"dim": self.dim, **({"select_last_index": True} if self.select_last_index else {})}

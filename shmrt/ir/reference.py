@@ -322,8 +322,8 @@ _RULES = {
     L._Elementwise: lambda l, p, h: act(h, l),
     L.Softmax: _softmax,
     L.LogSoftmax: _log_softmax,
-    L.ArgMax: lambda l, p, h: h.shape[1] - 1 - np.argmax(h[:, ::-1], axis=1) if l.select_last_index else
-    np.argmax(h, axis=1),
+    L.ArgMax: lambda l, p, h: h.shape[-1] - 1 - np.argmax(h[..., ::-1], axis=-1) if l.select_last_index else
+    np.argmax(h, axis=-1),
     L.TopK: _topk,
     L.LayerNorm: _layer_norm,
     L._TrailingStat: _trailing_stat,

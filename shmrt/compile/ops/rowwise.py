@@ -24,7 +24,8 @@ def rowwise(b, op, info):
             b.emit(w, SOFTMAX, x=x, x_ld=ld, width=W, out=out.off, out_ld=W, log=int(isinstance(l, L.LogSoftmax)),
                    m=m, inner=inner, **r)
         elif isinstance(l, L.ArgMax):
-            b.emit(w, ARGMAX, x=x, x_ld=ld, width=W, out=out.off, last=int(l.select_last_index), **r)
+            b.emit(w, ARGMAX, x=x, x_ld=ld, width=W, out=out.off, last=int(l.select_last_index),
+                   m=int(op.in_shapes[0][-1]), **r)
         elif isinstance(l, L.TopK):
             b.emit(w, TOPK, x=x, x_ld=ld, width=W, k=l.k, values=out.off, indices=out.idx_off, **r)
         elif isinstance(l, L.LayerNorm):
@@ -65,10 +66,12 @@ def tensors(op, before) -> dict:
 
 
 def output(op, shape, in_shape, maxb, arena):
-    """ArgMax writes int64 indices; TopK values and int64 indices; the rest a dense [N, width]."""
+    """ArgMax writes int64 indices (one per group of the last dim); TopK values and int64 indices; the
+    rest a dense [N, width]."""
     l = op.layer
     if isinstance(l, L.ArgMax):
-        return Output("argmax", arena.alloc(2 * maxb), 1, shape=())
+        g = int(np.prod(shape))
+        return Output("argmax", arena.alloc(2 * maxb * g), g, shape=tuple(shape))
     if isinstance(l, L.TopK):
         return Output("topk", arena.alloc(maxb * l.k), l.k, arena.alloc(2 * maxb * l.k), (l.k,))
     return None

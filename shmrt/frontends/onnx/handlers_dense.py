@@ -148,18 +148,8 @@ class DenseOps:
             if keep:
                 return View((B, C, 1, 1), (0, 1, None, None), self.chain.version)
             return View((B, C), (0, 1), self.chain.version)
-        rest = [k for k in range(1, r) if k not in axes]
-        src_of = {kk: v.src[kk] for kk in rest}  # each kept axis: the activation's axis it is after the mean
-        t, oshape = axes, v.shape
-        if axes != list(range(r - len(axes), r)):  # move the reduced axes last, as the activation lies
-            if v.src != tuple(range(r)) or len(self.ir) != r - 1:
-                self.fail(node, idx, f"ReduceMean over axes {axes} of ONNX shape {fmt(v.shape)} (shmrt layout "
-                                     f"{fmt(self.full())}): expected trailing axes, or the input as shmrt holds it")
-            perm = [0] + rest + axes
-            self.chain.emit(L.Permute(*perm), tuple(self.ir[k - 1] for k in perm[1:]))
-            src_of = {kk: j for j, kk in enumerate(rest, 1)}
-            t = list(range(len(rest) + 1, r))
-            v = View(tuple(v.shape[k] for k in perm), tuple(range(r)), self.chain.version)
+        oshape, rest = v.shape, [k for k in range(1, r) if k not in axes]
+        v, src_of, t = self.move_last(node, idx, v, axes, "ReduceMean")
         k = self.trailing(node, idx, v, t[0], "ReduceMean")
         lead = tuple(self.ir[:len(self.ir) - k])
         if not lead:  # flattened, or every axis of the activation reduced: the kept axes are all size 1

@@ -1,4 +1,5 @@
-"""Handlers of ops that reduce or normalise each row of an [N, F] activation over its last axis."""
+"""Handlers of ops that reduce or normalise along axes after the batch: Softmax, ArgMax, TopK, LayerNormalization
+(and the helpers that line those axes up with the trailing dims of shmrt's activation)."""
 from __future__ import annotations
 
 import numpy as np
@@ -8,7 +9,7 @@ from shmrt.ir import layers as L
 
 
 class RowwiseOps:
-    """Softmax, LogSoftmax, ArgMax, TopK, LayerNormalization."""
+    """Softmax, LogSoftmax, ArgMax, TopK, LayerNormalization (with its Mean and InvStdDev)."""
 
     def _softmax(self, node, idx, ins, a, cls):
         """Softmax over one axis (opset >= 13), any but the batch: the same axis of shmrt's layout."""
@@ -30,16 +31,43 @@ class RowwiseOps:
     def op_LogSoftmax(self, node, idx, ins, a):
         return self._softmax(node, idx, ins, a, L.LogSoftmax)
 
+    def move_last(self, node, idx, v, axes, what):
+        """The axes (sorted, after the batch) of the batch-first view v moved last in shmrt's activation
+        (a Permute, unless they are last already): (the view as it then lies, {each other axis of v: the
+        activation's axis it is, or None}, the moved axes' new positions)."""
+        r = len(v.shape)
+        rest = [k for k in range(1, r) if k not in axes]
+        if axes == list(range(r - len(axes), r)):
+            return v, {kk: v.src[kk] for kk in rest}, axes
+        if v.src != tuple(range(r)) or len(self.ir) != r - 1:
+            self.fail(node, idx, f"{what} over axes {axes} of ONNX shape {fmt(v.shape)} (shmrt layout "
+                                 f"{fmt(self.full())}): expected trailing axes, or the input as shmrt holds it")
+        perm = [0] + rest + axes
+        self.chain.emit(L.Permute(*perm), tuple(self.ir[k - 1] for k in perm[1:]))
+        v = View(tuple(v.shape[k] for k in perm), tuple(range(r)), self.chain.version)
+        return v, {kk: j for j, kk in enumerate(rest, 1)}, list(range(len(rest) + 1, r))
+
     def op_ArgMax(self, node, idx, ins, a):
-        ax = a.get("axis", 0)
-        r = len(ins[0].shape)
-        if ax % r != r - 1:
-            self.fail(node, idx, f"attribute axis={ax} is not supported: only the last axis ({r - 1} or -1)")
-        self.dense(node, idx, ins[0])
-        self.chain.emit(L.ArgMax(select_last_index=bool(a.get("select_last_index", 0))), ())
-        if a.get("keepdims", 1):
-            return View((B, 1), (0, None), self.chain.version)
-        return View((B,), (0,), self.chain.version)
+        """Along any axis after the batch (moved last first where it is not): shmrt.ArgMax, one index
+        per group of the other axes."""
+        v = self.ordered(node, idx, ins[0])
+        r = len(v.shape)
+        ax = self.axis(node, idx, a.get("axis", 0), r)
+        if ax == 0 or not self.identical(v):
+            self.fail(node, idx, f"attribute axis={a.get('axis', 0)} of ONNX shape {fmt(v.shape)} (shmrt layout "
+                                 f"{fmt(self.full())}) is not supported: expected an axis after the batch axis 0 of "
+                                 f"a batch-first input")
+        oshape = v.shape
+        v, src_of, t = self.move_last(node, idx, v, [ax], "ArgMax")
+        if self.trailing(node, idx, v, t[0], "ArgMax") != 1 or self.ir[-1] != v.shape[-1]:
+            self.fail(node, idx, f"ArgMax along axis {ax} of ONNX shape {fmt(oshape)}: the axis is not one axis of "
+                                 f"shmrt's activation {fmt(self.full())}")
+        if len(self.ir) == 1:  # a flattened activation: the other axes are all size 1
+            src_of = dict.fromkeys(src_of)
+        self.chain.emit(L.ArgMax(select_last_index=bool(a.get("select_last_index", 0))), tuple(self.ir[:-1]))
+        kept = [kk for kk in range(1, r) if a.get("keepdims", 1) or kk != ax]
+        return View((B,) + tuple(1 if kk == ax else oshape[kk] for kk in kept),
+                    (0,) + tuple(src_of.get(kk) for kk in kept), self.chain.version)
 
     def op_TopK(self, node, idx, ins, a):
         k = self.const(node, idx, 1, "K").reshape(-1)
