@@ -276,6 +276,43 @@ def test_argmax_along_the_batch_axis_is_refused():
     _refused(_argmax((3, 4), 0, 1, 0), "op ArgMax", "axis=0", "batch")
 
 
+# -- Softmax / LogSoftmax written out as their function bodies -------------------------------------
+
+def _softmax_body(shape, axis, log, opset, expose=False):
+    ax = helper.make_tensor("axes", TensorProto.INT64, [1], [axis])
+    nodes = [helper.make_node("Constant", [], ["ax"], value=ax)]
+    if opset >= 18:
+        nodes.append(helper.make_node("ReduceMax", ["x", "ax"], ["m"], keepdims=1))
+    else:
+        nodes.append(helper.make_node("ReduceMax", ["x"], ["m"], keepdims=1, axes=[axis]))
+    nodes += [helper.make_node("Sub", ["x", "m"], ["d"]), helper.make_node("Exp", ["d"], ["e"]),
+              helper.make_node("ReduceSum", ["e", "ax"], ["s"], keepdims=1)]
+    if log:
+        nodes += [helper.make_node("Log", ["s"], ["l"]), helper.make_node("Sub", ["d", "l"], ["y"])]
+    else:
+        nodes.append(helper.make_node("Div", ["e", "s"], ["y"]))
+    outs = [("y", ["N", *shape])] + ([("e", ["N", *shape])] if expose else [])
+    return _model(nodes, shape, outs, opset=opset)
+
+
+@pytest.mark.parametrize("axis", [1, 2, -1])
+@pytest.mark.parametrize("log", [False, True])
+@pytest.mark.parametrize("opset", [13, 18])
+def test_softmax_function_body_runs_as_softmax(axis, log, opset, runtimes):
+    m = _softmax_body((3, 4), axis, log, opset)
+    model = from_onnx(m)
+    assert any(type(layer).__name__ == ("LogSoftmax" if log else "Softmax") for layer in model.layers)
+    _check(m, (3, 4), runtimes)
+
+
+def test_softmax_body_whose_exp_is_also_an_output_is_not_fused_and_is_refused():
+    _refused(_softmax_body((3, 4), 1, False, 18, expose=True), "op ReduceMax", "not supported")
+
+
+def test_softmax_body_over_the_batch_axis_is_refused():
+    _refused(_softmax_body((3, 4), 0, False, 18), "op Softmax", "axis=0", "batch")
+
+
 # -- a graph that only re-labels its input ----------------------------------------------------------
 
 @pytest.mark.parametrize("op,kw,out", [("Identity", {}, ["N", 3, 4]), ("Unsqueeze", {"axes": [1]}, ["N", 1, 3, 4]),

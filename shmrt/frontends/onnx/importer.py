@@ -132,7 +132,8 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
             self.values[inp.name] = View((B,) + shape, range(len(shape) + 1), version)
         nodes = self.live(list(enumerate(g.node)))
         # a pattern that does not fit returns the nodes as they are
-        for rewrite in (patterns.rewrite_silu, patterns.rewrite_gelu, patterns.rewrite_layernorm):
+        for rewrite in (patterns.rewrite_silu, patterns.rewrite_gelu, patterns.rewrite_layernorm,
+                        patterns.rewrite_softmax):
             with self.bugs(f"ONNX graph: the pattern rewrite {rewrite.__name__}"):
                 nodes = rewrite(self.onnx, g, nodes)
         nodes = self.live(nodes)
