@@ -58,8 +58,8 @@ def _check(m, shape, runtimes, ties=False):
         x = _RNG.standard_normal((n, *shape)).astype(np.float32) * 2
         if ties:  # few distinct values: ties decide the index
             x = np.round(x / 2)
-        refs = ev.run(None, {"x": x})
-        outs = sess.run(None, {"x": x})
+        refs = ev.run(None, {m.graph.input[0].name: x})
+        outs = sess.run(None, {m.graph.input[0].name: x})
         for a, b in zip(refs, outs):  # the two references agree first
             assert _err(b, a) <= RTOL
         for rt in runtimes:
@@ -311,6 +311,48 @@ def test_softmax_body_whose_exp_is_also_an_output_is_not_fused_and_is_refused():
 
 def test_softmax_body_over_the_batch_axis_is_refused():
     _refused(_softmax_body((3, 4), 0, False, 18), "op Softmax", "axis=0", "batch")
+
+
+# -- LayerNormalization written out as its function body (ONNX's own expanded test models) -----------
+
+def _expanded_layernorm(name, extra_output=None):
+    """The expanded model ONNX ships, Scale and B made initializers, the batch axis symbolic."""
+    from onnx.backend.test.loader import load_model_tests
+    t = next(t for t in load_model_tests(kind="node") if t.name == name)
+    m = onnx.load(f"{t.model_dir}/model.onnx") if getattr(t, "model_dir", None) else t.model
+    g = m.graph
+    x = g.input[0]
+    shape = tuple(d.dim_value for d in x.type.tensor_type.shape.dim)
+    for vi in list(g.input[1:]):
+        dims = [d.dim_value for d in vi.type.tensor_type.shape.dim]
+        g.initializer.append(numpy_helper.from_array(_RNG.standard_normal(dims).astype(np.float32), vi.name))
+        g.input.remove(vi)
+    x.type.tensor_type.shape.dim[0].ClearField("dim_value")
+    x.type.tensor_type.shape.dim[0].dim_param = "N"
+    for o in g.output:
+        o.type.tensor_type.shape.dim[0].ClearField("dim_value")
+        o.type.tensor_type.shape.dim[0].dim_param = "N"
+    if extra_output:
+        g.output.append(helper.make_tensor_value_info(extra_output, TensorProto.FLOAT, None))
+    return m, shape[1:]
+
+
+@pytest.mark.parametrize("name", ["test_layer_normalization_2d_axis1_expanded",
+                                  "test_layer_normalization_3d_axis2_epsilon_expanded_ver18",
+                                  "test_layer_normalization_4d_axis1_expanded_ver18",
+                                  "test_layer_normalization_4d_axis_negative_3_expanded"])
+def test_layernorm_function_body_runs_as_layernorm(name, runtimes):
+    m, shape = _expanded_layernorm(name)
+    assert sum(type(layer).__name__ == "LayerNorm" for layer in from_onnx(m).layers) == 1
+    _check(m, shape, runtimes)
+
+
+def test_layernorm_function_body_over_the_batch_axis_or_with_an_intermediate_output_is_refused():
+    m, _ = _expanded_layernorm("test_layer_normalization_4d_axis0_expanded")
+    _refused(m, "op Flatten", "batch")
+    m, _ = _expanded_layernorm("test_layer_normalization_4d_axis1_expanded",
+                               "LayerNormalization_test_layer_normalization_4d_axis1_expanded_function_Var")
+    _refused(m, "not supported")
 
 
 # -- a graph that only re-labels its input ----------------------------------------------------------
