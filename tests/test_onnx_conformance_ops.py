@@ -192,6 +192,34 @@ def test_hardsigmoid_any_alpha_beta(alpha, beta, runtimes):
     _check(_model([node], (3, 4), [("y", ["N", 3, 4])]), (3, 4), runtimes)
 
 
+def _const(name, v):
+    return helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.array(v, np.float32)))
+
+
+@pytest.mark.parametrize("lo,hi,const_first", [(0.0, 1.0, False), (-0.5, 0.25, True), (0.0, None, False),
+                                               (None, 0.3, True)])
+def test_max_min_with_constants_and_castlike_as_function_bodies_write_them(lo, hi, const_first, runtimes):
+    """HardSigmoid's and Relu's bodies: constants CastLike(c, x), Mul, Add, then Min / Max with a constant."""
+    nodes = [_const("a", 0.4), _const("b", 0.1), helper.make_node("CastLike", ["a", "x"], ["ac"]),
+             helper.make_node("CastLike", ["b", "x"], ["bc"]), helper.make_node("Mul", ["x", "ac"], ["h1"]),
+             helper.make_node("Add", ["h1", "bc"], ["h"])]
+    cur = "h"
+    for k, (op, v) in enumerate((("Min", hi), ("Max", lo))):
+        if v is None:
+            continue
+        nodes += [_const(f"c{k}", v), helper.make_node("CastLike", [f"c{k}", "x"], [f"cc{k}"])]
+        ins = [f"cc{k}", cur] if const_first else [cur, f"cc{k}"]
+        nodes.append(helper.make_node(op, ins, [f"o{k}"]))
+        cur = f"o{k}"
+    nodes.append(helper.make_node("Identity", [cur], ["y"]))
+    _check(_model(nodes, (3, 4), [("y", ["N", 3, 4])]), (3, 4), runtimes)
+
+
+def test_max_of_two_activations_is_refused():
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Max", ["x", "r"], ["y"])]
+    _refused(_model(nodes, (3, 4), [("y", ["N", 3, 4])]), "op Max", "expected the model input and one constant")
+
+
 # -- the public layers: PyTorch's semantics, the native format --------------------------------------
 
 def test_layers_match_torch_and_save_load(tmp_path, runtimes):

@@ -10,7 +10,7 @@ from shmrt.ir import layers as L
 
 
 class ElementwiseOps:
-    """Relu, Sigmoid, Tanh, SiLU, HardSwish, HardSigmoid, LeakyRelu, Clip, Gelu; Add, Sub, Mul, Div with a
+    """Relu, Sigmoid, Tanh, SiLU, HardSwish, HardSigmoid, LeakyRelu, Clip, Max / Min with a constant, CastLike, Gelu; Add, Sub, Mul, Div with a
     constant; BatchNormalization."""
 
     def _act(self, node, idx, ins, layer):
@@ -67,6 +67,39 @@ class ElementwiseOps:
         if np.isnan(lo) or np.isnan(hi):
             self.fail(node, idx, f"Clip to [{lo}, {hi}]: expected bounds that are numbers, not NaN")
         return self._act(node, idx, ins, L.Hardtanh(lo, hi))
+
+    def _bound(self, node, idx, ins, lower):
+        """Max / Min of the stream and one constant scalar: Hardtanh with that bound on one side
+        (ReLU for Max with 0)."""
+        if len(ins) != 2 or sum(isinstance(v, View) for v in ins) != 1:
+            self.fail(node, idx, f"{node.op_type} of {len(ins)} inputs, {sum(isinstance(v, View) for v in ins)} from the "
+                                 f"model input: expected the model input and one constant")
+        k = 0 if isinstance(ins[0], View) else 1
+        c = np.asarray(ins[1 - k], dtype=np.float64)
+        if c.size != 1 or np.isnan(c).any():
+            self.fail(node, idx, f"input {1 - k} has shape {c.shape}: expected one number (a scalar bound)")
+        c = float(c.reshape(-1)[0])
+        v = [ins[k]]
+        if lower and c == 0.0:
+            return self._act(node, idx, v, L.ReLU())
+        return self._act(node, idx, v, L.Hardtanh(c, np.inf) if lower else L.Hardtanh(-np.inf, c))
+
+    def op_Max(self, node, idx, ins, a):
+        return self._bound(node, idx, ins, True)
+
+    def op_Min(self, node, idx, ins, a):
+        return self._bound(node, idx, ins, False)
+
+    def op_CastLike(self, node, idx, ins, a):
+        """CastLike(value, like): a constant given the stream's type (float32; what ONNX function bodies
+        write for their constants), or the stream cast like a float value (unchanged)."""
+        if not isinstance(ins[0], View):
+            return np.asarray(ins[0], dtype=np.float32)
+        like = ins[1] if len(ins) > 1 else None
+        if not isinstance(like, View) and np.asarray(like).dtype.kind != "f":
+            self.fail(node, idx, f"casts the model input like a value of dtype {np.asarray(like).dtype}; expected a "
+                                 f"float type (shmrt computes in float32)")
+        return ins[0]
 
     def op_LeakyRelu(self, node, idx, ins, a):
         return self._act(node, idx, ins, L.LeakyReLU(negative_slope=float(a.get("alpha", 0.01))))

@@ -223,7 +223,8 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
         if handler is None:
             self.fail(node, idx, f"op {op} on the model input is not supported; supported ops: "
                                  f"{', '.join(sorted(n[3:] for n in dir(self) if n.startswith('op_')))}")
-        if not isinstance(ins[0], View) and op not in ("Add", "Sub", "Mul", "Div", "Gemm", "MatMul", "Concat"):
+        if not isinstance(ins[0], View) and op not in ("Add", "Sub", "Mul", "Div", "Gemm", "MatMul", "Concat", "Max",
+                                                        "Min", "CastLike"):
             at = [k for k, v in enumerate(ins) if isinstance(v, View)]
             self.fail(node, idx, f"input 0 is a constant and input(s) {at} depend on the model input; expected the "
                                  f"activation as input 0 of {op}")
