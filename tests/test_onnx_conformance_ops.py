@@ -215,6 +215,38 @@ def test_max_min_with_constants_and_castlike_as_function_bodies_write_them(lo, h
     _check(_model(nodes, (3, 4), [("y", ["N", 3, 4])]), (3, 4), runtimes)
 
 
+@pytest.mark.parametrize("lo,hi", [(-0.5, 0.7), (None, 0.2), (0.3, None), (0.9, 0.1)])
+def test_clip_function_body_where_less_runs_as_clip(lo, hi, runtimes):
+    nodes, cur, inits = [], "x", []
+    if lo is not None:
+        nodes += [helper.make_node("Less", [cur, "lo"], ["c0"]), helper.make_node("Where", ["c0", "lo", cur], ["t"])]
+        cur = "t"
+        inits.append(("lo", np.array(lo, np.float32)))
+    if hi is not None:
+        nodes += [helper.make_node("Less", ["hi", cur], ["c1"]), helper.make_node("Where", ["c1", "hi", cur], ["y"])]
+        inits.append(("hi", np.array(hi, np.float32)))
+    else:
+        nodes.append(helper.make_node("Identity", [cur], ["y"]))
+    _check(_model(nodes, (3, 4), [("y", ["N", 3, 4])], inits), (3, 4), runtimes)
+
+
+def test_leakyrelu_function_body_runs_as_leakyrelu(runtimes):
+    nodes = [helper.make_node("Constant", [], ["a"], value_float=0.15),
+             helper.make_node("Constant", [], ["z"], value_float=0.0),
+             helper.make_node("CastLike", ["a", "x"], ["ac"]), helper.make_node("CastLike", ["z", "x"], ["zc"]),
+             helper.make_node("Less", ["x", "zc"], ["neg"]), helper.make_node("Mul", ["ac", "x"], ["ax"]),
+             helper.make_node("Where", ["neg", "ax", "x"], ["y"])]
+    m = _model(nodes, (3, 4), [("y", ["N", 3, 4])])
+    assert any(type(layer).__name__ == "LeakyReLU" for layer in from_onnx(m).layers)
+    _check(m, (3, 4), runtimes)
+
+
+def test_where_less_whose_condition_is_also_read_elsewhere_is_not_fused_and_is_refused():
+    nodes = [helper.make_node("Less", ["x", "lo"], ["c"]), helper.make_node("Where", ["c", "lo", "x"], ["y"]),
+             helper.make_node("Cast", ["c"], ["cf"], to=TensorProto.FLOAT), helper.make_node("Add", ["y", "cf"], ["z"])]
+    _refused(_model(nodes, (3, 4), [("z", ["N", 3, 4])], [("lo", np.array(0.2, np.float32))]), "op Less")
+
+
 def test_max_of_two_activations_is_refused():
     nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Max", ["x", "r"], ["y"])]
     _refused(_model(nodes, (3, 4), [("y", ["N", 3, 4])]), "op Max", "expected the model input and one constant")

@@ -24,7 +24,7 @@ import os
 
 from shmrt.frontends.chain import Chain
 from shmrt.frontends.onnx import patterns
-from shmrt.frontends.onnx.patterns_fn import rewrite_layernorm_function
+from shmrt.frontends.onnx.patterns_fn import rewrite_layernorm_function, rewrite_where_less
 from shmrt.frontends.onnx.errors import UnsupportedONNX, refusals_only
 from shmrt.frontends.onnx.external import resolve_external
 from shmrt.frontends.onnx.folding import Folding
@@ -134,7 +134,7 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
         nodes = self.live(list(enumerate(g.node)))
         # a pattern that does not fit returns the nodes as they are
         for rewrite in (patterns.rewrite_silu, patterns.rewrite_gelu, patterns.rewrite_layernorm,
-                        patterns.rewrite_softmax, rewrite_layernorm_function):
+                        patterns.rewrite_softmax, rewrite_layernorm_function, rewrite_where_less):
             with self.bugs(f"ONNX graph: the pattern rewrite {rewrite.__name__}"):
                 nodes = rewrite(self.onnx, g, nodes)
         nodes = self.live(nodes)

@@ -1,5 +1,6 @@
-"""The LayerNormalization function body (how ONNX defines the op, and what a tool that inlines
-functions writes) turned back into one LayerNormalization node, like the rewrites in patterns.py:
+"""Function bodies (how ONNX defines an op, and what a tool that inlines functions writes) turned back
+into one node, like the rewrites in patterns.py: Clip's and LeakyRelu's Where(Less(..)) forms
+(rewrite_where_less), and LayerNormalization's (rewrite_layernorm_function):
 
     X2D = Flatten(X, axis) [-> Cast float];  Mean2D = ReduceMean(X2D, [1]);  Var = ReduceMean(X2D * X2D)
     - Mean2D * Mean2D;  StdDev = Sqrt(Var + Epsilon);  Y = Reshape((X2D - Mean2D) / StdDev [-> Cast]
@@ -9,6 +10,8 @@ functions writes) turned back into one LayerNormalization node, like the rewrite
 Every step is checked explicitly (no intermediate read elsewhere or a graph output); a group that
 does not fit is left as it is."""
 from __future__ import annotations
+
+import numpy as np
 
 from shmrt.frontends.onnx.patterns import _consumers, _number, _other, _reader
 from shmrt.frontends.onnx.reading import attrs
@@ -168,6 +171,59 @@ def rewrite_layernorm_function(onnx, graph, pairs):
         ins = [X, W] + ([Bn] if Bn else [])
         repl[id(at)] = onnx.helper.make_node("LayerNormalization", ins, [nxt.output[0], mean_out, inv_out],
                                              axis=axis, epsilon=eps, name=f"{fl.name or 'Flatten'}(layernorm)")
+    if not repl:
+        return pairs
+    return [(i, repl.get(id(n), n)) for i, n in pairs if id(n) not in drop]
+
+
+def rewrite_where_less(onnx, graph, pairs):
+    """Where(Less(x, c), c, x) -> Max(x, c); Where(Less(c, x), c, x) -> Min(x, c) (Clip's function body;
+    the Max / Min handler then takes one constant scalar bound); Where(Less(x, 0), Mul(alpha, x), x) ->
+    LeakyRelu(alpha) (LeakyRelu's), alpha and 0 constants also through Cast / CastLike.  The Less must
+    be read by its Where only."""
+    nodes = [n for _, n in pairs]
+    consumers = _consumers(nodes)
+    producer = {o: n for n in nodes for o in n.output if o}
+    cval = _reader(onnx, graph, nodes)
+    outs = {o.name for o in graph.output}
+
+    def value(name):
+        v = cval(name)
+        p = producer.get(name)
+        if v is None and p is not None and p.op_type in ("Cast", "CastLike") and p.input:
+            return value(p.input[0])
+        if v is None and p is not None and p.op_type == "Constant":
+            a = attrs(onnx, p)
+            return next((np.array(a[k]) for k in ("value_float", "value_int") if k in a), None)
+        return v
+
+    drop, repl = set(), {}
+    for wh in nodes:
+        if wh.op_type != "Where" or len(wh.input) != 3 or len(wh.output) != 1:
+            continue
+        cond, a, b = wh.input
+        less = producer.get(cond)
+        if less is None or less.op_type != "Less" or len(less.input) != 2 or cond in outs \
+                or len(consumers.get(cond, [])) != 1:
+            continue
+        l0, l1 = less.input
+        new = None
+        if (l0, l1) == (b, a):
+            new = onnx.helper.make_node("Max", [b, a], [wh.output[0]], name=f"{wh.name or 'Where'}(max)")
+        elif (l0, l1) == (a, b):
+            new = onnx.helper.make_node("Min", [b, a], [wh.output[0]], name=f"{wh.name or 'Where'}(min)")
+        elif l0 == b and _number(value(l1)) == 0.0:
+            mul = producer.get(a)
+            alpha = _number(value(_other(mul, b) or "")) if mul is not None and mul.op_type == "Mul" else None
+            if alpha is None or a in outs or len(consumers.get(a, [])) != 1:
+                continue
+            drop.add(id(mul))
+            new = onnx.helper.make_node("LeakyRelu", [b], [wh.output[0]], alpha=alpha,
+                                        name=f"{wh.name or 'Where'}(leakyrelu)")
+        if new is None:
+            continue
+        drop.add(id(less))
+        repl[id(wh)] = new
     if not repl:
         return pairs
     return [(i, repl.get(id(n), n)) for i, n in pairs if id(n) not in drop]
