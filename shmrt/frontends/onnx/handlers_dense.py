@@ -152,7 +152,7 @@ class DenseOps:
         v, src_of, t = self.move_last(node, idx, v, axes, "ReduceMean")
         k = self.trailing(node, idx, v, t[0], "ReduceMean")
         lead = tuple(self.ir[:len(self.ir) - k])
-        if not lead:  # flattened, or every axis of the activation reduced: the kept axes are all size 1
+        if not lead:  # every axis of the activation reduced: the kept axes are all size 1
             src_of = dict.fromkeys(rest)
         self.chain.emit(L.Mean(tuple(range(-k, 0)), keepdim=not lead), lead or (1,) * k)
         kept = [kk for kk in range(1, r) if keep or kk not in axes]

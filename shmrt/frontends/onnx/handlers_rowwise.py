@@ -62,8 +62,6 @@ class RowwiseOps:
         if self.trailing(node, idx, v, t[0], "ArgMax") != 1 or self.ir[-1] != v.shape[-1]:
             self.fail(node, idx, f"ArgMax along axis {ax} of ONNX shape {fmt(oshape)}: the axis is not one axis of "
                                  f"shmrt's activation {fmt(self.full())}")
-        if len(self.ir) == 1:  # a flattened activation: the other axes are all size 1
-            src_of = dict.fromkeys(src_of)
         self.chain.emit(L.ArgMax(select_last_index=bool(a.get("select_last_index", 0))), tuple(self.ir[:-1]))
         kept = [kk for kk in range(1, r) if a.get("keepdims", 1) or kk != ax]
         return View((B,) + tuple(1 if kk == ax else oshape[kk] for kk in kept),
@@ -89,27 +87,18 @@ class RowwiseOps:
         return [vv, vi]
 
     def trailing(self, node, idx, v, ax, what):
-        """The ONNX axes ax.. of the batch-first view v as the trailing k dims of shmrt's activation:
-        k (the activation flattened first where no trailing dims of it hold exactly those axes)."""
-        r = len(v.shape)
+        """The ONNX axes ax.. of the batch-first view v as the trailing k dims of shmrt's activation: k (the
+        activation's dims after the last one an ONNX axis before ax is).  Refused where they do not line up."""
         if ax == 0 or not self.identical(v):
             self.fail(node, idx, f"{what} from axis {ax} of ONNX shape {fmt(v.shape)} (shmrt layout "
                                  f"{fmt(self.full())}) is not supported: expected axes after the batch axis 0 of a "
                                  f"batch-first input")
-        M = int(np.prod(v.shape[ax:]))
-        for k in range(1, len(self.ir) + 1):
-            if int(np.prod(self.ir[len(self.ir) - k:])) == M:
-                break
-        else:
-            k = 0
-        lead = len(self.ir) - k
-        if not k or any(s is not None and not 1 <= s <= lead for s in v.src[1:ax]) \
-                or any(s is not None and s <= lead for s in v.src[ax:r]):
-            if int(np.prod(v.shape[1:ax])) != 1:
-                self.fail(node, idx, f"{what} from axis {ax} of ONNX shape {fmt(v.shape)}: the axes do not line up "
-                                     f"with shmrt's activation {fmt(self.full())}")
-            self.chain.emit(L.Flatten(), (int(np.prod(self.ir)),))
-            return 1
+        lead = max([s for s in v.src[1:ax] if s is not None], default=0)
+        k = len(self.ir) - lead
+        if k < 1 or int(np.prod(self.ir[lead:])) != int(np.prod(v.shape[ax:])) \
+                or any(s is not None and s <= lead for s in v.src[ax:]):
+            self.fail(node, idx, f"{what} from axis {ax} of ONNX shape {fmt(v.shape)}: the axes do not line up with "
+                                 f"trailing dims of shmrt's activation {fmt(self.full())}")
         return k
 
     def op_LayerNormalization(self, node, idx, ins, a):
