@@ -3,7 +3,9 @@
 Codes: the index of the activation's name in ACT_NAMES -- the one table
 of them; the instruction set (shmrt/compile/isa.py) and the layers name
 activations from it.  LeakyReLU takes its negative slope as ``alpha``
-(ACT steps only; the others ignore it, so the fused epilogues pass 0).
+(ACT steps only; the others ignore it, so the fused epilogues pass 0); Hardtanh clamps to
+[alpha, beta] (min_val, max_val: min(max(v, alpha), beta), so beta wins where alpha > beta, as
+ONNX Clip), hard_sigmoid is ONNX HardSigmoid's max(0, min(1, alpha * v + beta)).
 Math is done in float64 and rounded once to float32 -- except over a row
 (add_act_row, bias_act_row, apply_act): there the piecewise-linear ones
 (ReLU, ReLU6, Hardswish, Hardsigmoid, LeakyReLU) are float32 loops that
@@ -18,8 +20,9 @@ from numba import njit
 from .fastmath32 import sigmoid32
 
 ACT_NAMES = ("identity", "relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "silu", "hardswish", "leaky_relu", "relu6",
-             "hardsigmoid")
-IDENTITY, RELU, SIGMOID, TANH, GELU, GELU_TANH, SILU, HARDSWISH, LEAKY_RELU, RELU6, HARDSIGMOID = range(len(ACT_NAMES))
+             "hardsigmoid", "hardtanh", "hard_sigmoid")
+(IDENTITY, RELU, SIGMOID, TANH, GELU, GELU_TANH, SILU, HARDSWISH, LEAKY_RELU, RELU6, HARDSIGMOID, HARDTANH,
+ HARD_SIGMOID) = range(len(ACT_NAMES))
 _SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
@@ -37,7 +40,7 @@ def _relu6(v):
 
 
 @njit(cache=True, inline="always")
-def act1(v, act, alpha=0.0):
+def act1(v, act, alpha=0.0, beta=0.0):
     if act == RELU:
         return 0.0 if v <= 0.0 else v  # NaN stays NaN, as in IEEE arithmetic and PyTorch
     if act == SIGMOID:
@@ -58,6 +61,12 @@ def act1(v, act, alpha=0.0):
         return _relu6(v + 3.0) / 6.0
     if act == LEAKY_RELU:
         return v if v >= 0.0 else v * alpha  # NaN: the comparison fails, NaN * alpha is NaN
+    if act == HARDTANH:  # NaN fails both tests and stays NaN
+        t = alpha if v < alpha else v
+        return beta if t > beta else t
+    if act == HARD_SIGMOID:
+        t = alpha * v + beta
+        return 0.0 if t < 0.0 else (1.0 if t > 1.0 else t)
     return v
 
 
@@ -153,8 +162,9 @@ def bias_act(out, b, act):
 
 
 @njit(cache=True, error_model="numpy")
-def apply_act(x, out, act, alpha):
-    """out = act(x), elementwise over 2-D views (out may be x); alpha: LeakyReLU's slope."""
+def apply_act(x, out, act, alpha, beta):
+    """out = act(x), elementwise over 2-D views (out may be x); alpha: LeakyReLU's slope, Hardtanh's
+    min_val; beta: Hardtanh's max_val (alpha and beta: ONNX HardSigmoid's)."""
     n, m = x.shape
     if _vectorised(act):
         for i in range(n):
@@ -167,7 +177,7 @@ def apply_act(x, out, act, alpha):
                 v = x[i, j]
                 out[i, j] = v if v >= zero else v * a32  # NaN: the comparison fails, NaN * alpha is NaN
         return
-    a = float(alpha)
+    a, bt = float(alpha), float(beta)
     if act == SIGMOID or act == SILU:
         for i in range(n):
             for j in range(m):
@@ -175,4 +185,4 @@ def apply_act(x, out, act, alpha):
         return
     for i in range(n):
         for j in range(m):
-            out[i, j] = act1(float(x[i, j]), act, a)
+            out[i, j] = act1(float(x[i, j]), act, a, bt)

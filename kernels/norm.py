@@ -39,3 +39,23 @@ def layernorm(x, weight, bias, eps, out):
         inv = 1.0 / math.sqrt(v / m + eps)
         for j in range(m):
             out[i, j] = (x[i, j] - mean) * inv * weight[j] + bias[j]
+
+
+@njit(cache=True)
+def layernorm_stat(x, eps, rstd, out):
+    """out[i, 0] = the mean of row i of x, or (rstd) 1 / sqrt(its variance + eps): LayerNorm's
+    statistics, as ONNX LayerNormalization's Mean and InvStdDev outputs (float64, rounded once)."""
+    n, m = x.shape
+    for i in range(n):
+        s = 0.0
+        for j in range(m):
+            s += x[i, j]
+        mean = s / m
+        if not rstd:
+            out[i, 0] = mean
+            continue
+        v = 0.0
+        for j in range(m):
+            d = x[i, j] - mean
+            v += d * d
+        out[i, 0] = 1.0 / math.sqrt(v / m + eps)

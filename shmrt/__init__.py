@@ -10,8 +10,8 @@ interpreter calls, bench the benchmark (the runtime never imports it).
 from shmrt import _kernels_path  # noqa: F401  (first: makes shmrt.kernels importable from a source checkout)
 from shmrt import kernels  # noqa: F401  (next: it points Numba's cache at a folder keyed on the compiled sources)
 from shmrt.ir.layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, Permute, Reshape, Slice, Transpose, Upsample, Add, Concat, Div, Graph, Input, Mul, Sub, GRU, LSTM, RNN, ArgMax, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, ConvTranspose2d, Dropout,
-                             Flatten, GlobalAvgPool, Hardsigmoid, Hardswish, Layer, LayerNorm, LeakyReLU, Linear,
-                             LogSoftmax, MaxPool2d, MinMaxScale, ReLU, ReLU6, Select, Sequential, Sigmoid, SiLU, Softmax,
+                             Flatten, GlobalAvgPool, HardSigmoid, Hardsigmoid, Hardswish, Hardtanh, Layer, LayerNorm, LeakyReLU, Linear,
+                             LogSoftmax, MaxPool2d, Mean, MinMaxScale, ReLU, RStd, ReLU6, Select, Sequential, Sigmoid, SiLU, Softmax,
                              Standardize, Tanh, TopK, linear_regression, logistic_regression, manual_seed)
 from shmrt.frontends.load import load
 from shmrt.machine import machine
@@ -25,5 +25,6 @@ __all__ = ["Runtime", "CompiledModel", "run", "load", "empty", "asarray", "machi
            "MinMaxScale", "Select", "Dropout", "BatchNorm1d", "LayerNorm", "RNN", "LSTM", "GRU",
            "linear_regression", "logistic_regression", "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool",
            "Flatten", "BatchNorm2d", "LeakyReLU", "SiLU", "Hardswish", "ReLU6", "Hardsigmoid",
+           "Hardtanh", "HardSigmoid", "Mean", "RStd",
            "Graph", "Input", "Reshape", "Upsample", "Add", "Sub", "Mul", "Div", "Concat", "AdaptiveAvgPool2d",
            "Permute", "Transpose", "Slice", "AdaptiveMaxPool2d"]

@@ -384,7 +384,7 @@ class CompiledModel:
     def _output_view(self, n):
         o = self.plan.output
         if o.kind == "argmax":
-            return self.arena[o.off:o.off + 2 * n].view(np.int64)
+            return self.arena[o.off:o.off + 2 * n * o.width].view(np.int64).reshape(n, *o.shape)
         if o.ld:  # the last step of a sequence buffer: rows are o.ld apart
             return self.arena[o.off:o.off + n * o.ld].reshape(n, o.ld)[:, :o.width]
         vals = self.arena[o.off:o.off + n * o.width].reshape(n, *o.shape)

@@ -210,7 +210,7 @@ def test_fast_float32_exp_and_sigmoid():
     col = v.reshape(-1, 1).copy()  # the narrow path (down the column) and the row path
     row = v.reshape(1, -1).copy()
     bias_act(col, np.zeros(1, np.float32), SIGMOID)
-    apply_act(row, row, SILU, np.float32(0.0))
+    apply_act(row, row, SILU, np.float32(0.0), np.float32(0.0))
     v64 = v.astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         sig, silu = 1 / (1 + np.exp(-v64)), v64 / (1 + np.exp(-v64))

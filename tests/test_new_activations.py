@@ -199,16 +199,20 @@ def test_sigmoid_times_something_else_is_not_silu(rt):
     assert rel_err(rt.compile(model, max_batch=8)(x), ref) <= 1e-5
 
 
-@pytest.mark.parametrize("op, attrs, inputs, expected", [
-    ("HardSigmoid", {"alpha": 0.2, "beta": 0.5}, ["h"], "alpha=0.2"),
-    ("Clip", {}, ["h", "lo", "hi"], "Clip to [-1.0, 6.0] is not supported"),
+@pytest.mark.parametrize("op, attrs, inputs, layer, ref", [
+    ("HardSigmoid", {"alpha": 0.2, "beta": 0.5}, ["h"], "HardSigmoid", lambda h: np.clip(0.2 * h + 0.5, 0.0, 1.0)),
+    ("Clip", {}, ["h", "lo", "hi"], "Hardtanh", lambda h: np.clip(h, -1.0, 6.0)),
 ])
-def test_onnx_forms_it_does_not_compute_are_refused(op, attrs, inputs, expected):
-    """ONNX's general HardSigmoid and Clip are not shmrt's Hardsigmoid and ReLU6: refused, naming what was found."""
+def test_onnx_general_hardsigmoid_and_clip_are_imported(op, attrs, inputs, layer, ref, rt):
+    """ONNX's general HardSigmoid and Clip are not shmrt's Hardsigmoid and ReLU6: they import as
+    shmrt.HardSigmoid(alpha, beta) and shmrt.Hardtanh(min, max)."""
     from onnx import helper
     nodes = [helper.make_node("Constant", [], ["lo"], value_float=-1.0),
              helper.make_node("Constant", [], ["hi"], value_float=6.0),
              helper.make_node(op, inputs, ["y"], **attrs)]
-    proto, _ = _graph(nodes)
-    with pytest.raises(ValueError, match=expected.replace("[", r"\[").replace(".", r"\.")):
-        shmrt.load(proto)
+    proto, w = _graph(nodes)
+    model = shmrt.load(proto)
+    assert any(isinstance(l, getattr(shmrt, layer)) for l in model.layers), model
+    x = np.random.default_rng(1).standard_normal((5, 6)).astype(np.float32) * 3
+    h = x.astype(np.float64) @ w.astype(np.float64).T
+    assert rel_err(rt.compile(model, max_batch=8)(x), ref(h)) <= 1e-5

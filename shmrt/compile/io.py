@@ -65,7 +65,7 @@ def with_io(prog: np.ndarray, inp, output, direct_ok=True) -> np.ndarray:
         out = dict(off=o.off, ld=o.width, row_bytes=4 * o.width, off2=o.idx_off, ld2=2 * o.width,
                    row_bytes2=8 * o.width)
     elif o.kind == "argmax":
-        out = dict(off=o.off, ld=2, row_bytes=8, off2=-1, ld2=0, row_bytes2=0)
+        out = dict(off=o.off, ld=2 * o.width, row_bytes=8 * o.width, off2=-1, ld2=0, row_bytes2=0)
     else:
         out = dict(off=o.off, ld=o.ld or o.width, row_bytes=4 * o.width, off2=-1, ld2=0, row_bytes2=0)
     rows = np.zeros((P, IO_ROWS, prog.shape[2]), np.int64)

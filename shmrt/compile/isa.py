@@ -52,12 +52,15 @@ _DECLARED = (
     ("ACT", "act", ("x", "x_ld", "col", "width", "act", "lo", "hi", "out", "out_ld", "alpha")),
     # over dim m of each row seen as [outer, m, inner] (width = outer * m * inner)
     ("SOFTMAX", "softmax", ("x", "x_ld", "width", "out", "out_ld", "log", "lo", "hi", "m", "inner")),
-    ("ARGMAX", "argmax", ("x", "x_ld", "width", "out", "lo", "hi", "last")),  # out: int64 indices; last: of ties
+    # out: int64 indices [N, width // m], one per group of m floats of a row; last: of ties
+    ("ARGMAX", "argmax", ("x", "x_ld", "width", "out", "lo", "hi", "last", "m")),
     ("TOPK", "topk", ("x", "x_ld", "width", "k", "values", "indices", "lo", "hi")),  # indices: int64
     # out[rows, col:col+width] = x[rows, col:col+width] * scale[col:...] + shift[col:...]
     ("AFFINE", "affine", ("x", "x_ld", "col", "width", "scale", "shift", "out", "out_ld", "lo", "hi")),
     ("GATHER", "gather", ("x", "x_ld", "index", "out", "width", "lo", "hi")),  # out = x[:, index]
-    ("LAYERNORM", "layernorm", ("x", "x_ld", "width", "weight", "bias", "eps", "out", "lo", "hi")),
+    # each row as width // norm groups of norm floats, each normalised on its own (weight, bias: norm floats);
+    # stat 1 / 2: out [N, width // norm] holds each group's mean / 1 / sqrt(var + eps) instead
+    ("LAYERNORM", "layernorm", ("x", "x_ld", "width", "weight", "bias", "eps", "out", "lo", "hi", "norm", "stat")),
     # one RNN/LSTM/GRU layer, its whole time loop (executor._recurrent): x [N, T, F] (samples x_ld apart),
     # out [N, T, H];
     # this worker's hidden units u0:u1; gates: [G, maxb*T, H] regions gate_stride apart; aux [maxb, H]

@@ -15,8 +15,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from shmrt.kernels import (IDENTITY, NR, affine, apply_act, argmax, gather, gemm_packed, gru_cell, gru_lbr0_cell,
-                           gru_reset, layernorm, linear, lstm_cell, reduce_partials, rnn_cell, softmax, topk)
+from shmrt.kernels import (HARD_SIGMOID, HARDTANH, IDENTITY, NR, affine, apply_act, argmax, gather, gemm_packed, gru_cell, gru_lbr0_cell,
+                           gru_reset, layernorm, layernorm_stat, linear, lstm_cell, reduce_partials, rnn_cell, softmax, topk)
 
 from shmrt.compile.isa import (ACT, AFFINE, ARGMAX, BARRIER, CONV, END, FRAC, GAP, GATES, GATHER, GRU_CELL,
                                GRU_LBR0, INPUT, LAYERNORM, LINEAR, LSTM_CELL, MERGE, MICRO, NEXT, OP, POOL,
@@ -235,10 +235,12 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
         elif op == ACT.code:
             r0, r1 = _rows(base, cnt, w0, w1, s[ACT.lo], s[ACT.hi])
             c, w = s[ACT.col], s[ACT.width]
-            alpha = weights[s[ACT.alpha]] if s[ACT.alpha] >= 0 else np.float32(0.0)
+            ao, act = s[ACT.alpha], s[ACT.act]
+            alpha = weights[ao] if ao >= 0 else np.float32(0.0)
+            beta = weights[ao + 1] if ao >= 0 and (act == HARDTANH or act == HARD_SIGMOID) else np.float32(0.0)
             xa, xo = _src(arena, xin, s[ACT.x], in_off)
             apply_act(_view(xa, xo, s[ACT.x_ld], r0, r1, c, w),
-                      _view(arena, s[ACT.out], s[ACT.out_ld], r0, r1, c, w), s[ACT.act], alpha)
+                      _view(arena, s[ACT.out], s[ACT.out_ld], r0, r1, c, w), act, alpha, beta)
         elif op == AFFINE.code:
             r0, r1 = _rows(base, cnt, w0, w1, s[AFFINE.lo], s[AFFINE.hi])
             c, w, sc, sh = s[AFFINE.col], s[AFFINE.width], s[AFFINE.scale], s[AFFINE.shift]
@@ -253,10 +255,17 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
                    _view(arena, s[GATHER.out], m, r0, r1, 0, m))
         elif op == LAYERNORM.code:
             r0, r1 = _rows(base, cnt, w0, w1, s[LAYERNORM.lo], s[LAYERNORM.hi])
-            m, wo, bo = s[LAYERNORM.width], s[LAYERNORM.weight], s[LAYERNORM.bias]
+            m, k, st = s[LAYERNORM.width], s[LAYERNORM.norm], s[LAYERNORM.stat]
+            wo, bo, G = s[LAYERNORM.weight], s[LAYERNORM.bias], m // k
+            eps = float(weights[s[LAYERNORM.eps]])
             xa, xo = _src(arena, xin, s[LAYERNORM.x], in_off)
-            layernorm(_view(xa, xo, s[LAYERNORM.x_ld], r0, r1, 0, m), weights[wo:wo + m],
-                      weights[bo:bo + m], float(weights[s[LAYERNORM.eps]]), _view(arena, s[LAYERNORM.out], m, r0, r1, 0, m))
+            for g in range(G):  # each group of k floats of a row normalised on its own
+                xg = _view(xa, xo, s[LAYERNORM.x_ld], r0, r1, g * k, k)
+                if st == 0:
+                    layernorm(xg, weights[wo:wo + k], weights[bo:bo + k], eps,
+                              _view(arena, s[LAYERNORM.out], m, r0, r1, g * k, k))
+                else:
+                    layernorm_stat(xg, eps, st == 2, _view(arena, s[LAYERNORM.out], G, r0, r1, g, 1))
         elif op == CONV.code:
             r0, r1 = _rows(base, cnt, w0, w1, s[CONV.lo], s[CONV.hi])
             xa, xo = _src(arena, xin, s[CONV.x], in_off)
@@ -312,9 +321,12 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
                     s[SOFTMAX.m], s[SOFTMAX.inner])
         elif op == ARGMAX.code:
             r0, r1 = _rows(base, cnt, w0, w1, s[ARGMAX.lo], s[ARGMAX.hi])
-            out = arena[s[ARGMAX.out]:s[ARGMAX.out] + 2 * n].view(np.int64)[r0:r1]
+            m, W = s[ARGMAX.m], s[ARGMAX.width]
+            G = W // m
+            out = arena[s[ARGMAX.out]:s[ARGMAX.out] + 2 * n * G].view(np.int64).reshape((n, G))
             xa, xo = _src(arena, xin, s[ARGMAX.x], in_off)
-            argmax(_view(xa, xo, s[ARGMAX.x_ld], r0, r1, 0, s[ARGMAX.width]), out, s[ARGMAX.last] != 0)
+            for g in range(G):  # each group of m floats of a row: one index
+                argmax(_view(xa, xo, s[ARGMAX.x_ld], r0, r1, g * m, m), out[r0:r1, g], s[ARGMAX.last] != 0)
         elif op == TOPK.code:
             r0, r1 = _rows(base, cnt, w0, w1, s[TOPK.lo], s[TOPK.hi])
             k = s[TOPK.k]

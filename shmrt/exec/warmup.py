@@ -87,7 +87,7 @@ def _compile_parent_group() -> None:
     pool2d.compile((vec, vec, ivec, i64, i64, b1, b1, b1))
     pool2d_argmax.compile((vec, ivec, ivec, i64, i64, b1, i64))
     reduce_partials.compile((mat, i64, i64, wvec, mat, i64))
-    apply_act.compile((mat, mat, i64, types.float32))
+    apply_act.compile((mat, mat, i64, types.float32, types.float32))
     affine.compile((mat, wvec, wvec, mat))
     gather.compile((mat, wvec, mat))
     layernorm.compile((mat, wvec, wvec, t["f32"], mat))

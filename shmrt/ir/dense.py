@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from shmrt.ir.base import Layer, _bias_arg, _features_shape, _param, _positive_int, _vector
+from shmrt.ir.base import Layer, _bias_arg, _param, _positive_int
 
 
 class Linear(Layer):
@@ -118,7 +118,43 @@ class Hardsigmoid(_Elementwise):
     act = "hardsigmoid"
 
 
-ACTIVATIONS = (ReLU, Sigmoid, Tanh, GELU, SiLU, Hardswish, LeakyReLU, ReLU6, Hardsigmoid)
+def _finite(v, what, layer, inf=False):
+    if isinstance(v, bool) or not isinstance(v, (int, float, np.floating, np.integer)) or np.isnan(v) \
+            or not (inf or np.isfinite(v)):
+        raise ValueError(f"{layer}: {what} must be a {'' if inf else 'finite '}number, got {v!r}")
+    return float(v)
+
+
+class Hardtanh(_Elementwise):
+    """min(max(x, min_val), max_val), as PyTorch's nn.Hardtanh (torch.clamp with both bounds; an
+    infinite bound: one side only); where min_val > max_val every output is max_val (ONNX Clip's
+    min(max(x, min), max))."""
+    act = "hardtanh"
+
+    def __init__(self, min_val=-1.0, max_val=1.0):
+        super().__init__()
+        self.min_val = _finite(min_val, "min_val", "Hardtanh", inf=True)
+        self.max_val = _finite(max_val, "max_val", "Hardtanh", inf=True)
+        self.alpha = (self.min_val, self.max_val)
+
+    def config(self):
+        return {"min_val": self.min_val, "max_val": self.max_val}
+
+
+class HardSigmoid(_Elementwise):
+    """max(0, min(1, alpha * x + beta)), ONNX's HardSigmoid (PyTorch's nn.Hardsigmoid is
+    alpha=1/6, beta=0.5: shmrt.Hardsigmoid)."""
+    act = "hard_sigmoid"
+
+    def __init__(self, alpha=0.2, beta=0.5):
+        super().__init__()
+        self.alpha = (_finite(alpha, "alpha", "HardSigmoid"), _finite(beta, "beta", "HardSigmoid"))
+
+    def config(self):
+        return {"alpha": self.alpha[0], "beta": self.alpha[1]}
+
+
+ACTIVATIONS = (ReLU, Sigmoid, Tanh, GELU, SiLU, Hardswish, LeakyReLU, ReLU6, Hardsigmoid, Hardtanh)
 
 
 # -- row-wise layers -------------------------------------------------------------------
@@ -167,15 +203,19 @@ class LogSoftmax(Softmax):
 
 
 class ArgMax(_RowWise):
-    """Index of the largest feature per row (the first one on ties; the last with ONNX's
-    select_last_index=True); int64 output."""
+    """Index of the largest value along the last dim (torch.argmax(x, dim=-1)): one per row of
+    [N, F], per (n, t) of [N, T, F], ...; the first one on ties, the last with ONNX's
+    select_last_index=True; int64 output of the input's shape without its last dim."""
 
     def __init__(self, dim=-1, select_last_index=False):
         super().__init__(dim)
         self.select_last_index = bool(select_last_index)
 
     def output_shape(self, shape):
-        return ()
+        if self.dim == 1 and len(shape) > 1:
+            raise ValueError(f"{self!r}: dim=1 of inputs of shape (N, {', '.join(map(str, shape))}) is not the last "
+                             f"dim; expected dim=-1")
+        return tuple(shape[:-1])
 
     def config(self):
         return {"dim": self.dim, **({"select_last_index": True} if self.select_last_index else {})}
@@ -200,25 +240,120 @@ class TopK(_RowWise):
         return f"TopK(k={self.k})"
 
 
+def _trailing(shape, what, layer):
+    """normalized_shape / dim as a tuple of positive sizes."""
+    if isinstance(shape, (tuple, list)):
+        if not shape:
+            raise ValueError(f"{layer}: {what} must name at least one dimension, got {shape!r}")
+        return tuple(_positive_int(v, what, layer) for v in shape)
+    return (_positive_int(shape, what, layer),)
+
+
 class LayerNorm(_RowWise):
-    """y = (x - mean) / sqrt(var + eps) * weight + bias over the feature axis."""
+    """y = (x - mean) / sqrt(var + eps) * weight + bias over the trailing dims ``normalized_shape``
+    (an int: the last dim), as PyTorch's nn.LayerNorm; weight and bias have shape normalized_shape."""
 
     def __init__(self, normalized_shape, eps=1e-5, elementwise_affine=True, weight=None, bias=None):
         super().__init__()
-        if isinstance(normalized_shape, (tuple, list)):
-            if len(normalized_shape) != 1:
-                raise ValueError(f"LayerNorm: only the last axis can be normalised, got {normalized_shape!r}")
-            normalized_shape = normalized_shape[0]
-        self.features = _positive_int(normalized_shape, "normalized_shape", "LayerNorm")
+        self.normalized_shape = _trailing(normalized_shape, "normalized_shape", "LayerNorm")
+        self.features = int(np.prod(self.normalized_shape))  # floats normalised together
         self.eps = float(eps)
-        name = f"LayerNorm({self.features})"
-        self.params["weight"] = _vector(weight if elementwise_affine else None, self.features, "weight", name, 1.0)
-        self.params["bias"] = _vector(bias if elementwise_affine else None, self.features, "bias", name, 0.0)
+        name = f"LayerNorm({self._shape_arg()})"
+        for k, v, d in (("weight", weight, 1.0), ("bias", bias, 0.0)):
+            v = v if elementwise_affine else None
+            if v is not None and np.shape(v) == (self.features,):  # flat: as ONNX and shmrt before 2026-12 give it
+                v = np.reshape(v, self.normalized_shape)
+            self.params[k] = (np.full(self.normalized_shape, d, np.float32) if v is None else
+                              _param(v, self.normalized_shape, k, name, 1))
 
-    output_shape = _features_shape
+    def _shape_arg(self):
+        s = self.normalized_shape
+        return s[0] if len(s) == 1 else list(s)
+
+    def output_shape(self, shape):
+        k = len(self.normalized_shape)
+        if len(shape) < k or tuple(shape[len(shape) - k:]) != self.normalized_shape:
+            raise ValueError(f"{self!r} expects inputs of shape (N, ..., {', '.join(map(str, self.normalized_shape))}), "
+                             f"got (N, {', '.join(map(str, shape))})")
+        return tuple(shape)
 
     def config(self):
-        return {"normalized_shape": self.features, "eps": self.eps}
+        return {"normalized_shape": self._shape_arg(), "eps": self.eps}
 
     def __repr__(self):
-        return f"LayerNorm({self.features}, eps={self.eps})"
+        return f"LayerNorm({self._shape_arg()}, eps={self.eps})"
+
+
+class _TrailingStat(Layer):
+    """A statistic over the trailing ``ndim`` dims of each sample, one float per group of them:
+    output (..., 1, ..., 1) with keepdim, else the leading dims (at least one)."""
+
+    def __init__(self, ndim, keepdim, eps):
+        super().__init__()
+        self.ndim = _positive_int(ndim, "the number of trailing dims", type(self).__name__)
+        self.keepdim, self.eps = bool(keepdim), float(eps)
+
+    def group(self, shape):
+        """Floats per group: the product of the trailing dims."""
+        if len(shape) < self.ndim:
+            raise ValueError(f"{self!r}: needs inputs of at least {self.ndim} dims after the batch, got "
+                             f"(N, {', '.join(map(str, shape))})")
+        return int(np.prod(shape[len(shape) - self.ndim:]))
+
+    def output_shape(self, shape):
+        self.group(shape)
+        lead = tuple(shape[:len(shape) - self.ndim])
+        if self.keepdim:
+            return lead + (1,) * self.ndim
+        if not lead:
+            raise ValueError(f"{self!r}: reduces every dim of (N, {', '.join(map(str, shape))}); use keepdim=True")
+        return lead
+
+
+class Mean(_TrailingStat):
+    """x.mean(dim, keepdim) over trailing dims, as torch.mean: dim a tuple running to the last dim
+    (-1, (-2, -1), (2, 3) of [N, C, H, W], ...); one float per group of those dims."""
+
+    def __init__(self, dim=-1, keepdim=False):
+        dims = sorted(int(d) for d in (dim if isinstance(dim, (tuple, list)) else (dim,)))
+        if not dims or any(d == 0 for d in dims) or (all(d < 0 for d in dims) and dims != list(range(-len(dims), 0))) \
+                or (all(d > 0 for d in dims) and dims != list(range(dims[0], dims[0] + len(dims)))) \
+                or (any(d < 0 for d in dims) and any(d > 0 for d in dims)):
+            raise ValueError(f"Mean: dim must be trailing dims after the batch (e.g. -1, (-2, -1), (2, 3) of "
+                             f"[N, C, H, W]), got {dim!r}")
+        self.dim = tuple(dims)
+        super().__init__(len(dims), keepdim, 0.0)
+
+    def group(self, shape):
+        if self.dim[0] > 0 and self.dim[-1] != len(shape):
+            raise ValueError(f"{self!r}: dims {self.dim} are not the trailing dims of (N, {', '.join(map(str, shape))})")
+        return super().group(shape)
+
+    def config(self):
+        return {"dim": list(self.dim), "keepdim": self.keepdim}
+
+    def __repr__(self):
+        return f"Mean(dim={self.dim}, keepdim={self.keepdim})"
+
+
+class RStd(_TrailingStat):
+    """1 / sqrt(var + eps) over the trailing ``len(normalized_shape)`` dims (biased variance):
+    LayerNorm's statistic, the rstd torch.native_layer_norm returns (shape (..., 1, ..., 1)) and
+    ONNX LayerNormalization's InvStdDev output."""
+
+    def __init__(self, normalized_shape, eps=1e-5):
+        self.normalized_shape = _trailing(normalized_shape, "normalized_shape", "RStd")
+        super().__init__(len(self.normalized_shape), True, eps)
+
+    def group(self, shape):
+        k = len(self.normalized_shape)
+        if tuple(shape[len(shape) - k:]) != self.normalized_shape:
+            raise ValueError(f"{self!r} expects inputs of shape (N, ..., {', '.join(map(str, self.normalized_shape))}), "
+                             f"got (N, {', '.join(map(str, shape))})")
+        return super().group(shape)
+
+    def config(self):
+        return {"normalized_shape": list(self.normalized_shape), "eps": self.eps}
+
+    def __repr__(self):
+        return f"RStd({list(self.normalized_shape)}, eps={self.eps})"

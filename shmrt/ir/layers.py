@@ -13,8 +13,9 @@ from shmrt.ir.base import Layer, _param, _positive_int, _rng, _vector, manual_se
 from shmrt.ir.conv import (AvgPool2d, BatchNorm2d, Conv2d, Flatten, GlobalAvgPool, MaxPool2d, Reshape, Upsample,
                            _out_size, _pair, _Pool2d, returns_indices)
 from shmrt.ir.convtranspose import ConvTranspose2d
-from shmrt.ir.dense import (ACTIVATIONS, GELU, ArgMax, Hardsigmoid, Hardswish, LayerNorm, LeakyReLU, Linear, LogSoftmax,
-                            ReLU, ReLU6, Sigmoid, SiLU, Softmax, Tanh, TopK, _Elementwise, _RowWise)
+from shmrt.ir.dense import (ACTIVATIONS, GELU, ArgMax, HardSigmoid, Hardsigmoid, Hardswish, Hardtanh, LayerNorm, LeakyReLU,
+                            Linear, LogSoftmax, Mean, ReLU, ReLU6, RStd, Sigmoid, SiLU, Softmax, Tanh, TopK, _Elementwise,
+                            _RowWise, _TrailingStat)
 from shmrt.ir.graph import Graph, Input, Node, Value
 from shmrt.ir.merge import BINARY_OPS, AdaptiveAvgPool2d, AdaptiveMaxPool2d, _AdaptivePool2d, Add, Concat, Div, Mul, Sub, _Binary, _Merge
 from shmrt.ir.model import Sequential, linear_regression, logistic_regression
@@ -24,14 +25,16 @@ from shmrt.ir.recurrent import GRU, LSTM, RNN, _Recurrent
 
 __all__ = [
     "Layer", "manual_seed", "Sequential", "linear_regression", "logistic_regression",
-    "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "SiLU", "Hardswish", "LeakyReLU", "ReLU6", "Hardsigmoid", "ACTIVATIONS",
-    "Softmax", "LogSoftmax", "ArgMax", "TopK", "LayerNorm",
+    "Linear", "ReLU", "Sigmoid", "Tanh", "GELU", "SiLU", "Hardswish", "LeakyReLU", "ReLU6", "Hardsigmoid", "Hardtanh", "HardSigmoid",
+    "ACTIVATIONS",
+    "Softmax", "LogSoftmax", "ArgMax", "TopK", "LayerNorm", "Mean", "RStd",
     "Standardize", "MinMaxScale", "BatchNorm1d", "Select", "Dropout",
     "Conv2d", "ConvTranspose2d", "BatchNorm2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool", "Flatten", "Reshape", "Upsample",
     "RNN", "LSTM", "GRU",
     "Graph", "Input", "Node", "Value", "Add", "Sub", "Mul", "Div", "Concat", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
     "BINARY_OPS", "Permute", "Transpose", "Slice",
     # the layer families (private base classes) and helpers that other modules reach through L
-    "_Elementwise", "_RowWise", "_Binary", "_Merge", "_Rearrange", "_Affine", "_Recurrent", "_Pool2d", "returns_indices", "_AdaptivePool2d",
+    "_Elementwise", "_RowWise", "_TrailingStat", "_Binary", "_Merge", "_Rearrange", "_Affine", "_Recurrent", "_Pool2d",
+    "returns_indices", "_AdaptivePool2d",
     "_param", "_vector", "_positive_int", "_rng", "_pair", "_out_size",
 ]

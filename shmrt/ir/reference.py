@@ -86,6 +86,8 @@ _ACTS = {
     "relu6": lambda h, a: np.clip(h, 0.0, 6.0),
     "hardsigmoid": lambda h, a: np.clip(h + 3.0, 0.0, 6.0) / 6.0,
     "leaky_relu": lambda h, a: np.where(h >= 0, h, h * a),
+    "hardtanh": lambda h, a: np.minimum(np.maximum(h, a[0]), a[1]),
+    "hard_sigmoid": lambda h, a: np.clip(a[0] * h + a[1], 0.0, 1.0),
 }
 
 
@@ -124,9 +126,17 @@ def _topk(layer, p, h):
 
 
 def _layer_norm(layer, p, h):
-    mu = h.mean(axis=1, keepdims=True)
-    var = ((h - mu) ** 2).mean(axis=1, keepdims=True)
+    ax = tuple(range(h.ndim - len(layer.normalized_shape), h.ndim))
+    mu = h.mean(axis=ax, keepdims=True)
+    var = ((h - mu) ** 2).mean(axis=ax, keepdims=True)
     return (h - mu) / np.sqrt(var + layer.eps) * p["weight"] + p["bias"]
+
+
+def _trailing_stat(layer, p, h):
+    ax = tuple(range(h.ndim - layer.ndim, h.ndim))
+    mu = h.mean(axis=ax, keepdims=True)
+    y = mu if isinstance(layer, L.Mean) else 1.0 / np.sqrt(((h - mu) ** 2).mean(axis=ax, keepdims=True) + layer.eps)
+    return y if layer.keepdim else y.reshape(h.shape[:h.ndim - layer.ndim])
 
 
 def _batch_norm(layer, p, h):
@@ -319,10 +329,11 @@ _RULES = {
     L._Elementwise: lambda l, p, h: act(h, l),
     L.Softmax: _softmax,
     L.LogSoftmax: _log_softmax,
-    L.ArgMax: lambda l, p, h: h.shape[1] - 1 - np.argmax(h[:, ::-1], axis=1) if l.select_last_index else
-    np.argmax(h, axis=1),
+    L.ArgMax: lambda l, p, h: h.shape[-1] - 1 - np.argmax(h[..., ::-1], axis=-1) if l.select_last_index else
+    np.argmax(h, axis=-1),
     L.TopK: _topk,
     L.LayerNorm: _layer_norm,
+    L._TrailingStat: _trailing_stat,
     L.Standardize: lambda l, p, h: (h - p["mean"]) / p["std"],
     L.MinMaxScale: lambda l, p, h: (h - p["min"]) / (p["max"] - p["min"]),
     L.BatchNorm1d: _batch_norm,  # and BatchNorm2d, its subclass

@@ -55,7 +55,8 @@ def tensors(op, before) -> dict:
         if isinstance(l, L.BatchNorm2d):
             s, sh = (np.repeat(v, before[1] * before[2]) for v in (s, sh))
         return {"scale": s, "shift": sh}
-    return {"alpha": np.array([l.alpha], np.float32)} if l.alpha is not None else {}
+    # alpha: one float (LeakyReLU's slope) or two (Hardtanh's min_val, max_val), the kernel's alpha and beta
+    return {"alpha": np.array(l.alpha, np.float32).reshape(-1)} if l.alpha is not None else {}
 
 
 LAYERS = (L._Elementwise, L._Affine)

@@ -142,21 +142,36 @@ class DenseOps:
         return self._pool(node, idx, ins, a, False)
 
     def op_ReduceMean(self, node, idx, ins, a):
-        """The mean over an image's spatial axes (x.mean((2, 3)) in PyTorch): global average pooling."""
+        """The mean over axes after the batch: over an image's spatial axes (x.mean((2, 3))) global
+        average pooling, else shmrt.Mean over the trailing dims (a Permute first moves other axes there)."""
         axes = a.get("axes")
         if axes is None and len(ins) > 1 and ins[1] is not None:
             axes = self.const(node, idx, 1, "axes").reshape(-1).tolist()
-        v = ins[0]
-        axes = sorted(self.axis(node, idx, k, len(v.shape)) for k in (axes or []))
-        if len(v.shape) != 4 or axes != [2, 3]:
-            self.fail(node, idx, f"ReduceMean over axes {axes} of ONNX shape {fmt(v.shape)} is not supported; only "
-                                 f"over axes [2, 3] of [N, C, H, W] (global average pooling)")
-        self.image(node, idx, v)
-        C = self.ir[0]
-        self.chain.emit(L.GlobalAvgPool(), (C,))
-        if a.get("keepdims", 1):
-            return View((B, C, 1, 1), (0, 1, None, None), self.chain.version)
-        return View((B, C), (0, 1), self.chain.version)
+        v = self.ordered(node, idx, ins[0])
+        r, keep = len(v.shape), a.get("keepdims", 1)
+        if not axes and a.get("noop_with_empty_axes", 0):
+            self.fail(node, idx, "axes are empty with noop_with_empty_axes=1: the identity; expected axes to reduce")
+        axes = sorted(set(self.axis(node, idx, k, r) for k in (axes or range(r))))
+        if 0 in axes:
+            self.fail(node, idx, f"ReduceMean over axes {axes} of ONNX shape {fmt(v.shape)} is not supported: "
+                                 f"axis 0 is the batch; expected axes after it")
+        if r == 4 and axes == [2, 3] and v.src == (0, 1, 2, 3) and len(self.ir) == 3:
+            C = self.ir[0]
+            self.chain.emit(L.GlobalAvgPool(), (C,))
+            if keep:
+                return View((B, C, 1, 1), (0, 1, None, None), self.chain.version)
+            return View((B, C), (0, 1), self.chain.version)
+        oshape, rest = v.shape, [k for k in range(1, r) if k not in axes]
+        v, src_of, t = self.move_last(node, idx, v, axes, "ReduceMean")
+        k = self.trailing(node, idx, v, t[0], "ReduceMean")
+        lead = tuple(self.ir[:len(self.ir) - k])
+        if not lead:  # every axis of the activation reduced: the kept axes are all size 1
+            src_of = dict.fromkeys(rest)
+        self.chain.emit(L.Mean(tuple(range(-k, 0)), keepdim=not lead), lead or (1,) * k)
+        kept = [kk for kk in range(1, r) if keep or kk not in axes]
+        shape = (B,) + tuple(1 if kk in axes else oshape[kk] for kk in kept)
+        src = (0,) + tuple(src_of.get(kk) for kk in kept)
+        return View(shape, src, self.chain.version)
 
     def op_GlobalAveragePool(self, node, idx, ins, a):
         self.image(node, idx, ins[0])

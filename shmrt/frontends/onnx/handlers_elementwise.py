@@ -10,7 +10,7 @@ from shmrt.ir import layers as L
 
 
 class ElementwiseOps:
-    """Relu, Sigmoid, Tanh, SiLU, HardSwish, HardSigmoid, LeakyRelu, Clip (0..6, 0..), Gelu; Add, Sub, Mul, Div with a
+    """Relu, Sigmoid, Tanh, SiLU, HardSwish, HardSigmoid, LeakyRelu, Clip, Max / Min with a constant, CastLike, Gelu; Add, Sub, Mul, Div with a
     constant; BatchNormalization."""
 
     def _act(self, node, idx, ins, layer):
@@ -34,16 +34,19 @@ class ElementwiseOps:
         return self._act(node, idx, ins, L.Hardswish())
 
     def op_HardSigmoid(self, node, idx, ins, a):
-        """max(0, min(1, alpha * x + beta)): PyTorch's Hardsigmoid is alpha 1/6, beta 0.5 (what its exporter writes)."""
+        """max(0, min(1, alpha * x + beta)): PyTorch's Hardsigmoid where alpha is 1/6 and beta 0.5 (what its
+        exporter writes), else shmrt.HardSigmoid(alpha, beta)."""
         alpha, beta = float(a.get("alpha", 0.2)), float(a.get("beta", 0.5))
-        if abs(alpha - 1 / 6) > 1e-6 or beta != 0.5:
-            self.fail(node, idx, f"attributes alpha={alpha!r}, beta={beta!r} are not supported; shmrt's Hardsigmoid "
-                                 f"is alpha=1/6, beta=0.5 (PyTorch's)")
-        return self._act(node, idx, ins, L.Hardsigmoid())
+        if abs(alpha - 1 / 6) <= 1e-6 and beta == 0.5:
+            return self._act(node, idx, ins, L.Hardsigmoid())
+        if not (np.isfinite(alpha) and np.isfinite(beta)):
+            self.fail(node, idx, f"attributes alpha={alpha!r}, beta={beta!r}: expected finite numbers")
+        return self._act(node, idx, ins, L.HardSigmoid(alpha, beta))
 
     def op_Clip(self, node, idx, ins, a):
-        """Clip to [0, 6] (how PyTorch exports ReLU6) or to [0, inf) (a ReLU); bounds as constant inputs
-        (opset 11 on) or attributes (before)."""
+        """min(max(x, min), max): ReLU6 for [0, 6] (how PyTorch exports it), ReLU for [0, inf), else
+        shmrt.Hardtanh(min, max) (a missing bound: -inf / inf); bounds as constant inputs (opset 11 on)
+        or attributes (before)."""
         def bound(k, attr):
             v = ins[k] if len(ins) > k else None
             if isinstance(v, View):
@@ -59,7 +62,44 @@ class ElementwiseOps:
             return self._act(node, idx, ins, L.ReLU6())
         if lo == 0.0 and (hi is None or hi == np.inf):
             return self._act(node, idx, ins, L.ReLU())
-        self.fail(node, idx, f"Clip to [{lo}, {hi}] is not supported; expected [0, 6] (ReLU6) or [0, inf) (ReLU)")
+        lo = -np.inf if lo is None else lo
+        hi = np.inf if hi is None else hi
+        if np.isnan(lo) or np.isnan(hi):
+            self.fail(node, idx, f"Clip to [{lo}, {hi}]: expected bounds that are numbers, not NaN")
+        return self._act(node, idx, ins, L.Hardtanh(lo, hi))
+
+    def _bound(self, node, idx, ins, lower):
+        """Max / Min of the stream and one constant scalar: Hardtanh with that bound on one side
+        (ReLU for Max with 0)."""
+        if len(ins) != 2 or sum(isinstance(v, View) for v in ins) != 1:
+            self.fail(node, idx, f"{node.op_type} of {len(ins)} inputs, {sum(isinstance(v, View) for v in ins)} from the "
+                                 f"model input: expected the model input and one constant")
+        k = 0 if isinstance(ins[0], View) else 1
+        c = np.asarray(ins[1 - k], dtype=np.float64)
+        if c.size != 1 or np.isnan(c).any():
+            self.fail(node, idx, f"input {1 - k} has shape {c.shape}: expected one number (a scalar bound)")
+        c = float(c.reshape(-1)[0])
+        v = [ins[k]]
+        if lower and c == 0.0:
+            return self._act(node, idx, v, L.ReLU())
+        return self._act(node, idx, v, L.Hardtanh(c, np.inf) if lower else L.Hardtanh(-np.inf, c))
+
+    def op_Max(self, node, idx, ins, a):
+        return self._bound(node, idx, ins, True)
+
+    def op_Min(self, node, idx, ins, a):
+        return self._bound(node, idx, ins, False)
+
+    def op_CastLike(self, node, idx, ins, a):
+        """CastLike(value, like): a constant given the stream's type (float32; what ONNX function bodies
+        write for their constants), or the stream cast like a float value (unchanged)."""
+        if not isinstance(ins[0], View):
+            return np.asarray(ins[0], dtype=np.float32)
+        like = ins[1] if len(ins) > 1 else None
+        if not isinstance(like, View) and np.asarray(like).dtype.kind != "f":
+            self.fail(node, idx, f"casts the model input like a value of dtype {np.asarray(like).dtype}; expected a "
+                                 f"float type (shmrt computes in float32)")
+        return ins[0]
 
     def op_LeakyRelu(self, node, idx, ins, a):
         return self._act(node, idx, ins, L.LeakyReLU(negative_slope=float(a.get("alpha", 0.01))))

@@ -24,6 +24,7 @@ import os
 
 from shmrt.frontends.chain import Chain
 from shmrt.frontends.onnx import patterns
+from shmrt.frontends.onnx.patterns_fn import rewrite_layernorm_function, rewrite_where_less
 from shmrt.frontends.onnx.errors import UnsupportedONNX, refusals_only
 from shmrt.frontends.onnx.external import resolve_external
 from shmrt.frontends.onnx.folding import Folding
@@ -151,7 +152,8 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
             self.values[inp.name] = View((B,) + shape, range(len(shape) + 1), version)
         nodes = self.live(list(enumerate(g.node)))
         # a pattern that does not fit returns the nodes as they are
-        for rewrite in (patterns.rewrite_silu, patterns.rewrite_gelu, patterns.rewrite_layernorm):
+        for rewrite in (patterns.rewrite_silu, patterns.rewrite_gelu, patterns.rewrite_layernorm,
+                        patterns.rewrite_softmax, rewrite_layernorm_function, rewrite_where_less):
             with self.bugs(f"ONNX graph: the pattern rewrite {rewrite.__name__}"):
                 nodes = rewrite(self.onnx, g, nodes)
         nodes = self.live(nodes)
@@ -248,7 +250,8 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
         if handler is None:
             self.fail(node, idx, f"op {op} on the model input is not supported; supported ops: "
                                  f"{', '.join(sorted(n[3:] for n in dir(self) if n.startswith('op_')))}")
-        if not isinstance(ins[0], View) and op not in ("Add", "Sub", "Mul", "Div", "Gemm", "MatMul", "Concat"):
+        if not isinstance(ins[0], View) and op not in ("Add", "Sub", "Mul", "Div", "Gemm", "MatMul", "Concat", "Max",
+                                                        "Min", "CastLike"):
             at = [k for k, v in enumerate(ins) if isinstance(v, View)]
             self.fail(node, idx, f"input 0 is a constant and input(s) {at} depend on the model input; expected the "
                                  f"activation as input 0 of {op}")
@@ -292,8 +295,12 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
                 raise UnsupportedONNX(f"ONNX graph output {n!r} of shape {fmt(v.shape)} is not in batch-first "
                                       f"order (shmrt layout {fmt(self.full())}); add a Transpose back to batch-first")
             names.append(self.chain.current)
-        if not self.chain.layers:
-            raise UnsupportedONNX("ONNX graph: computes nothing (no layer)")
+        if not self.chain.layers:  # only re-labels its input (Identity, Unsqueeze, ...): a copy of it
+            if len(names) != 1:
+                raise UnsupportedONNX(f"ONNX graph outputs {outs}: the graph computes nothing (no layer) and has "
+                                      f"{len(names)} outputs; expected one")
+            self.chain.emit(L.Dropout(), self.ir)
+            names = [self.chain.current]
         if topk is not None and tuple(outs) == topk:  # TopK's (values, indices): one output of shmrt's
             names = names[:1]
         elif len(set(names)) != len(names):

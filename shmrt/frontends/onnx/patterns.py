@@ -1,5 +1,6 @@
 """The graph rewrites the ONNX importer runs before its node-by-node walk: the multi-node forms
-exporters write for SiLU, exact GELU and, before opset 17, LayerNorm, each turned back into one node.
+exporters write for SiLU, exact GELU and, before opset 17, LayerNorm, and the function bodies of
+Softmax and LogSoftmax, each turned back into one node.
 A rewrite decides with explicit checks whether a pattern fits; it never relies on an exception, and
 one that raises is a bug in shmrt (the importer reports it as ONNXImporterBug)."""
 from __future__ import annotations
@@ -241,3 +242,74 @@ def rewrite_layernorm(onnx, graph, pairs):
         elif id(n) not in drop:
             out.append((i, n))
     return out
+
+
+# -- the Softmax / LogSoftmax pattern (their ONNX function bodies) ------------------------------
+def rewrite_softmax(onnx, graph, pairs):
+    """ReduceMax(x, [a], keepdims) -> Sub(x, max) -> Exp -> ReduceSum([a], keepdims) -> Div(exp, sum)
+    (Softmax), or -> Log -> Sub(x - max, log) (LogSoftmax): one Softmax / LogSoftmax node of axis a,
+    where no intermediate value is read elsewhere or is a graph output."""
+    nodes = [n for _, n in pairs]
+    consumers = _consumers(nodes)
+    cval = _reader(onnx, graph, nodes)
+    outs = {o.name for o in graph.output}
+
+    def axes(n):
+        a = attrs(onnx, n)
+        if a.get("keepdims", 1) != 1 or len(n.output) != 1:
+            return None
+        if "axes" in a:
+            ax = [int(v) for v in a["axes"]]
+        elif len(n.input) > 1 and n.input[1]:
+            v = cval(n.input[1])
+            if v is None or v.dtype.kind not in "iu":
+                return None
+            ax = [int(v) for v in v.reshape(-1)]
+        else:
+            return None
+        return ax if len(ax) == 1 else None
+
+    def users(name):
+        return [] if name in outs else consumers.get(name, [])
+
+    drop, repl = set(), {}
+    for mx in nodes:
+        if mx.op_type != "ReduceMax" or not mx.input or axes(mx) is None:
+            continue
+        x, ax = mx.input[0], axes(mx)
+        u = users(mx.output[0])
+        if len(u) != 1 or u[0].op_type != "Sub" or list(u[0].input) != [x, mx.output[0]] or len(u[0].output) != 1:
+            continue
+        sub = u[0]
+        ud = users(sub.output[0])
+        exp = [n for n in ud if n.op_type == "Exp" and len(n.output) == 1]
+        if len(exp) != 1:
+            continue
+        e = exp[0].output[0]
+        ue = users(e)
+        rs = [n for n in ue if n.op_type == "ReduceSum" and n.input[0] == e and axes(n) == ax]
+        if len(rs) != 1:
+            continue
+        us = users(rs[0].output[0])
+        if len(us) != 1 or len(us[0].output) != 1:
+            continue
+        last = us[0]
+        if last.op_type == "Div" and list(last.input) == [e, rs[0].output[0]] and len(ud) == 1 and len(ue) == 2:
+            kind, members = "Softmax", [mx, sub, exp[0], rs[0]]
+        elif last.op_type == "Log" and len(ue) == 1 and len(ud) == 2:
+            ul = users(last.output[0])
+            if len(ul) != 1 or ul[0].op_type != "Sub" or list(ul[0].input) != [sub.output[0], last.output[0]] \
+                    or not any(n is ul[0] for n in ud):
+                continue
+            kind, members, last = "LogSoftmax", [mx, sub, exp[0], rs[0], last], ul[0]
+        else:
+            continue
+        if any(id(m) in drop or id(m) in repl for m in members + [last]):
+            continue
+        drop.update(id(m) for m in members)
+        repl[id(last)] = onnx.helper.make_node(kind, [x], [last.output[0]], axis=ax[0],
+                                               name=f"{mx.name or 'ReduceMax'}({kind.lower()})")
+    if not repl:
+        return pairs
+    # the new node stands where the pattern's last node stood: its input is made before the ReduceMax
+    return [(i, repl.get(id(n), n)) for i, n in pairs if id(n) not in drop]

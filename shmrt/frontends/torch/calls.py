@@ -277,13 +277,21 @@ class Calls:
         self.emit(node, L.Flatten(), rank=2, flatten=True)
 
     def mean(self, node, a):
+        """x.mean((2, 3)) of [N, C, H, W]: global average pooling; x.mean(dim, keepdim) over other
+        trailing dims: shmrt.Mean."""
         dim = a["dim"]
         dims = tuple(dim) if isinstance(dim, (tuple, list)) else (dim,)
-        if a["dtype"] is not None or a["keepdim"] or sorted(dims) not in ([2, 3], [-2, -1]) or self.chain.rank not in (
-                4, None):
-            raise self.fail(node, f"mean(dim={dim!r}, keepdim={a['keepdim']!r}) is not supported; only "
-                                  f"x.mean((2, 3)) over the spatial dims of [N, C, H, W] (global average pooling)")
-        self.emit(node, L.GlobalAvgPool(), rank=2)
+        r = self.chain.rank
+        if a["dtype"] is None and not a["keepdim"] and sorted(dims) in ([2, 3], [-2, -1]) and r in (4, None):
+            self.emit(node, L.GlobalAvgPool(), rank=2)
+            return
+        if a["dtype"] is not None or dim is None or r is None \
+                or sorted(d % r for d in dims if isinstance(d, int)) != list(range(r - len(dims), r)) \
+                or any(d % r == 0 for d in dims):
+            raise self.fail(node, f"mean(dim={dim!r}, keepdim={a['keepdim']!r}, dtype={a['dtype']!r}) is not "
+                                  f"supported; expected trailing dims after the batch (of rank {r}), no dtype")
+        self.emit(node, self.make(node, L.Mean, tuple(d % r - r for d in dims), keepdim=bool(a["keepdim"])),
+                  rank=r if a["keepdim"] else r - len(dims))
 
     def squeeze(self, node, a):
         x = a["input"]

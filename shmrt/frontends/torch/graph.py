@@ -14,7 +14,7 @@ SUPPORTED_MODULES = (
     f"{_ACT_MODULES}, nn.Softmax, nn.LogSoftmax, nn.Dropout, nn.Identity, "
     "nn.Flatten(1, -1), nn.MaxPool2d, nn.AvgPool2d (divisor_override=None), nn.AdaptiveAvgPool2d, "
     "nn.AdaptiveMaxPool2d (return_indices=False), "
-    "nn.Upsample (nearest, bilinear; integer scale_factor or size), nn.LayerNorm (last dim), nn.RNN, nn.LSTM, nn.GRU (batch_first=True, one direction, proj_size=0; an initial "
+    "nn.Upsample (nearest, bilinear; integer scale_factor or size), nn.LayerNorm (trailing dims), nn.RNN, nn.LSTM, nn.GRU (batch_first=True, one direction, proj_size=0; an initial "
     "state of zeros)")
 SUPPORTED_FUNCTIONS = (
     f"torch.relu / F.relu / x.relu(), torch.sigmoid / x.sigmoid(), torch.tanh / x.tanh(), {_ACT_FUNCTIONS}, "

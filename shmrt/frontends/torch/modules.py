@@ -137,9 +137,7 @@ class Modules:
 
     def mod_layernorm(self, node, m, kind):
         self.take(node, node.args[0])
-        if len(m.normalized_shape) != 1:
-            raise self.fail(node, f"normalized_shape={tuple(m.normalized_shape)} is not supported; only the last dim")
-        self.emit(node, self.make(node, L.LayerNorm, m.normalized_shape[0], eps=m.eps,
+        self.emit(node, self.make(node, L.LayerNorm, list(m.normalized_shape), eps=m.eps,
                                   elementwise_affine=m.elementwise_affine,
                                   weight=self.param(node, m.weight, "weight"),
                                   bias=self.param(node, m.bias, "bias")))
