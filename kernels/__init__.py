@@ -9,7 +9,8 @@ from .activations import (ACT_NAMES, GELU, GELU_TANH, HARD_SIGMOID, HARDSIGMOID,
 from .blas import gemm_nt
 from .gemm import gemm_packed, pack, packed_size
 from .tile import ISA, MR, NR
-from .conv import conv2d, global_avg_pool, pool2d, pool2d_argmax, upsample2d
+from .conv import conv2d
+from .pool import global_avg_pool, pool2d, pool2d_argmax, upsample2d
 from .linear import linear, reduce_partials
 from .merge import merge
 from .norm import affine, gather, layernorm, layernorm_stat
