@@ -90,3 +90,10 @@ def test_nan_propagates_on_both_paths():
             ref = reference(x)
             assert np.array_equal(np.isnan(y), np.isnan(ref)), case
             assert np.isnan(y).any()
+
+
+def test_missing_input_shape_names_the_image_shape():
+    model, _, _ = _model_and_reference("hwc_7x7_s1", "none")
+    with shmrt.Runtime(workers=1) as rt:
+        with pytest.raises(ValueError, match=r"input_shape=\(24, H, W\) for images of H x W"):
+            rt.compile(model)

@@ -33,7 +33,8 @@ def input_shapes(graph, input_shape):
         if s is None:
             first = next(n.layer for n in graph.nodes if name in n.inputs)
             hint = (f"(T, {first.input_size}) for a sequence of T steps" if isinstance(first, L._Recurrent)
-                    else "(features,)")
+                    else f"({first.in_channels}, H, W) for images of H x W" if isinstance(
+                        first, (L.Conv2d, L.ConvTranspose2d)) else "(features,)")
             raise ValueError(f"cannot infer the shape of input {name!r}: pass input_shape={hint} to compile"
                              if len(names) > 1 else
                              f"cannot infer the input shape of this model: pass input_shape={hint} to compile")

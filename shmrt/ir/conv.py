@@ -296,10 +296,10 @@ class Upsample(Layer):
     or scale_factor s (a number or a pair; OH = floor(H * s), and s maps the coordinates).  mode "nearest"
     or "bilinear".  PyTorch's defaults: nearest takes the source pixel floor(o / s); bilinear samples at
     the half-pixel centres (edges clamped), or with align_corners=True at aligned corners.  ONNX's
-    other forms: coordinate_transformation_mode "half_pixel", "pytorch_half_pixel", "align_corners" or
-    "asymmetric", and for nearest nearest_mode "floor", "ceil", "round_prefer_floor", "round_prefer_ceil"."""
+    other forms: coordinate_transformation_mode "half_pixel", "pytorch_half_pixel", "align_corners",
+    "asymmetric" or "half_pixel_symmetric" (half_pixel centred where the length in * scale is rounded), and for nearest nearest_mode "floor", "ceil", "round_prefer_floor", "round_prefer_ceil"."""
 
-    CTMS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric")
+    CTMS = ("half_pixel", "pytorch_half_pixel", "align_corners", "asymmetric", "half_pixel_symmetric")
     NEAREST = ("floor", "ceil", "round_prefer_floor", "round_prefer_ceil")
 
     def __init__(self, size=None, scale_factor=None, mode="nearest", align_corners=None,
@@ -355,6 +355,8 @@ class Upsample(Layer):
             src = o / scale
         elif ctm == "pytorch_half_pixel" and length <= 1:
             src = np.zeros(n_out)
+        elif ctm == "half_pixel_symmetric":  # ONNX: the input's centre maps to the output canvas's centre
+            src = n_in / 2 * (1 - n_out / length) + (o + 0.5) / scale - 0.5
         else:
             src = (o + 0.5) / scale - 0.5
         if self.mode == "nearest":

@@ -56,7 +56,7 @@ class GraphOps:
 
     def op_Resize(self, node, idx, ins, a):
         """Resize of [N, C, H, W] over H and W by constant scales or sizes: nearest (any coordinate
-        transform but half_pixel_symmetric, any nearest_mode) or linear (no antialias filter)."""
+        transform, any nearest_mode) or linear (no antialias filter)."""
         self.image(node, idx, ins[0])  # checks the input is an [N, C, H, W] image (and makes it current)
         mode = a.get("mode", "nearest")
         ctm = a.get("coordinate_transformation_mode", "half_pixel")
