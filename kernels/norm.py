@@ -23,20 +23,26 @@ def gather(x, idx, out):
             out[i, j] = x[i, int(idx[j])]
 
 
+@njit(cache=True, inline="always")
+def _row_stats(x, i, m, eps):
+    """(mean, 1 / sqrt(variance + eps)) of row i of x[:, :m], in float64."""
+    s = 0.0
+    for j in range(m):
+        s += x[i, j]
+    mean = s / m
+    v = 0.0
+    for j in range(m):
+        d = x[i, j] - mean
+        v += d * d
+    return mean, 1.0 / math.sqrt(v / m + eps)
+
+
 @njit(cache=True)
 def layernorm(x, weight, bias, eps, out):
     """out = (x - mean) / sqrt(var + eps) * weight + bias along axis 1 (float64 statistics)."""
     n, m = x.shape
     for i in range(n):
-        s = 0.0
-        for j in range(m):
-            s += x[i, j]
-        mean = s / m
-        v = 0.0
-        for j in range(m):
-            d = x[i, j] - mean
-            v += d * d
-        inv = 1.0 / math.sqrt(v / m + eps)
+        mean, inv = _row_stats(x, i, m, eps)
         for j in range(m):
             out[i, j] = (x[i, j] - mean) * inv * weight[j] + bias[j]
 
@@ -47,15 +53,5 @@ def layernorm_stat(x, eps, rstd, out):
     statistics, as ONNX LayerNormalization's Mean and InvStdDev outputs (float64, rounded once)."""
     n, m = x.shape
     for i in range(n):
-        s = 0.0
-        for j in range(m):
-            s += x[i, j]
-        mean = s / m
-        if not rstd:
-            out[i, 0] = mean
-            continue
-        v = 0.0
-        for j in range(m):
-            d = x[i, j] - mean
-            v += d * d
-        out[i, 0] = 1.0 / math.sqrt(v / m + eps)
+        mean, inv = _row_stats(x, i, m, eps)
+        out[i, 0] = inv if rstd else mean

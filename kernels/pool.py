@@ -105,12 +105,8 @@ def _pool_padded(x, out, g, c0, c1, is_max, count_include_pad):
                 if first:
                     t[:] = row
                     first = False
-                elif is_max:
-                    for k in range(W):
-                        t[k] = _max_nan(row[k], t[k])
                 else:
-                    for k in range(W):
-                        t[k] += row[k]
+                    _combine(t, row, W, is_max)
             for ow in range(OW):
                 o[ow] = fill
             if first:  # no row of this window inside the image (an average counting the padding: 0)
@@ -138,13 +134,7 @@ def _pool_adaptive(x, out, H, W, OH, OW, c0, c1, is_max):
             h0, h1 = oh * H // OH, ((oh + 1) * H + OH - 1) // OH
             t[:] = x[(c * H + h0) * W:(c * H + h0 + 1) * W]
             for ih in range(h0 + 1, h1):
-                row = x[(c * H + ih) * W:(c * H + ih + 1) * W]
-                if is_max:
-                    for k in range(W):
-                        t[k] = _max_nan(row[k], t[k])
-                else:
-                    for k in range(W):
-                        t[k] += row[k]
+                _combine(t, x[(c * H + ih) * W:(c * H + ih + 1) * W], W, is_max)
             o = out[(c * OH + oh) * OW:(c * OH + oh + 1) * OW]
             for ow in range(OW):
                 w0, w1 = ow * W // OW, ((ow + 1) * W + OW - 1) // OW
@@ -158,6 +148,17 @@ def _pool_adaptive(x, out, H, W, OH, OW, c0, c1, is_max):
 def _max_nan(a, b):
     """max(a, b), NaN if either is NaN."""
     return a if (a > b) | (a != a) else b
+
+
+@njit(cache=True, inline="always")
+def _combine(t, row, W, is_max):
+    """t[:W] = the NaN-propagating max (is_max) or the sum of t and row: a window's rows into one."""
+    if is_max:
+        for k in range(W):
+            t[k] = _max_nan(row[k], t[k])
+    else:
+        for k in range(W):
+            t[k] += row[k]
 
 
 @njit(cache=True)

@@ -61,7 +61,7 @@ _DECLARED = (
     # each row as width // norm groups of norm floats, each normalised on its own (weight, bias: norm floats);
     # stat 1 / 2: out [N, width // norm] holds each group's mean / 1 / sqrt(var + eps) instead
     ("LAYERNORM", "layernorm", ("x", "x_ld", "width", "weight", "bias", "eps", "out", "lo", "hi", "norm", "stat")),
-    # one RNN/LSTM/GRU layer, its whole time loop (executor._recurrent): x [N, T, F] (samples x_ld apart),
+    # one RNN/LSTM/GRU layer, its whole time loop (exec/recurrent.py): x [N, T, F] (samples x_ld apart),
     # out [N, T, H];
     # this worker's hidden units u0:u1; gates: [G, maxb*T, H] regions gate_stride apart; aux [maxb, H]
     # (LSTM cell state, GRU W_hn h); hinit [maxb, H]; a barrier per step at `line` when parties > 1;

@@ -15,15 +15,16 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from shmrt.kernels import (HARD_SIGMOID, HARDTANH, IDENTITY, NR, affine, apply_act, argmax, gather, gemm_packed, gru_cell, gru_lbr0_cell,
-                           gru_reset, layernorm, layernorm_stat, linear, lstm_cell, reduce_partials, rnn_cell, softmax, topk)
+from shmrt.kernels import (HARD_SIGMOID, HARDTANH, NR, affine, apply_act, argmax, gather, gemm_packed, layernorm,
+                           layernorm_stat, linear, reduce_partials, softmax, topk)
 
-from shmrt.compile.isa import (ACT, AFFINE, ARGMAX, BARRIER, CONV, END, FRAC, GAP, GATES, GATHER, GRU_CELL,
-                               GRU_LBR0, INPUT, LAYERNORM, LINEAR, LSTM_CELL, MERGE, MICRO, NEXT, OP, POOL,
-                               RECUR, RESIZE, REDUCE, RNN_RELU, SIGNAL, SOFTMAX, TOPK, WAIT, CONVT)
+from shmrt.compile.isa import (ACT, AFFINE, ARGMAX, BARRIER, CONV, END, FRAC, GAP, GATHER, INPUT, LAYERNORM, LINEAR,
+                               MERGE, MICRO, NEXT, OP, POOL, RECUR, RESIZE, REDUCE, SIGNAL, SOFTMAX, TOPK, WAIT, CONVT)
 from shmrt.parallel import control as C
 from shmrt.exec.images import conv_step, convt_step, gap_step, merge_step, pool_step, resize_step
 from shmrt.exec.moves import _copy_in_rows, _copy_out_rows, copy_in, copy_out
+from shmrt.exec.recurrent import _recurrent
+from shmrt.exec.rows import _rows, _src, _view
 from shmrt.parallel.xmem import addr_of
 from shmrt.parallel.sync import ABORTED, LINE, TIMEOUT, barrier, bump, monotonic_ns, wait_change, wait_reach
 
@@ -41,135 +42,6 @@ def _micro_rows(n, k, m):
     """(first row, rows) of micro-batch k of m over n rows."""
     lo = (n * k) // m
     return lo, (n * (k + 1)) // m - lo
-
-
-@njit(cache=True, inline="always")
-def _rows(base, cnt, w0, w1, lo, hi):
-    """Rows lo/FRAC..hi/FRAC of the cnt rows from base (the batch, or a micro-batch); or, when
-    w1 > w0, the window w0:w1 of them (run_command's blocks of a worker's own rows)."""
-    if w1 > w0:
-        return w0, w1
-    return base + (cnt * lo) // FRAC, base + (cnt * hi) // FRAC
-
-
-@njit(cache=True, inline="always")
-def _view(flat, off, ld, r0, r1, col, ncols):
-    """Rows r0:r1, columns col:col+ncols of the row-major [*, ld] matrix at off."""
-    return flat[off + r0 * ld:off + r1 * ld].reshape((r1 - r0, ld))[:, col:col + ncols]
-
-
-@njit(cache=True, inline="always")
-def _src(arena, xin, off, in_off):
-    """Where a step reads its input x at arena offset off: the caller's own array xin (rows from the
-    batch's first; empty: none) when off is the input rows' offset in_off, else the arena."""
-    if xin.shape[0] > 0 and off == in_off:
-        return xin, np.int64(0)
-    return arena, np.int64(off)
-
-
-@njit(cache=True)
-def _keep_rows(arena, lens, ld, r0, r1, t, src, dst, zero):
-    """Rows r0:r1 whose length (arena[lens + r * ld]) is at most step t: dst := src, or 0 (zero)."""
-    for i in range(r1 - r0):
-        if t >= arena[lens + (r0 + i) * ld]:
-            for u in range(dst.shape[1]):
-                dst[i, u] = 0.0 if zero else src[i, u]
-
-
-@njit(cache=True)
-def _recurrent(s, weights, arena, base, cnt, w0, w1, ctrl, spin_ns, block_ns, ppid, xin, in_off):
-    """One recurrent layer (a RECUR step s, fields in isa.py) for this
-    worker's rows and hidden units u0:u1.  Returns 0, or -2 if aborted.
-
-    The input projection of every step is one GEMM per gate up front (packed
-    weights, both biases fused); each step then multiplies the full h(t-1) by
-    this worker's rows of W_hh, applies the cell to its own units, writes them
-    into h(t), and meets the others at the barrier (GRU_LBR0: also once before
-    its n gate, which reads r * h(t-1) of every unit) -- all in this function.
-    """
-    T, F, H = s[RECUR.T], s[RECUR.F], s[RECUR.H]
-    u0, u1 = s[RECUR.u0], s[RECUR.u1]
-    r0, r1 = _rows(base, cnt, w0, w1, s[RECUR.lo], s[RECUR.hi])
-    mode, parties = s[RECUR.mode], s[RECUR.parties]
-    G = GATES[mode]
-    hs, R = u1 - u0, r1 - r0
-    go, gstride, aux, hinit = s[RECUR.gates], s[RECUR.gate_stride], s[RECUR.aux], s[RECUR.hinit]
-    w_ih, w_hh, b_ih, b_hh, out = s[RECUR.w_ih], s[RECUR.w_hh], s[RECUR.b_ih], s[RECUR.b_hh], s[RECUR.out]
-    TH = T * H
-    Hp = (H + NR - 1) // NR * NR  # a gate's rows, padded to whole panels
-    empty = weights[0:0]
-    if R > 0 and hs > 0:
-        xa, xo = _src(arena, xin, s[RECUR.x], in_off)
-        xld = s[RECUR.x_ld]
-        for g in range(G):  # the input projection of every step: one GEMM per gate, both biases fused
-            bias = weights[b_ih + g * H + u0:b_ih + g * H + u1] if b_ih >= 0 else empty
-            if xld == T * F:  # [N, T, F] packed: row r, step t at row r * T + t
-                gemm_packed(_view(xa, xo, F, r0 * T, r1 * T, 0, F), weights[w_ih + (g * Hp + u0) * F:], F * NR,
-                            bias, _view(arena, go + g * gstride, H, r0 * T, r1 * T, u0, hs), IDENTITY, False)
-            else:  # samples xld apart (an input beside others in the row): one GEMM per sample
-                for r in range(r0, r1):
-                    gemm_packed(_view(xa, xo + r * xld, F, 0, T, 0, F), weights[w_ih + (g * Hp + u0) * F:],
-                                F * NR, bias, _view(arena, go + g * gstride, H, r * T, (r + 1) * T, u0, hs),
-                                IDENTITY, False)
-        # initial state: this worker's rectangle of h-init (and of c)
-        hin = _view(arena, hinit, H, r0, r1, u0, hs)
-        cst = _view(arena, aux, H, r0, r1, u0, hs)
-        for i in range(R):
-            for u in range(hs):
-                hin[i, u] = weights[s[RECUR.h0] + u0 + u] if s[RECUR.h0] >= 0 else 0.0
-                if mode == LSTM_CELL:
-                    cst[i, u] = weights[s[RECUR.c0] + u0 + u] if s[RECUR.c0] >= 0 else 0.0
-    bline = s[RECUR.line]
-    if parties > 1 and barrier(ctrl, bline, parties, C.ABORT, spin_ns, block_ns, ppid) == ABORTED:
-        return -2
-    live = R > 0 and hs > 0
-    for t in range(T):
-        hp = _view(arena, hinit, H, r0, r1, 0, H) if t == 0 else _view(arena, out + (t - 1) * H, TH, r0, r1, 0, H)
-        ht, g0 = _view(arena, out + t * H, TH, r0, r1, u0, hs), _view(arena, go + t * H, TH, r0, r1, u0, hs)
-        if live:
-            for g in range(G):
-                gt = _view(arena, go + g * gstride + t * H, TH, r0, r1, u0, hs)
-                whh = weights[w_hh + (g * Hp + u0) * H:]
-                if mode == GRU_CELL and g == 2:
-                    gemm_packed(hp, whh, H * NR, empty, _view(arena, aux, H, r0, r1, u0, hs), IDENTITY, False)
-                elif mode != GRU_LBR0 or g < 2:  # GRU_LBR0's n gate multiplies r * h(t-1), made just below
-                    gemm_packed(hp, whh, H * NR, empty, gt, IDENTITY, True)
-            if mode == GRU_LBR0:  # gate r of step t := r * h(t-1); split by units, every worker reads all of it
-                gru_reset(g0, hp[:, u0:u1])
-        if mode == GRU_LBR0 and parties > 1 and barrier(ctrl, bline, parties, C.ABORT, spin_ns, block_ns,
-                                                         ppid) == ABORTED:
-            return -2
-        lens = s[RECUR.lens]
-        if live and lens >= 0 and t > 0 and mode == LSTM_CELL:  # rows past their length keep c: in hinit
-            _keep_rows(arena, lens, s[RECUR.lens_ld], r0, r1, t, _view(arena, aux, H, r0, r1, u0, hs),
-                       _view(arena, hinit, H, r0, r1, u0, hs), False)
-        if live:
-            if mode == LSTM_CELL:
-                lstm_cell(g0, _view(arena, go + gstride + t * H, TH, r0, r1, u0, hs),
-                          _view(arena, go + 2 * gstride + t * H, TH, r0, r1, u0, hs),
-                          _view(arena, go + 3 * gstride + t * H, TH, r0, r1, u0, hs),
-                          _view(arena, aux, H, r0, r1, u0, hs), ht)
-            elif mode == GRU_CELL:
-                bhn = weights[b_hh + 2 * H + u0:b_hh + 2 * H + u1] if b_hh >= 0 else empty
-                gru_cell(g0, _view(arena, go + gstride + t * H, TH, r0, r1, u0, hs),
-                         _view(arena, go + 2 * gstride + t * H, TH, r0, r1, u0, hs),
-                         _view(arena, aux, H, r0, r1, u0, hs), bhn, hp[:, u0:u1], ht)
-            elif mode == GRU_LBR0:
-                hn = _view(arena, aux, H, r0, r1, u0, hs)
-                gemm_packed(_view(arena, go + t * H, TH, r0, r1, 0, H), weights[w_hh + (2 * Hp + u0) * H:], H * NR,
-                            empty, hn, IDENTITY, False)
-                gru_lbr0_cell(_view(arena, go + gstride + t * H, TH, r0, r1, u0, hs),
-                              _view(arena, go + 2 * gstride + t * H, TH, r0, r1, u0, hs), hn, hp[:, u0:u1], ht)
-            else:
-                rnn_cell(g0, ht, mode == RNN_RELU)
-            if lens >= 0 and t > 0:
-                if mode == LSTM_CELL:  # (hinit is free after step 0: every worker is past it)
-                    _keep_rows(arena, lens, s[RECUR.lens_ld], r0, r1, t, _view(arena, hinit, H, r0, r1, u0, hs),
-                               _view(arena, aux, H, r0, r1, u0, hs), False)
-                _keep_rows(arena, lens, s[RECUR.lens_ld], r0, r1, t, hp[:, u0:u1], ht, s[RECUR.zero_tail] != 0)
-        if parties > 1 and barrier(ctrl, bline, parties, C.ABORT, spin_ns, block_ns, ppid) == ABORTED:
-            return -2
-    return 0
 
 
 @njit(cache=True, nogil=True)

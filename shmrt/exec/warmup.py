@@ -53,7 +53,7 @@ _lock = threading.Lock()
 # Named as _dispatchers() names them (tests/test_warmup.py checks each exists:
 # after the move into subpackages these names matched nothing, and the child
 # compiled its whole group for nothing).
-_CHILD_OWNS = ("exec.executor._recurrent", "kernels.gemm.gemm_packed", "kernels.gemm._tile",
+_CHILD_OWNS = ("exec.recurrent._recurrent", "kernels.gemm.gemm_packed", "kernels.gemm._tile",
                "kernels.recurrent.lstm_cell", "kernels.recurrent.gru_cell", "kernels.recurrent.rnn_cell",
                "kernels.rowwise.softmax", "kernels.rowwise.topk", "parallel.sync.barrier", "parallel.sync.bump",
                "parallel.sync.wake_all", "parallel.sync.wait_change", "parallel.sync.block_while",
@@ -101,7 +101,7 @@ def _compile_child_group() -> None:
     from shmrt.kernels import softmax, topk
 
     from shmrt.parallel import control as C
-    from shmrt.exec.executor import _recurrent
+    from shmrt.exec.recurrent import _recurrent
     from shmrt.parallel.sync import wait_change, wait_reach
     t = _types()
     i64, mat, ctrl = t["i64"], t["mat"], t["ctrl"]

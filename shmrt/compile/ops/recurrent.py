@@ -2,7 +2,7 @@
 or by hidden units -- worker w owns the gate rows of units u0:u1, computes
 them from the full h(t-1), writes its units of h(t), with one barrier per
 time step.  One RECUR step runs a layer's whole time loop
-(exec/executor.py's _recurrent).
+(exec/recurrent.py's _recurrent).
 
 The weights are packed once, gate by gate, into the panels of the packed
 GEMM (kernels/gemm.py): gate g of W_ih at g * packed_size(H, F), of W_hh at
