@@ -38,10 +38,16 @@ def scratch_floats(g, cout):
     C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, groups, OH, OW = (int(v) for v in g)
     Hs, Ws = _plane_dims(H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW)
     floats = C * sh * sw * Hs * Ws + (kw - 1) * dw // sw + NR + cout // groups * OH * Ws
-    if groups == C and cout == C and _channels_last(OH, OW):
+    if _depthwise(C, groups, cout) and _channels_last(OH, OW):
         Hp, Wp = _block_dims(H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW)
         floats = max(floats, Hp * Wp * C)
     return floats
+
+
+@njit(cache=True, inline="always")
+def _depthwise(C, groups, cout):
+    """groups = channels, one filter each (a depth multiplier goes through the GEMM)."""
+    return groups == C and cout == C
 
 
 HWC_MAX_PIXELS = 196  # depthwise output planes up to 14 x 14 go channels-last (bench/conv_kernel.py)
@@ -76,7 +82,7 @@ def conv2d(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act, pool):
     activation, flat [Cout*(OH//2)*(OW//2)]; scratch: scratch_floats(g, Cout) floats."""
     if co1 <= co0 or oh1 <= oh0:
         return
-    if g[11] == g[0] and wmat.shape[0] == g[0] and not pool:  # depthwise: a channel's own filter
+    if _depthwise(g[0], g[11], wmat.shape[0]) and not pool:
         if _channels_last(g[12], g[13]):
             _conv_depthwise_hwc(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act)
         else:
@@ -125,7 +131,8 @@ def _conv_depthwise_hwc(x, wmat, b, out, g, co0, co1, oh0, oh1, scratch, act):
     Hp, Wp = _block_dims(H, W, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW)
     xt = scratch[:Hp * Wp * nc]
     xt[:] = 0.0
-    for h in range(H):
+    # only the image rows that output rows oh0:oh1 read (a worker may hold a range of them)
+    for h in range(max(0, oh0 * sh - ph), min(H, (oh1 - 1) * sh - ph + (kh - 1) * dh + 1)):
         for w_ in range(W):
             o = ((h + ph) * Wp + w_ + pw) * nc
             src = co0 * H * W + h * W + w_

@@ -1,8 +1,8 @@
 """Pooling and resampling over one image at a time (NCHW, flat buffers): max / average pools (any
 padding, ceil mode, dilation, adaptive windows), the 2x2 fast path, global average pool, MaxPool's
-argmax indices, and Upsample's table-driven nearest / bilinear resampling.
-
-g = (C, H, W, kh, kw, sh, sw, ph, pw, dh, dw, groups, OH, OW) as in conv.py.
+argmax indices, and Upsample's table-driven nearest / bilinear resampling.  Each function's
+docstring gives the layout of its geometry g (pool2d's differs from conv2d's: no groups, and the
+bottom and right padding last).
 """
 import numpy as np
 from numba import njit

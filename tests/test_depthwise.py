@@ -97,3 +97,27 @@ def test_missing_input_shape_names_the_image_shape():
     with shmrt.Runtime(workers=1) as rt:
         with pytest.raises(ValueError, match=r"input_shape=\(24, H, W\) for images of H x W"):
             rt.compile(model)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_output_row_ranges_match_the_whole_image(case):
+    """The kernel given a worker's output-row range (spatial split at batch 1) computes exactly those
+    rows: three ranges together equal one call over the image, with the scratch poisoned by NaN
+    before each (nothing may be read that the range did not write)."""
+    from shmrt.kernels.activations import RELU6
+    from shmrt.kernels.conv import conv2d, scratch_floats
+    C, H, W, k, s, p, d = CASES[case]
+    OH, OW = (H + 2 * p - d * (k - 1) - 1) // s + 1, (W + 2 * p - d * (k - 1) - 1) // s + 1
+    g = np.array([C, H, W, k, k, s, s, p, p, d, d, C, OH, OW], np.int64)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal(C * H * W).astype(np.float32)
+    w = rng.standard_normal((C, k * k)).astype(np.float32)
+    b = rng.standard_normal(C).astype(np.float32)
+    scratch = np.empty(scratch_floats(g, C), np.float32)
+    whole = np.empty(C * OH * OW, np.float32)
+    conv2d(x, w, b, whole, g, 0, C, 0, OH, scratch, RELU6, False)
+    parts = np.full(C * OH * OW, np.nan, np.float32)
+    for a, z in ((0, OH // 2), (OH // 2, OH - 1), (OH - 1, OH)):
+        scratch[:] = np.nan
+        conv2d(x, w, b, parts, g, 0, C, a, z, scratch, RELU6, False)
+    assert np.array_equal(whole, parts)
