@@ -24,17 +24,24 @@ def gather(x, idx, out):
 
 
 @njit(cache=True, inline="always")
-def _row_stats(x, i, m, eps):
-    """(mean, 1 / sqrt(variance + eps)) of row i of x[:, :m], in float64."""
+def _row_mean(x, i, m):
+    """The mean of row i of x[:, :m], in float64."""
     s = 0.0
     for j in range(m):
         s += x[i, j]
-    mean = s / m
+    return s / m
+
+
+@njit(cache=True, inline="always")
+def _row_rstd(x, i, m, mean, eps):
+    """1 / sqrt(variance + eps) of row i of x[:, :m] about its mean, in float64; inf for a
+    constant row with eps 0, as numpy and torch give (never a worker's ZeroDivisionError)."""
     v = 0.0
     for j in range(m):
         d = x[i, j] - mean
         v += d * d
-    return mean, 1.0 / math.sqrt(v / m + eps)
+    d = v / m + eps
+    return math.inf if d == 0.0 else 1.0 / math.sqrt(d)
 
 
 @njit(cache=True)
@@ -42,7 +49,8 @@ def layernorm(x, weight, bias, eps, out):
     """out = (x - mean) / sqrt(var + eps) * weight + bias along axis 1 (float64 statistics)."""
     n, m = x.shape
     for i in range(n):
-        mean, inv = _row_stats(x, i, m, eps)
+        mean = _row_mean(x, i, m)
+        inv = _row_rstd(x, i, m, mean, eps)
         for j in range(m):
             out[i, j] = (x[i, j] - mean) * inv * weight[j] + bias[j]
 
@@ -53,5 +61,5 @@ def layernorm_stat(x, eps, rstd, out):
     statistics, as ONNX LayerNormalization's Mean and InvStdDev outputs (float64, rounded once)."""
     n, m = x.shape
     for i in range(n):
-        mean, inv = _row_stats(x, i, m, eps)
-        out[i, 0] = inv if rstd else mean
+        mean = _row_mean(x, i, m)
+        out[i, 0] = _row_rstd(x, i, m, mean, eps) if rstd else mean

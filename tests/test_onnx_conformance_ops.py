@@ -435,3 +435,31 @@ def test_a_graph_moving_the_batch_axis_is_still_refused():
                [("axes", np.array([0], np.int64))])
     with pytest.raises(ValueError, match="not in batch-first order"):
         from_onnx(m)
+
+
+def test_mean_of_constant_rows(runtimes):
+    """shmrt.Mean shares LayerNorm's statistics kernel but has no eps: a row whose values are all
+    equal (clamped by a Hardtanh here) has variance 0, and its mean must not compute 1 / sqrt(0)."""
+    model = shmrt.Sequential([shmrt.Hardtanh(-0.5, 0.7), shmrt.Mean(dim=-1)], input_shape=(3, 4))
+    x = np.full((2, 3, 4), 5.0, np.float32)
+    x[1, 1] = [-9.0, 0.1, 0.2, 9.0]
+    ref = np.clip(x.astype(np.float64), -0.5, 0.7).mean(-1)
+    for rt in runtimes:
+        got = rt.compile(model, strategy="data", max_batch=2)(x)
+        assert got.shape == ref.shape and _err(got, ref) <= RTOL
+
+
+def test_rstd_with_eps_0_of_constant_rows_is_inf(runtimes):
+    """RStd with eps 0 divides by a variance of 0 on a constant row: inf, as torch's rsqrt gives,
+    not a ZeroDivisionError in the worker; the other rows stay exact."""
+    model = shmrt.Sequential([shmrt.RStd([4], eps=0.0)], input_shape=(3, 4))
+    x = np.full((2, 3, 4), 5.0, np.float32)
+    x[1, 1] = [-9.0, 0.1, 0.2, 9.0]
+    x64 = x.astype(np.float64)
+    with np.errstate(divide="ignore"):
+        ref = 1.0 / np.sqrt(((x64 - x64.mean(-1, keepdims=True)) ** 2).mean(-1, keepdims=True))
+    for rt in runtimes:
+        got = rt.compile(model, strategy="data", max_batch=2)(x)
+        assert got.shape == ref.shape
+        assert np.array_equal(np.isinf(got), np.isinf(ref)) and np.isinf(ref).sum() == 5
+        assert _err(got[~np.isinf(ref)], ref[~np.isinf(ref)]) <= RTOL
