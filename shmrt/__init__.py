@@ -12,7 +12,9 @@ from shmrt import kernels  # noqa: F401  (next: it points Numba's cache at a fol
 from shmrt.ir.layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, Permute, Reshape, Slice, Transpose, Upsample, Add, Concat, Div, Graph, Input, Mul, Sub, GRU, LSTM, RNN, ArgMax, AvgPool2d, BatchNorm1d, BatchNorm2d, Conv2d, ConvTranspose2d, Dropout,
                              Flatten, GlobalAvgPool, HardSigmoid, Hardsigmoid, Hardswish, Hardtanh, Layer, LayerNorm, LeakyReLU, Linear,
                              LogSoftmax, MaxPool2d, Mean, MinMaxScale, ReLU, RStd, ReLU6, Select, Sequential, Sigmoid, SiLU, Softmax,
-                             Standardize, Tanh, TopK, linear_regression, logistic_regression, manual_seed)
+                             Standardize, Tanh, TopK, linear_regression, logistic_regression, manual_seed,
+                             Embedding, FirstToken, MaskedMeanPool, MultiheadAttention, PaddingMask, PositionalEmbedding,
+                             ScaledDotProductAttention, TransformerEncoder, TransformerEncoderLayer)
 from shmrt.frontends.load import load
 from shmrt.machine import machine
 from shmrt.parallel.buffers import asarray, empty

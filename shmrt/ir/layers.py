@@ -3,7 +3,8 @@
 The classes live by family: base.py (Layer, the parameter helpers,
 manual_seed), dense.py (Linear, activations, row-wise layers), norm.py
 (preprocessing and per-feature normalisation), conv.py (Conv2d, pools,
-Flatten), recurrent.py (RNN, LSTM, GRU), merge.py (Add, Mul, Concat, ...: layers
+Flatten), recurrent.py (RNN, LSTM, GRU), transformer.py (Embedding,
+attention, encoder layers, sequence pooling), merge.py (Add, Mul, Concat, ...: layers
 of several activations), rearrange.py (Permute, Transpose, Slice), graph.py (Graph, Input) and model.py (Sequential, the
 fitted regressions).  This module only re-exports them, the private base
 classes included: the planner and the frontends test layers by family
@@ -22,6 +23,9 @@ from shmrt.ir.model import Sequential, linear_regression, logistic_regression
 from shmrt.ir.norm import BatchNorm1d, Dropout, MinMaxScale, Select, Standardize, _Affine
 from shmrt.ir.rearrange import Permute, Slice, Transpose, _Rearrange
 from shmrt.ir.recurrent import GRU, LSTM, RNN, _Recurrent
+from shmrt.ir.transformer import (SEQUENCE_LAYERS, Embedding, FirstToken, MaskedMeanPool, MultiheadAttention,
+                                  PaddingMask, PositionalEmbedding, ScaledDotProductAttention, TransformerEncoder,
+                                  TransformerEncoderLayer)
 
 __all__ = [
     "Layer", "manual_seed", "Sequential", "linear_regression", "logistic_regression",
@@ -33,6 +37,8 @@ __all__ = [
     "RNN", "LSTM", "GRU",
     "Graph", "Input", "Node", "Value", "Add", "Sub", "Mul", "Div", "Concat", "AdaptiveAvgPool2d", "AdaptiveMaxPool2d",
     "BINARY_OPS", "Permute", "Transpose", "Slice",
+    "Embedding", "PositionalEmbedding", "ScaledDotProductAttention", "MultiheadAttention", "TransformerEncoderLayer",
+    "TransformerEncoder", "PaddingMask", "FirstToken", "MaskedMeanPool", "SEQUENCE_LAYERS",
     # the layer families (private base classes) and helpers that other modules reach through L
     "_Elementwise", "_RowWise", "_TrailingStat", "_Binary", "_Merge", "_Rearrange", "_Affine", "_Recurrent", "_Pool2d",
     "returns_indices", "_AdaptivePool2d",
