@@ -22,7 +22,7 @@ from shmrt import config
 from shmrt.compile import plan as planner
 from shmrt.compile.io import IO_ROWS, solo_rows
 from shmrt.compile.isa import INPUT
-from shmrt.exec import calls
+from shmrt.exec import calls, sequence
 from shmrt.exec.executor import run_in_process
 from shmrt.exec.profile import Profile
 from shmrt.exec.profile import run_profiled
@@ -98,7 +98,8 @@ class Runtime:
                 self._blas_threads = scipy_blas_threads(1)
         _live_runtimes.add(self)
 
-    def compile(self, model, strategy="auto", max_batch=256, input_shape=None, autotune=False) -> "CompiledModel":
+    def compile(self, model, strategy="auto", max_batch=256, input_shape=None, autotune=False,
+                max_seq_len=None) -> "CompiledModel":
         """Plan ``model`` for this runtime's workers and place it in shared memory.
 
         strategy: "auto" (the planner picks, per batch size, among the plans
@@ -108,8 +109,11 @@ class Runtime:
         ((T, F) for recurrent models: T steps of F features).
         autotune: time every candidate plan at batch sizes 1, 4, 16, ...,
         max_batch on this machine and keep the fastest for each; the result
-        is cached per (model, max_batch, workers, machine)."""
+        is cached per (model, max_batch, workers, machine).
+        max_seq_len: a sequence model's longest call (exec/sequence.py)."""
         self._check_open()
+        if sequence.is_sequence(model):
+            return sequence.compile_sequence(self, model, strategy, max_batch, max_seq_len)
         if not isinstance(autotune, bool):
             raise TypeError(f"autotune must be True or False, got {autotune!r}")
         P = max(self.workers, 1)

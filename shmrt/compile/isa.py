@@ -112,6 +112,14 @@ _DECLARED = (
     # w: its phases' packed weights; geom as CONV's (OH, OW the output's); scratch: this worker's padded image
     ("CONVT", "conv transpose", ("x", "x_ld", "out", "out_ld", "w", "b", "act", "co0", "co1", "oh0", "oh1", "lo", "hi",
                                  "scratch", ("geom", CONV_GEOM), "cout", "scratch_floats")),
+    # token rows (compile/tokens.py): out[rows] = table[int(x[rows, 0])], table [*, width] in the weight store
+    ("EMBED", "embedding", ("x", "x_ld", "table", "width", "out", "out_ld", "lo", "hi")),
+    # attention of query token rows q_lo:q_hi (fractions, as lo:hi; named apart because the step reads other
+    # rows' keys and values), heads h0:h1 (kernels/attention.py): q, k, v the arena offsets of head 0's
+    # columns (head h at + h * hs), meta the (pos, start, len) token rows; scale a float in the weight
+    # store; mask: -1 or an additive [mask_ld, mask_ld] mask in the weight store; scratch per worker
+    ("ATTN", "attention", ("q", "k", "v", "ld", "hs", "meta", "meta_ld", "h0", "h1", "dh", "out", "out_ld", "scale",
+                           "mask", "mask_ld", "causal", "q_lo", "q_hi", "scratch", "scratch_floats")),
 )
 
 
@@ -133,7 +141,7 @@ OPS = tuple(op for op, _ in _BUILT)  # by code
 _WIDTHS = [widths for _, widths in _BUILT]
 LABELS = tuple(label for _, label, _ in _DECLARED)
 (END, BARRIER, LINEAR, REDUCE, ACT, SOFTMAX, ARGMAX, TOPK, AFFINE, GATHER, LAYERNORM, RECUR, CONV, POOL, GAP,
- MICRO, WAIT, SIGNAL, NEXT, INPUT, OUTPUT, MERGE, RESIZE, CONVT) = OPS
+ MICRO, WAIT, SIGNAL, NEXT, INPUT, OUTPUT, MERGE, RESIZE, CONVT, EMBED, ATTN) = OPS
 assert [op.__class__.__name__ for op in OPS] == [name.title() for name, _, _ in _DECLARED]  # the names above in order
 
 

@@ -276,6 +276,12 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
     if per:  # per worker: the scratch of the convolution (or other family's step) that needs the most
         scratch["conv"], scratch["conv_per"] = arena.alloc(P * align(per)), align(per)
     names = [strategy] if strategy != "auto" else (["data", "model", "hybrid", "pipeline"] if P > 1 else ["data"])
+    crossing = any(getattr(family(op.layer), "CROSSES_ROWS", False) for op in ops)
+    if crossing:  # micro-batches of token rows would cut sequences apart
+        if strategy == "pipeline":
+            raise ValueError("strategy 'pipeline' does not run sequence models (a micro-batch of token rows would "
+                             "cut a sequence apart); expected 'auto', 'data', 'model' or 'hybrid'")
+        names = [s for s in names if s != "pipeline"]
     model_maxb = maxb if set(names) & {"model", "hybrid", "pipeline"} else 0
     widest = max([op.layer.out_features for op in ops if isinstance(op.layer, L.Linear)] + [1])
     # two partial-sum regions, alternated by consecutive row-parallel layers
@@ -294,7 +300,8 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
     def whole(s, splits=None):
         """The (program, explain rows) of a plan over all workers, built once."""
         if s not in built:
-            slots = values.slots("rows" if s == "data" or P == 1 else "barrier")
+            # attention reads rows other workers wrote: a slot it read is free only after a barrier
+            slots = values.slots("rows" if P == 1 or (s == "data" and not crossing) else "barrier")
             b = Builder(s, P, woff, slots, parts, scratch, inp, splits=splits, inputs=in_vals)
             for op in ops:
                 b.add(op)

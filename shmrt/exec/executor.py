@@ -18,12 +18,14 @@ from numba import njit
 from shmrt.kernels import (HARD_SIGMOID, HARDTANH, NR, affine, apply_act, argmax, gather, gemm_packed, layernorm,
                            layernorm_stat, linear, reduce_partials, softmax, topk)
 
-from shmrt.compile.isa import (ACT, AFFINE, ARGMAX, BARRIER, CONV, END, FRAC, GAP, GATHER, INPUT, LAYERNORM, LINEAR,
-                               MERGE, MICRO, NEXT, OP, POOL, RECUR, RESIZE, REDUCE, SIGNAL, SOFTMAX, TOPK, WAIT, CONVT)
+from shmrt.compile.isa import (ACT, AFFINE, ARGMAX, ATTN, BARRIER, CONV, EMBED, END, FRAC, GAP, GATHER, INPUT, LAYERNORM,
+                               LINEAR, MERGE, MICRO, NEXT, OP, POOL, RECUR, RESIZE, REDUCE, SIGNAL, SOFTMAX, TOPK, WAIT,
+                               CONVT)
 from shmrt.parallel import control as C
 from shmrt.exec.images import conv_step, convt_step, gap_step, merge_step, pool_step, resize_step
 from shmrt.exec.moves import _copy_in_rows, _copy_out_rows, copy_in, copy_out
 from shmrt.exec.recurrent import _recurrent
+from shmrt.exec.tokens import attn_step, embed_step
 from shmrt.exec.rows import _rows, _src, _view
 from shmrt.parallel.xmem import addr_of
 from shmrt.parallel.sync import ABORTED, LINE, TIMEOUT, barrier, bump, monotonic_ns, wait_change, wait_reach
@@ -163,6 +165,13 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
             r0, r1 = _rows(base, cnt, w0, w1, s[CONVT.lo], s[CONVT.hi])
             xa, xo = _src(arena, xin, s[CONVT.x], in_off)
             convt_step(s, weights, arena, xa, xo, r0, r1)
+        elif op == EMBED.code:
+            r0, r1 = _rows(base, cnt, w0, w1, s[EMBED.lo], s[EMBED.hi])
+            xa, xo = _src(arena, xin, s[EMBED.x], in_off)
+            embed_step(s, weights, arena, xa, xo, r0, r1)
+        elif op == ATTN.code:  # reads other rows' keys: never a window of own rows (w0:w1)
+            r0, r1 = _rows(base, cnt, 0, 0, s[ATTN.q_lo], s[ATTN.q_hi])
+            attn_step(s, weights, arena, base + cnt, r0, r1)
         elif op == MICRO.code:
             ctr = arena[s[MICRO.counters]:s[MICRO.counters] + 2 * LINE * s[MICRO.workers]].view(np.int32)
             mb_m, mb_k, mb_top = micro_batches(n, s[MICRO.most], s[MICRO.rows]), 0, i + 1

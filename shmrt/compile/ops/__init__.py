@@ -18,9 +18,9 @@ from __future__ import annotations
 import numpy as np
 
 from shmrt.compile.layout import Output
-from shmrt.compile.ops import conv, convtranspose, dense, featurewise, merge, pool, recurrent, rowwise
+from shmrt.compile.ops import attention, conv, convtranspose, dense, featurewise, merge, pool, recurrent, rowwise
 
-FAMILIES = (dense, featurewise, rowwise, recurrent, conv, pool, merge, convtranspose)
+FAMILIES = (dense, featurewise, rowwise, recurrent, conv, pool, merge, convtranspose, attention)
 _BY_CLASS = {cls: fam for fam in FAMILIES for cls in fam.LAYERS}
 COSTS = {code: fn for fam in FAMILIES for code, fn in fam.COSTS.items()}
 

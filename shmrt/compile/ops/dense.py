@@ -75,7 +75,11 @@ def linear(b, op, info):
         b.set_cur(out, "cols", d)
     else:
         b.need_all()
-        c = split_panels(m, P) if pk else split(m, P)
+        g = getattr(l, "col_grain", 0)  # whole attention heads per worker (compile/tokens.py)
+        if g and m % g == 0 and (not pk or g % NR == 0):
+            c = [m // g * p // P * g for p in range(P)] + [m]
+        else:
+            c = split_panels(m, P) if pk else split(m, P)
         for w in range(P):  # columns c0:c1 start at c0 * k floats in both layouts (panels: c0 a multiple of NR)
             b.emit(w, LINEAR, x=x_off, x_ld=x_ld, x_col=0, k=k, w=w_off + c[w] * k, w_ld=w_ld, w_col=0,
                    b=b_off + c[w] if b_off >= 0 else -1, out=out.off, out_ld=m, out_col=c[w],
