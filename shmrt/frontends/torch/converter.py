@@ -27,6 +27,7 @@ from shmrt.frontends.torch.calls import Calls
 from shmrt.frontends.torch.graph import SUPPORTED_FUNCTIONS, SUPPORTED_MODULES, fn_name, is_inplace, module_graph, \
     torch_module
 from shmrt.frontends.torch.modules import Modules
+from shmrt.frontends.torch.transformer import Sequences
 from shmrt.ir import layers as L
 
 
@@ -62,7 +63,7 @@ def from_torch(module, input_shape=None):
     return model
 
 
-class _Converter(Modules, Calls):
+class _Converter(Modules, Calls, Sequences):
     """One conversion: the fx graph walked node by node into the chain of layers."""
 
     def __init__(self, torch, root, input_shape):
@@ -183,6 +184,9 @@ class _Converter(Modules, Calls):
     def rnn_hint(self, k):
         if not isinstance(k, tuple):
             return "expected a tensor of the chain"
+        if k[0] == "attn":
+            return (f"this is the (output, weights) tuple of MultiheadAttention '{k[1]['path']}'; expected "
+                    f"out, _ = attn(x, x, x) or attn(x, x, x)[0]")
         return f"this is {self.rnn_value(k)}; {self._RNN_USES}"
 
     def is_aux(self, node):
