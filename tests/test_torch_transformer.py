@@ -11,7 +11,7 @@ nn = torch.nn
 
 import shmrt  # noqa: E402
 from reference import forward, rel_err  # noqa: E402
-from test_transformer_reference import compare, f32_double, padding, seqs  # noqa: E402
+from sequences import compare, f32_double, padding, seqs  # noqa: E402
 
 TOL = 1e-12
 pytestmark = [pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors"),

@@ -13,46 +13,15 @@ F = torch.nn.functional
 
 import shmrt  # noqa: E402
 from reference import forward, rel_err  # noqa: E402
+from sequences import compare, f32_double, padding, seqs  # noqa: E402
 
 TOL = 1e-12
 pytestmark = [pytest.mark.filterwarnings("ignore:The PyTorch API of nested tensors"),
               pytest.mark.filterwarnings("ignore:enable_nested_tensor is True")]
 
 
-def f32_double(m, seed=0):
-    """m in float64 eval mode, its parameters random (LayerNorm weights near 1) and rounded to float32
-    values: shmrt stores float32, so both sides then compute from the same numbers."""
-    g = torch.Generator().manual_seed(seed)
-    m = m.double().eval()
-    norms = {id(k.weight) for k in m.modules() if isinstance(k, nn.LayerNorm) and k.weight is not None}
-    with torch.no_grad():
-        for p in m.parameters():
-            r = torch.rand(p.shape, generator=g, dtype=torch.float64) - 0.5
-            p.copy_((1.0 + 0.4 * r if id(p) in norms else 0.6 * r).float().double())
-    return m
-
-
 def state(m):
     return {k: v.detach().numpy() for k, v in m.state_dict().items()}
-
-
-def seqs(N, T, D, seed=1):
-    return np.random.default_rng(seed).standard_normal((N, T, D)).astype(np.float32).astype(np.float64)
-
-
-def padding(lengths, T, left=False):
-    """bool [N, T], True at padding: each sequence's real tokens first (or last, left=True)."""
-    pos = np.arange(T)[None, :]
-    n = np.asarray(lengths)[:, None]
-    return pos < T - n if left else pos >= n
-
-
-def compare(y, ref, pad=None):
-    """rel_err over the real positions; the reference is 0 at every padding position."""
-    if pad is None:
-        return rel_err(y, ref)
-    assert np.all(ref[pad] == 0), "the reference must write 0 at padding positions"
-    return rel_err(y[~pad], ref[~pad])
 
 
 def causal_bool(T):

@@ -91,6 +91,8 @@ class Sequences:
     def mod_encoder(self, node, m, kind):
         a = self.bind(node, ("src", "mask", "src_key_padding_mask", "is_causal"),
                       {"mask": None, "src_key_padding_mask": None, "is_causal": None})
+        if not len(m.layers):
+            raise self.fail(node, "num_layers=0: expected at least one layer")
         layers = [self.encoder_layer(node, layer, f"layers.{i}.") for i, layer in enumerate(m.layers)]
         config, first = layers[0]
         for i, (c, _) in enumerate(layers):
