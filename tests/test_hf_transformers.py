@@ -59,6 +59,16 @@ def test_bert_default_length_and_no_pooler():
     assert shmrt.load(m).outputs == ["last_hidden_state"]
 
 
+def test_converted_bert_saves_and_loads_back(tmp_path):
+    g = shmrt.load(bert(), max_seq_len=5)
+    g.save(tmp_path / "bert.shmrt")
+    back = shmrt.load(str(tmp_path / "bert.shmrt"))
+    assert back.inputs == g.inputs and back.outputs == g.outputs
+    x = [np.array([[2, 3, 4, 0, 0]]), np.array([[1, 1, 1, 0, 0]]), np.array([[0, 0, 1, 0, 0]])]
+    a, b = forward(g, x), forward(back, x)
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def test_distilbert():
     m = f32_double(tf.DistilBertModel(tf.DistilBertConfig(vocab_size=40, dim=16, n_layers=2, n_heads=4, hidden_dim=32,
                                                           max_position_embeddings=10)))
