@@ -329,7 +329,7 @@ def test_residual_shared_module_and_unflattened_pool_convert(make, shape):
 @pytest.mark.parametrize("make, match", [
     (lambda: nn.Sequential(nn.Conv1d(3, 4, 3), nn.ReLU()), r"'0' \(Conv1d\): this module type is not supported; "
                                                            r"supported modules: nn.Linear"),
-    (lambda: nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 2)), r"'0' \(Embedding\): this module type is not"),
+    (lambda: nn.Sequential(nn.EmbeddingBag(10, 4), nn.Linear(4, 2)), r"'0' \(EmbeddingBag\): this module type is not"),
     (lambda: nn.Sequential(nn.Linear(3, 4), nn.Sequential(nn.LSTM(4, 4, batch_first=True, bidirectional=True))),
      r"'1.0' \(LSTM\): bidirectional=True is not supported"),
     (lambda: nn.Sequential(nn.GRU(4, 4)), r"'0' \(GRU\): batch_first=False is not supported"),
@@ -340,7 +340,7 @@ def test_residual_shared_module_and_unflattened_pool_convert(make, shape):
     (lambda: nn.Sequential(nn.MaxPool2d(2, return_indices=True)), r"'0' \(MaxPool2d\): return_indices=True"),
     (lambda: nn.Sequential(nn.Linear(3, 4), nn.Softmax(dim=0)), r"'1' \(Softmax\): dim=0 on a 2-D input"),
     (lambda: nn.Sequential(nn.LSTM(4, 4, batch_first=True)), r"the model returns the \(output, h_n\) tuple"),
-], ids=["conv1d", "embedding", "bidirectional", "batch_first", "first_step", "mul",
+], ids=["conv1d", "embedding_bag", "bidirectional", "batch_first", "first_step", "mul",
         "reflect", "bn_no_stats", "return_indices", "softmax_dim0", "rnn_tuple_out"])
 def test_refusals_name_the_node_and_type(make, match):
     with pytest.raises(ValueError, match=match):

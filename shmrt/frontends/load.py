@@ -36,6 +36,8 @@ def load(source, **options) -> L.Sequential:
       progress=  (URLs) show download progress on stderr (default True)
       refresh=   (URLs) download again even if the cache holds the URL (default False)
       input_shape= (torch modules) the per-sample input shape when the first layer does not fix it
+      max_seq_len= (Hugging Face text models) the length T of input_ids / attention_mask (default
+                 config.max_position_embeddings)
     """
     mod = type(source).__module__ or ""
     if isinstance(source, (L.Sequential, L.Graph)):

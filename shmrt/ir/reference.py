@@ -22,6 +22,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from shmrt.ir import layers as L
+from shmrt.ir.reference_seq import SEQUENCE_RULES
 
 _erf = np.vectorize(math.erf)  # numpy has no erf; float64 out, cast back to the pass's dtype
 
@@ -349,4 +350,5 @@ _RULES = {
     L.Permute: lambda l, p, h: h.transpose([0] + [a + 1 for a in l.order(h.ndim - 1)]),
     L.Transpose: lambda l, p, h: h.transpose([0] + [a + 1 for a in l.order(h.ndim - 1)]),
     L.Slice: lambda l, p, h: _slice(l, h),
+    **SEQUENCE_RULES,  # embeddings, attention, encoder layers, sequence pooling: reference_seq.py
 }

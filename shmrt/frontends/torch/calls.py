@@ -102,7 +102,7 @@ class Calls:
                                       "which is False while from_torch traces)")
             self.take(node, a["input"])
             self.emit(node, None)
-        else:
+        elif not self.sequence_call(node):
             raise self.unsupported(node)
 
     def on_call_method(self, node):
@@ -151,7 +151,7 @@ class Calls:
             self.bind(node, ("self", "memory_format"), method=True)
             self.take(node, node.args[0])
             self.emit(node, None)
-        else:
+        elif not self.sequence_call(node):
             raise self.unsupported(node)
 
     def rearrange(self, node, what, args, kwargs):
@@ -314,6 +314,9 @@ class Calls:
             return
         if isinstance(k, tuple) and k[0] == "pieces":
             self.piece(node, k[1], idx)
+            return
+        if isinstance(k, tuple) and k[0] == "attn":
+            self.attention_item(node, k[1], idx)
             return
         if not isinstance(k, tuple):
             raise self.fail(node, f"indexing x[{_fmt_index(idx)}] is not supported here; indexing is supported "

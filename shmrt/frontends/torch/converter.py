@@ -26,11 +26,13 @@ from shmrt.frontends.chain import Chain
 from shmrt.frontends.torch.calls import Calls
 from shmrt.frontends.torch.graph import SUPPORTED_FUNCTIONS, SUPPORTED_MODULES, fn_name, is_inplace, module_graph, \
     torch_module
+from shmrt.frontends.torch.hf import from_hf, is_hf
 from shmrt.frontends.torch.modules import Modules
+from shmrt.frontends.torch.transformer import Sequences
 from shmrt.ir import layers as L
 
 
-def from_torch(module, input_shape=None):
+def from_torch(module, input_shape=None, max_seq_len=None):
     """Convert a live ``torch.nn.Module`` (an ``nn.Sequential`` or a module
     whose forward applies supported layers and functions) into a
     ``shmrt.Sequential`` (a chain) or a ``shmrt.Graph``.
@@ -40,10 +42,22 @@ def from_torch(module, input_shape=None):
     stored on the Sequential (compile then needs none) and the converted
     model is checked against it.  Left out, a model whose first layer fixes
     its input (a Linear) infers it, and other models leave it to compile.
-    The result has inference semantics (see the module docstring)."""
+    The result has inference semantics (see the module docstring).
+
+    A Hugging Face transformers model is read from its config and weights
+    instead of traced (hf.py); max_seq_len: the length T of its text inputs
+    (default config.max_position_embeddings)."""
     torch = torch_module()
     if not isinstance(module, torch.nn.Module):
         raise TypeError(f"from_torch expects a torch.nn.Module, got {type(module).__name__}")
+    if is_hf(module):
+        if input_shape is not None:
+            raise TypeError(f"from_torch: a transformers {type(module).__name__} takes no input_shape: its inputs' "
+                            f"shapes come from its config (text models: max_seq_len=)")
+        return from_hf(module, max_seq_len)
+    if max_seq_len is not None:
+        raise TypeError("from_torch: max_seq_len is the sequence length of a Hugging Face model's inputs; a torch "
+                        "module's sequences take their length from the inputs (rt.compile(..., max_seq_len=))")
     graph = module_graph(torch, module)
     conv = _Converter(torch, module, input_shape)
     chain = conv.run(graph)
@@ -62,7 +76,7 @@ def from_torch(module, input_shape=None):
     return model
 
 
-class _Converter(Modules, Calls):
+class _Converter(Modules, Calls, Sequences):
     """One conversion: the fx graph walked node by node into the chain of layers."""
 
     def __init__(self, torch, root, input_shape):
@@ -183,6 +197,9 @@ class _Converter(Modules, Calls):
     def rnn_hint(self, k):
         if not isinstance(k, tuple):
             return "expected a tensor of the chain"
+        if k[0] == "attn":
+            return (f"this is the (output, weights) tuple of MultiheadAttention '{k[1]['path']}'; expected "
+                    f"out, _ = attn(x, x, x) or attn(x, x, x)[0]")
         return f"this is {self.rnn_value(k)}; {self._RNN_USES}"
 
     def is_aux(self, node):

@@ -3,6 +3,7 @@
 torch is imported lazily: ``import shmrt`` never needs it."""
 from __future__ import annotations
 
+from shmrt.frontends.torch.transformer import SEQUENCE_FUNCTIONS, SEQUENCE_MODULES, bare_graph
 from shmrt.ir import layers as L
 
 # the activations: nn.<class name> and F.<fn or act> for every class of L.ACTIVATIONS
@@ -15,7 +16,7 @@ SUPPORTED_MODULES = (
     "nn.Flatten(1, -1), nn.MaxPool2d, nn.AvgPool2d (divisor_override=None), nn.AdaptiveAvgPool2d, "
     "nn.AdaptiveMaxPool2d (return_indices=False), "
     "nn.Upsample (nearest, bilinear; integer scale_factor or size), nn.LayerNorm (trailing dims), nn.RNN, nn.LSTM, nn.GRU (batch_first=True, one direction, proj_size=0; an initial "
-    "state of zeros)")
+    "state of zeros), " + SEQUENCE_MODULES)
 SUPPORTED_FUNCTIONS = (
     f"torch.relu / F.relu / x.relu(), torch.sigmoid / x.sigmoid(), torch.tanh / x.tanh(), {_ACT_FUNCTIONS}, "
     "torch.softmax / F.softmax / x.softmax(dim), F.log_softmax / x.log_softmax(dim) over the last dim, "
@@ -25,7 +26,7 @@ SUPPORTED_FUNCTIONS = (
     "x.split / torch.split and x.chunk / torch.chunk (pieces taken by index), x[:, a:b, ::s] (int slices), "
     "x + y / x - y / x * y / x / y of two tensors (torch.add, x.add, +=, ...), torch.cat([...], dim >= 1), "
     "torch.zeros(num_layers, x.size(0), hidden) as a recurrent initial state, and after a recurrent "
-    "module: out, _ = rnn(x) then out or out[:, -1]; _, h = rnn(x) (LSTM: _, (h, c)) then h[-1]")
+    "module: out, _ = rnn(x) then out or out[:, -1]; _, h = rnn(x) (LSTM: _, (h, c)) then h[-1]; " + SEQUENCE_FUNCTIONS)
 
 
 def torch_module():
@@ -40,8 +41,9 @@ def torch_module():
 def module_graph(torch, module):
     """The module's fx graph: traced with every training flag off, restored after."""
     nn = torch.nn
-    if module_kind(nn, module) is not None:  # a single supported layer: trace would open it up
-        return _chain_graph(torch, [("", module)])
+    kind = module_kind(nn, module)
+    if kind is not None:  # a single supported layer: trace would open it up
+        return bare_graph(torch, module_table(nn)[kind]) or _chain_graph(torch, [("", module)])
     flags = [(m, m.training) for m in module.modules()]
     try:
         for m, _ in flags:  # the flags only: a module's own train() may do more
@@ -93,7 +95,9 @@ def module_table(nn):
             nn.LogSoftmax: "softmax", nn.Dropout: "dropout", nn.Identity: "identity", nn.Flatten: "flatten",
             nn.MaxPool2d: "pool", nn.AvgPool2d: "pool", nn.AdaptiveAvgPool2d: "adaptive",
             nn.AdaptiveMaxPool2d: "adaptive", nn.LayerNorm: "layernorm",
-            nn.RNN: "rnn", nn.LSTM: "rnn", nn.GRU: "rnn", nn.Upsample: "upsample", nn.ConvTranspose2d: "convtranspose"}
+            nn.RNN: "rnn", nn.LSTM: "rnn", nn.GRU: "rnn", nn.Upsample: "upsample", nn.ConvTranspose2d: "convtranspose",
+            nn.Embedding: "embedding", nn.MultiheadAttention: "mha", nn.TransformerEncoderLayer: "encoder_layer",
+            nn.TransformerEncoder: "encoder"}
 
 
 def fn_name(fn):

@@ -4,6 +4,7 @@ shmrt layer through the converter's chain."""
 from __future__ import annotations
 
 from shmrt.frontends.torch.graph import module_kind, module_table
+from shmrt.frontends.torch.transformer import SEQUENCE_KINDS
 from shmrt.ir import layers as L
 
 
@@ -15,6 +16,9 @@ class Modules:
         kind = module_kind(self.nn, m)
         if kind is None:
             raise self.unsupported(node)
+        if module_table(self.nn)[kind] in SEQUENCE_KINDS:  # they bind their arguments as their forward does
+            getattr(self, "mod_" + module_table(self.nn)[kind])(node, m, kind)
+            return
         rnn = module_table(self.nn)[kind] == "rnn"
         if rnn and len(node.args) == 2 and not node.kwargs and self.zero_state(node.args[1]):
             pass  # rnn(x, (h0, c0)) with zero states, as rnn(x)
