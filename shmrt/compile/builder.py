@@ -9,7 +9,7 @@ import numpy as np
 
 from shmrt.compile.isa import BARRIER, END, ROW, encode
 from shmrt.compile.layout import Output
-from shmrt.compile.ops import emitter_for
+from shmrt.compile.ops import emitter_for, family
 from shmrt.ir import layers as L
 from shmrt.parallel.control import barrier_line
 
@@ -126,13 +126,17 @@ class Builder:
         first = self.ins[0]
         self.set_cur(first.out, first.state, first.bounds)
         # by batch rows: every family splits so when not split by model and its inputs are complete by rows
-        rows_next = self.P == 1 or (not self.split_model and all(v.state in ("rows", "all") for v in self.ins))
+        # a step that reads rows other workers wrote (attention's keys) never counts as a batch-row access:
+        # a slot it read is reused only after a barrier (values.py)
+        crosses = self.P > 1 and getattr(family(l), "CROSSES_ROWS", False)
+        rows_next = self.P == 1 or (not self.split_model and not crosses and
+                                    all(v.state in ("rows", "all") for v in self.ins))
         self.outs.rows_next = rows_next
         emit(self, op, info)
         rows = self.P == 1 or self.state == "rows"
         assert rows or not rows_next, f"{op.layer!r} was expected to split by batch rows ({self.state})"
         self.vals[op.out] = Val(self.cur_out, self.state, self.bounds)
-        self.outs.release(op, rows)
+        self.outs.release(op, rows and not crosses)
         info["barriers"] = self.barriers - b0
         if self.strategy == "hybrid" and self.P > 1:
             info["why"] = (f"split by {'model' if self.split_model else 'batch rows'}: " +

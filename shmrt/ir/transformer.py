@@ -170,6 +170,9 @@ class MultiheadAttention(Layer):
                             f"in_proj_bias, out_proj.weight, out_proj.bias (separate q/k/v weights: concatenate "
                             f"them into in_proj_weight)")
         name = repr(self)
+        if not self.bias and any(params.get(k) is not None for k in ("in_proj_bias", "out_proj.bias")):
+            raise TypeError(f"{name}: bias=False, but in_proj_bias / out_proj.bias were given; expected bias=True "
+                            f"or no bias arrays")
         self.params["in_proj_weight"] = _param(params.get("in_proj_weight"), (3 * E, E), "in_proj_weight", name, E)
         self.params["out_proj.weight"] = _param(params.get("out_proj.weight"), (E, E), "out_proj.weight", name, E)
         if self.bias:
@@ -222,6 +225,9 @@ class TransformerEncoderLayer(Layer):
         if unknown:
             raise TypeError(f"TransformerEncoderLayer: unknown parameters {sorted(unknown)}; expected {_LAYER_PARAMS}")
         name, g = repr(self), params.get
+        given = [k for k in _LAYER_PARAMS[1:8:2] if g(k) is not None]  # the four linear biases
+        if not self.bias and given:
+            raise TypeError(f"{name}: bias=False, but {given} were given; expected bias=True or no bias arrays")
         shapes = {"self_attn.in_proj_weight": ((3 * D, D), D), "self_attn.out_proj.weight": ((D, D), D),
                   "linear1.weight": ((F, D), D), "linear2.weight": ((D, F), F)}
         for k, (shape, fan) in shapes.items():
@@ -278,6 +284,9 @@ class TransformerEncoder(Layer):
             own = {k[len(f"layers.{i}."):]: v for k, v in params.items() if k.startswith(f"layers.{i}.")}
             layer = copy.deepcopy(encoder_layer)  # torch copies the layer: the same initial weights in each
             for k, v in own.items():
+                if k not in layer.params and k != "attn_mask":
+                    raise TypeError(f"TransformerEncoder: layers.{i}.{k} is not a parameter of {layer!r} "
+                                    f"(bias={layer.bias}); expected {sorted(layer.params)}")
                 if k == "attn_mask":
                     layer.params[k] = _attn_mask(v, repr(layer))
                 else:
@@ -329,6 +338,7 @@ class FirstToken(Layer):
 
     def output_shape(self, shape, mask=None):
         _seq(shape, "FirstToken")
+        _mask_shape([shape] + ([mask] if mask is not None else []), "FirstToken", shape[0])
         return (shape[1],)
 
 
