@@ -17,7 +17,7 @@ import math
 import numpy as np
 from numba import njit
 
-from .fastmath32 import sigmoid32
+from .fastmath32 import gelu32, sigmoid32
 
 ACT_NAMES = ("identity", "relu", "sigmoid", "tanh", "gelu", "gelu_tanh", "silu", "hardswish", "leaky_relu", "relu6",
              "hardsigmoid", "hardtanh", "hard_sigmoid")
@@ -85,7 +85,7 @@ def _relu6_32(v):
 @njit(cache=True, inline="always")
 def _vectorised(act):
     """The activations add_act_row computes in float32, one loop each, which vectorise."""
-    return act == IDENTITY or act == RELU or act == RELU6 or act == HARDSWISH or act == HARDSIGMOID
+    return act == IDENTITY or act == RELU or act == RELU6 or act == HARDSWISH or act == HARDSIGMOID or act == GELU
 
 
 @njit(cache=True, inline="always")
@@ -116,7 +116,7 @@ def bias_act_row(o, b, act):
 @njit(cache=True, inline="always")
 def add_act_row(dst, src, bb, act):
     """dst[j] = act(src[j] + bb), one row with one bias for all of it (a convolution's channel); dst may
-    be src.  Identity, ReLU, ReLU6, Hardswish and Hardsigmoid stay in float32, one loop each, and
+    be src.  Identity, ReLU, ReLU6, Hardswish, Hardsigmoid and GELU stay in float32, one loop each, and
     vectorise; the others go through act1 per element.  That loop does not vectorise: when act1 grew
     from 6 to 11 functions a CNN's calls took 1.5-1.6x as long, and ReLU6 through it cost MobileNetV2's
     expansion convolutions 5-8x their GEMM (7.5 ns an element; bench/conv_kernel.py)."""
@@ -139,6 +139,9 @@ def add_act_row(dst, src, bb, act):
     elif act == HARDSIGMOID:
         for j in range(n):
             dst[j] = _relu6_32(src[j] + bb + three) / six
+    elif act == GELU:  # fastmath32's erf: within 5e-7 of erf (1.3e-6 of GELU up to |x| = 10)
+        for j in range(n):
+            dst[j] = gelu32(src[j] + bb)
     else:
         for j in range(n):
             dst[j] = act1(float(src[j]) + bb, act)

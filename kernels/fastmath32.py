@@ -61,3 +61,31 @@ def exp32(v):
 def sigmoid32(v):
     """1 / (1 + e^-v) in float32, branch-free; exact 0 and 1 at the ends, NaN stays NaN."""
     return _ONE / (_ONE + exp32(-np.float32(v)))
+
+
+# erf as Eigen's float erf (TensorFlow's too): an odd rational function on [-4, 4], +-1 beyond
+_ERF_A = [np.float32(v) for v in (-2.72614225801306e-10, 2.77068142495902e-08, -2.10102402082508e-06,
+                                   -5.69250639462346e-05, -7.34990630326855e-04, -2.95459980854025e-03,
+                                   -1.60960333262415e-02)]
+_ERF_B = [np.float32(v) for v in (-1.45660718464996e-05, -2.13374055278905e-04, -1.68282697438203e-03,
+                                   -7.37332916720468e-03, -1.42647390514189e-02)]
+_A13, _A11, _A9, _A7, _A5, _A3, _A1 = _ERF_A
+_B8, _B6, _B4, _B2, _B0 = _ERF_B
+_FOUR = np.float32(4.0)
+_RSQRT2 = np.float32(0.7071067811865476)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def erf32(v):
+    """erf(v) in float32, branch-free (a loop of them vectorises); NaN stays NaN."""
+    x = min(max(np.float32(v), -_FOUR), _FOUR)
+    x2 = x * x
+    p = ((((((_A13 * x2 + _A11) * x2 + _A9) * x2 + _A7) * x2 + _A5) * x2 + _A3) * x2 + _A1) * x
+    q = (((_B8 * x2 + _B6) * x2 + _B4) * x2 + _B2) * x2 + _B0
+    return v if v != v else p / q
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def gelu32(v):
+    """x * (1 + erf(x / sqrt 2)) / 2, GELU's exact (erf) form, in float32."""
+    return _HALF * v * (_ONE + erf32(v * _RSQRT2))

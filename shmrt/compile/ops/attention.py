@@ -15,6 +15,7 @@ from shmrt.compile.isa import ATTN, EMBED
 from shmrt.compile.layout import rows_of, split
 from shmrt.compile.roofline import rows, streaming_step_us
 from shmrt.compile.tokens import _Attention, _Lookup
+from shmrt.kernels.attention import QB
 
 
 def lookup(b, op, info):
@@ -76,7 +77,7 @@ def emit(b, op, info):
 def attention_us(s, cnt, n, rates) -> float:
     """4 dh flops per (query, key, head), keys ~ min(rows, T), at about a quarter of the GEMM rate."""
     q = rows(cnt, s[ATTN.q_lo], s[ATTN.q_hi])
-    T = s[ATTN.scratch_floats] // (s[ATTN.dh] + 1)
+    T = s[ATTN.scratch_floats] // (2 * s[ATTN.dh] + QB)
     flops = 4.0 * q * min(cnt, T) * s[ATTN.dh] * (s[ATTN.h1] - s[ATTN.h0])
     return flops / (rates.gflops * 250.0)
 
@@ -96,9 +97,9 @@ def tensors(op, before) -> dict:
 
 
 def scratch(op, before) -> int:
-    """Attention: one sequence's keys transposed and a row of scores."""
+    """Attention: one sequence's keys and values transposed and QB rows of scores."""
     l = op.layer
-    return (l.dh + 1) * l.T if isinstance(l, _Attention) else 0
+    return (2 * l.dh + QB) * l.T if isinstance(l, _Attention) else 0
 
 
 LAYERS = (_Lookup, _Attention)
