@@ -18,7 +18,7 @@ panel streams once, front to back (the memory-bound latency case).
 import numpy as np
 from numba import njit
 
-from .activations import IDENTITY, RELU, bias_act
+from .activations import IDENTITY, RELU, bias_act, bias_act_row
 from .blas import ld
 from .tile import MR, NR, tile_rows, tile_rows_indirect
 
@@ -134,8 +134,9 @@ def gemm_packed(x, bp, kstride, b, out, act, accumulate):
                         _tile(aa + 4 * (r - i0) * kc, 1, MR, pa, NR, out, r, c0, kc, mr, nv, acc, edge, bias, relu)
                     else:
                         _tile(xa + 4 * (r * ldx + k0), ldx, 1, pa, NR, out, r, c0, kc, mr, nv, acc, edge, bias, relu)
-                    if last and act != IDENTITY and act != RELU:  # other activations: on the tile, in L1
-                        bias_act(out[r:r + mr, c0:c0 + nv], b[0:0], act)
+                if last and act != IDENTITY and act != RELU:  # other activations: on the panel's rows while in
+                    for r in range(i0, i1):  # cache, inlined (a call per tile cost GELU's Linear 0.3 of 0.67 ms)
+                        bias_act_row(out[r, c0:c0 + nv], bpad[0:0], act)
 
 
 @njit(cache=True)

@@ -69,7 +69,16 @@ def merge(a, ao, a_ld, b, bo, b_ld, out, oo, o_ld, r0, r1, op, d, sa, sb, so, c0
     unit = sa[2] == 1 and so[2] == 1 and (sb[2] == 1 or op == COPY) and not swap
     bcast = sb[2] == 0 and sa[2] == 1 and so[2] == 1 and op != COPY and not swap
     zero = np.float32(0.0)
+    # a flat row (a vector's (F,) is dims (F, 1, 1)): dim 0 is the contiguous run, one loop per row
+    flat = d1 == 1 and d2 == 1 and sa[0] == 1 and so[0] == 1 and (sb[0] == 1 or op == COPY) and not swap
     for r in range(r0, r1):
+        if flat:
+            pa, pb, po = ao + r * a_ld + c0, bo + r * b_ld + c0, oo + r * o_ld + c0
+            o = out[po:po + c1 - c0]
+            _row(o, a[pa:pa + c1 - c0], b[pb:pb + c1 - c0], op)
+            if act != IDENTITY:
+                add_act_row(o, o, zero, act)
+            continue
         for i0 in range(c0, c1):
             for i1 in range(d1):
                 pa = ao + r * a_ld + i0 * sa[0] + i1 * sa[1]
