@@ -155,6 +155,46 @@ def test_bert_style_encoder_matches_torch(rt):
             assert np.array_equal(by_name["last_hidden_state"], out["last_hidden_state"])
 
 
+def test_loaded_modules_run_on_the_runtime(rt):
+    """shmrt.load of a torch module taking (src, src_key_padding_mask) and of a Hugging Face BertModel
+    built from a config (right and left padding), compiled and run against torch in float64."""
+    tf = pytest.importorskip("transformers")
+    enc, _ = _encoder(True, "gelu", True, 11)
+
+    class Wrap(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.enc = enc
+
+        def forward(self, src, src_key_padding_mask):
+            return self.enc(src, src_key_padding_mask=src_key_padding_mask)
+
+    cm = rt.compile(shmrt.load(Wrap().float(), input_shape=(T, D)), strategy="auto", max_batch=4)
+    enc.double()
+    x, pad = _batch(9, [9, 2, 6], 12)
+    with torch.no_grad():
+        ref = enc(torch.from_numpy(x).double(), src_key_padding_mask=torch.from_numpy(pad)).numpy()
+    _record("loaded nn.TransformerEncoder", _err(cm(x, pad), ref, ~pad))
+    torch.manual_seed(5)
+    config = tf.BertConfig(vocab_size=V, hidden_size=D, num_hidden_layers=2, num_attention_heads=H,
+                           intermediate_size=F, max_position_embeddings=16, hidden_act="gelu")
+    bert = tf.BertModel(config).eval()
+    g = shmrt.load(bert, max_seq_len=T)
+    bert.double()
+    rng = np.random.default_rng(13)
+    for strategy in ("data", "model"):
+        cm = rt.compile(g, strategy=strategy, max_batch=3)
+        for L, lens, left in ((T, [T, 3, 8], False), (7, [7, 5, 1], True)):
+            ids = rng.integers(1, V, (3, L))
+            keep = np.array([[(t >= L - n) if left else (t < n) for t in range(L)] for n in lens])
+            am, types = keep.astype(np.int64), rng.integers(0, 2, (3, L))
+            with torch.no_grad():
+                ref = bert(input_ids=torch.from_numpy(ids), attention_mask=torch.from_numpy(am),
+                           token_type_ids=torch.from_numpy(types)).last_hidden_state.numpy()
+            out = cm(ids, am, types)
+            _record("loaded transformers BertModel", _err(out["last_hidden_state"], ref, keep))
+
+
 def test_fully_masked_sequences_give_zeros_not_nan(rt):
     enc, sd = _encoder(False, "relu", False, 6)
     cm = rt.compile(_shmrt_encoder(sd, False, "relu", False), max_batch=4)
