@@ -37,7 +37,11 @@ from shmrt.compile.cost import cpu_model
 from shmrt.compile.plan import STRATEGIES
 from shmrt.bench.peers import PEERS, Impl, Skip
 from shmrt.bench.timing import MODES, interleaved, rel_err  # noqa: F401 (rel_err: a public name here)
+from shmrt.bench.encoders import ENCODERS
 from shmrt.bench.workloads import GRAPH_WORKLOADS, WORKLOADS, numpy_forward
+
+WORKLOADS = {**WORKLOADS, **ENCODERS}
+FULL_ONLY = (*GRAPH_WORKLOADS, *ENCODERS)  # in --full runs, or named: a default run stays near a minute
 
 
 def roundtrip_us(rt, n=3000):
@@ -345,14 +349,14 @@ def run(workloads, workers, strategies, batches=None, quick=False, peers=False, 
     todo = plan_runs(workloads, batches, mode)
     progress = Progress(len(workers) * (1 + sum(len(b) for b in todo.values())))
     result = dict(machine=machine(), mode=mode, order_seed=seed, rows=[], roundtrip_us={}, barrier_us={},
-                  resources={}, workloads={}, ceilings={}, row_bytes={}, tiny_us={})
+                  resources={}, workloads={}, ceilings={}, row_bytes={}, tiny_us={}, notes={})
     try:
         for n in workers:
             progress(f"ceilings at {max(n, 1)} thread(s)")
             result["ceilings"][str(max(n, 1))] = ceilings.measure(max(n, 1), mode == "quick")
         for name, bs in todo.items():
             wl = WORKLOADS[name]()
-            r = run_workload(wl, workers, strategies, bs, mode, peers, progress, rng)
+            r = (wl.runner or run_workload)(wl, workers, strategies, bs, mode, peers, progress, rng)
             result["rows"] += r.pop("rows")
             result["workloads"][name] = r.pop("description")
             for k, v in r.items():
@@ -398,7 +402,8 @@ def main(argv=None) -> int:
                          "--full all)")
     ap.add_argument("--workloads", default=None,
                     help=f"comma-separated, among {','.join(WORKLOADS)} (default: all with --full; without it, all "
-                         f"but the 224x224 graph workloads {', '.join(GRAPH_WORKLOADS)}, to stay near a minute)")
+                         f"but the 224x224 graph workloads {', '.join(GRAPH_WORKLOADS)} and the transformer encoders "
+                         f"{', '.join(ENCODERS)}, to stay near a minute)")
     ap.add_argument("--batches", type=_ints, default=None,
                     help="comma-separated batch sizes (default: each workload's own; logreg always runs 1M rows)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
@@ -419,7 +424,7 @@ def main(argv=None) -> int:
         ap.error(f"unknown strategy {bad[0]!r}; expected some of {', '.join(STRATEGIES)}")
     if args.batches and 0 in args.batches:
         ap.error("batch sizes must be >= 1")
-    default = [w for w in WORKLOADS if args.full or w not in GRAPH_WORKLOADS]
+    default = [w for w in WORKLOADS if args.full or w not in FULL_ONLY]
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()] if args.workloads else default
     bad = [w for w in workloads if w not in WORKLOADS]
     if bad:
