@@ -13,9 +13,10 @@ Every implementation computes from the same float32 weights, named as PyTorch's 
 shmrt's graph (shmrt.Embedding, PositionalEmbedding, TransformerEncoder, ...); torch, an nn.Module
 of nn.Embedding, nn.TransformerEncoder(batch_first=True, norm_first=False, activation="gelu") and
 an nn.Linear pooler (float32, eval, inference_mode, N threads: what a torch user writes; padding
-as src_key_padding_mask); ONNX Runtime, that module exported by torch.onnx.export(dynamo=False) at
-N intra-op threads; numpy, the float32 pass of shmrt.ir.reference at N BLAS threads.  Each is
-checked against the float64 reference on the real tokens (rel err <= TOL) before it is timed.
+as src_key_padding_mask; enable_nested_tensor=False, the faster of torch's two fast paths here);
+ONNX Runtime, that module exported by torch.onnx.export(dynamo=False) at N intra-op threads; numpy,
+the float32 pass of shmrt.ir.reference at N BLAS threads.  Each is checked against the float64
+reference on the real tokens (rel err <= TOL) before it is timed.
 """
 from __future__ import annotations
 
@@ -79,7 +80,8 @@ def weights(c: Bert) -> dict:
          "token_type.weight": normal(c.types, D, std=1), **norm("norm.")}
     for i in range(c.layers):
         p = f"encoder.layers.{i}."
-        w.update({p + "self_attn.in_proj_weight": normal(3 * D, D), p + "self_attn.in_proj_bias": normal(3 * D, std=0.1),
+        w.update({p + "self_attn.in_proj_weight": normal(3 * D, D),
+                  p + "self_attn.in_proj_bias": normal(3 * D, std=0.1),
                   p + "self_attn.out_proj.weight": normal(D, D), p + "self_attn.out_proj.bias": normal(D, std=0.1),
                   p + "linear1.weight": normal(F, D), p + "linear1.bias": normal(F, std=0.1),
                   p + "linear2.weight": normal(D, F), p + "linear2.bias": normal(D, std=0.1),
@@ -127,7 +129,9 @@ def torch_module(c: Bert, w: dict, pooling="first"):
             self.token_type, self.norm = nn.Embedding(c.types, D), nn.LayerNorm(D, eps=EPS)
             layer = nn.TransformerEncoderLayer(D, c.heads, c.ff, dropout=0.0, activation="gelu", layer_norm_eps=EPS,
                                                batch_first=True, norm_first=False)
-            self.encoder = nn.TransformerEncoder(layer, c.layers, enable_nested_tensor=True)
+            # the dense fast path (torch._transformer_encoder_layer_fwd, the mask applied): torch 2.13's
+            # nested-tensor path (the default) ran bert-mini at batch 16 15-25x slower on the bench machine
+            self.encoder = nn.TransformerEncoder(layer, c.layers, enable_nested_tensor=False)
             self.pooler = nn.Linear(D, D)
 
         def forward(self, input_ids, attention_mask, token_type_ids):
@@ -182,7 +186,8 @@ def onnxruntime_peer(c, w, pooling, threads):
 
 def numpy_peer(g, threads):
     from threadpoolctl import threadpool_limits
-    return Impl(lambda x: reference.forward(g, x, np.float32), scope=lambda: threadpool_limits(threads, user_api="blas"))
+    return Impl(lambda x: reference.forward(g, x, np.float32),
+                scope=lambda: threadpool_limits(threads, user_api="blas"))
 
 
 PEERS = {"numpy": lambda c, w, g, pooling, n: numpy_peer(g, n),
@@ -300,15 +305,16 @@ def _speedup_note(wl, group, n, b, control):
 
 def _bert(name):
     c = CONFIGS[name]
-    return EncoderWorkload(name, f"{name}: BERT, {c.layers} layers, hidden {c.hidden}, {c.heads} heads, "
-                                 f"intermediate {c.ff}, vocab {c.vocab}, every sequence {c.seq} tokens (last_hidden_state "
-                                 f"+ pooler_output)", None, (c.seq,), (1, 16), 16, "sequences", runner=run, config=c)
+    return EncoderWorkload(name, f"BERT, {c.layers} layers, hidden {c.hidden}, {c.heads} heads, "
+                                 f"intermediate {c.ff}, vocab {c.vocab}, every sequence {c.seq} tokens "
+                                 f"(last_hidden_state + pooler_output)", None, (c.seq,), (1, 16), 16, "sequences",
+                           runner=run, config=c)
 
 
 def _sentences():
     c = CONFIGS["bert-mini"]
     lengths = tuple(int(v) for v in np.random.default_rng(1252).integers(8, c.seq + 1, 16))
-    return EncoderWorkload("sentences", f"sentences: bert-mini sentence embeddings (masked mean pooling) of 16 "
+    return EncoderWorkload("sentences", f"bert-mini sentence embeddings (masked mean pooling) of 16 "
                                         f"sentences of lengths {min(lengths)}..{max(lengths)} (uniform, seeded; "
                                         f"{sum(lengths):,} real tokens) padded to {c.seq}; shmrt also on the "
                                         f"same batch all {c.seq} long ('{ALL128.strip()}')",
