@@ -36,11 +36,12 @@ from shmrt.compile.tune import timeit
 from shmrt.compile.cost import cpu_model
 from shmrt.compile.plan import STRATEGIES
 from shmrt.bench.peers import PEERS, Impl, Skip
+from shmrt.bench.timing import MODES, interleaved, rel_err  # noqa: F401 (rel_err: a public name here)
+from shmrt.bench.encoders import ENCODERS
 from shmrt.bench.workloads import GRAPH_WORKLOADS, WORKLOADS, numpy_forward
 
-
-def rel_err(y, ref) -> float:
-    return float(np.max(np.abs(y - ref)) / max(np.max(np.abs(ref)), 1e-30))
+WORKLOADS = {**WORKLOADS, **ENCODERS}
+FULL_ONLY = (*GRAPH_WORKLOADS, *ENCODERS)  # in --full runs, or named: a default run stays near a minute
 
 
 def roundtrip_us(rt, n=3000):
@@ -243,35 +244,6 @@ def breakdown(cm, wl, x, reps, min_time) -> dict:
                 profiles=len(ps))
 
 
-def interleaved(impls, x, rounds, min_time, rng, pause):
-    """Per-call seconds of each Impl: ``rounds`` rounds, each running every
-    Impl for a stretch (at least one call and min_time / rounds seconds) in
-    a fresh random order, so that neither drift nor position favours one.
-    A warm-up call each first; ``pause`` seconds after each stretch of an
-    impl whose threads spin on after a call (OpenBLAS, onnxruntime)."""
-    times = {k: [] for k in impls}
-    for impl, _ in impls.values():
-        with impl.scope():
-            impl.run(x)
-    keys = list(impls)
-    for _ in range(rounds):
-        rng.shuffle(keys)
-        for k in keys:
-            impl, spins = impls[k]
-            with impl.scope():
-                times[k] += list(timeit(lambda: impl.run(x), 1, min_time / rounds, warmup=0))
-            if spins:
-                time.sleep(pause)
-    return {k: np.array(v) for k, v in times.items()}
-
-
-MODES = {  # rounds, seconds per implementation per batch, profiled calls, seconds of profiling
-    "quick": (2, 0.1, 3, 0.1),
-    "default": (5, 0.4, 5, 0.2),
-    "full": (5, 1.5, 15, 1.0),
-}
-
-
 def run_workload(wl, workers, strategies, batches, mode, peers, progress, rng):
     """Every implementation of one workload, per worker count N and batch:
     numpy in one process (its own threads), each peer at N threads and shmrt
@@ -377,14 +349,14 @@ def run(workloads, workers, strategies, batches=None, quick=False, peers=False, 
     todo = plan_runs(workloads, batches, mode)
     progress = Progress(len(workers) * (1 + sum(len(b) for b in todo.values())))
     result = dict(machine=machine(), mode=mode, order_seed=seed, rows=[], roundtrip_us={}, barrier_us={},
-                  resources={}, workloads={}, ceilings={}, row_bytes={}, tiny_us={})
+                  resources={}, workloads={}, ceilings={}, row_bytes={}, tiny_us={}, notes={})
     try:
         for n in workers:
             progress(f"ceilings at {max(n, 1)} thread(s)")
             result["ceilings"][str(max(n, 1))] = ceilings.measure(max(n, 1), mode == "quick")
         for name, bs in todo.items():
             wl = WORKLOADS[name]()
-            r = run_workload(wl, workers, strategies, bs, mode, peers, progress, rng)
+            r = (wl.runner or run_workload)(wl, workers, strategies, bs, mode, peers, progress, rng)
             result["rows"] += r.pop("rows")
             result["workloads"][name] = r.pop("description")
             for k, v in r.items():
@@ -430,7 +402,8 @@ def main(argv=None) -> int:
                          "--full all)")
     ap.add_argument("--workloads", default=None,
                     help=f"comma-separated, among {','.join(WORKLOADS)} (default: all with --full; without it, all "
-                         f"but the 224x224 graph workloads {', '.join(GRAPH_WORKLOADS)}, to stay near a minute)")
+                         f"but the 224x224 graph workloads {', '.join(GRAPH_WORKLOADS)} and the transformer encoders "
+                         f"{', '.join(ENCODERS)}, to stay near a minute)")
     ap.add_argument("--batches", type=_ints, default=None,
                     help="comma-separated batch sizes (default: each workload's own; logreg always runs 1M rows)")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
@@ -451,7 +424,7 @@ def main(argv=None) -> int:
         ap.error(f"unknown strategy {bad[0]!r}; expected some of {', '.join(STRATEGIES)}")
     if args.batches and 0 in args.batches:
         ap.error("batch sizes must be >= 1")
-    default = [w for w in WORKLOADS if args.full or w not in GRAPH_WORKLOADS]
+    default = [w for w in WORKLOADS if args.full or w not in FULL_ONLY]
     workloads = [w.strip() for w in args.workloads.split(",") if w.strip()] if args.workloads else default
     bad = [w for w in workloads if w not in WORKLOADS]
     if bad:

@@ -127,16 +127,22 @@ def const_i64(inits, name, values):
 
 def onnxruntime_peer(model, threads, input_shape):
     try:
-        import onnxruntime as ort
+        import onnxruntime  # noqa: F401 (ort_session imports it)
     except ImportError:
         raise Skip("onnxruntime is not installed (pip install 'shmrt[onnx]')")
     graph, out = _onnx_graph(model, input_shape)
+    sess = ort_session(graph.SerializeToString(), threads)
+    return Impl(lambda x: sess.run([out], {"x": np.ascontiguousarray(x, np.float32)})[0])
+
+
+def ort_session(onnx_bytes, threads):
+    """An ONNX Runtime CPU session of a serialized model at ``threads`` intra-op threads (and one
+    inter-op thread): every ONNX Runtime peer's settings."""
+    import onnxruntime as ort
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
-    sess = ort.InferenceSession(graph.SerializeToString(), so, providers=["CPUExecutionProvider"])
-
-    return Impl(lambda x: sess.run([out], {"x": np.ascontiguousarray(x, np.float32)})[0])
+    return ort.InferenceSession(onnx_bytes, so, providers=["CPUExecutionProvider"])
 
 
 # -- PyTorch -----------------------------------------------------------------------
@@ -213,16 +219,19 @@ def torch_peer(model, threads):
         with torch.inference_mode():
             return net(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
 
-    @contextlib.contextmanager
-    def scope():
-        before = torch.get_num_threads()
-        torch.set_num_threads(threads)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(before)
+    return Impl(run, scope=lambda: torch_threads(threads))
 
-    return Impl(run, scope=scope)
+
+@contextlib.contextmanager
+def torch_threads(threads):
+    """torch at ``threads`` intra-op threads inside (every torch peer's setting), as before after."""
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def _graph(model):

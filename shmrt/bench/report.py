@@ -44,8 +44,8 @@ def versus_best_peer(rows) -> None:
     whether that difference is inside the group's A/A spread."""
     spread = aa_spread(rows)
     for r in rows:
-        if r["impl"] != "shmrt" or "p50_ms" not in r or r["strategy"].endswith(AA):
-            continue
+        if r["impl"] != "shmrt" or "p50_ms" not in r or r["strategy"].endswith(AA) or "variant" in r:
+            continue  # a variant (sentences all 128 long) ran on other inputs than the peers
         peers = _peers(rows, r)
         if peers:
             best = min(peers, key=lambda p: p["p50_ms"])
@@ -180,6 +180,7 @@ def table(result) -> str:
                    f"{r['batch']:>9,} {timing}")
     out += [f"not run: {why} ({', '.join(sorted(wls))})" for why, wls in skipped.items()]
     out += ["", aa_summary(result), ""]
+    out += [f"{k}: {v}" for k, v in result.get("notes", {}).items()] + ([""] if result.get("notes") else [])
     if result.get("goals"):
         out += [goals_table(result["goals"]), ""]
     gaps = gap_table(result)

@@ -8,6 +8,7 @@ straight from the layers' parameters.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -27,6 +28,7 @@ class Workload:
     zero_copy: bool = False  # rows live in the shared input buffer; run_in_place, no copies
     chunk: int = 0  # > 0: stream the rows through the zero-copy tier, chunk rows at a time
     fixed_batch: bool = False  # always runs its own batch (the bench's --batches does not apply)
+    runner: Callable = None  # runs it instead of harness.run_workload (same arguments and result)
 
     @property
     def subset(self) -> tuple:
