@@ -113,7 +113,7 @@ class Runtime:
         max_seq_len: a sequence model's longest call (exec/sequence.py)."""
         self._check_open()
         if sequence.is_sequence(model):
-            return sequence.compile_sequence(self, model, strategy, max_batch, max_seq_len)
+            return sequence.compile_sequence(self, model, strategy, max_batch, max_seq_len, CompiledModel)
         if not isinstance(autotune, bool):
             raise TypeError(f"autotune must be True or False, got {autotune!r}")
         P = max(self.workers, 1)

@@ -23,9 +23,9 @@ def is_sequence(model) -> bool:
     return isinstance(model, L.Graph) and is_sequence_model(model)
 
 
-def compile_sequence(rt, model, strategy, max_batch, max_seq_len):
-    """rt.compile of a sequence model: its token plan for max_batch sequences of max_seq_len tokens."""
-    from shmrt.runtime import CompiledModel
+def compile_sequence(rt, model, strategy, max_batch, max_seq_len, compiled):
+    """rt.compile of a sequence model: its token plan for max_batch sequences of max_seq_len tokens,
+    placed by ``compiled`` (the runtime's CompiledModel class)."""
     shapes = {s for _, s in model.inputs if s is not None}
     T = max(s[0] for s in shapes) if shapes else None
     if max_seq_len is None:
@@ -40,7 +40,7 @@ def compile_sequence(rt, model, strategy, max_batch, max_seq_len):
     P = max(rt.workers, 1)
     rates = rt.rates() if P > 1 and strategy in ("auto", "hybrid") else None
     plan = planner.build(spec.graph, P, strategy, int(max_batch) * int(max_seq_len), None, rates)
-    return SequenceModel(CompiledModel(rt, plan, strategy), spec, int(max_batch), int(max_seq_len))
+    return SequenceModel(compiled(rt, plan, strategy), spec, int(max_batch), int(max_seq_len))
 
 
 class SequenceModel:
