@@ -72,7 +72,7 @@ def _tile(aa, lda, lka, pa, pld, out, r, c0, kc, mr, nv, accumulate, edge, bias,
             out[r + i, c0 + j] = edge[i, j]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")  # numpy's: the epilogue's inlined divisions (GELU's erf) vectorise
 def gemm_packed(x, bp, kstride, b, out, act, accumulate):
     """out[n, m] (+)= act(x[n, k] @ Wp[:, :k] + b) -- Wp the panels at bp (panel p at p * kstride floats,
     its row kk at + kk * NR), b (m floats) may be empty, act an ACT_NAMES code (IDENTITY: none).
