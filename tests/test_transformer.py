@@ -195,6 +195,26 @@ def test_loaded_modules_run_on_the_runtime(rt):
             _record("loaded transformers BertModel", _err(out["last_hidden_state"], ref, keep))
 
 
+def test_vit_runs_its_patches_before_the_tokens(rt):
+    """A transformers ViTModel: the patch embedding (a Conv2d over [N, C, H, W]) runs as a plan over
+    samples, its [N, T, D] output becomes the token rows; against ViT in float64."""
+    tf = pytest.importorskip("transformers")
+    torch.manual_seed(7)
+    m = tf.ViTModel(tf.ViTConfig(hidden_size=D, num_hidden_layers=2, num_attention_heads=H, intermediate_size=F,
+                                 image_size=16, patch_size=4, num_channels=3)).eval()
+    g = shmrt.load(m)
+    m.double()
+    x = np.random.default_rng(14).standard_normal((3, 3, 16, 16)).astype(np.float32)
+    with torch.no_grad():
+        ref = m(pixel_values=torch.from_numpy(x).double())
+    for strategy in ("data", "model"):
+        out = rt.compile(g, strategy=strategy, max_batch=2)(x)
+        _record("loaded transformers ViTModel", _err(out["last_hidden_state"], ref.last_hidden_state.numpy(),
+                                                      np.ones((3, 17), bool)))
+        _record("loaded transformers ViTModel pooler", _err(out["pooler_output"], ref.pooler_output.numpy(),
+                                                             np.ones(3, bool)))
+
+
 def test_fully_masked_sequences_give_zeros_not_nan(rt):
     enc, sd = _encoder(False, "relu", False, 6)
     cm = rt.compile(_shmrt_encoder(sd, False, "relu", False), max_batch=4)

@@ -80,6 +80,7 @@ class TokenSpec:
     vocab: dict = field(default_factory=dict)  # id input -> num_embeddings
     named_outputs: bool = False
     inputs: list = field(default_factory=list)  # the model's inputs in call order
+    prelude: object = None  # a Graph over samples whose outputs are token columns [N, T, F] (ViT's patches)
 
 
 def is_sequence_model(graph) -> bool:
@@ -97,6 +98,7 @@ class _Lowering:
         self.g, self.T = graph, T
         self.nodes, self.kinds = [], {}  # token nodes; sample value -> ("tok", name) | ("first"|"mean", name) | ("mask", input, keep)
         self.masks = set()
+        self.cols, self.pre_nodes, self.pre_outs = {}, [], []  # token columns {value: F}; the sample-space prelude
         self.vocab = {}
         self.count = 0
 
@@ -112,7 +114,10 @@ class _Lowering:
 
     def tok(self, node, v):
         kind = self.kinds[v]
-        if kind[0] == "input" and len(self.shapes[v]) == 2:  # float features per token: the input's columns
+        if kind[0] in ("input", "sample") and len(self.shapes[v]) == 2:  # float features per token: columns
+            self.cols.setdefault(v, self.shapes[v][1])
+            if kind[0] == "sample":
+                self.pre_outs.append(v) if v not in self.pre_outs else None
             return v
         if kind[0] != "tok":
             self.fail(node, f"reads {v!r}, a {kind[0]} value; expected a sequence of token features")
@@ -167,6 +172,10 @@ class _Lowering:
     def node(self, node):
         l, ins = node.layer, list(node.inputs)
         out = node.output
+        if not isinstance(l, L.SEQUENCE_LAYERS) and all(self.kinds[u][0] in ("input", "sample") for u in ins):
+            self.pre_nodes.append((l, ins, out))  # before the tokens (ViT's patches): a plan over samples
+            self.kinds[out] = ("sample", out)
+            return
         if isinstance(l, L.PaddingMask):
             kind = self.kinds[ins[0]]
             if kind[0] != "input":
@@ -177,9 +186,10 @@ class _Lowering:
             self.mask_of(node, ins, 1)
         if isinstance(l, L.Embedding):
             kind = self.kinds[ins[0]]
-            if kind[0] != "input" or self.shapes[ins[0]] != (self.T,):
+            if kind[0] != "input" or len(self.shapes[ins[0]]) != 1:
                 self.fail(node, f"reads {ins[0]!r}; expected a graph input of token ids, shape (N, T)")
             self.vocab[kind[1]] = max(self.vocab.get(kind[1], 0), l.num_embeddings)
+            self.cols.setdefault(kind[1], 1)
             self.kinds[out] = ("tok", self.new(_Lookup(l.params["weight"]), [kind[1]], "embedding"))
         elif isinstance(l, L.PositionalEmbedding):
             pos = self.new(_Lookup(l.params["weight"]), [META], "positions")
@@ -231,15 +241,19 @@ class _Lowering:
             raise NotImplementedError(f"sequence model: its attention layers take different key_padding_masks "
                                       f"{sorted(map(str, self.masks))}; expected one mask input for every layer")
         mask, keep = next(iter(masks)) if masks else (None, False)
-        columns = []
-        for name, _ in g.inputs:
-            if name == mask:
-                continue
-            s = self.shapes[name]
-            if s[0] != self.T or len(s) > 2:
-                raise ValueError(f"sequence model: input {name!r} has shape (N, {', '.join(map(str, s))}); expected "
-                                 f"(N, T) or (N, T, F) with T = {self.T}")
-            columns.append((name, 1 if len(s) == 1 else s[1]))
+        columns = list(self.cols.items())
+        Ts = {self.shapes[v][0] for v in self.cols} | ({self.shapes[mask][0]} if mask else set())
+        if len(Ts) != 1:
+            raise ValueError(f"sequence model: its token inputs {[v for v in self.cols]} have different lengths "
+                             f"{sorted(Ts)}; expected one T")
+        self.T = Ts.pop()
+        for layer, _, _ in self.nodes:
+            if isinstance(layer, _Attention):
+                layer.T = self.T  # its scratch: the longest sequence
+        prelude = None
+        if self.pre_nodes:
+            used = {u for _, ins, _ in self.pre_nodes for u in ins}
+            prelude = L.Graph.from_nodes([(n, s) for n, s in g.inputs if n in used], self.pre_nodes, self.pre_outs)
         outs, tok_outs = [], []
         for o in g.outputs:
             kind = self.kinds[o]
@@ -252,9 +266,9 @@ class _Lowering:
         inputs = [(META, (META_COLS,))] + [(n, (f,)) for n, f in columns]
         graph = L.Graph.from_nodes(inputs, self.nodes, tok_outs)
         return TokenSpec(graph, self.T, columns, mask, keep, outs, self.vocab, g.named_outputs,
-                         [n for n, _ in g.inputs])
+                         [n for n, _ in g.inputs], prelude)
 
 
 def lower(graph, T: int) -> TokenSpec:
-    """The token graph and packing spec of a sequence model whose inputs have T positions."""
+    """The token graph and packing spec of a sequence model (T: the length of inputs given no shape)."""
     return _Lowering(graph, T).run()

@@ -26,28 +26,38 @@ def is_sequence(model) -> bool:
 def compile_sequence(rt, model, strategy, max_batch, max_seq_len, compiled):
     """rt.compile of a sequence model: its token plan for max_batch sequences of max_seq_len tokens,
     placed by ``compiled`` (the runtime's CompiledModel class)."""
-    shapes = {s for _, s in model.inputs if s is not None}
-    T = max(s[0] for s in shapes) if shapes else None
-    if max_seq_len is None:
-        max_seq_len = T
-    if isinstance(max_seq_len, bool) or not isinstance(max_seq_len, (int, np.integer)) or max_seq_len < 1 or \
-            (T is not None and max_seq_len > T):
-        raise ValueError(f"max_seq_len must be a positive int{f' up to the inputs T = {T}' if T else ''} (the "
-                         f"longest sequence a call may pass), got {max_seq_len!r}")
+    if max_seq_len is not None and (isinstance(max_seq_len, bool) or not isinstance(max_seq_len, (int, np.integer))
+                                    or max_seq_len < 1):
+        raise ValueError(f"max_seq_len must be a positive int (the longest sequence a call may pass), got "
+                         f"{max_seq_len!r}")
     if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
         raise ValueError(f"max_batch must be a positive int, got {max_batch!r}")
-    spec = lower(model, T if T is not None else int(max_seq_len))
+    given = [s[0] for _, s in model.inputs if s is not None and len(s) <= 2]  # (T,) ids or masks, (T, F) features
+    spec = lower(model, max(given) if given else max_seq_len or 0)
+    if max_seq_len is None or spec.prelude is not None:
+        max_seq_len = spec.T if max_seq_len is None else max_seq_len
+    if max_seq_len > spec.T or (spec.prelude is not None and max_seq_len != spec.T):
+        raise ValueError(f"max_seq_len must be a positive int up to the inputs T = {spec.T} (the longest sequence "
+                         f"a call may pass{'; its tokens come from a fixed-size input' if spec.prelude else ''}), "
+                         f"got {max_seq_len!r}")
     P = max(rt.workers, 1)
     rates = rt.rates() if P > 1 and strategy in ("auto", "hybrid") else None
     plan = planner.build(spec.graph, P, strategy, int(max_batch) * int(max_seq_len), None, rates)
-    return SequenceModel(compiled(rt, plan, strategy), spec, int(max_batch), int(max_seq_len))
+    inner = compiled(rt, plan, strategy)
+    try:
+        pre = None if spec.prelude is None else compiled(rt, planner.build(spec.prelude, P, strategy, int(max_batch),
+                                                                           None, rates), strategy)
+    except BaseException:
+        inner.close()
+        raise
+    return SequenceModel(inner, spec, int(max_batch), int(max_seq_len), pre)
 
 
 class SequenceModel:
     """A compiled sequence model (rt.compile of a graph with Embedding / attention layers)."""
 
-    def __init__(self, inner, spec, max_batch, max_seq_len):
-        self.inner, self.spec = inner, spec
+    def __init__(self, inner, spec, max_batch, max_seq_len, prelude=None):
+        self.inner, self.spec, self.prelude = inner, spec, prelude
         self.max_batch, self.max_seq_len = max_batch, max_seq_len
         self.runtime, self.strategy = inner.runtime, inner.strategy
         self.plan = inner.plan
@@ -60,7 +70,7 @@ class SequenceModel:
         if len(xs) == 1 and isinstance(xs[0], dict):
             got = xs[0]
             unknown = set(got) - set(names)
-            if unknown or any(n not in got for n, _ in self.spec.columns):
+            if unknown or any(n not in got for n in names if n != self.spec.mask):
                 raise TypeError(f"expected the inputs {names} by name (the mask may be left out: every token "
                                 f"real), got {sorted(got)}")
             return {n: got[n] for n in names if n in got}
@@ -70,7 +80,13 @@ class SequenceModel:
 
     def __call__(self, *xs):
         got = self._inputs(xs)
-        arrs, shape, single = {}, None, None
+        arrs, shape, single, pre_one = {}, None, None, False
+        if self.prelude is not None:  # the samples' part first (ViT's patches): its outputs are token features
+            pre = [name for name, _ in self.spec.prelude.inputs]
+            pre_one = np.ndim(got[pre[0]]) == len(self.spec.prelude.inputs[0][1])
+            ys = self.prelude(*(got.pop(n) for n in pre))
+            ys = ys if isinstance(ys, tuple) else (ys,)
+            got.update({v: (y[None] if pre_one else y) for v, y in zip(self.spec.prelude.outputs, ys)})
         for name, x in got.items():
             x = np.asarray(x)
             if x.dtype.kind in _REFUSED:
@@ -102,7 +118,7 @@ class SequenceModel:
         keep = np.ones((n, Ln), bool) if m is None else (m != 0) == self.spec.keep
         outs = [self._chunk(arrs, keep, s, min(n, s + self.max_batch)) for s in range(0, n, self.max_batch)]
         res = [np.concatenate([o[k] for o in outs]) for k in range(len(self.spec.outputs))]
-        if single:
+        if single or pre_one:
             res = [r[0] for r in res]
         if self.spec.named_outputs:
             return {name: r for (name, _, _), r in zip(self.spec.outputs, res)}
@@ -161,6 +177,8 @@ class SequenceModel:
 
     def close(self) -> None:
         self.inner.close()
+        if self.prelude is not None:
+            self.prelude.close()
 
     def __enter__(self):
         return self
