@@ -97,7 +97,8 @@ class _Fuser:
                               "residual Add only")
             f1 = f1[0]
             norms, members, x = (n1,), [A, o, r1, n1], u
-        elif ln1 is not None and ln1.kind == "ln" and ln1.ins[0] == y and self.users.get(u) == [A] and u not in self.outs:
+        elif ln1 is not None and ln1.kind == "ln" and ln1.ins[0] == y and self.users.get(u) == [A] \
+                and u not in self.outs:
             norm_first = True
             us = self.users.get(r1.out, [])
             ln2 = [op for op in us if op.kind == "ln"]

@@ -24,6 +24,8 @@ from __future__ import annotations
 import numpy as np
 
 TOKENS = ("N", "T")
+FLOATS = (1, 10, 11, 16)                # ONNX float element types
+INTS = (2, 3, 4, 5, 6, 7, 9, 12, 13)    # integer types and bool
 
 
 class Misfit(Exception):
