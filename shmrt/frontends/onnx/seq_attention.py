@@ -163,7 +163,9 @@ class AttentionOps:
         act, c = (x, y) if isinstance(x, Act) else (y, x)
         s = self.scalar(c)
         if s is None or act.kind not in ("tok", "scores") or s == 0:
-            got = kind_text(c) if s is None else f"the scalar {s}"
+            got = f"the scalar {s}" if s is not None else kind_text(c) if not isinstance(c, Probed) else (
+                f"a value computed from {sorted(c.deps) or 'the sizes'} by ops {', '.join(sorted(c.ops))}" +
+                (" (rotary position embeddings?)" if {"Sin", "Cos"} & c.ops else ""))
             self.fail(node, idx, f"{'divides' if div else 'multiplies'} {kind_text(act)} by {got}; expected token "
                                  f"features or attention scores times a constant scalar")
         return act.but(scale=act.scale / s if div else act.scale * s)

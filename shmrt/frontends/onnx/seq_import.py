@@ -62,6 +62,9 @@ def is_sequence_graph(graph) -> bool:
 class SeqImport(Folding, Layout, ViewOps, AttentionOps):
     def __init__(self, onnx, model, opset, max_seq_len=None, baked=None):
         self.onnx, self.model, self.graph, self.opset = onnx, model, model.graph, opset
+        if max_seq_len is not None and (isinstance(max_seq_len, bool) or not isinstance(max_seq_len, (int, np.integer))
+                                        or max_seq_len < 1):
+            raise TypeError(f"max_seq_len must be a positive int (the longest sequence), got {max_seq_len!r}")
         self.max_seq_len, self.baked = max_seq_len, baked
         self.values, self.ops, self.made, self.kept = {}, [], {}, []
         self.tables = []  # the position tables' numbers of rows
@@ -231,11 +234,9 @@ class SeqImport(Folding, Layout, ViewOps, AttentionOps):
     def seq_len(self):
         rows = min(self.tables) if self.tables else None
         T = self.max_seq_len if self.max_seq_len is not None else self.static_t or rows or DEFAULT_T
-        if isinstance(T, bool) or not isinstance(T, (int, np.integer)) or T < 1:
-            raise TypeError(f"max_seq_len must be a positive int, got {self.max_seq_len!r}")
         if rows is not None and T > rows:
-            raise ValueError(f"max_seq_len={T}: the model's position embeddings have {rows} rows; expected at most "
-                             f"{rows}")
+            raise UnsupportedONNX(f"max_seq_len={T}: the model's position embeddings have {rows} rows; expected at "
+                                  f"most {rows}")
         return int(T)
 
     # -- reading values -----------------------------------------------------------------------------
