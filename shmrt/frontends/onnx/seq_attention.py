@@ -119,20 +119,45 @@ class AttentionOps:
         if act.kind == "scores":
             return self.mask(node, idx, act, other)
         if act.kind == "tok" and isinstance(other, np.ndarray):
+            T = self.static_t
+            if T is not None and T > 1 and other.ndim >= 2 and other.shape[-2] == T and other.dtype.kind == "f" \
+                    and all(s == 1 for s in other.shape[:-2]):  # position embeddings folded at export (a fixed T)
+                self.tables.append(T)
+                pos = Act("pos", other.reshape(T, -1), [("T",), (Feat(other.shape[-1], 1),)])
+                return self.positions(node, idx, act, pos)
             return self.bias(node, idx, act, other)
+        row = self.constant_row(act, other)
+        if row is not None:  # the same row for every token: a table's row by a constant index (token type 0)
+            return self.bias(node, idx, act, row)
         what = "a constant" if isinstance(other, np.ndarray) else (
             f"a value computed from input(s) {sorted(other.deps)}" if other.deps else "a value computed from the sizes")
         self.fail(node, idx, f"adds {what} (ops {', '.join(sorted(getattr(other, 'ops', ()))) or 'none'}) to "
                              f"{kind_text(act)}; expected a projection's bias, a residual, position embeddings or "
                              f"an attention mask")
 
+    def constant_row(self, act, v):
+        """The one row [F] a size-only probed value holds at every probe and position, or None."""
+        lay = token_layout(act)
+        if not isinstance(v, Probed) or v.deps or lay is None:
+            return None
+        F = len(columns(act, lay[1]).reshape(-1))
+        rows = [np.asarray(a) for a in v.vals]
+        if any(a.dtype.kind != "f" or a.ndim == 0 or a.shape[-1] != F or a.ndim > len(act.axes) for a in rows):
+            return None
+        flat = np.concatenate([a.reshape(-1, F) for a in rows])
+        return flat[0].copy() if np.all(flat == flat[:1]) else None
+
     def bias(self, node, idx, act, c):
         lay = token_layout(act)
         F = len(columns(act, lay[1]).reshape(-1)) if lay else 0
-        if lay is None or not act.src.pending or c.size not in (1, F) or any(s != 1 for s in c.shape[:-1]):
+        if lay is None or c.size not in (1, F) or any(s != 1 for s in c.shape[:-1]):
             self.fail(node, idx, f"adds a constant of shape {c.shape} to {kind_text(act)} with axes {act!r}; "
-                                 f"shmrt reads a constant Add as the bias of a projection (MatMul by a weight) "
-                                 f"before it")
+                                 f"expected a constant row of its {F} features (a projection's bias)")
+        if not act.src.pending:  # a constant row added to computed token features
+            t = self.tokens(node, idx, act, "the input")
+            row = np.broadcast_to(c.reshape(-1), (F,)).astype(np.float32)
+            name = self.emit("addc", [t.src.name], self.where(node, idx), c=row)
+            return Act("tok", Src(name=name, F=F, first=t.src.first), t.axes)
         src, cols = act.src, columns(act, lay[1]).reshape(-1)
         b = np.zeros(src.F, np.float64) if src.b is None else np.array(src.b, dtype=np.float64)
         b[cols] += np.broadcast_to(c.reshape(-1), (F,)) / act.scale

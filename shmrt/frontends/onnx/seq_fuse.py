@@ -2,7 +2,7 @@
 
 seq_import.py reads an exported transformer into a list of token-level ops (``Op``): embed (a
 table row per token id), pos (learned position embeddings added), add, ln (LayerNorm), linear
-(x @ W + b), act (gelu / relu / tanh), attn (softmax(q kᵀ scale + key padding mask) v over heads,
+(x @ W + b), addc (a constant row added), act (gelu / relu / tanh), attn (softmax(q kᵀ scale + key padding mask) v over heads,
 with its q / k / v projections) and first (the first token).  shmrt runs Linear on token sequences
 only inside its encoder layers, so every attention is matched here with the ops around it as one
 nn.TransformerEncoderLayer, post-norm (norm1(x + sa(x)), norm2(x + ff(x))) or pre-norm (x + sa(norm1(x)),
@@ -256,6 +256,8 @@ def _layer(op, kind):
         return L.PositionalEmbedding(W.shape[0], W.shape[1], weight=W)
     if op.kind == "add":
         return L.Add()
+    if op.kind == "addc":
+        return L.Add(constant=p["c"])
     if op.kind == "ln":
         return L.LayerNorm(len(p["w"]), eps=float(p["eps"]), weight=_f32(p["w"]), bias=_f32(p["b"]))
     if op.kind == "first":

@@ -275,10 +275,12 @@ class SeqImport(Folding, Layout, ViewOps, AttentionOps):
                                 for v, p in zip(ids.vals, self.probes)):
             self.tables.append(W.shape[0])
             return Act("pos", W, [()] * (np.ndim(ids.vals[0]) - 1) + [("T",), (Feat(D, 1),)])
-        from_ = f"the values of input(s) {sorted(ids.deps)}" if ids.deps else "the sizes"
-        self.fail(node, idx, f"looks up rows of a [{W.shape[0]}, {D}] table by indices computed from {from_} (ops "
-                             f"{', '.join(sorted(ids.ops)) or 'none'}); shmrt reads a table lookup as an embedding "
-                             f"of a token-id input [N, T] or as position embeddings of positions 0..T-1")
+        if not ids.deps:  # rows by size-only indices (a buffer of token type ids, say): read where it is added
+            return self.probe_fold(node, idx, [W, ids])[0]
+        self.fail(node, idx, f"looks up rows of a [{W.shape[0]}, {D}] table by indices computed from the values of "
+                             f"input(s) {sorted(ids.deps)} (ops {', '.join(sorted(ids.ops)) or 'none'}); shmrt reads a "
+                             f"table lookup as an embedding of a token-id input [N, T] or as position embeddings of "
+                             f"positions 0..T-1")
 
     def tokens(self, node, idx, act, what):
         """act as ordinary token features computed by an op of the list: an Act over a named value."""
