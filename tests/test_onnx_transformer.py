@@ -6,7 +6,9 @@ Hugging Face BertModel behind a wrapper of (input_ids, attention_mask, token_typ
 dynamo exporter, with dynamic batch and sequence axes.  The weights are random and float32-exact;
 torch in float64 is the reference (its plain path: dropout 0, real tokens only, right padding), and
 shmrt's float64 numpy reference (<= 1e-6), the runtime (<= 1e-4) and onnxruntime on the same file
-are compared against it at several lengths.  And what is refused, naming the node, op and why."""
+are compared against it at several lengths.  Then variants users export (no token_type_ids, eager
+attention, opset 14, a fixed length, DistilBERT), an attention layer written by hand, and what is
+refused, naming the node, op and why."""
 import copy
 import warnings
 
@@ -168,6 +170,119 @@ def test_bert(tmp_path, rt, exporter):
                 ORT_TOL)
         by_name = cm(feeds)
         assert np.array_equal(by_name["pooler_output"], got["pooler_output"])
+
+
+class TextModel(nn.Module):
+    """A transformers encoder behind a wrapper of some of (input_ids, attention_mask, token_type_ids)."""
+
+    def __init__(self, model, token_types, pooler):
+        super().__init__()
+        self.m, self.token_types, self.pooler = model, token_types, pooler
+
+    def forward(self, input_ids, attention_mask, *token_type_ids):
+        kw = {"token_type_ids": token_type_ids[0]} if self.token_types else {}
+        o = self.m(input_ids=input_ids, attention_mask=attention_mask, **kw)
+        return (o.last_hidden_state, o.pooler_output) if self.pooler else o.last_hidden_state
+
+
+def _bert_config(**kw):
+    return tf.BertConfig(**{**dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                                   vocab_size=100, max_position_embeddings=64), **kw})
+
+
+VARIANTS = {  # name: (model, token_type_ids given, pooler, exporter, export options)
+    "bert without token_type_ids (its buffered zeros)": (lambda: tf.BertModel(_bert_config()), False, True,
+                                                         "legacy", {}),
+    "bert eager attention, relu, opset 14 (LayerNorm expanded)": (
+        lambda: tf.BertModel(_bert_config(hidden_act="relu", attn_implementation="eager")), True, True, "legacy",
+        {"opset_version": 14}),
+    "bert of a fixed length (position embeddings folded)": (lambda: tf.BertModel(_bert_config()), True, True,
+                                                             "static", {}),
+    "distilbert": (lambda: tf.DistilBertModel(tf.DistilBertConfig(vocab_size=100, dim=32, n_layers=2, n_heads=4,
+                                                                  hidden_dim=64, max_position_embeddings=64)),
+                   False, False, "legacy", {}),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_hugging_face_variants(tmp_path, rt, variant):
+    make, types, pooler, exporter, opts = VARIANTS[variant]
+    m = f32_double(TextModel(make(), types, pooler), seed=11)
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if types else [])
+    outs = ["last_hidden_state"] + (["pooler_output"] if pooler else [])
+    rng = np.random.default_rng(2)
+    L = 12
+    args = [rng.integers(0, 100, (2, L)), (~padding([L, 7], L)).astype(np.int64)] + \
+        ([rng.integers(0, 2, (2, L))] if types else [])
+    path = str(tmp_path / "m.onnx")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        axes = {} if exporter == "static" else {n: {0: "batch", 1: "seq"} for n in names + outs[:1]}
+        torch.onnx.export(copy.deepcopy(m).float().eval(), tuple(torch.from_numpy(a) for a in args), path,
+                          input_names=names, output_names=outs, dynamo=False, dynamic_axes=axes,
+                          **{"opset_version": 17, **opts})
+    g = shmrt.load(path)
+    assert [n for n, _ in g.inputs] == names and g.inputs[0][1] == ((L,) if exporter == "static" else (64,))
+    assert "TransformerEncoder" in [type(n.layer).__name__ for n in g.nodes]
+    sess = ort.InferenceSession(path)
+    cm = rt.compile(g, max_batch=4, max_seq_len=L)
+    for lens in ([12, 7], [5, 1], [3, 12]):  # two sequences: a fixed-length export has a fixed batch too
+        ids, am = rng.integers(0, 100, (len(lens), L)), (~padding(lens, L)).astype(np.int64)
+        xs = [ids, am] + ([rng.integers(0, 2, (len(lens), L))] if types else [])
+        keep = am.astype(bool)
+        with torch.no_grad():
+            want = m(*(torch.from_numpy(a) for a in xs))
+        want = [t.numpy() for t in want] if pooler else [want.numpy()]
+        ref, got, out = forward(g, xs), cm(*xs), sess.run(None, dict(zip(names, xs)))
+        ref, got = ([r[o] for o in outs] if pooler else [r] for r in (ref, got))
+
+        def err(ys):
+            return max([_real(ys[0], want[0], keep)] + [rel_err(y, w) for y, w in zip(ys[1:], want[1:])])
+        _record(f"{variant}: reference", err(ref), REF_TOL)
+        _record(f"{variant}: runtime", err(got), RT_TOL)
+        _record(f"{variant}: onnxruntime", err(out), ORT_TOL)
+
+
+class Handmade(nn.Module):
+    """A post-norm encoder layer written by hand: separate q / k / v Linears, heads by view / transpose, scores
+    divided by head_dim (not its square root: folded into the query weights), masked_fill of the padding keys,
+    Softmax, the output Linear, a GELU feed-forward block."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb, self.n1, self.n2 = nn.Embedding(50, D), nn.LayerNorm(D), nn.LayerNorm(D)
+        self.q, self.k, self.v, self.o = (nn.Linear(D, D) for _ in range(4))
+        self.f1, self.f2 = nn.Linear(D, F), nn.Linear(F, D)
+
+    def forward(self, input_ids, attention_mask):
+        x = self.emb(input_ids)
+        n, t, _ = x.shape
+
+        def heads(a):
+            return a.view(n, t, H, D // H).transpose(1, 2)
+        s = heads(self.q(x)) @ heads(self.k(x)).transpose(-1, -2) / (D // H)
+        s = s.masked_fill(attention_mask[:, None, None, :] == 0, float("-inf"))
+        a = (torch.softmax(s, -1) @ heads(self.v(x))).transpose(1, 2).reshape(n, t, D)
+        h = self.n1(x + self.o(a))
+        return self.n2(h + self.f2(nn.functional.gelu(self.f1(h))))
+
+
+@pytest.mark.parametrize("exporter", ["legacy", "dynamo"])
+def test_a_handwritten_attention_layer(tmp_path, exporter):
+    m = f32_double(Handmade(), seed=5)
+    rng = np.random.default_rng(3)
+    args = (rng.integers(0, 50, (2, 9)), (~padding([9, 4], 9)).astype(np.int64))
+    path = _export(copy.deepcopy(m).float().eval(), tuple(torch.from_numpy(a) for a in args),
+                   ["input_ids", "attention_mask"], ["y"], tmp_path / "h.onnx", exporter == "dynamo")
+    g = shmrt.load(path, max_seq_len=16)
+    assert [type(n.layer).__name__ for n in g.nodes] == ["Embedding", "PaddingMask", "TransformerEncoderLayer"]
+    for lens in ([16, 3, 8], [11, 1]):
+        ids, am = rng.integers(0, 50, (len(lens), 16)), (~padding(lens, 16)).astype(np.int64)
+        with torch.no_grad():
+            want = m(torch.from_numpy(ids), torch.from_numpy(am)).numpy()
+        _record(f"hand-written layer {exporter}: reference", _real(forward(g, [ids, am]), want, am == 1), REF_TOL)
+        out = ort.InferenceSession(path).run(None, {"input_ids": ids, "attention_mask": am})[0]
+        _record(f"hand-written layer {exporter}: onnxruntime", _real(out, want, am == 1), ORT_TOL)
 
 
 def test_worst_errors():

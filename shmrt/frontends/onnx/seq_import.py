@@ -17,8 +17,19 @@ read here rather than by the chain importer (importer.py).  Its values are of th
   Gather into heads; the ops on them become the token-level op list (seq_fuse.Op) that seq_fuse.py
   turns into transformer layers.
 
-Attention's own products, masks and softmax are read in seq_attention.py.  Anything else on an
-activation is refused (UnsupportedONNX) naming the node, its op and what is expected."""
+Attention's own products, masks and softmax are read in seq_attention.py, the per-token ops and
+views in seq_ops.py.  Anything else on an activation is refused (UnsupportedONNX) naming the node,
+its op and what is expected: a causal or constant attention mask, cross-attention, rotary position
+embeddings (a Mul by Cos / Sin of the positions), position ids computed from the ids (RoBERTa), a
+Linear on token features outside an encoder layer, an activation other than relu / exact gelu in
+one.
+
+The inputs' T (the graph's longest sequence) is max_seq_len if given, else the inputs' fixed T, else
+the rows of the position embeddings, else 512; a graph whose Reshapes fix the length it was traced at
+(the legacy exporter's nn.MultiheadAttention) is read at that length.  Semantics differ from the
+ONNX graph only where it leaves values no one should read, as for shmrt's other transformer
+frontends: outputs at padding positions are 0, and a pooler's first token is each sequence's first
+real token (position 0 when the padding is on the right)."""
 from __future__ import annotations
 
 import numpy as np
