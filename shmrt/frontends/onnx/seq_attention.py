@@ -207,7 +207,8 @@ class AttentionOps:
     def scores(self, node, idx, q, k):
         if len(q.axes) != len(k.axes) or len(q.axes) < 3 or q.axes[-2] != ("T",) or k.axes[-1] != ("T",):
             self.fail(node, idx, f"multiplies activations of axes {q!r} @ {k!r}; expected attention's queries "
-                                 f"[N, heads, T, head_dim] @ keysᵀ [N, heads, head_dim, T] (in any exporter's layout)")
+                                 f"[N, heads, T, head_dim] @ keysᵀ [N, heads, head_dim, T] (in any exporter's "
+                                 f"layout)")
         fq, fk = q.axes[-1], k.axes[-2]
         if not (len(fq) == len(fk) == 1 and isinstance(fq[0], Feat) and isinstance(fk[0], Feat)
                 and fq[0].size == fk[0].size):

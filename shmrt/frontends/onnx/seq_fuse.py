@@ -1,9 +1,9 @@
 """The ONNX sequence importer's op list turned into a shmrt.Graph of transformer layers.
 
 seq_import.py reads an exported transformer into a list of token-level ops (``Op``): embed (a
-table row per token id), pos (learned position embeddings added), add, ln (LayerNorm), linear
-(x @ W + b), addc (a constant row added), act (gelu / relu / tanh), attn (softmax(q kᵀ scale + key padding mask) v over heads,
-with its q / k / v projections) and first (the first token).  shmrt runs Linear on token sequences
+table row per token id), pos (learned position embeddings added), add, addc (a constant row
+added), ln (LayerNorm), linear (x @ W + b), act (gelu / relu / tanh), attn (softmax(q kᵀ scale +
+key padding mask) v over heads, with its q / k / v projections) and first (the first token).  shmrt runs Linear on token sequences
 only inside its encoder layers, so every attention is matched here with the ops around it as one
 nn.TransformerEncoderLayer, post-norm (norm1(x + sa(x)), norm2(x + ff(x))) or pre-norm (x + sa(norm1(x)),
 x + ff(norm2(x))), its q, k and v weights concatenated into in_proj_weight in that order, as

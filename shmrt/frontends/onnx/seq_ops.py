@@ -48,7 +48,9 @@ class ViewOps:
         return self.view(node, idx, transpose, ins[0], a.get("perm"))
 
     def on_Unsqueeze(self, node, idx, ins, a):
-        axes = a.get("axes") if len(ins) < 2 else self.per_probe(node, idx, ins[1], "axes")[0]
+        axes = a.get("axes") if len(ins) < 2 or ins[1] is None else self.per_probe(node, idx, ins[1], "axes")[0]
+        if axes is None:
+            self.fail(node, idx, "no axes (input 1 or attribute) to unsqueeze")
         return self.view(node, idx, unsqueeze, ins[0], [int(v) for v in axes])
 
     def on_Squeeze(self, node, idx, ins, a):
@@ -67,7 +69,7 @@ class ViewOps:
         return self.view(node, idx, reshape, act, [list(d) for d in zip(*dims)], self.probes)
 
     def baked_length(self, node, idx, act, targets):
-        """Raise _Baked if the target shapes hold every size but the sequence length, fixed at one value:
+        """Raise Baked if the target shapes hold every size but the sequence length, fixed at one value:
         the length the input's T axis would need for the element counts to agree at every probe."""
         toks = [u for ax in act.axes for u in ax if u in ("T", "S")]
         if self.static_t is not None or len(toks) != 1 or any(0 in t or -1 in t for t in targets):
@@ -188,7 +190,6 @@ class ViewOps:
 
     def on_Tanh(self, node, idx, ins, a):
         return self.unary(node, idx, ins[0], "tanh")
-
 
 
 def _first(v):
