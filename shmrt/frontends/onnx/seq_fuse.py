@@ -3,13 +3,15 @@
 seq_import.py reads an exported transformer into a list of token-level ops (``Op``): embed (a
 table row per token id), pos (learned position embeddings added), add, addc (a constant row
 added), ln (LayerNorm), linear (x @ W + b), act (gelu / relu / tanh), attn (softmax(q kᵀ scale +
-key padding mask) v over heads, with its q / k / v projections) and first (the first token).  shmrt runs Linear on token sequences
-only inside its encoder layers, so every attention is matched here with the ops around it as one
-nn.TransformerEncoderLayer, post-norm (norm1(x + sa(x)), norm2(x + ff(x))) or pre-norm (x + sa(norm1(x)),
-x + ff(norm2(x))), its q, k and v weights concatenated into in_proj_weight in that order, as
-shmrt/frontends/torch/hf.py builds BERT.  Consecutive layers of one configuration become one
-TransformerEncoder.  An attention that fits no layer, and a Linear on token features outside one,
-are refused, naming the ONNX node they come from and what did not fit."""
+key padding mask) v over heads, with its q / k / v projections) and first (the first token).
+shmrt runs Linear on token sequences only inside its encoder layers, so every attention is
+matched here with the ops around it as one nn.TransformerEncoderLayer, post-norm (norm1(x +
+sa(x)), norm2(x + ff(x))) or pre-norm (x + sa(norm1(x)), x + ff(norm2(x))), its q, k and v
+weights concatenated into in_proj_weight in that order, as shmrt/frontends/torch/hf.py builds
+BERT; a scale other than 1/sqrt(head_dim) is folded into the query weights.  Consecutive layers
+of one configuration become one TransformerEncoder.  An attention that fits no layer, and a
+Linear on token features outside one, are refused, naming the ONNX node they come from and what
+did not fit."""
 from __future__ import annotations
 
 import math
