@@ -36,8 +36,9 @@ def load(source, **options) -> L.Sequential:
       progress=  (URLs) show download progress on stderr (default True)
       refresh=   (URLs) download again even if the cache holds the URL (default False)
       input_shape= (torch modules) the per-sample input shape when the first layer does not fix it
-      max_seq_len= (Hugging Face text models) the length T of input_ids / attention_mask (default
-                 config.max_position_embeddings)
+      max_seq_len= (Hugging Face text models, ONNX transformer encoders) the length T of input_ids /
+                 attention_mask (default config.max_position_embeddings; ONNX: a fixed T of the inputs,
+                 else the rows of the position embeddings, else 512)
     """
     mod = type(source).__module__ or ""
     if isinstance(source, (L.Sequential, L.Graph)):
@@ -49,9 +50,9 @@ def load(source, **options) -> L.Sequential:
     if isinstance(source, (str, os.PathLike)):
         return _load_path(source, **options)
     if mod.startswith("onnx") and type(source).__name__ == "ModelProto":
-        _no_options(options, "an onnx.ModelProto")
+        _no_options({k: v for k, v in options.items() if k != "max_seq_len"}, "an onnx.ModelProto (but max_seq_len)")
         from shmrt.frontends.onnx import from_onnx
-        return from_onnx(source)
+        return from_onnx(source, max_seq_len=options.get("max_seq_len"))
     if _is_torch_module(source):
         from shmrt.frontends.torch import from_torch
         return from_torch(source, **options)
@@ -73,7 +74,7 @@ def _is_torch_module(obj) -> bool:
     return torch is not None and isinstance(obj, torch.nn.Module)
 
 
-_PATH_OPTIONS = ("sha256", "cache_dir", "progress", "refresh")
+_PATH_OPTIONS = ("sha256", "cache_dir", "progress", "refresh", "max_seq_len")
 
 
 def _load_path(source, **options):
@@ -89,7 +90,9 @@ def _load_path(source, **options):
         if parts.netloc not in ("", "localhost"):
             raise ValueError(f"shmrt.load: file URL {text!r} names host {parts.netloc!r}; expected a local file "
                              f"(file:///path)")
-        return _load_path(urllib.request.url2pathname(parts.path), sha256=sha256)
+        return _load_path(urllib.request.url2pathname(parts.path), sha256=sha256,
+                          **{k: v for k, v in options.items() if k == "max_seq_len"})
+    seq = {k: options.pop(k) for k in list(options) if k == "max_seq_len"}
     if scheme in _URL_SCHEMES:
         path = fetch(text, **options)
     elif "://" in str(text):
@@ -101,10 +104,10 @@ def _load_path(source, **options):
             raise FileNotFoundError(f"shmrt.load: no such model file: {path!r}")
         if sha256 is not None:
             _check_digest(path, _file_digest(path), sha256)
-    return load_file(path)
+    return load_file(path, **seq)
 
 
-def load_file(path) -> L.Sequential:
+def load_file(path, max_seq_len=None) -> L.Sequential:
     """A local model file, by its suffix, else by its first bytes."""
     path = os.fspath(path)
     with open(path, "rb") as f:
@@ -112,7 +115,9 @@ def load_file(path) -> L.Sequential:
     lower = path.lower()
     if lower.endswith(".onnx"):
         from shmrt.frontends.onnx import load_onnx_file
-        return load_onnx_file(path)
+        return load_onnx_file(path, max_seq_len=max_seq_len)
+    if max_seq_len is not None:
+        raise TypeError(f"shmrt.load: max_seq_len applies to ONNX transformer encoders, not to {path!r}")
     if lower.endswith(".safetensors"):
         return native.load_safetensors(path)
     if lower.endswith((".npz", ".shmrt")) or head.startswith(b"PK"):

@@ -183,6 +183,14 @@ class Folding:
             if _is_uniform(x):
                 return _fill(x, x.shape[:ax] + ind.shape + x.shape[ax + 1:])
             return np.take(x, ind, axis=ax)
+        if op == "GatherElements":  # out[i][j] = x[ind[i][j]][j] along axis (onnx's reference mishandles some)
+            ax = self.axis(node, idx, a.get("axis", 0), x.ndim)
+            ind = np.asarray(ins[1]).astype(np.int64)
+            if ind.ndim != x.ndim or any(i > n for k, (i, n) in enumerate(zip(ind.shape, x.shape)) if k != ax):
+                self.fail(node, idx, f"indices of shape {ind.shape} do not fit data of shape {x.shape}")
+            ind = np.where(ind < 0, ind + x.shape[ax], ind)
+            part = x[tuple(slice(None) if k == ax else slice(0, i) for k, i in enumerate(ind.shape))]
+            return np.take_along_axis(np.ascontiguousarray(part), ind, axis=ax)
         if op == "Slice":
             sl = slices(x.shape, ins)
             return x[sl]

@@ -36,15 +36,19 @@ from shmrt.frontends.onnx.handlers_recurrent import RecurrentOps
 from shmrt.frontends.onnx.handlers_rowwise import RowwiseOps
 from shmrt.frontends.onnx.handlers_shape import ShapeOps
 from shmrt.frontends.onnx.layout import B, Layout, Poison, View, fmt
+from shmrt.frontends.onnx.seq_import import SeqImport, is_sequence_graph
 from shmrt.frontends.onnx.reading import MAX_OPSET, MIN_OPSET, attrs, check_node, onnx_module, tensor_array
 from shmrt.ir import layers as L
 
 
-def from_onnx(model, base_dir=None) -> L.Sequential:
-    """Convert an ``onnx.ModelProto`` into a ``shmrt.Sequential``.
+def from_onnx(model, base_dir=None, max_seq_len=None) -> L.Sequential:
+    """Convert an ``onnx.ModelProto`` into a ``shmrt.Sequential`` (a ``shmrt.Graph`` for a model with
+    branches, and for a transformer encoder: seq_import.py).
 
     base_dir: the folder that external-data locations are relative to (set
-    by ``load_onnx_file``); tensors with external data need it."""
+    by ``load_onnx_file``); tensors with external data need it.  max_seq_len: a transformer's
+    longest sequence, the T of its inputs (default: a fixed T of the inputs, else the rows of its
+    position embeddings, else 512)."""
     onnx = onnx_module()
     if isinstance(model, (bytes, bytearray)):
         try:
@@ -53,10 +57,10 @@ def from_onnx(model, base_dir=None) -> L.Sequential:
             raise ValueError(f"not an ONNX model: {type(e).__name__}: {e}") from None
     if not isinstance(model, onnx.ModelProto):
         raise TypeError(f"from_onnx expects an onnx.ModelProto, got {type(model).__name__}")
-    return _Converter(model, base_dir).convert()
+    return _Converter(model, base_dir, max_seq_len).convert()
 
 
-def load_onnx_file(path) -> L.Sequential:
+def load_onnx_file(path, max_seq_len=None) -> L.Sequential:
     """Read an .onnx file (never unpickles anything) and convert it.
 
     External-data tensors are read from files next to the model: a location
@@ -71,7 +75,7 @@ def load_onnx_file(path) -> L.Sequential:
         raise ValueError(f"ONNX file {path!r} is truncated or not an ONNX model: {type(e).__name__}: {e}") from None
     if not isinstance(model, onnx.ModelProto) or not model.HasField("graph") or not model.opset_import:
         raise ValueError(f"ONNX file {path!r} is truncated or not an ONNX model: no graph or no opset_import")
-    return from_onnx(model, base_dir=os.path.dirname(os.path.abspath(path)))
+    return from_onnx(model, base_dir=os.path.dirname(os.path.abspath(path)), max_seq_len=max_seq_len)
 
 
 class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps, DenseOps, RecurrentOps,
@@ -79,8 +83,9 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
     """One conversion: the graph's values, the chain of layers, and the walk over the nodes.  An op
     ``X`` on the stream is handled by the method ``op_X`` (found by name, from the handler mixins)."""
 
-    def __init__(self, model, base_dir):
+    def __init__(self, model, base_dir, max_seq_len=None):
         self.onnx = onnx_module()
+        self.max_seq_len = max_seq_len
         self.model = resolve_external(model, base_dir)
         self.graph = self.model.graph
         self.chain = Chain(error=UnsupportedONNX)  # the layers and the activation; shaped by convert()
@@ -110,6 +115,11 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
     def convert(self):
         g = self.graph
         self.check_opsets()
+        if is_sequence_graph(g):  # token ids / masks, a dynamic sequence axis, or attention: a transformer
+            return SeqImport(self.onnx, self.model, self.opset, self.max_seq_len).convert()
+        if self.max_seq_len is not None:
+            raise TypeError("from_onnx: max_seq_len applies to transformer encoders (inputs [N, T]: token ids, "
+                            "masks, or features with a dynamic T); this model is not one")
         init_names = {t.name for t in g.initializer}
         for t in g.initializer:
             self.values[t.name] = self.to_array(t, f"initializer {t.name!r}")
