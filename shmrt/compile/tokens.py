@@ -224,10 +224,10 @@ class _Lowering:
                 self.fail(node, "normalises over more than the feature dim; expected LayerNorm(d_model)")
             self.kinds[out] = (k0, self.new(l, [k[1] for k in kinds], type(l).__name__.lower()))
         else:
-            self.fail(node, f"is not supported in a sequence model: shmrt runs these over packed token rows, "
-                            f"where it has Embedding, PositionalEmbedding, MultiheadAttention, "
-                            f"ScaledDotProductAttention, TransformerEncoder(Layer), LayerNorm, Linear and "
-                            f"activations on the first token, FirstToken, MaskedMeanPool and element-wise layers")
+            self.fail(node, "is not supported in a sequence model: shmrt runs these over packed token rows, "
+                            "where it has Embedding, PositionalEmbedding, MultiheadAttention, "
+                            "ScaledDotProductAttention, TransformerEncoder(Layer), LayerNorm, Linear and "
+                            "activations on the first token, FirstToken, MaskedMeanPool and element-wise layers")
 
     def run(self):
         g = self.g
