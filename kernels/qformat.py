@@ -121,8 +121,11 @@ def pack_q(q, s, fmt):
 
 
 def pack_bf16(panels):
-    """gemm.pack's float32 panels -> the same panels in bfloat16, as float32 words (two weights a word)."""
-    return np.ascontiguousarray(to_bf16(panels)).view(np.float32)
+    """gemm.pack's float32 panels -> the same panels in bfloat16, as float32 words: each row of NR weights
+    in NR / 2 words, word i holding column i in its low half and column NR / 2 + i in its high half (the
+    tile widens the two halves with one shift and one mask: tile.py)."""
+    h = to_bf16(panels).reshape(-1, 2, NR // 2).astype(np.uint32)
+    return np.ascontiguousarray(h[:, 0, :] | (h[:, 1, :] << 16)).view(np.float32).reshape(-1)
 
 
 def pack_format(w, fmt, own=None):
@@ -135,7 +138,8 @@ def pack_format(w, fmt, own=None):
     if own is not None:
         q0, s0 = own
         q = np.zeros((q0.shape[0], kq(INT8, q0.shape[1])), np.int8)
-        q[:, :q0.shape[1]] = q0
+        q[:, :q0.shape[1]] = np.maximum(q0, -127)  # torch's observer gives a -128 or so: AVX2's sign trick
+        # negates the weight (-128 has no int8 negative), so every path stores it as -127, the nearest value
         s = np.asarray(s0, np.float32).reshape(-1, 1)
     else:
         q, s = quantize(w, fmt)

@@ -30,13 +30,16 @@ def quantize_rows(x, xq, xs, offset):
     for r in range(n):
         row = x[r]
         amax = np.float32(0.0)
+        bad = False
         for kk in range(k):
             a = abs(row[kk])
-            if not a <= amax:  # a NaN sticks
+            if a > amax:
                 amax = a
+            elif not a <= amax:  # NaN
+                bad = True
         q = xq[r]
-        if not amax < np.inf or amax == 0:
-            xs[r] = np.float32(np.nan) if amax != 0 else np.float32(0.0)
+        if bad or not amax < np.inf or amax == 0:
+            xs[r] = np.float32(np.nan) if bad or amax != 0 else np.float32(0.0)
             for kk in range(xq.shape[1]):
                 q[kk] = pad
             continue

@@ -80,12 +80,12 @@ def _emit(builder, m, args, indirect, bf16=False):
         else:
             row_b = builder.mul(kk, ldb)
         col_a = builder.mul(kk, lka)
-        if bf16:
-            hvec, wvec = ir.VectorType(ir.IntType(16), V), ir.VectorType(ir.IntType(32), V)
-            sixteen = ir.Constant(wvec, [16] * V)
-            bv = [builder.bitcast(builder.shl(builder.zext(builder.load(builder.inttoptr(
-                builder.add(b, builder.mul(builder.add(row_b, const(j * V)), const(2))), hvec.as_pointer()), align=2),
-                wvec), sixteen), vec) for j in range(_NV)]
+        if bf16:  # a row of NR bf16 in V words, word i = column i (low half) | column V + i (high half)
+            wvec = ir.VectorType(ir.IntType(32), V)
+            words = builder.load(builder.inttoptr(builder.add(b, builder.mul(row_b, const(2))), wvec.as_pointer()),
+                                 align=2)
+            bv = [builder.bitcast(builder.shl(words, ir.Constant(wvec, [16] * V)), vec),
+                  builder.bitcast(builder.and_(words, ir.Constant(wvec, [-65536] * V)), vec)]
         else:
             bv = [builder.load(vat(b, builder.add(row_b, const(j * V))), align=4) for j in range(_NV)]
         for r in range(m):

@@ -133,6 +133,8 @@ def tensors(op, before) -> dict:
         got, run = compress.pack_weight(w, op.fmt, compress.own_scales(op, "weight"))
         t.update(got)
         compress.note(op, [(w, run)])
+    else:
+        compress.note(op, [(t["weight"], t["weight"])])
     return t
 
 
