@@ -232,10 +232,18 @@ def section(result) -> str:
         for g in gs:
             out.append(f"  {g['workload']:<6} {g['weights']:<5} best {g['versus']} peer p50 / shmrt p50 >= "
                        f"{g['target']}: {g['figure']:.2f} ({g['peer']})  {'met' if g['met'] else 'NOT met'}")
-    res = result.get("format_resources") or {}
-    for n, by in res.items():
+    for n, by in (result.get("format_resources") or {}).items():
+        base = by.get("no model", {}).get("workers_pss_mib")
+        f32 = result.get("resources", {}).get(n, {}).get("workers_pss_mib")
+        if base is None or f32 is None:
+            continue  # no PSS on this OS
+        out += ["", "workers' memory (PSS) by weight format, each model compiled alone after a call (issue 18's "
+                    "target: int8's increase over no model <= a quarter of float32's):"]
+        out.append(f"  mlp, {n} worker(s): workers' PSS with no model compiled {base:.1f} MiB; with the float32 "
+                   f"model {f32:.1f} MiB (+{f32 - base:.1f})")
         for fmt, v in by.items():
-            if "workers_pss_mib" in v:
-                out.append(f"  mlp, {n} worker(s), {fmt} weights: workers' PSS {v['workers_pss_mib']:.0f} MiB for "
-                           f"{v['weights_mib']:.0f} MiB of weights in that format")
+            if fmt != "no model" and "workers_pss_mib" in v:
+                pss = v["workers_pss_mib"]
+                out.append(f"    {fmt} weights ({v['weights_mib']:.1f} MiB): {pss:.1f} MiB (+{pss - base:.1f}; "
+                           f"float32's + / 4 = {(f32 - base) / 4:.1f})")
     return "\n".join(out)

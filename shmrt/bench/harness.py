@@ -275,6 +275,8 @@ def run_workload(wl, workers, strategies, batches, mode, peers, progress, rng, w
                 extra["tiny_us"][n] = tiny_call_us(rt, 1000 if mode == "quick" else 5000)
                 if n > 1:
                     extra["barrier_us"][n] = barrier_us(rt, 60 if mode == "quick" else 300)
+                if squeezed:  # the workers with no model compiled: the baseline of the formats' footprints
+                    extra["format_resources"][n] = {"no model": footprint(rt, 0)}
                 with rt.compile(model, strategy=strategies[0], max_batch=max_batch, input_shape=wl.input_shape) as cm:
                     cm(xs[batches[0]])
                     extra["resources"][n] = footprint(rt, nbytes)  # one compiled model, after a call
@@ -282,8 +284,7 @@ def run_workload(wl, workers, strategies, batches, mode, peers, progress, rng, w
                     with rt.compile(model, strategy=strategies[0], max_batch=max_batch, input_shape=wl.input_shape,
                                     weights=f) as cm:
                         cm(xs[batches[0]])
-                        mine = footprint(rt, formats.call_bytes(model, wl.input_shape, f))
-                        extra["format_resources"].setdefault(n, {})[f] = mine
+                        extra["format_resources"][n][f] = footprint(rt, formats.call_bytes(model, wl.input_shape, f))
             # numpy with its BLAS's own threads: the "vs numpy" baseline of the full matrix (by default
             # the numpy peer at N threads is the baseline instead)
             built = {("numpy (1 process)", "-"): (Impl(lambda x: numpy_forward(model, x)), True)} if mode == "full" \
