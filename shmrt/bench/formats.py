@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from shmrt.ir import layers as L
+from shmrt.kernels.linear import PACKED_MIN_OUT
 
 FORMATS = ("float32", "bf16", "int8", "int4")
 
@@ -34,7 +35,7 @@ FORMATS = ("float32", "bf16", "int8", "int4")
 TOL = {"float32": 1e-5, "bf16": 2e-2, "int8": 8e-2, "int4": 0.3}
 
 RECURRENT = (L.RNN, L.LSTM, L.GRU)
-MIN_OUT = 8  # shmrt compresses a Linear of at least this many outputs (and every recurrent layer)
+MIN_OUT = PACKED_MIN_OUT  # shmrt compresses a Linear of at least this many outputs (8), and every recurrent layer
 
 
 def compresses(layer, min_out=MIN_OUT) -> bool:
