@@ -35,7 +35,8 @@ def main(path):
         def one(**kw):
             return next((r for r in g if all(r.get(k) == v for k, v in kw.items())), None)
         numpy = one(impl="numpy (1 process)", workers=top)
-        peers = [r for r in g if r["workers"] == top and r["impl"] not in ("shmrt", "numpy (1 process)")]
+        peers = [r for r in g if r["workers"] == top and r["impl"] != "numpy (1 process)"  # float32 peers
+                 and not r["impl"].startswith("shmrt") and r.get("weights", "float32") == "float32"]
         best = min(peers, key=lambda r: r["p50_ms"]) if peers else None
         a1, a = one(impl="shmrt", strategy="auto", workers=1), one(impl="shmrt", strategy="auto", workers=top)
         fixed = [r for r in g if r["impl"] == "shmrt" and r["workers"] == top and r["strategy"] != "auto"

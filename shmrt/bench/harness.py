@@ -31,11 +31,13 @@ import shmrt
 
 from shmrt.bench.startup import first_result_s
 from shmrt.bench import ceilings
+from shmrt.bench import formats
 from shmrt.bench import report
 from shmrt.compile.tune import timeit
 from shmrt.compile.cost import cpu_model
 from shmrt.compile.plan import STRATEGIES
 from shmrt.bench.peers import PEERS, Impl, Skip
+from shmrt.bench.quantpeers import QUANT_PEERS
 from shmrt.bench.timing import MODES, interleaved, rel_err  # noqa: F401 (rel_err: a public name here)
 from shmrt.bench.encoders import ENCODERS
 from shmrt.bench.workloads import GRAPH_WORKLOADS, WORKLOADS, numpy_forward
@@ -241,21 +243,26 @@ def breakdown(cm, wl, x, reps, min_time) -> dict:
                 coordination_us=med(lambda p: p.coordination_us), dispatch_us=med(crit(lambda p: p.dispatch_us)),
                 wait_us=med(crit(lambda p: p.wait_us)), return_us=med(lambda p: p.return_us),
                 python_us=med(lambda p: p.launch_us + p.finish_us), unaccounted_us=med(lambda p: p.unaccounted_us),
-                profiles=len(ps))
+                profiles=len(ps), steps=formats.step_medians(ps))
 
 
-def run_workload(wl, workers, strategies, batches, mode, peers, progress, rng):
+def run_workload(wl, workers, strategies, batches, mode, peers, progress, rng, weights=("float32",)):
     """Every implementation of one workload, per worker count N and batch:
     numpy in one process (its own threads), each peer at N threads and shmrt
     at N workers per strategy (auto compiled twice: the A/A control) -- checked
-    against the float64 reference, then timed interleaved."""
+    against the float64 reference, then timed interleaved.  weights: shmrt's
+    weight formats (formats.py); a compressed one runs at the control
+    strategy only, beside the peers' int8 models (quantpeers.py), where the
+    model has a layer it compresses."""
     rounds, min_time, reps, prof_time = MODES[mode]
     model = wl.model
     nbytes = sum(a.nbytes for l in model.layers for a in l.params.values())
+    fmts = formats.runnable(model, weights)
+    squeezed = [f for f in fmts if f != "float32"]
     data = np.random.default_rng(0)
     xs = {b: data.standard_normal((b, *wl.input_shape)).astype(np.float32) for b in batches}
     refs = {b: numpy_forward(model, xs[b], np.float64) for b in batches}
-    rows, extra = [], {"roundtrip_us": {}, "barrier_us": {}, "resources": {}, "tiny_us": {}}
+    rows, extra = [], {"roundtrip_us": {}, "barrier_us": {}, "resources": {}, "tiny_us": {}, "format_resources": {}}
     common = dict(workload=wl.name, unit=wl.unit)
     control = "auto" if "auto" in strategies else strategies[0]
     for n in workers:
@@ -268,37 +275,57 @@ def run_workload(wl, workers, strategies, batches, mode, peers, progress, rng):
                 extra["tiny_us"][n] = tiny_call_us(rt, 1000 if mode == "quick" else 5000)
                 if n > 1:
                     extra["barrier_us"][n] = barrier_us(rt, 60 if mode == "quick" else 300)
+                if squeezed:  # the workers with no model compiled: the baseline of the formats' footprints
+                    extra["format_resources"][n] = {"no model": footprint(rt, 0)}
                 with rt.compile(model, strategy=strategies[0], max_batch=max_batch, input_shape=wl.input_shape) as cm:
                     cm(xs[batches[0]])
                     extra["resources"][n] = footprint(rt, nbytes)  # one compiled model, after a call
+                for f in squeezed:  # the same in each compressed format
+                    with rt.compile(model, strategy=strategies[0], max_batch=max_batch, input_shape=wl.input_shape,
+                                    weights=f) as cm:
+                        cm(xs[batches[0]])
+                        extra["format_resources"][n][f] = footprint(rt, formats.call_bytes(model, wl.input_shape, f))
             # numpy with its BLAS's own threads: the "vs numpy" baseline of the full matrix (by default
             # the numpy peer at N threads is the baseline instead)
             built = {("numpy (1 process)", "-"): (Impl(lambda x: numpy_forward(model, x)), True)} if mode == "full" \
                 else {}
-            skipped = []
-            for peer, build in (PEERS.items() if peers else []):
+            skipped, fmt_of = [], {}
+            quant = {p: v for p, v in QUANT_PEERS.items() if peers and squeezed}
+            for peer, (build, fmt) in [*((p, (b, "float32")) for p, b in (PEERS.items() if peers else [])),
+                                       *quant.items()]:
+                fmt_of[(f"{peer} ({max(n, 1)} thr)", "-")] = fmt
                 try:
                     built[(f"{peer} ({max(n, 1)} thr)", "-")] = (build(model, max(n, 1), wl.input_shape), True)
                 except Skip as e:
                     skipped.append(dict(common, impl=f"{peer} ({max(n, 1)} thr)", workers=n, strategy="-",
-                                        skipped=str(e), ok=True, rel_err=float("nan")))
+                                        weights=fmt, skipped=str(e), ok=True, rel_err=float("nan")))
             # the A/A control is a second compiled model of the same strategy: its own weight copy and
             # arena, placed apart, as every other implementation's are (at mlp batch 1, which copies
             # stay in the L3 changed a strategy's p50 by a quarter between two compiled models)
-            cms = {s: rt.compile(model, strategy=s.removesuffix(report.AA), max_batch=max_batch,
-                                 input_shape=wl.input_shape) for s in [*strategies, control + report.AA]}
+            cms = {("shmrt", s): rt.compile(model, strategy=s.removesuffix(report.AA), max_batch=max_batch,
+                                            input_shape=wl.input_shape)
+                   for s in ([*strategies, control + report.AA] if "float32" in fmts else [])}
+            for f in squeezed:  # a compressed format: the control strategy, no A/A twin
+                fmt_of[(f"shmrt {f}", control)] = f
+                cms[(f"shmrt {f}", control)] = rt.compile(model, strategy=control, max_batch=max_batch,
+                                                          input_shape=wl.input_shape, weights=f)
             try:
                 for b in batches:
                     impls = dict(built)
-                    for s, cm in cms.items():
-                        impls[("shmrt", s)] = (_shmrt_impl(cm, wl, xs[b], b), False)
+                    for key, cm in cms.items():
+                        impls[key] = (_shmrt_impl(cm, wl, xs[b], b), False)
                     timed, group = {}, []
                     for (name, s), (impl, spins) in impls.items():
                         with impl.scope():
                             err = rel_err(np.asarray(impl.run(xs[b])), refs[b])
-                        row = dict(common, impl=name, workers=n, strategy=s, batch=b, rel_err=err, ok=err <= 1e-5)
-                        if name == "shmrt":
-                            cm = cms[s]
+                        fmt = fmt_of.get((name, s), "float32")
+                        row = dict(common, impl=name, workers=n, strategy=s, batch=b, weights=fmt, rel_err=err,
+                                   tol=formats.TOL[fmt], ok=err <= formats.TOL[fmt])
+                        if b == 1 and nbytes:  # the bytes of weights a latency call reads, in its format
+                            row["weight_bytes"] = formats.call_bytes(model, wl.input_shape, fmt,
+                                                                     peer=not formats.is_shmrt(row))
+                        if (name, s) in cms:
+                            cm = cms[(name, s)]
                             row["plan"] = "+".join(dict.fromkeys(cm.plan.strategy_for(cm.strategy, k)
                                                                  for k in call_sizes(wl, b, cm.max_batch)))
                         if row["ok"]:
@@ -313,8 +340,12 @@ def run_workload(wl, workers, strategies, batches, mode, peers, progress, rng):
                         if t is not None:
                             row.update(report.stats(t), items_per_s=b / float(np.median(t)),
                                        speedup=base / float(np.median(t)) if base else float("nan"))
-                        if row["impl"] == "shmrt" and n > 0 and row["ok"] and not row["strategy"].endswith(report.AA):
-                            row["breakdown"] = breakdown(cms[row["strategy"]], wl, xs[b], reps, prof_time)
+                        key = (row["impl"], row["strategy"])
+                        if key in cms and n > 0 and row["ok"] and not row["strategy"].endswith(report.AA):
+                            row["breakdown"] = breakdown(cms[key], wl, xs[b], reps, prof_time)
+                            if b == 1:  # the weight-streaming steps, each with the bytes it reads
+                                per_layer = formats.weight_bytes(model, wl.input_shape, row["weights"])
+                                row["steps"] = formats.step_bytes(row["breakdown"]["steps"], per_layer)
                     rows += group
                 rows += [dict(r, batch=b) for r in skipped for b in batches]
             finally:
@@ -339,9 +370,11 @@ def plan_runs(workloads, batches, mode) -> dict:
     return out
 
 
-def run(workloads, workers, strategies, batches=None, quick=False, peers=False, mode=None, seed=None):
+def run(workloads, workers, strategies, batches=None, quick=False, peers=False, mode=None, seed=None,
+        weights=("float32",)):
     """Measure; returns the result dict that bench_report prints.  mode:
-    "quick", "default" or "full" (quick=True is mode "quick")."""
+    "quick", "default" or "full" (quick=True is mode "quick"); weights: shmrt's
+    weight formats, among formats.FORMATS."""
     t0 = time.perf_counter()
     mode = mode or ("quick" if quick else "full")
     seed = random.SystemRandom().randrange(2**32) if seed is None else seed
@@ -349,14 +382,16 @@ def run(workloads, workers, strategies, batches=None, quick=False, peers=False, 
     todo = plan_runs(workloads, batches, mode)
     progress = Progress(len(workers) * (1 + sum(len(b) for b in todo.values())))
     result = dict(machine=machine(), mode=mode, order_seed=seed, rows=[], roundtrip_us={}, barrier_us={},
-                  resources={}, workloads={}, ceilings={}, row_bytes={}, tiny_us={}, notes={})
+                  resources={}, workloads={}, ceilings={}, row_bytes={}, tiny_us={}, notes={}, format_resources={},
+                  weights=list(weights))
     try:
         for n in workers:
             progress(f"ceilings at {max(n, 1)} thread(s)")
             result["ceilings"][str(max(n, 1))] = ceilings.measure(max(n, 1), mode == "quick")
         for name, bs in todo.items():
             wl = WORKLOADS[name]()
-            r = (wl.runner or run_workload)(wl, workers, strategies, bs, mode, peers, progress, rng)
+            r = wl.runner(wl, workers, strategies, bs, mode, peers, progress, rng) if wl.runner else \
+                run_workload(wl, workers, strategies, bs, mode, peers, progress, rng, weights)
             result["rows"] += r.pop("rows")
             result["workloads"][name] = r.pop("description")
             for k, v in r.items():
@@ -370,6 +405,8 @@ def run(workloads, workers, strategies, batches=None, quick=False, peers=False, 
         if mode == "full":
             result["first_result"]["cold"] = first_result_s(cold=True)
     report.versus_best_peer(result["rows"])
+    formats.annotate(result)  # batch-1 read bandwidth; shmrt against the peers' int8 models
+    result["format_goals"] = formats.goals(result)
     result["goals"] = report.goals(result)
     result["wall_s"] = time.perf_counter() - t0
     return result
@@ -406,6 +443,9 @@ def main(argv=None) -> int:
                          f"{', '.join(ENCODERS)}, to stay near a minute)")
     ap.add_argument("--batches", type=_ints, default=None,
                     help="comma-separated batch sizes (default: each workload's own; logreg always runs 1M rows)")
+    ap.add_argument("--weights", default=None,
+                    help=f"comma-separated weight formats of shmrt's rows, among {','.join(formats.FORMATS)} (default: "
+                         f"float32; with --full all); a compressed format adds the peers' int8 models as peers")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
     ap.add_argument("--peers", action="store_true",
                     help="with --full: also run onnxruntime, torch and numpy at N threads, where installed "
@@ -422,6 +462,12 @@ def main(argv=None) -> int:
     bad = [s for s in strategies if s not in STRATEGIES]
     if bad:
         ap.error(f"unknown strategy {bad[0]!r}; expected some of {', '.join(STRATEGIES)}")
+    weights = [w.strip() for w in (args.weights or (",".join(formats.FORMATS) if args.full else "float32"))
+               .split(",") if w.strip()]
+    bad = [w for w in weights if w not in formats.FORMATS]
+    if bad or not weights:
+        ap.error(f"unknown weight format {bad[0] if bad else args.weights!r}; expected some of "
+                 f"{', '.join(formats.FORMATS)}")
     if args.batches and 0 in args.batches:
         ap.error("batch sizes must be >= 1")
     default = [w for w in WORKLOADS if args.full or w not in FULL_ONLY]
@@ -430,7 +476,7 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"unknown workload {bad[0]!r}; expected some of {', '.join(WORKLOADS)}")
     peers = not args.no_peers and (args.peers or not args.full)
-    result = run(workloads, workers, strategies, args.batches, peers=peers, mode=mode, seed=args.seed)
+    result = run(workloads, workers, strategies, args.batches, peers=peers, mode=mode, seed=args.seed, weights=weights)
     print(table(result))
     if args.json:
         with open(args.json, "w") as f:

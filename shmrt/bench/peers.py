@@ -148,6 +148,19 @@ def ort_session(onnx_bytes, threads):
 # -- PyTorch -----------------------------------------------------------------------
 
 def torch_peer(model, threads):
+    import torch
+    net = torch_module(model)
+
+    def run(x):
+        with torch.inference_mode():
+            return net(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
+
+    return Impl(run, scope=lambda: torch_threads(threads))
+
+
+def torch_module(model):
+    """The workload as an eval-mode torch nn.Module on the same float32 parameters (BatchNorm folded into
+    its convolution where torch.fx can): the torch peers' network."""
     try:
         import torch
     except ImportError:
@@ -214,12 +227,7 @@ def torch_peer(model, threads):
         net = fuse(net)
     except Exception:  # noqa: BLE001 (an older torch without the pass: the graph as it is)
         pass
-
-    def run(x):
-        with torch.inference_mode():
-            return net(torch.from_numpy(np.ascontiguousarray(x, np.float32))).numpy()
-
-    return Impl(run, scope=lambda: torch_threads(threads))
+    return net
 
 
 @contextlib.contextmanager

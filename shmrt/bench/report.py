@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-AA = " A/A"  # suffix of the control's strategy name: the same implementation, compiled twice, timed twice
+from shmrt.bench import formats
+
+AA = formats.AA  # suffix of the control's strategy name: the same implementation, compiled twice, timed twice
 
 
 def stats(ts, seed=0) -> dict:
@@ -35,16 +37,17 @@ def aa_spread(rows) -> dict:
 
 
 def _peers(rows, r):
-    return [p for p in rows if p["workload"] == r["workload"] and p["batch"] == r["batch"]
-            and p["workers"] == r["workers"] and p["impl"] not in ("shmrt", "numpy (1 process)") and "p50_ms" in p]
+    """The float32 peers of r's group: a compressed shmrt row is compared with these too, and with the
+    int8 peers apart (formats.annotate)."""
+    return formats.peers_of(rows, r, "float32")
 
 
 def versus_best_peer(rows) -> None:
-    """shmrt rows get best peer p50 / shmrt p50 (at the same workers = peer threads and batch), and
-    whether that difference is inside the group's A/A spread."""
+    """shmrt rows (every weight format) get best float32 peer p50 / shmrt p50 (at the same workers = peer
+    threads and batch), and whether that difference is inside the group's A/A spread."""
     spread = aa_spread(rows)
     for r in rows:
-        if r["impl"] != "shmrt" or "p50_ms" not in r or r["strategy"].endswith(AA) or "variant" in r:
+        if not formats.is_shmrt(r) or "p50_ms" not in r or r["strategy"].endswith(AA) or "variant" in r:
             continue  # a variant (sentences all 128 long) ran on other inputs than the peers
         peers = _peers(rows, r)
         if peers:
@@ -162,9 +165,11 @@ def table(result) -> str:
         out.append(f"  ceilings at {n} thread(s): sgemm {c['sgemm_gflops']:.0f} GFLOP/s, read {c['read_gbs']:.1f} GB/s, "
                    f"copy {c['copy_gbs']:.1f} GB/s (read + write)")
     out += [f"  {k}: {v}" for k, v in result["workloads"].items()]
-    out += ["", f"{'workload':<13} {'impl':<20} {'workers':>7} {'strategy':>12} {'plan':>8} {'batch':>9} "
+    out += ["", f"{'workload':<13} {'impl':<24} {'workers':>7} {'strategy':>12} {'plan':>8} {'batch':>9} "
                 f"{'p50 ms':>9} {'[p10 - p90]':>19} {'p50 95% CI':>19} {'items/s':>11} {'vs numpy':>8} "
-                f"{'vs best peer':>12} {'rel err':>8}"]
+                f"{'vs best peer':>12} {'vs int8 peer':>12} {'rel err':>8} {'read bw':>7}",
+            "  (vs best peer: the fastest float32 peer's p50 / this p50; vs int8 peer: the same against the peers' "
+            "int8 models; read bw: at batch 1, weights read / p50 as a fraction of the read ceiling)"]
     skipped = {}
     for r in result["rows"]:
         if "skipped" in r:
@@ -172,17 +177,23 @@ def table(result) -> str:
             continue
         if "p50_ms" in r:
             peer = f"{r['vs_best_peer']:11.2f}x" if "vs_best_peer" in r else f"{'-':>12}"
+            peer8 = f"{r['vs_best_int8_peer']:11.2f}x" if "vs_best_int8_peer" in r else f"{'-':>12}"
+            bw = f"{r['read_fraction']:7.2f}" if "read_fraction" in r else f"{'-':>7}"
             timing = (f"{r['p50_ms']:9.3f} [{r['p10_ms']:8.3f} - {r['p90_ms']:8.3f}] [{r['ci_lo_ms']:8.3f} - "
-                      f"{r['ci_hi_ms']:8.3f}] {r['items_per_s']:11.1f} {r['speedup']:7.2f}x {peer} {r['rel_err']:8.1e}")
+                      f"{r['ci_hi_ms']:8.3f}] {r['items_per_s']:11.1f} {r['speedup']:7.2f}x {peer} {peer8} "
+                      f"{r['rel_err']:8.1e} {bw}")
         else:
-            timing = f"FAILED numeric check (rel err {r['rel_err']:.1e}), not timed"
-        out.append(f"{r['workload']:<13} {r['impl']:<20} {r['workers']:>7} {r['strategy']:>12} {r.get('plan', '-'):>8} "
+            timing = f"FAILED numeric check (rel err {r['rel_err']:.1e} > {r.get('tol', 1e-5):.0e}), not timed"
+        out.append(f"{r['workload']:<13} {r['impl']:<24} {r['workers']:>7} {r['strategy']:>12} {r.get('plan', '-'):>8} "
                    f"{r['batch']:>9,} {timing}")
     out += [f"not run: {why} ({', '.join(sorted(wls))})" for why, wls in skipped.items()]
     out += ["", aa_summary(result), ""]
     out += [f"{k}: {v}" for k, v in result.get("notes", {}).items()] + ([""] if result.get("notes") else [])
     if result.get("goals"):
         out += [goals_table(result["goals"]), ""]
+    compressed = formats.section(result)
+    if compressed:
+        out += [compressed, ""]
     gaps = gap_table(result)
     if gaps:
         out += [gaps, ""]
