@@ -17,6 +17,7 @@ words): per block (INT8: one block, all of K) NR weight scales, then NR int32 wo
 block's q per column -- the correction for activations offset into uint8 (the VNNI path).
 """
 import numpy as np
+from numba import njit
 
 from .qtile import CHUNK
 from .tile import NR
@@ -34,13 +35,19 @@ def kq(fmt, k):
 
 def panel_floats(fmt, k):
     """Weight-store floats from one panel of k input features to the next."""
-    q = kq(fmt, k)
-    return q * NR * (4, 2, 1, 1)[fmt] // (4 if fmt != INT4 else 8)
+    step = 4 if fmt == INT8 else BLOCK4 if fmt == INT4 else 1
+    q = (k + step - 1) // step * step * NR
+    return q if fmt == FLOAT32 else q // 2 if fmt == BF16 else q // 4 if fmt == INT8 else q // 8
 
 
 def panel_scales(fmt, k):
     """Weight-store floats of one panel's scales (and corrections)."""
-    return 2 * NR * (kq(fmt, k) // BLOCK4 if fmt == INT4 else 1) if fmt in (INT8, INT4) else 0
+    return 2 * NR * ((k + BLOCK4 - 1) // BLOCK4) if fmt == INT4 else 2 * NR if fmt == INT8 else 0
+
+
+# the same, for the kernels (the planner calls the Python ones: no Numba dispatcher runs at plan time)
+nb_panel_floats = njit(inline="always")(panel_floats)
+nb_panel_scales = njit(inline="always")(panel_scales)
 
 
 def format_code(name) -> int:

@@ -90,6 +90,12 @@ def _portable(xq, xs, wb, kbytes, scf, sstride, n, m, bits, out, b, accumulate):
                 out[r, col] = out[r, col] + y if accumulate else y
 
 
+@njit(cache=True, inline="never")
+def _keep(a, b):
+    """A use of a and b (their memory must outlive the addresses taken of them)."""
+    return a.shape[0] + b.shape[0]
+
+
 @njit(cache=True, error_model="numpy")
 def gemm_q(x, wp, kstride, sc, sstride, b, out, act, accumulate, bits):
     """out[n, m] (+)= act(x[n, k] @ W + b), W the INT8 (bits 8) or INT4 (bits 4) panels at wp (float32 words,
@@ -143,6 +149,7 @@ def gemm_q(x, wp, kstride, sc, sstride, b, out, act, accumulate, bits):
                 for i in range(mr):
                     for j in range(nv):
                         out[r + i, c0 + j] = edge[i, j]
+        _keep(xq, xs)  # the tile reads them by address: Numba would free them after their last use above
     if act != IDENTITY:
         for r in range(n):
             bias_act_row(out[r], b[0:0], act)
