@@ -180,6 +180,19 @@ def weight_errors(model, fmt):
     return out
 
 
+def weight_errors_fro(model, fmt):
+    """Per layer index: ||W - fmt(W)|| / ||W|| (Frobenius) over all the layer's compressed weights, as
+    shmrt.compare's "weights_rel_err" defines it."""
+    out = {}
+    for i, layer in enumerate(model.layers):
+        names = compressed_params(layer)
+        if names:
+            ws = [layer.params[k].astype(np.float64) for k in names]
+            num = sum(float(np.sum((w - ROUND[fmt](layer.params[k])) ** 2)) for w, k in zip(ws, names))
+            out[i] = (num / sum(float(np.sum(w ** 2)) for w in ws)) ** 0.5
+    return out
+
+
 # -- figures --------------------------------------------------------------------------------------------
 
 def top1(a, b):
@@ -191,12 +204,13 @@ def rel(y, ref):
     return float(np.abs(y - ref).max() / max(np.abs(ref).max(), 1e-30))
 
 
-def figures(model_name, fmt, y, y32, y64, labels=None, emulated=None, **tags):
+def figures(model_name, fmt, y, y32, y64, labels=None, emulated=None, classes=True, **tags):
     """One row of the table: top-1 agreement of ``y`` with float32 (y32) and with the float64 reference
     (y64), max abs and relative error against both, accuracy against the labels, and the relative error
-    the independent model of the format's weights predicts (``emulated``: that model's float64 output)."""
+    the independent model of the format's weights predicts (``emulated``: that model's float64 output).
+    classes=False: the outputs are not class scores (the bench's mlp and lstm); no top-1 figures."""
     row = dict(model=model_name, fmt=fmt, **tags)
-    row["agree32"], row["agree64"] = top1(y, y32), top1(y, y64)
+    row["agree32"], row["agree64"] = (top1(y, y32), top1(y, y64)) if classes else (None, None)
     row["max_abs"] = float(np.abs(np.asarray(y, np.float64) - y32).max())
     row["rel32"], row["rel64"] = rel(y, y32), rel(y, y64)
     row["acc"] = float(np.mean(np.argmax(y, -1) == labels)) if labels is not None else None
