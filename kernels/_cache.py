@@ -14,7 +14,7 @@ import hashlib
 import os
 import sys
 
-from ._isa import ISA
+from ._isa import ISA, QISA
 
 
 _hash = []
@@ -56,7 +56,7 @@ def configure() -> None:
     here = os.path.dirname(os.path.abspath(__file__))
     for base in (os.path.join(here, "__pycache__"),
                  os.path.join(os.path.expanduser("~"), ".cache", "shmrt")):
-        path = os.path.join(base, f"numba-{source_hash()}-{ISA}")  # the tile's code depends on its ISA
+        path = os.path.join(base, f"numba-{source_hash()}-{ISA}-{QISA}")  # the tile's code depends on its ISA
         try:
             os.makedirs(path, exist_ok=True)
             if os.access(path, os.W_OK):

@@ -55,18 +55,19 @@ def _k_block(k, rows):
 
 
 @njit(cache=True, inline="always")
-def _tile(aa, lda, lka, pa, pld, out, r, c0, kc, mr, nv, accumulate, edge, bias, relu):
+def _tile(aa, lda, lka, pa, pld, out, r, c0, kc, mr, nv, accumulate, edge, bias, relu, bf16):
     """out[r:r+mr, c0:c0+nv] (+)= the tile (+ bias, ReLU: tile's epilogue); a partial panel (nv < NR) goes
     through edge [MR, NR] (and bias must then point at NR floats: the driver pads it)."""
     ldo = ld(out)
     if nv == NR:
-        tile_rows(aa, lda, lka, pa, pld, out.ctypes.data + 4 * (r * ldo + c0), ldo, kc, mr, accumulate, bias, relu)
+        tile_rows(aa, lda, lka, pa, pld, out.ctypes.data + 4 * (r * ldo + c0), ldo, kc, mr, accumulate, bias, relu,
+                  bf16)
         return
     if accumulate:
         for i in range(mr):
             for j in range(nv):
                 edge[i, j] = out[r + i, c0 + j]
-    tile_rows(aa, lda, lka, pa, pld, edge.ctypes.data, NR, kc, mr, accumulate, bias, relu)
+    tile_rows(aa, lda, lka, pa, pld, edge.ctypes.data, NR, kc, mr, accumulate, bias, relu, bf16)
     for i in range(mr):
         for j in range(nv):
             out[r + i, c0 + j] = edge[i, j]
@@ -77,6 +78,19 @@ def gemm_packed(x, bp, kstride, b, out, act, accumulate):
     """out[n, m] (+)= act(x[n, k] @ Wp[:, :k] + b) -- Wp the panels at bp (panel p at p * kstride floats,
     its row kk at + kk * NR), b (m floats) may be empty, act an ACT_NAMES code (IDENTITY: none).
     x and out are row-major with unit column stride (rows may be strided); bp is 1-D."""
+    _gemm(x, bp, kstride, b, out, act, accumulate, False)
+
+
+@njit(cache=True, error_model="numpy")
+def gemm_packed_bf16(x, bp, kstride, b, out, act, accumulate):
+    """gemm_packed on bfloat16 panels (qformat.pack_bf16: two weights a float32 word of bp; kstride in
+    weights), each weight widened to float32 in the register tile as it is loaded."""
+    _gemm(x, bp, kstride, b, out, act, accumulate, True)
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def _gemm(x, bp, kstride, b, out, act, accumulate, bf16):
+    esize = 2 if bf16 else 4
     n, k = x.shape
     m = out.shape[1]
     if n == 0 or m == 0:
@@ -118,7 +132,7 @@ def gemm_packed(x, bp, kstride, b, out, act, accumulate):
             for p in range(panels):
                 c0 = p * NR
                 nv = min(NR, m - c0)
-                pa = ba + 4 * (p * kstride + k0 * NR)
+                pa = ba + esize * (p * kstride + k0 * NR)
                 bias = 0  # the epilogue in the tile: bias and ReLU on the last K block
                 if last and has_b:
                     if nv == NR:
@@ -131,9 +145,11 @@ def gemm_packed(x, bp, kstride, b, out, act, accumulate):
                     mr = min(MR, i1 - r)
                     acc = accumulate or k0 > 0
                     if pack_a:
-                        _tile(aa + 4 * (r - i0) * kc, 1, MR, pa, NR, out, r, c0, kc, mr, nv, acc, edge, bias, relu)
+                        _tile(aa + 4 * (r - i0) * kc, 1, MR, pa, NR, out, r, c0, kc, mr, nv, acc, edge, bias, relu,
+                              bf16)
                     else:
-                        _tile(xa + 4 * (r * ldx + k0), ldx, 1, pa, NR, out, r, c0, kc, mr, nv, acc, edge, bias, relu)
+                        _tile(xa + 4 * (r * ldx + k0), ldx, 1, pa, NR, out, r, c0, kc, mr, nv, acc, edge, bias, relu,
+                              bf16)
                 if last and act != IDENTITY and act != RELU:  # other activations: on the panel's rows while in
                     for r in range(i0, i1):  # cache, inlined (a call per tile cost GELU's Linear 0.3 of 0.67 ms)
                         bias_act_row(out[r, c0:c0 + nv], bpad[0:0], act)

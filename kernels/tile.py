@@ -40,8 +40,9 @@ ROWS = tuple(sorted({MR, 8, 4, 2, 1} & set(range(1, MR + 1)), reverse=True))  # 
 _NV = NR // V
 
 
-def _emit(builder, m, args, indirect):
-    """The tile for exactly m rows; indirect: B's row kk at b + table[kk] floats (ldb the table's address)."""
+def _emit(builder, m, args, indirect, bf16=False):
+    """The tile for exactly m rows; indirect: B's row kk at b + table[kk] floats (ldb the table's address);
+    bf16: B holds bfloat16 (2 bytes an element), widened to float32 by a shift as it is loaded."""
     a, lda, lka, b, ldb, c, ldc, k, accumulate, bias, relu = args
     f32 = ir.FloatType()
     i64 = ir.IntType(64)
@@ -79,7 +80,14 @@ def _emit(builder, m, args, indirect):
         else:
             row_b = builder.mul(kk, ldb)
         col_a = builder.mul(kk, lka)
-        bv = [builder.load(vat(b, builder.add(row_b, const(j * V))), align=4) for j in range(_NV)]
+        if bf16:
+            hvec, wvec = ir.VectorType(ir.IntType(16), V), ir.VectorType(ir.IntType(32), V)
+            sixteen = ir.Constant(wvec, [16] * V)
+            bv = [builder.bitcast(builder.shl(builder.zext(builder.load(builder.inttoptr(
+                builder.add(b, builder.mul(builder.add(row_b, const(j * V)), const(2))), hvec.as_pointer()), align=2),
+                wvec), sixteen), vec) for j in range(_NV)]
+        else:
+            bv = [builder.load(vat(b, builder.add(row_b, const(j * V))), align=4) for j in range(_NV)]
         for r in range(m):
             s = builder.load(at(a, builder.add(rows_a[r], col_a)), align=4)
             splat = builder.shuffle_vector(builder.insert_element(ir.Constant(vec, ir.Undefined), s, const(0)),
@@ -104,7 +112,7 @@ def _emit(builder, m, args, indirect):
             builder.store(builder.load(acc[r][j]), vat(c, builder.add(rows_c[r], const(j * V))), align=4)
 
 
-def _make_tile(indirect):
+def _make_tile(indirect, bf16=False):
     def codegen(context, builder, signature, args):
         a_, lda_, lka_, b_, ldb_, c_, ldc_, k_, mr_, acc_, bias_, relu_ = args
         end = builder.append_basic_block("tile.end")
@@ -113,7 +121,7 @@ def _make_tile(indirect):
             block = builder.append_basic_block(f"tile.m{m}")
             switch.add_case(ir.Constant(mr_.type, m), block)
             builder.position_at_end(block)
-            _emit(builder, m, (a_, lda_, lka_, b_, ldb_, c_, ldc_, k_, acc_, bias_, relu_), indirect)
+            _emit(builder, m, (a_, lda_, lka_, b_, ldb_, c_, ldc_, k_, acc_, bias_, relu_), indirect, bf16)
             builder.branch(end)
         builder.position_at_end(end)
         return context.get_dummy_value()
@@ -132,6 +140,8 @@ C[mr, NR] = relu?(C (if accumulate) + A[mr, k] @ B[k, NR] + bias); a, b, c, bias
 floats, 0: none); mr one of ROWS (any other: nothing is computed); A[r, kk] at a + (r * lda + kk * lka)
 floats (lka = 1: rows as they lie; lda = 1, lka = MR: packed); B's rows ldb floats apart (NR in a packed
 panel)."""
+tile_bf16 = intrinsic(_make_tile(False, True))
+tile_bf16.__doc__ = "The same, B in bfloat16 (b an address of 2-byte elements, ldb in elements)."
 tile_indirect = intrinsic(_make_tile(True))
 tile_indirect.__doc__ = """The same, B's row kk at b + table[kk] floats, ldb the address of the int64 table: a
 convolution's columns read where they lie in the padded image, no im2col copy."""
@@ -147,12 +157,15 @@ def next_rows(left):
 
 
 @njit(cache=True, inline="always")
-def tile_rows(a, lda, lka, b, ldb, c, ldc, k, mr, accumulate, bias, relu):
-    """tile() for any mr in 1..MR."""
+def tile_rows(a, lda, lka, b, ldb, c, ldc, k, mr, accumulate, bias, relu, bf16=False):
+    """tile() (tile_bf16(): bf16, a constant where it is inlined) for any mr in 1..MR."""
     done = 0
     while done < mr:
         v = next_rows(mr - done)
-        tile(a + 4 * done * lda, lda, lka, b, ldb, c + 4 * done * ldc, ldc, k, v, accumulate, bias, relu)
+        if bf16:
+            tile_bf16(a + 4 * done * lda, lda, lka, b, ldb, c + 4 * done * ldc, ldc, k, v, accumulate, bias, relu)
+        else:
+            tile(a + 4 * done * lda, lda, lka, b, ldb, c + 4 * done * ldc, ldc, k, v, accumulate, bias, relu)
         done += v
 
 

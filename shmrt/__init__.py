@@ -15,6 +15,7 @@ from shmrt.ir.layers import (GELU, AdaptiveAvgPool2d, AdaptiveMaxPool2d, Permute
                              Standardize, Tanh, TopK, linear_regression, logistic_regression, manual_seed,
                              Embedding, FirstToken, MaskedMeanPool, MultiheadAttention, PaddingMask, PositionalEmbedding,
                              ScaledDotProductAttention, TransformerEncoder, TransformerEncoderLayer)
+from shmrt.compare import compare
 from shmrt.frontends.load import load
 from shmrt.machine import machine
 from shmrt.parallel.buffers import asarray, empty
@@ -22,7 +23,7 @@ from shmrt.parallel.pool import CommandError, WorkerError
 from shmrt.runtime import CompiledModel, Runtime, run
 from shmrt.version import __version__
 
-__all__ = ["Runtime", "CompiledModel", "run", "load", "empty", "asarray", "machine", "WorkerError", "CommandError", "Layer", "Sequential", "Linear", "ReLU",
+__all__ = ["Runtime", "CompiledModel", "run", "compare", "load", "empty", "asarray", "machine", "WorkerError", "CommandError", "Layer", "Sequential", "Linear", "ReLU",
            "Sigmoid", "Tanh", "GELU", "Softmax", "LogSoftmax", "ArgMax", "TopK", "manual_seed", "Standardize",
            "MinMaxScale", "Select", "Dropout", "BatchNorm1d", "LayerNorm", "RNN", "LSTM", "GRU",
            "linear_regression", "logistic_regression", "Conv2d", "ConvTranspose2d", "MaxPool2d", "AvgPool2d", "GlobalAvgPool",

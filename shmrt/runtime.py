@@ -24,8 +24,7 @@ from shmrt.compile.io import IO_ROWS, solo_rows
 from shmrt.compile.isa import INPUT
 from shmrt.exec import calls, sequence
 from shmrt.exec.executor import run_in_process
-from shmrt.exec.profile import Profile
-from shmrt.exec.profile import run_profiled
+from shmrt.exec.profile import Profile, run_profiled
 from shmrt.parallel import control as C
 from shmrt.parallel.pool import Pool, default_workers
 from shmrt.parallel.store import Segment, WeightStore, align
@@ -99,7 +98,7 @@ class Runtime:
         _live_runtimes.add(self)
 
     def compile(self, model, strategy="auto", max_batch=256, input_shape=None, autotune=False,
-                max_seq_len=None) -> "CompiledModel":
+                max_seq_len=None, weights=None) -> "CompiledModel":
         """Plan ``model`` for this runtime's workers and place it in shared memory.
 
         strategy: "auto" (the planner picks, per batch size, among the plans
@@ -110,15 +109,17 @@ class Runtime:
         autotune: time every candidate plan at batch sizes 1, 4, 16, ...,
         max_batch on this machine and keep the fastest for each; the result
         is cached per (model, max_batch, workers, machine).
-        max_seq_len: a sequence model's longest call (exec/sequence.py)."""
+        max_seq_len: a sequence model's longest call (exec/sequence.py).
+        weights: None (float32; layers loaded quantized run int8 on their own scales), "float32", "bf16",
+        "int8" or "int4": the format of every Linear and RNN/LSTM/GRU weight (compile/compress.py)."""
         self._check_open()
         if sequence.is_sequence(model):
-            return sequence.compile_sequence(self, model, strategy, max_batch, max_seq_len, CompiledModel)
+            return sequence.compile_sequence(self, model, strategy, max_batch, max_seq_len, CompiledModel, weights)
         if not isinstance(autotune, bool):
             raise TypeError(f"autotune must be True or False, got {autotune!r}")
         P = max(self.workers, 1)
         rates = self.rates() if P > 1 and strategy in ("auto", "hybrid", "pipeline") else None
-        plan = planner.build(model, P, strategy, max_batch, input_shape, rates)
+        plan = planner.build(model, P, strategy, max_batch, input_shape, rates, weights)
         classes = getattr(model, "classes", None)
         if classes is not None and tuple(plan.output.shape) != (len(classes),):
             raise ValueError(f"the model names {len(classes)} classes, so its output must be (N, {len(classes)}) "

@@ -133,6 +133,8 @@ class Builder:
                                     all(v.state in ("rows", "all") for v in self.ins))
         self.outs.rows_next = rows_next
         emit(self, op, info)
+        if op.wnote is not None:
+            info["weights"] = op.wnote
         rows = self.P == 1 or self.state == "rows"
         assert rows or not rows_next, f"{op.layer!r} was expected to split by batch rows ({self.state})"
         self.vals[op.out] = Val(self.cur_out, self.state, self.bounds)

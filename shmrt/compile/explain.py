@@ -6,6 +6,7 @@ is why it was chosen.  Everything comes from the plan's explain rows (the
 builder's record of each layer) and the cost model."""
 from __future__ import annotations
 
+from shmrt.compile.compress import describe
 from shmrt.compile.cost import Rates, op_us
 
 
@@ -53,6 +54,8 @@ def explain(plan, strategy: str, n: int, weight_bytes: int, workers: str) -> str
         lines.append(f"    partition: {r['partition']}; {r['workers']}; barriers: {r['barriers']}; "
                      f"flops: {flops:,}; bytes read per worker: {moved:,}")
         lines.append(f"    predicted {mine:,.0f} us" + (f" (in the other plans: {alt})" if alt else ""))
+        if "weights" in r:
+            lines.append(f"    {describe(r['weights'])}")
         if "why" in r:
             lines.append(f"    {r['why']}")
         lines.append("    slices: " + " | ".join(f"w{w}: {sl}" for w, sl in enumerate(r["slices"])))

@@ -43,9 +43,10 @@ _DECLARED = (
     ("END", "end", ()),
     ("BARRIER", "barrier", ("line", "parties")),  # barrier at control line `line` of `parties` workers
     # out[rows, out_col:out_col+m] = act(x[rows, x_col:x_col+k] @ W[0:m, w_col:w_col+k].T + b).  packed: W is
-    # panels at w (kernels/gemm.py: panel p at w + p * w_ld, input feature j at + j * NR), else row-major [m, w_ld]
+    # panels at w (kernels/gemm.py: panel p at w + p * w_ld, input feature j at + j * NR), else row-major [m, w_ld];
+    # fmt: the panels' format (kernels/qformat.py), sc: their scales (panel p's at sc + p * s_ld), -1: none
     ("LINEAR", "linear", ("x", "x_ld", "x_col", "k", "w", "w_ld", "w_col", "b", "out", "out_ld", "out_col", "m",
-                          "act", "lo", "hi", "packed")),
+                          "act", "lo", "hi", "packed", "fmt", "sc", "s_ld")),
     # out[all rows, c0:c1] = act(sum over p < P of parts[:, p*m + c0 : p*m + c1] + b[c0:c1]); parts is [n, P*m]
     ("REDUCE", "reduce", ("parts", "P", "m", "c0", "c1", "b", "act", "out", "out_ld")),
     # out[rows, col:col+width] = act(x[rows, col:col+width]) (out may be x)
@@ -66,10 +67,11 @@ _DECLARED = (
     # this worker's hidden units u0:u1; gates: [G, maxb*T, H] regions gate_stride apart; aux [maxb, H]
     # (LSTM cell state, GRU W_hn h); hinit [maxb, H]; a barrier per step at `line` when parties > 1;
     # lens: -1, or each row's length L (a float, rows lens_ld apart): steps t >= L leave the state as it
-    # was and write 0 to out (zero_tail) or the state (the last step then holds the state after L-1)
+    # was and write 0 to out (zero_tail) or the state (the last step then holds the state after L-1);
+    # fmt: the weights' format (kernels/qformat.py), s_ih, s_hh: their scales (-1: none)
     ("RECUR", "recurrent", ("x", "x_ld", "T", "F", "out", "H", "w_ih", "w_hh", "b_ih", "b_hh", "h0", "c0", "u0", "u1",
                             "lo", "hi", "gates", "gate_stride", "aux", "hinit", "mode", "parties", "line",
-                            "lens", "lens_ld", "zero_tail")),
+                            "lens", "lens_ld", "zero_tail", "fmt", "s_ih", "s_hh")),
     # output channels co0:co1, output rows oh0:oh1 of images lo:hi; scratch: this worker's im2col buffer;
     # pool: a 2x2 max pool fused (out holds the pooled image, oh0:oh1 even, in the convolution's rows)
     ("CONV", "conv", ("x", "x_ld", "out", "out_ld", "w", "b", "act", "co0", "co1", "oh0", "oh1", "lo", "hi",

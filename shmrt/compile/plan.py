@@ -41,6 +41,7 @@ from shmrt.compile.layout import Arena, Output
 from shmrt.compile.ops import family
 from shmrt.compile.ops import output as family_output
 from shmrt.compile.ops import scratch as family_scratch
+from shmrt.compile import compress
 from shmrt.compile.ops import tensors as family_tensors
 from shmrt.compile.ops.conv import geometry
 from shmrt.compile import several
@@ -124,6 +125,8 @@ class _Op:
     fold: tuple = None  # (scale, shift) of a BatchNorm folded into this Linear
     fused: list = field(default_factory=list)  # the layers of members[1:] (explain names them)
     pool: bool = False  # a 2x2, stride-2 MaxPool2d fused into this convolution's epilogue
+    fmt: int = 0  # its weights' format (kernels/qformat.py; compress.choose)
+    wnote: dict = None  # that format and the relative error it puts on the weights (explain)
 
 
 def _fusable_pool(prev, l) -> bool:
@@ -211,10 +214,11 @@ _STRIDED = (L.Conv2d, L.ConvTranspose2d, L._Pool2d, L._AdaptivePool2d, L.GlobalA
             L._Affine, L._Merge, L._Rearrange)
 
 
-def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, input_shape=None, rates=None) -> Plan:
+def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, input_shape=None, rates=None,
+          weights=None) -> Plan:
     """The plan of ``model`` (a Sequential, a Graph, or one layer) for ``workers`` workers.  rates
     (cost.Rates): the machine's, for the per-layer choices of hybrid plans and pipeline stages;
-    without them those follow a size rule."""
+    without them those follow a size rule.  weights: the weight format (compress.py)."""
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(map(repr, STRATEGIES))}, got {strategy!r}")
     if isinstance(max_batch, bool) or not isinstance(max_batch, (int, np.integer)) or max_batch < 1:
@@ -233,6 +237,7 @@ def build(model, workers: int, strategy: str = "auto", max_batch: int = 256, inp
         if isinstance(op.layer, L._Recurrent) and len(op.inputs) > 1 and op.inputs[1] not in dict(ins):
             raise NotImplementedError(f"compile: {op.layer!r} reads lengths {op.inputs[1]!r}, a computed value; "
                                       f"expected a graph input of shape (1,) (checked at each call: 1..T)")
+    compress.choose(ops, weights)
     tensors = {}  # every float32 tensor the programs read, by name "<op index>.<name>" (folds applied)
     for op in ops:
         tensors.update({f"{op.index}.{k}": v for k, v in family_tensors(op, shapes[op.inputs[0]]).items()})

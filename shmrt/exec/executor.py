@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
-from shmrt.kernels import (HARD_SIGMOID, HARDTANH, NR, affine, apply_act, argmax, gather, gemm_packed, layernorm,
+from shmrt.kernels import (HARD_SIGMOID, HARDTANH, NR, affine, apply_act, argmax, gather, gemm_fmt, layernorm,
                            layernorm_stat, linear, reduce_partials, softmax, topk)
 
 from shmrt.compile.isa import (ACT, AFFINE, ARGMAX, ATTN, BARRIER, CONV, EMBED, END, FRAC, GAP, GATHER, INPUT, LAYERNORM,
@@ -94,8 +94,8 @@ def run_steps(prog, start, weights, arena, n, ctrl, status, spin_ns, block_ns, p
                 b = weights[bo:bo + m] if bo >= 0 else empty
                 out = _view(arena, s[LINEAR.out], s[LINEAR.out_ld], r0, r1, s[LINEAR.out_col], m)
                 if s[LINEAR.packed]:
-                    gemm_packed(x, weights[s[LINEAR.w] + s[LINEAR.w_col] * NR:], s[LINEAR.w_ld], b, out,
-                                s[LINEAR.act], False)
+                    gemm_fmt(s[LINEAR.fmt], x, weights[s[LINEAR.w] + s[LINEAR.w_col] * NR:], s[LINEAR.w_ld],
+                             weights[max(s[LINEAR.sc], 0):], s[LINEAR.s_ld], b, out, s[LINEAR.act], False)
                 else:
                     linear(x, _view(weights, s[LINEAR.w], s[LINEAR.w_ld], 0, m, s[LINEAR.w_col], k), b, out,
                            s[LINEAR.act])

@@ -7,7 +7,8 @@ from numba import njit
 
 from shmrt.compile.isa import GATES, GRU_CELL, GRU_LBR0, LSTM_CELL, RECUR, RNN_RELU
 from shmrt.exec.rows import _rows, _src, _view
-from shmrt.kernels import IDENTITY, NR, gemm_packed, gru_cell, gru_lbr0_cell, gru_reset, lstm_cell, rnn_cell
+from shmrt.kernels import IDENTITY, NR, gemm_fmt, gru_cell, gru_lbr0_cell, gru_reset, lstm_cell, rnn_cell
+from shmrt.kernels.qformat import nb_panel_floats as panel_floats, nb_panel_scales as panel_scales
 from shmrt.parallel import control as C
 from shmrt.parallel.sync import ABORTED, barrier
 
@@ -42,19 +43,23 @@ def _recurrent(s, weights, arena, base, cnt, w0, w1, ctrl, spin_ns, block_ns, pp
     TH = T * H
     Hp = (H + NR - 1) // NR * NR  # a gate's rows, padded to whole panels
     empty = weights[0:0]
+    fmt = s[RECUR.fmt]  # gate g's units u0: panel (g * Hp + u0) // NR, in the weights' format
+    pf_ih, pf_hh, ps_ih, ps_hh = panel_floats(fmt, F), panel_floats(fmt, H), panel_scales(fmt, F), panel_scales(fmt, H)
+    s_ih, s_hh = max(s[RECUR.s_ih], 0), max(s[RECUR.s_hh], 0)
     if R > 0 and hs > 0:
         xa, xo = _src(arena, xin, s[RECUR.x], in_off)
         xld = s[RECUR.x_ld]
         for g in range(G):  # the input projection of every step: one GEMM per gate, both biases fused
             bias = weights[b_ih + g * H + u0:b_ih + g * H + u1] if b_ih >= 0 else empty
+            pan = (g * Hp + u0) // NR
+            wg, sg = weights[w_ih + pan * pf_ih:], weights[s_ih + pan * ps_ih:]
             if xld == T * F:  # [N, T, F] packed: row r, step t at row r * T + t
-                gemm_packed(_view(xa, xo, F, r0 * T, r1 * T, 0, F), weights[w_ih + (g * Hp + u0) * F:], F * NR,
-                            bias, _view(arena, go + g * gstride, H, r0 * T, r1 * T, u0, hs), IDENTITY, False)
+                gemm_fmt(fmt, _view(xa, xo, F, r0 * T, r1 * T, 0, F), wg, pf_ih, sg, ps_ih,
+                         bias, _view(arena, go + g * gstride, H, r0 * T, r1 * T, u0, hs), IDENTITY, False)
             else:  # samples xld apart (an input beside others in the row): one GEMM per sample
                 for r in range(r0, r1):
-                    gemm_packed(_view(xa, xo + r * xld, F, 0, T, 0, F), weights[w_ih + (g * Hp + u0) * F:],
-                                F * NR, bias, _view(arena, go + g * gstride, H, r * T, (r + 1) * T, u0, hs),
-                                IDENTITY, False)
+                    gemm_fmt(fmt, _view(xa, xo + r * xld, F, 0, T, 0, F), wg, pf_ih, sg, ps_ih, bias,
+                             _view(arena, go + g * gstride, H, r * T, (r + 1) * T, u0, hs), IDENTITY, False)
         # initial state: this worker's rectangle of h-init (and of c)
         hin = _view(arena, hinit, H, r0, r1, u0, hs)
         cst = _view(arena, aux, H, r0, r1, u0, hs)
@@ -73,11 +78,13 @@ def _recurrent(s, weights, arena, base, cnt, w0, w1, ctrl, spin_ns, block_ns, pp
         if live:
             for g in range(G):
                 gt = _view(arena, go + g * gstride + t * H, TH, r0, r1, u0, hs)
-                whh = weights[w_hh + (g * Hp + u0) * H:]
+                pan = (g * Hp + u0) // NR
+                whh, shh = weights[w_hh + pan * pf_hh:], weights[s_hh + pan * ps_hh:]
                 if mode == GRU_CELL and g == 2:
-                    gemm_packed(hp, whh, H * NR, empty, _view(arena, aux, H, r0, r1, u0, hs), IDENTITY, False)
+                    gemm_fmt(fmt, hp, whh, pf_hh, shh, ps_hh, empty, _view(arena, aux, H, r0, r1, u0, hs), IDENTITY,
+                             False)
                 elif mode != GRU_LBR0 or g < 2:  # GRU_LBR0's n gate multiplies r * h(t-1), made just below
-                    gemm_packed(hp, whh, H * NR, empty, gt, IDENTITY, True)
+                    gemm_fmt(fmt, hp, whh, pf_hh, shh, ps_hh, empty, gt, IDENTITY, True)
             if mode == GRU_LBR0:  # gate r of step t := r * h(t-1); split by units, every worker reads all of it
                 gru_reset(g0, hp[:, u0:u1])
         if mode == GRU_LBR0 and parties > 1 and barrier(ctrl, bline, parties, C.ABORT, spin_ns, block_ns,
@@ -100,8 +107,9 @@ def _recurrent(s, weights, arena, base, cnt, w0, w1, ctrl, spin_ns, block_ns, pp
                          _view(arena, aux, H, r0, r1, u0, hs), bhn, hp[:, u0:u1], ht)
             elif mode == GRU_LBR0:
                 hn = _view(arena, aux, H, r0, r1, u0, hs)
-                gemm_packed(_view(arena, go + t * H, TH, r0, r1, 0, H), weights[w_hh + (2 * Hp + u0) * H:], H * NR,
-                            empty, hn, IDENTITY, False)
+                pan = (2 * Hp + u0) // NR
+                gemm_fmt(fmt, _view(arena, go + t * H, TH, r0, r1, 0, H), weights[w_hh + pan * pf_hh:], pf_hh,
+                         weights[s_hh + pan * ps_hh:], ps_hh, empty, hn, IDENTITY, False)
                 gru_lbr0_cell(_view(arena, go + gstride + t * H, TH, r0, r1, u0, hs),
                               _view(arena, go + 2 * gstride + t * H, TH, r0, r1, u0, hs), hn, hp[:, u0:u1], ht)
             else:

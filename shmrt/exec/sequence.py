@@ -23,7 +23,7 @@ def is_sequence(model) -> bool:
     return isinstance(model, L.Graph) and is_sequence_model(model)
 
 
-def compile_sequence(rt, model, strategy, max_batch, max_seq_len, compiled):
+def compile_sequence(rt, model, strategy, max_batch, max_seq_len, compiled, weights=None):
     """rt.compile of a sequence model: its token plan for max_batch sequences of max_seq_len tokens,
     placed by ``compiled`` (the runtime's CompiledModel class)."""
     if max_seq_len is not None and (isinstance(max_seq_len, bool) or not isinstance(max_seq_len, (int, np.integer))
@@ -42,11 +42,11 @@ def compile_sequence(rt, model, strategy, max_batch, max_seq_len, compiled):
                          f"got {max_seq_len!r}")
     P = max(rt.workers, 1)
     rates = rt.rates() if P > 1 and strategy in ("auto", "hybrid") else None
-    plan = planner.build(spec.graph, P, strategy, int(max_batch) * int(max_seq_len), None, rates)
+    plan = planner.build(spec.graph, P, strategy, int(max_batch) * int(max_seq_len), None, rates, weights)
     inner = compiled(rt, plan, strategy)
     try:
         pre = None if spec.prelude is None else compiled(rt, planner.build(spec.prelude, P, strategy, int(max_batch),
-                                                                           None, rates), strategy)
+                                                                           None, rates, weights), strategy)
     except BaseException:
         inner.close()
         raise

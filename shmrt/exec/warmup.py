@@ -54,6 +54,8 @@ _lock = threading.Lock()
 # after the move into subpackages these names matched nothing, and the child
 # compiled its whole group for nothing).
 _CHILD_OWNS = ("exec.recurrent._recurrent", "kernels.gemm.gemm_packed", "kernels.gemm._tile",
+               "kernels.gemm.gemm_packed_bf16", "kernels.qgemm.gemm_q", "kernels.qgemm.quantize_rows",
+               "kernels.qgemm._portable", "kernels.qgemm._keep",
                "kernels.recurrent.lstm_cell", "kernels.recurrent.gru_cell", "kernels.recurrent.rnn_cell",
                "kernels.rowwise.softmax", "kernels.rowwise.topk", "parallel.sync.barrier", "parallel.sync.bump",
                "parallel.sync.wake_all", "parallel.sync.wait_change", "parallel.sync.block_while",
@@ -96,8 +98,8 @@ def _compile_parent_group() -> None:
 
 
 def _compile_child_group() -> None:
-    """The recurrent layer (and with it the packed GEMM: a Linear's step reaches it only through
-    run_steps), softmax and top-k, the synchronisation and the control words."""
+    """The recurrent layer (and with it the packed GEMM in every weight format: a Linear's step reaches
+    it only through run_steps), softmax and top-k, the synchronisation and the control words."""
     from shmrt.kernels import softmax, topk
 
     from shmrt.parallel import control as C

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import numpy as np
 
+from shmrt.compile import compress
 from shmrt.compile.isa import FRAC, LINEAR, REDUCE
 from shmrt.compile.layout import rows_of, split
 from shmrt.compile.roofline import gemm_us, rows
 from shmrt.ir import layers as L
-from shmrt.kernels import NR, pack
+from shmrt.kernels import NR
 from shmrt.kernels.linear import PACKED_MIN_OUT
+from shmrt.kernels.qformat import FLOAT32, panel_floats, panel_scales
 
 
 def packed(layer) -> bool:
@@ -37,22 +39,26 @@ def linear(b, op, info):
     P, l, i = b.P, op.layer, op.index
     k, m = l.in_features, l.out_features
     pk = packed(l)
-    w_off, b_off = b.w(f"{i}.panels" if pk else f"{i}.weight"), b.w(f"{i}.bias")
-    w_ld = k * NR if pk else k  # packed: floats from one panel to the next
+    fmt = op.fmt if pk else FLOAT32
+    w_off, b_off, s_off = b.w(f"{i}.panels" if pk else f"{i}.weight"), b.w(f"{i}.bias"), b.w(f"{i}.scales")
+    w_ld = panel_floats(fmt, k) if pk else k  # packed: floats from one panel to the next
+    s_ld = panel_scales(fmt, k)
     out = b.outs[i]
+    panels = -(-m // NR)
     info["flops"] = 2 * k * m
-    info["weight_bytes"] = 4 * (k * m + (m if b_off >= 0 else 0))
+    info["weight_bytes"] = 4 * ((w_ld + s_ld) * panels if pk else k * m) + 4 * (m if b_off >= 0 else 0)
+    fields = dict(packed=pk, fmt=fmt, s_ld=s_ld)
     x_off, x_ld = b.cur_off, b.cur_ld
     if not b.split_model:
         b.need_rows()
         for w in range(P):
             b.emit(w, LINEAR, x=x_off, x_ld=x_ld, x_col=0, k=k, w=w_off, w_ld=w_ld, w_col=0, b=b_off,
-                   out=out.off, out_ld=m, out_col=0, m=m, act=op.act, packed=pk, **rows_of(w, P))
+                   out=out.off, out_ld=m, out_col=0, m=m, act=op.act, sc=s_off, **fields, **rows_of(w, P))
         info["partition"] = "batch rows"
         info["slices"] = [f"rows {w}/{P}..{w + 1}/{P}" for w in range(P)]
         info["read_per_worker"] = info["weight_bytes"]
         b.set_cur(out, "rows")
-    elif b.state == "cols" and b.bounds[-1] == k:
+    elif b.state == "cols" and b.bounds[-1] == k and fmt == FLOAT32:  # compressed: not split by input features
         # row parallel: this worker's input features are the columns it
         # wrote.  The two partial regions alternate: this layer's barrier
         # orders the previous layer's reduce (reads) before the next
@@ -62,7 +68,8 @@ def linear(b, op, info):
         c = b.bounds
         for w in range(P):
             b.emit(w, LINEAR, x=x_off, x_ld=x_ld, x_col=c[w], k=c[w + 1] - c[w], w=w_off, w_ld=w_ld,
-                   w_col=c[w], b=-1, out=parts, out_ld=P * m, out_col=w * m, m=m, act=0, lo=0, hi=FRAC, packed=pk)
+                   w_col=c[w], b=-1, out=parts, out_ld=P * m, out_col=w * m, m=m, act=0, lo=0, hi=FRAC, sc=-1,
+                   **fields)
         b.barrier()
         d = split(m, P)
         for w in range(P):
@@ -80,19 +87,21 @@ def linear(b, op, info):
             c = [m // g * p // P * g for p in range(P)] + [m]
         else:
             c = split_panels(m, P) if pk else split(m, P)
-        for w in range(P):  # columns c0:c1 start at c0 * k floats in both layouts (panels: c0 a multiple of NR)
-            b.emit(w, LINEAR, x=x_off, x_ld=x_ld, x_col=0, k=k, w=w_off + c[w] * k, w_ld=w_ld, w_col=0,
-                   b=b_off + c[w] if b_off >= 0 else -1, out=out.off, out_ld=m, out_col=c[w],
-                   m=c[w + 1] - c[w], act=op.act, lo=0, hi=FRAC, packed=pk)
+        for w in range(P):  # columns c0:c1: panels from c0 // NR on (c0 a multiple of NR), or rows of W
+            b.emit(w, LINEAR, x=x_off, x_ld=x_ld, x_col=0, k=k, w=w_off + (c[w] // NR * w_ld if pk else c[w] * k),
+                   w_ld=w_ld, w_col=0, b=b_off + c[w] if b_off >= 0 else -1, out=out.off, out_ld=m, out_col=c[w],
+                   m=c[w + 1] - c[w], act=op.act, lo=0, hi=FRAC, sc=s_off + c[w] // NR * s_ld if s_off >= 0 else -1,
+                   **fields)
         info["partition"] = "columns (output features)"
         info["slices"] = [f"out {c[w]}:{c[w + 1]}" for w in range(P)]
-        info["read_per_worker"] = 4 * k * max(c[w + 1] - c[w] for w in range(P))
+        info["read_per_worker"] = info["weight_bytes"] * max(c[w + 1] - c[w] for w in range(P)) // max(m, 1)
         b.set_cur(out, "cols", c)
 
 
 def linear_us(s, cnt, n, rates) -> float:
     r, k, m = rows(cnt, s[LINEAR.lo], s[LINEAR.hi]), s[LINEAR.k], s[LINEAR.m]
-    return gemm_us(2.0 * r * k * m, 4.0 * k * m, 4.0 * r * (k + m), r, rates) if r > 0 else 0.0
+    wb = 4.0 * (s[LINEAR.w_ld] + s[LINEAR.s_ld]) * m / NR if s[LINEAR.packed] else 4.0 * k * m  # in its format
+    return gemm_us(2.0 * r * k * m, wb, 4.0 * r * (k + m), r, rates) if r > 0 else 0.0
 
 
 def reduce_us(s, cnt, n, rates) -> float:
@@ -116,10 +125,14 @@ def folded(op) -> dict:
 
 
 def tensors(op, before) -> dict:
-    """The folded weight, packed into panels once (the only copy the workers read), and the bias."""
+    """The folded weight, packed into panels once in its format (the only copy the workers read; compressed:
+    with its scales beside), and the bias."""
     t = folded(op)
     if packed(op.layer):
-        t["panels"] = pack(t.pop("weight"))
+        w = t.pop("weight")
+        got, run = compress.pack_weight(w, op.fmt, compress.own_scales(op, "weight"))
+        t.update(got)
+        compress.note(op, [(w, run)])
     return t
 
 

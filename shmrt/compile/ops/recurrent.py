@@ -18,13 +18,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from shmrt.compile import compress
 from shmrt.compile.isa import CELLS, FRAC, GATES, GRU_CELL, GRU_LBR0, RECUR
 from shmrt.compile.layout import Output
 from shmrt.compile.layout import rows_of
 from shmrt.compile.roofline import gemm_us, rows
 from shmrt.compile.ops.dense import split_panels
 from shmrt.ir import layers as L
-from shmrt.kernels import pack
+from shmrt.kernels import NR
+from shmrt.kernels.qformat import panel_floats, panel_scales
 
 
 def recurrent(b, op, info):
@@ -55,13 +57,16 @@ def recurrent(b, op, info):
                    gate_stride=sc["gstride"], aux=cell if k == l.num_layers - 1 and cell >= 0 else sc["aux"],
                    hinit=sc["hinit"], mode=CELLS.index(l.cell),
                    parties=P if split_units else 1, line=b.bline, lens=lens, lens_ld=lens_ld,
-                   zero_tail=int(l.return_sequences and k == l.num_layers - 1), **where)
+                   zero_tail=int(l.return_sequences and k == l.num_layers - 1), fmt=op.fmt,
+                   s_ih=b.w(f"{i}.scales_ih_l{k}"), s_hh=b.w(f"{i}.scales_hh_l{k}"), **where)
         if split_units:
             b.barriers += T * (2 if l.cell == "gru_lbr0" else 1) + 1
         x_off = out.seqs[k]
     G = l.gates
     info["flops"] = 2 * G * H * (l.input_size + H + (l.num_layers - 1) * 2 * H) * T
-    info["weight_bytes"] = 4 * sum(v.size for v in l.params.values())
+    Hp = -(-H // NR) * NR
+    info["weight_bytes"] = 4 * sum(G * Hp // NR * (panel_floats(op.fmt, F) + panel_scales(op.fmt, F))
+                                   for F in [l.input_size] + [H] * (2 * l.num_layers - 1))
     if split_units:
         info["partition"] = (f"hidden units, {'two barriers' if l.cell == 'gru_lbr0' else 'one barrier'} per time "
                              f"step ({T} steps x {l.num_layers} layer(s))")
@@ -82,22 +87,32 @@ def recurrent_us(s, cnt, n, rates) -> float:
     hs, G = s[RECUR.u1] - s[RECUR.u0], GATES[int(s[RECUR.mode])]
     if r <= 0 or hs <= 0:
         return 0.0
-    proj = gemm_us(2.0 * r * T * F * G * hs, 4.0 * G * hs * F, 4.0 * r * T * (F + G * hs), r * T, rates)
-    step = gemm_us(2.0 * r * H * G * hs, 4.0 * G * hs * H, 4.0 * r * (H + G * hs), r, rates)
+    fmt = int(s[RECUR.fmt])
+    per = lambda k: 4.0 * (panel_floats(fmt, k) + panel_scales(fmt, k)) / NR  # noqa: E731 (bytes an output unit)
+    proj = gemm_us(2.0 * r * T * F * G * hs, G * hs * per(F), 4.0 * r * T * (F + G * hs), r * T, rates)
+    step = gemm_us(2.0 * r * H * G * hs, G * hs * per(H), 4.0 * r * (H + G * hs), r, rates)
     meets = 2 if int(s[RECUR.mode]) == GRU_LBR0 else 1  # barriers per step
     return proj + T * (step + (meets * rates.barrier_us if s[RECUR.parties] > 1 else 0.0))
 
 
 def tensors(op, before) -> dict:
-    """Per stacked layer k: panels_ih_l{k}, panels_hh_l{k} (each gate packed on its own), gate_bias_l{k}
-    (b_ih + b_hh, PyTorch GRU's n gate b_in only) and, for GRU, bias_hh_l{k} (b_hn); h0, c0 as given."""
+    """Per stacked layer k: panels_ih_l{k}, panels_hh_l{k} (each gate packed on its own, in the op's format;
+    compressed: scales_ih_l{k}, scales_hh_l{k} beside), gate_bias_l{k} (b_ih + b_hh, PyTorch GRU's n gate
+    b_in only) and, for GRU, bias_hh_l{k} (b_hn); h0, c0 as given."""
     l = op.layer
     H, G, p = l.hidden_size, l.gates, l.params
     out = {name: p[name] for name in ("h0", "c0") if name in p}
+    pairs = []
     for k in range(l.num_layers):
         for part in ("ih", "hh"):
-            w = p[f"weight_{part}_l{k}"]
-            out[f"panels_{part}_l{k}"] = np.concatenate([pack(w[g * H:(g + 1) * H]) for g in range(G)])
+            name = f"weight_{part}_l{k}"
+            w, own = p[name], compress.own_scales(op, name)
+            gates = [compress.pack_weight(w[g * H:(g + 1) * H], op.fmt, None if own is None else
+                                          (own[0][g * H:(g + 1) * H], own[1][g * H:(g + 1) * H]))
+                     for g in range(G)]
+            for key in gates[0][0]:
+                out[f"{key}_{part}_l{k}"] = np.concatenate([t[key] for t, _ in gates])
+            pairs.append((w, np.concatenate([run for _, run in gates])))
         if l.bias:
             b_ih, b_hh = (p[f"bias_{part}_l{k}"].astype(np.float64) for part in ("ih", "hh"))
             both = b_ih + b_hh
@@ -105,6 +120,7 @@ def tensors(op, before) -> dict:
                 both[2 * H:] = b_ih[2 * H:]
                 out[f"bias_hh_l{k}"] = p[f"bias_hh_l{k}"]
             out[f"gate_bias_l{k}"] = both.astype(np.float32)
+    compress.note(op, pairs)
     return out
 
 
