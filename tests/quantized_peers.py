@@ -11,6 +11,7 @@ import pytest
 
 import shmrt
 from reference import forward, rel_err
+from shmrt.compile.compress import compressible
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -24,6 +25,7 @@ ORT_STEPS = 255  # onnxruntime's DynamicQuantizeLinear: uint8
 TORCH_STEPS = 127 if torch.backends.quantized.engine in ("x86", "fbgemm") else 255
 GATES = {"onnx": "iofg", "torch": "ifgo"}
 QDQ_TOL = 1e-5
+RECURRENT_FLIPS = 2  # of 16 samples (check_int8)
 
 
 # -- the peers' activation rounding, and the forward that reproduces them ---------------------------
@@ -40,13 +42,50 @@ def peer_round(x, steps):
     return ((np.clip(np.rint(x / s) + zp, 0, steps) - zp) * s).astype(np.float64)
 
 
+def shmrt_round(x):
+    """shmrt's int8 activations (weights="int8" or loaded int8): each row (last axis) over max|x| / 127,
+    rounded half to even in float32, as tests/qref.py models the kernels; returned dequantized."""
+    x = np.asarray(x, np.float32)
+    amax = np.abs(x).max(axis=-1, keepdims=True)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.clip(np.rint(x * (np.float32(127.0) / amax)), -127, 127)
+    return np.where(amax > 0, q, 0) * (amax / np.float32(127.0)).astype(np.float64)
+
+
+def _int8_linear(layer, x):
+    """A Linear run int8 on its own (q, scale) as tests/qref.py models shmrt's kernels, step by step in
+    float32: x quantized per row, exact integer sums, then sum * s_w * s_x + bias."""
+    x = np.asarray(x, np.float32)
+    amax = np.abs(x).max(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        xq = np.clip(np.rint((x * (np.float32(127.0) / amax)[:, None]).astype(np.float32)), -127, 127)
+    xq = np.where(amax[:, None] > 0, xq, 0).astype(np.int64)
+    q, s = layer.quant["weight"]
+    y = ((xq @ q.astype(np.int64).T).astype(np.float32) * s[None, :]).astype(np.float32)
+    y = (y * (amax / np.float32(127.0))[:, None]).astype(np.float32)
+    if "bias" in layer.params:
+        y = (y + layer.params["bias"]).astype(np.float32)
+    return y.astype(np.float64)
+
+
+def rounding(steps):
+    """None: no rounding; an int: a peer's per-tensor rounding in that many steps; "row": shmrt's."""
+    if steps is None:
+        return lambda v: np.asarray(v, np.float64)
+    return shmrt_round if steps == "row" else (lambda v: peer_round(v, steps))
+
+
+def runs_int8(layer):
+    """Whether weights=None runs this layer in int8 on its own scales (compile/compress.py)."""
+    return bool(getattr(layer, "quant", None)) and compressible(layer)
+
+
 def _sig(v):
     return 1 / (1 + np.exp(-v))
 
 
-def _recurrent(layer, x, steps):
-    """An LSTM / GRU layer (PyTorch's gates) in float64, inputs rounded as the peer rounds them."""
-    rnd_ = (lambda v: peer_round(v, steps)) if steps else (lambda v: np.asarray(v, np.float64))
+def _recurrent(layer, x, rnd_):
+    """An LSTM / GRU layer (PyTorch's gates) in float64, its inputs rounded by rnd_."""
     p = {k: v.astype(np.float64) for k, v in layer.params.items()}
     N, T, _ = x.shape
     H = layer.hidden_size
@@ -69,24 +108,27 @@ def _recurrent(layer, x, steps):
     return x if layer.return_sequences else x[:, -1]
 
 
-def emulate(model, x, steps):
-    """The loaded model in float64 with the peer's activation rounding before every quantized op
-    (steps=None: no rounding, the exact float forward)."""
+def emulate(model, x, steps, only=None):
+    """The loaded model in float64, the inputs of its Linear, Conv2d and recurrent layers rounded as
+    ``rounding(steps)`` does (those ``only`` accepts, default all): steps=None is the exact float forward."""
     h = np.asarray(x, np.float64)
     for layer in model.layers:
+        rnd_ = rounding(steps if only is None or only(layer) else None)
         if isinstance(layer, (shmrt.LSTM, shmrt.GRU)):
-            h = _recurrent(layer, h, steps)
+            h = _recurrent(layer, h, rnd_)
+        elif steps == "row" and isinstance(layer, shmrt.Linear) and rnd_ is shmrt_round:
+            h = _int8_linear(layer, h)
         elif isinstance(layer, (shmrt.Linear, shmrt.Conv2d)):
-            h = forward(shmrt.Sequential([layer]), peer_round(h, steps) if steps else h)
+            h = forward(shmrt.Sequential([layer]), rnd_(h))
         else:
             h = forward(shmrt.Sequential([layer]), h)
     return h
 
 
-def run_rt(rt, model, x):
-    cm = rt.compile(model, max_batch=len(x))
+def run_rt(rt, model, x, weights="float32"):
+    cm = rt.compile(model, max_batch=len(x), weights=weights)
     try:
-        return cm(x)
+        return cm(x), cm.explain()
     finally:
         cm.close()
 
@@ -108,6 +150,28 @@ def check_peer(what, y, peer, exact, rounded, emulated_tol=1e-5):
           f"relative {rel_err(rounded, exact):.3g}")
     assert rel_err(rounded, exact) <= 0.05
     assert np.all(np.abs(y - peer) <= effect + (2 * emulated_tol + 1e-5) * np.abs(peer).max())
+
+
+def check_int8(what, rt, model, x, peer, theirs, flips=0):
+    """weights=None: the layers loaded quantized run int8 on their own scales (explain() says so), shmrt's
+    output is the emulation of that (the file's int8 and scales, shmrt's per-row activation rounding), and it
+    differs from the peer by the two roundings' effects at most, elementwise (``theirs``: the peer emulated).
+
+    The emulation follows the kernels' float32 steps for Linear layers (bit for bit on an MLP); a recurrent
+    cell it computes in float64, so an h that sits on a boundary of its int8 grid may round one step apart
+    in the two: up to ``flips`` samples may then differ by such a step's effect (<= 0.5 % of the output)."""
+    y, text = run_rt(rt, model, x, weights=None)
+    assert text.count("its own int8 scales (loaded quantized)") == sum(map(runs_int8, model.layers)) > 0
+    exact, mine = emulate(model, x, None), emulate(model, x, "row", only=runs_int8)
+    per = np.abs(y - mine).reshape(len(y), -1).max(axis=1) / np.abs(mine).max()
+    off = int(np.sum(per > 1e-6))
+    print(f"  shmrt's int8 run against its emulation: relative {rel_err(y, mine):.3g}; samples one rounding step "
+          f"apart: {off} of {len(y)}")
+    assert off <= flips and per.max() <= 5e-3
+    report(f"{what}, weights=None (int8 on the loaded scales)", y, peer)
+    assert rel_err(y, peer) <= 0.05
+    assert np.all(np.abs(y - peer) <= np.abs(mine - exact) + np.abs(theirs - exact) + 5e-3 * np.abs(peer).max()
+                  * (per > 1e-6)[:, None] + 3e-6 * np.abs(peer).max())
 
 
 def check_quant(layer, name, q, scale):

@@ -29,8 +29,8 @@ from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
 import shmrt  # noqa: E402
 from models import rnd  # noqa: E402
-from quantized_peers import (ORT_STEPS, QDQ_TOL, TORCH_STEPS, check_peer, check_quant, emulate, emulate_qdq,  # noqa: E402
-                             export, files, gates, inits, linears, ort_quantize, ort_session, quiet, report, run_rt,
+from quantized_peers import (ORT_STEPS, QDQ_TOL, RECURRENT_FLIPS, TORCH_STEPS, check_int8, check_peer,  # noqa: E402
+                             check_quant, emulate, emulate_qdq, export, files, gates, inits, linears, ort_quantize, ort_session, quiet, report, run_rt,
                              torch_mlp, torch_peer, torch_rnn)
 from reference import forward, rel_err  # noqa: E402
 from shmrt.frontends.onnx_import import UnsupportedONNX, from_onnx, load_onnx_file  # noqa: E402
@@ -65,8 +65,11 @@ def test_ort_dynamic_mlp(rt, files, variant):
             check_quant(layer, "weight", q.T, s)
     x = rnd(64, 256, seed=3)
     peer = ort_session(path).run(None, {"x": x})[0]
-    check_peer(f"onnxruntime quantize_dynamic MLP ({variant}), float path", run_rt(rt, model, x), peer,
-               emulate(model, x, None), emulate(model, x, ORT_STEPS))
+    theirs = emulate(model, x, ORT_STEPS)
+    check_peer(f"onnxruntime quantize_dynamic MLP ({variant}), weights='float32'", run_rt(rt, model, x)[0], peer,
+               emulate(model, x, None), theirs)
+    if variant != "qu":  # (its uint8 weights with zero points run float32: no int8 layer)
+        check_int8(f"onnxruntime quantize_dynamic MLP ({variant})", rt, model, x, peer, theirs)
 
 
 @pytest.mark.parametrize("variant", ["lstm_q", "lstm_qc", "lstm2_qc"])
@@ -90,8 +93,10 @@ def test_ort_dynamic_lstm(rt, files, variant):
     check_quant(fc, "weight", w[mi.input[1]].T, w[mi.input[1].replace("_quantized", "_scale")])
     x = rnd(16, 12, 16, seed=4)
     peer = ort_session(path).run(None, {"x": x})[0]
-    check_peer(f"onnxruntime quantize_dynamic LSTM ({variant}), float path", run_rt(rt, model, x), peer,
-               emulate(model, x, None), emulate(model, x, ORT_STEPS))
+    theirs = emulate(model, x, ORT_STEPS)
+    check_peer(f"onnxruntime quantize_dynamic LSTM ({variant}), weights='float32'", run_rt(rt, model, x)[0], peer,
+               emulate(model, x, None), theirs)
+    check_int8(f"onnxruntime quantize_dynamic LSTM ({variant})", rt, model, x, peer, theirs, flips=RECURRENT_FLIPS)
 
 
 def test_ort_dynamic_cnn(rt, files):
@@ -110,8 +115,10 @@ def test_ort_dynamic_cnn(rt, files):
     check_quant(lin, "weight", w["3.weight_Transposed_quantized"].T, w["3.weight_Transposed_scale"])
     x = rnd(16, 3, 8, 8, seed=5)
     peer = ort_session(path).run(None, {"x": x})[0]
-    check_peer("onnxruntime quantize_dynamic CNN, float path", run_rt(rt, model, x), peer,
-               emulate(model, x, None), emulate(model, x, ORT_STEPS))
+    theirs = emulate(model, x, ORT_STEPS)
+    check_peer("onnxruntime quantize_dynamic CNN, weights='float32'", run_rt(rt, model, x)[0], peer,
+               emulate(model, x, None), theirs)
+    check_int8("onnxruntime quantize_dynamic CNN", rt, model, x, peer, theirs, flips=RECURRENT_FLIPS)
 
 
 # -- QDQ ------------------------------------------------------------------------------------------
@@ -145,13 +152,16 @@ def test_qdq_static_mlp(rt, files):
         check_quant(layer, "weight", w[dq.input[0]], w[dq.input[1]])
     sess = ort_session(path)
     peer = sess.run(None, {"x": x})[0]  # x is the calibration data: inside the calibrated ranges
-    check_peer("QDQ (quantize_static) MLP, activation pairs as identity, calibrated data", run_rt(rt, model, x), peer,
-               forward(model, x), emulate_qdq(proto, model, x), emulated_tol=QDQ_TOL)
+    theirs = emulate_qdq(proto, model, x)
+    y = run_rt(rt, model, x)[0]
+    check_peer("QDQ (quantize_static) MLP, activation pairs as identity, calibrated data, weights='float32'", y, peer,
+               forward(model, x), theirs, emulated_tol=QDQ_TOL)
+    check_int8("QDQ (quantize_static) MLP, calibrated data", rt, model, x, peer, theirs)
     far = 3 * x  # outside the calibrated ranges: the peer clips, shmrt does not
-    peer_far, y_far = sess.run(None, {"x": far})[0], run_rt(rt, model, far)
+    peer_far, y_far = sess.run(None, {"x": far})[0], run_rt(rt, model, far)[0]
     assert rel_err(emulate_qdq(proto, model, far), peer_far) <= QDQ_TOL  # the clipping, emulated
     d_far = report("QDQ MLP on 3 x the calibrated range (the peer saturates)", y_far, peer_far)
-    assert d_far > 10 * np.abs(run_rt(rt, model, x) - peer).max()
+    assert d_far > 10 * np.abs(y - peer).max()
 
 
 def test_qdq_weights_handbuilt(rt):
@@ -190,7 +200,7 @@ def test_qdq_weights_handbuilt(rt):
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     peer = ort.InferenceSession(proto.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
-    y = run_rt(rt, model, x)
+    y = run_rt(rt, model, x)[0]
     report("hand-built QDQ weights (onnxruntime unoptimised)", y, peer)
     assert rel_err(y, peer) <= 1e-5
 
@@ -215,8 +225,11 @@ def test_torch_dynamic_mlp(rt, per_channel):
             scale = w.q_scale()
         check_quant(layer, "weight", w.int_repr().numpy(), scale)
     x = rnd(64, 256, seed=9)
-    check_peer(f"torch quantize_dynamic MLP ({'per channel' if per_channel else 'per tensor'}), float path",
-               run_rt(rt, model, x), torch_peer(qm, x), emulate(model, x, None), emulate(model, x, TORCH_STEPS))
+    peer, theirs = torch_peer(qm, x), emulate(model, x, TORCH_STEPS)
+    check_peer(f"torch quantize_dynamic MLP ({'per channel' if per_channel else 'per tensor'}), weights='float32'",
+               run_rt(rt, model, x)[0], peer, emulate(model, x, None), theirs)
+    check_int8(f"torch quantize_dynamic MLP ({'per channel' if per_channel else 'per tensor'})", rt, model, x, peer,
+               theirs)
 
 
 @pytest.mark.parametrize("cls, layers", [(nn.LSTM, 1), (nn.LSTM, 2), (nn.GRU, 1)], ids=["lstm", "lstm2", "gru"])
@@ -232,8 +245,11 @@ def test_torch_dynamic_rnn(rt, cls, layers):
         check_quant(rnn, name, w.int_repr().numpy(), w.q_scale())
     check_quant(fc, "weight", qm.fc.weight().int_repr().numpy(), qm.fc.weight().q_scale())
     x = rnd(16, 12, 16, seed=10)
-    check_peer(f"torch quantize_dynamic {cls.__name__} ({layers} layer(s)), float path", run_rt(rt, model, x),
-               torch_peer(qm, x), emulate(model, x, None), emulate(model, x, TORCH_STEPS))
+    peer, theirs = torch_peer(qm, x), emulate(model, x, TORCH_STEPS)
+    check_peer(f"torch quantize_dynamic {cls.__name__} ({layers} layer(s)), weights='float32'", run_rt(rt, model, x)[0],
+               peer, emulate(model, x, None), theirs)
+    check_int8(f"torch quantize_dynamic {cls.__name__} ({layers} layer(s))", rt, model, x, peer, theirs,
+               flips=RECURRENT_FLIPS)
 
 
 def test_torch_float16_and_affine_weights_load_as_floats():
