@@ -74,7 +74,8 @@ class QuantOps:
                 else list(range(src.q.ndim))
             q = np.transpose(src.q, perm)
             if q.shape == np.shape(out[0]):
-                self.qweights[node.output[0]] = QWeight(q, src.scale, None if src.axis is None else perm.index(src.axis))
+                axis = None if src.axis is None else perm.index(src.axis)
+                self.qweights[node.output[0]] = QWeight(q, src.scale, axis)
         return out
 
     def fold_dequantize(self, node, idx, ins):
@@ -90,9 +91,9 @@ class QuantOps:
         axis = a.get("axis", 1)
         if not per_tensor:
             if s.ndim != 1 or x.ndim == 0 or not -x.ndim <= axis < x.ndim or s.shape[0] != x.shape[axis]:
-                self.fail(node, idx, f"x_scale of shape {list(s.shape)} for x of shape {list(x.shape)} and axis={axis}: "
-                                     f"expected one scale (per tensor) or a 1-D scale of one value per index of "
-                                     f"that axis")
+                self.fail(node, idx, f"x_scale of shape {list(s.shape)} for x of shape {list(x.shape)} and "
+                                     f"axis={axis}: expected one scale (per tensor) or a 1-D scale of one value per "
+                                     f"index of that axis")
             axis %= x.ndim
         if zp is not None and (zp.shape != s.shape or zp.dtype != x.dtype):
             self.fail(node, idx, f"x_zero_point of shape {list(zp.shape)} and dtype {zp.dtype}: expected the "
@@ -225,8 +226,8 @@ class QuantOps:
             if any(isinstance(t, View) for t in theirs) or any(
                     (m is None) != (t is None) or (m is not None and not np.array_equal(m, t))
                     for m, t in zip(mine, theirs)):
-                self.fail(node, idx, f"DequantizeLinear {u.name or 'unnamed'} after it has another scale or zero point; "
-                                     f"expected a QDQ pair of one scale and zero point (read as the identity)")
+                self.fail(node, idx, f"DequantizeLinear {u.name or 'unnamed'} after it has another scale or zero "
+                                     f"point; expected a QDQ pair of one scale and zero point (read as the identity)")
         self.qdq_pairs.add(node.output[0])
         return ins[0]
 
