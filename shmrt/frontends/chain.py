@@ -187,6 +187,11 @@ def _merge_recurrent(layers):
                 extra["return_cell_state"] = True
             merged = type(l)(prev.input_size, prev.hidden_size, num_layers=k + 1, bias=prev.bias,
                              return_sequences=l.return_sequences, **extra, **kw, **p)
+            quant = dict(getattr(prev, "quant", None) or {})  # int8 weights (layer.quant), renamed like params
+            quant.update({n[:-1] + str(k): v for n, v in (getattr(l, "quant", None) or {}).items()
+                          if n.endswith("_l0")})
+            if quant:
+                merged.quant = quant
             out[-1] = merged
         else:
             out.append(l)

@@ -25,6 +25,7 @@ import os
 from shmrt.frontends.chain import Chain
 from shmrt.frontends.onnx import patterns
 from shmrt.frontends.onnx.patterns_fn import rewrite_layernorm_function, rewrite_where_less
+from shmrt.frontends.onnx.quant_patterns import rewrite_dynamic_quant
 from shmrt.frontends.onnx.errors import UnsupportedONNX, refusals_only
 from shmrt.frontends.onnx.external import resolve_external
 from shmrt.frontends.onnx.folding import Folding
@@ -32,6 +33,7 @@ from shmrt.frontends.onnx.handlers_convtranspose import ConvTransposeOps
 from shmrt.frontends.onnx.handlers_dense import DenseOps
 from shmrt.frontends.onnx.handlers_elementwise import ElementwiseOps
 from shmrt.frontends.onnx.handlers_graph import GraphOps
+from shmrt.frontends.onnx.handlers_quant import CONTRIB_OPS, QuantOps
 from shmrt.frontends.onnx.handlers_recurrent import RecurrentOps
 from shmrt.frontends.onnx.handlers_rowwise import RowwiseOps
 from shmrt.frontends.onnx.handlers_shape import ShapeOps
@@ -78,7 +80,7 @@ def load_onnx_file(path, max_seq_len=None) -> L.Sequential:
     return from_onnx(model, base_dir=os.path.dirname(os.path.abspath(path)), max_seq_len=max_seq_len)
 
 
-class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps, DenseOps, RecurrentOps,
+class _Converter(QuantOps, Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps, DenseOps, RecurrentOps,
                  ConvTransposeOps):
     """One conversion: the graph's values, the chain of layers, and the walk over the nodes.  An op
     ``X`` on the stream is handled by the method ``op_X`` (found by name, from the handler mixins)."""
@@ -162,11 +164,12 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
             self.values[inp.name] = View((B,) + shape, range(len(shape) + 1), version)
         nodes = self.live(list(enumerate(g.node)))
         # a pattern that does not fit returns the nodes as they are
-        for rewrite in (patterns.rewrite_silu, patterns.rewrite_gelu, patterns.rewrite_layernorm,
+        for rewrite in (rewrite_dynamic_quant, patterns.rewrite_silu, patterns.rewrite_gelu, patterns.rewrite_layernorm,
                         patterns.rewrite_softmax, rewrite_layernorm_function, rewrite_where_less):
             with self.bugs(f"ONNX graph: the pattern rewrite {rewrite.__name__}"):
                 nodes = rewrite(self.onnx, g, nodes)
         nodes = self.live(nodes)
+        self.walk_nodes = nodes  # (index, node) of the walk, after the rewrites
         self.consumed = {o.name for o in g.output} | {x for _, n in nodes for x in n.input if x}
         self.graph_outputs = {o.name for o in g.output}
         self.node_inputs = {x for _, n in nodes for x in n.input if x}
@@ -191,9 +194,14 @@ class _Converter(Folding, Layout, ShapeOps, ElementwiseOps, GraphOps, RowwiseOps
                                   f"{MIN_OPSET}-{MAX_OPSET} (re-export with opset_version={MIN_OPSET}..{MAX_OPSET})")
         self.opset = v
         for n in self.graph.node:
+            if n.domain == "com.microsoft" and n.op_type in CONTRIB_OPS:
+                continue  # onnxruntime's quantized ops (handlers_quant.py)
             if n.domain not in ("", "ai.onnx"):
+                hint = (" (a quantized op of the QOperator format: re-quantize with quant_format=QuantFormat.QDQ or "
+                        "use quantize_dynamic)" if n.op_type.startswith("Q") else "")
                 raise UnsupportedONNX(f"ONNX node {n.name or 'unnamed'} (op {n.op_type}): domain {n.domain!r} is "
-                                      f"not supported; only the default ONNX domain is")
+                                      f"not supported{hint}; only the default ONNX domain is, and com.microsoft's "
+                                      f"{', '.join(sorted(CONTRIB_OPS))}")
 
     def input_dims(self, inp):
         tt = inp.type.tensor_type if inp.type.HasField("tensor_type") else None

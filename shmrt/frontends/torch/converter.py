@@ -28,6 +28,7 @@ from shmrt.frontends.torch.graph import SUPPORTED_FUNCTIONS, SUPPORTED_MODULES, 
     torch_module
 from shmrt.frontends.torch.hf import from_hf, is_hf
 from shmrt.frontends.torch.modules import Modules
+from shmrt.frontends.torch.quantized import QuantizedModules
 from shmrt.frontends.torch.transformer import Sequences
 from shmrt.ir import layers as L
 
@@ -76,7 +77,7 @@ def from_torch(module, input_shape=None, max_seq_len=None):
     return model
 
 
-class _Converter(Modules, Calls, Sequences):
+class _Converter(Modules, QuantizedModules, Calls, Sequences):
     """One conversion: the fx graph walked node by node into the chain of layers."""
 
     def __init__(self, torch, root, input_shape):

@@ -3,6 +3,7 @@
 torch is imported lazily: ``import shmrt`` never needs it."""
 from __future__ import annotations
 
+from shmrt.frontends.torch.quantized import QUANTIZED_MODULES, quantized_table
 from shmrt.frontends.torch.transformer import SEQUENCE_FUNCTIONS, SEQUENCE_MODULES, bare_graph
 from shmrt.ir import layers as L
 
@@ -16,7 +17,7 @@ SUPPORTED_MODULES = (
     "nn.Flatten(1, -1), nn.MaxPool2d, nn.AvgPool2d (divisor_override=None), nn.AdaptiveAvgPool2d, "
     "nn.AdaptiveMaxPool2d (return_indices=False), "
     "nn.Upsample (nearest, bilinear; integer scale_factor or size), nn.LayerNorm (trailing dims), nn.RNN, nn.LSTM, nn.GRU (batch_first=True, one direction, proj_size=0; an initial "
-    "state of zeros), " + SEQUENCE_MODULES)
+    "state of zeros), " + SEQUENCE_MODULES + ", " + QUANTIZED_MODULES)
 SUPPORTED_FUNCTIONS = (
     f"torch.relu / F.relu / x.relu(), torch.sigmoid / x.sigmoid(), torch.tanh / x.tanh(), {_ACT_FUNCTIONS}, "
     "torch.softmax / F.softmax / x.softmax(dim), F.log_softmax / x.log_softmax(dim) over the last dim, "
@@ -97,7 +98,7 @@ def module_table(nn):
             nn.AdaptiveMaxPool2d: "adaptive", nn.LayerNorm: "layernorm",
             nn.RNN: "rnn", nn.LSTM: "rnn", nn.GRU: "rnn", nn.Upsample: "upsample", nn.ConvTranspose2d: "convtranspose",
             nn.Embedding: "embedding", nn.MultiheadAttention: "mha", nn.TransformerEncoderLayer: "encoder_layer",
-            nn.TransformerEncoder: "encoder"}
+            nn.TransformerEncoder: "encoder"} | quantized_table()
 
 
 def fn_name(fn):

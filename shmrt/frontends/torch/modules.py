@@ -19,7 +19,7 @@ class Modules:
         if module_table(self.nn)[kind] in SEQUENCE_KINDS:  # they bind their arguments as their forward does
             getattr(self, "mod_" + module_table(self.nn)[kind])(node, m, kind)
             return
-        rnn = module_table(self.nn)[kind] == "rnn"
+        rnn = module_table(self.nn)[kind] in ("rnn", "qrnn")
         if rnn and len(node.args) == 2 and not node.kwargs and self.zero_state(node.args[1]):
             pass  # rnn(x, (h0, c0)) with zero states, as rnn(x)
         elif len(node.args) != 1 or node.kwargs:
@@ -163,8 +163,14 @@ class Modules:
                  if w == "weight" or m.bias]
         for name in names:
             kw[name] = self.param(node, getattr(m, name), name)
-        cls = {nn.RNN: L.RNN, nn.LSTM: L.LSTM, nn.GRU: L.GRU}[kind]
-        # emitted returning every step; resolve() cuts it to the last step if that is all the model uses
-        self.emit(node, self.make(node, cls, return_sequences=True, **kw), rank=3)
-        spec = {"path": node.target, "node": node, "layers": m.num_layers, "lstm": kind is nn.LSTM}
+        self.rnn_layer(node, {nn.RNN: L.RNN, nn.LSTM: L.LSTM, nn.GRU: L.GRU}[kind], kw, m.num_layers)
+
+    def rnn_layer(self, node, cls, kw, num_layers, quant=None):
+        """Emit the recurrent layer (``quant``: its int8 weights, quantized.py) returning every step;
+        resolve() cuts it to the last step if that is all the model uses."""
+        layer = self.make(node, cls, return_sequences=True, **kw)
+        if quant:
+            layer.quant = quant
+        self.emit(node, layer, rank=3)
+        spec = {"path": node.target, "node": node, "layers": num_layers, "lstm": cls is L.LSTM}
         self.kind[node] = ("rnn", spec)
