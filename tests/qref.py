@@ -54,3 +54,16 @@ def qgemm(x, w, bits, bias=None, c=None):
     if bias is not None:
         y = (y + np.asarray(bias, np.float32)).astype(np.float32)
     return y if c is None else (np.asarray(c, np.float32) + y).astype(np.float32)
+
+
+def qgemm_own(x, q, s, bias):
+    """qgemm for an int8 weight given with its own per-row scales (a loaded quantized model's): -128 is
+    run as -127 (qformat.pack_format)."""
+    q = np.maximum(np.asarray(q, np.int64), -127)
+    k = x.shape[1]
+    kp = -(-k // 4) * 4
+    qp = np.zeros((q.shape[0], kp), np.int64)
+    qp[:, :k] = q
+    xq, xs = quantize_x(x, kp)
+    y = ((xq @ qp.T).astype(np.float32) * np.asarray(s, np.float32)[None, :]).astype(np.float32)
+    return ((y * xs[:, None]).astype(np.float32) + np.asarray(bias, np.float32)).astype(np.float32)

@@ -93,7 +93,7 @@ import sys, numpy as np
 sys.path.insert(0, {tests!r})
 from shmrt.kernels import QISA, NR, IDENTITY, gemm_fmt
 from shmrt.kernels.qformat import INT4, INT8, pack_format, panel_floats, panel_scales
-from qref import qgemm
+from qref import qgemm, qgemm_own
 assert QISA == {qisa!r}, QISA
 rng = np.random.default_rng(2)
 for n, k, m in [(1, 64, NR), (6, 130, 2 * NR + 3), (13, 64, 7)]:
@@ -104,6 +104,12 @@ for n, k, m in [(1, 64, NR), (6, 130, 2 * NR + 3), (13, 64, 7)]:
         out = np.empty((n, m), np.float32)
         gemm_fmt(fmt, x, t["panels"], panel_floats(fmt, k), t["scales"], panel_scales(fmt, k), b, out, IDENTITY, False)
         assert np.array_equal(out, qgemm(x, w, bits, b)), (n, k, m, bits, np.abs(out - qgemm(x, w, bits, b)).max())
+    q = rng.integers(-128, 128, (m, k)).astype(np.int8); q[0, :3] = -128  # torch's int8 weights reach -128
+    s = rng.uniform(0.01, 0.02, m).astype(np.float32)
+    t, _ = pack_format(q.astype(np.float32) * s[:, None], INT8, own=(q, s))
+    out = np.empty((n, m), np.float32)
+    gemm_fmt(INT8, x, t["panels"], panel_floats(INT8, k), t["scales"], panel_scales(INT8, k), b, out, IDENTITY, False)
+    assert np.array_equal(out, qgemm_own(x, q, s, b)), ("own", n, k, m)
 print("ok", QISA)
 """
 
