@@ -61,6 +61,7 @@ def _int8_linear(layer, x):
         xq = np.clip(np.rint((x * (np.float32(127.0) / amax)[:, None]).astype(np.float32)), -127, 127)
     xq = np.where(amax[:, None] > 0, xq, 0).astype(np.int64)
     q, s = layer.quant["weight"]
+    q = np.maximum(q, -127)  # as run: a -128 is stored as -127 (kernels/qformat.pack_format)
     y = ((xq @ q.astype(np.int64).T).astype(np.float32) * s[None, :]).astype(np.float32)
     y = (y * (amax / np.float32(127.0))[:, None]).astype(np.float32)
     if "bias" in layer.params:
@@ -87,6 +88,9 @@ def _sig(v):
 def _recurrent(layer, x, rnd_):
     """An LSTM / GRU layer (PyTorch's gates) in float64, its inputs rounded by rnd_."""
     p = {k: v.astype(np.float64) for k, v in layer.params.items()}
+    if rnd_ is shmrt_round:  # run int8 on its own scales: a -128 as -127 (kernels/qformat.pack_format)
+        for name, (q, sc) in (getattr(layer, "quant", None) or {}).items():
+            p[name] = (np.maximum(q, -127).astype(np.float32) * np.asarray(sc, np.float32)[:, None]).astype(np.float64)
     N, T, _ = x.shape
     H = layer.hidden_size
     for k in range(layer.num_layers):
